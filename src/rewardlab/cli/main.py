@@ -1,0 +1,55 @@
+"""The ``rewardlab`` command: a thin typer layer over library functions.
+
+Each ``rewardlab.cli.<module>`` defines ``register(app)`` that adds its commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from rewardlab.config import ConfigError
+from rewardlab.io import DataError
+
+COMMAND_MODULES = ["data_cmd", "sft_cmd", "eval_cmd", "rm_cmd", "rl_cmd", "demo_cmd"]
+
+err_console = Console(stderr=True)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="rewardlab: training-time reward design for LLM reasoning.")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"rewardlab.cli.{name}") is None:
+            continue
+        importlib.import_module(f"rewardlab.cli.{name}").register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input or config, 1 other failure)."""
+    app = build_app()
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except (DataError, ConfigError, FileNotFoundError) as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""File I/O with clear errors and atomic writes.
+
+Every reader names the file, line and field at fault; every writer writes to a temporary name in
+the same directory and renames, so a crash never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one JSONL row larger than this is refused as absurd
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line (1-based) and the field."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None,
+                 field: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        if field is not None:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.field = str(path), line, field
+
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", list: "list", dict: "object",
+               bool: "boolean"}
+
+
+def _check_type(value: Any, typ: type | tuple) -> bool:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if bool in types:
+        return isinstance(value, bool) or any(isinstance(value, t) for t in types if t is not bool)
+    if isinstance(value, bool):  # bool is an int subclass: refuse it where a number is asked
+        return False
+    if float in types and isinstance(value, int):
+        return True
+    return isinstance(value, types)
+
+
+def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = (),
+               types: dict[str, type | tuple] | None = None,
+               allow_empty: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, row)`` for every non-blank line of a JSONL file.
+
+    Raises :class:`DataError` for a missing file, an empty file (unless ``allow_empty``), a line
+    that is not a JSON object, a missing required field or a field of the wrong type.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, "file not found")
+    if p.is_dir():
+        raise DataError(p, "is a directory, expected a JSONL file")
+    types = types or {}
+    required = list(required)
+    seen = 0
+    with p.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(p, f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} limit", lineno)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(p, f"not valid UTF-8 ({e.reason})", lineno) from None
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(p, f"malformed JSON: {e.msg} (column {e.colno})", lineno) from None
+            if not isinstance(row, dict):
+                raise DataError(p, f"expected a JSON object, got {type(row).__name__}", lineno)
+            for k in required:
+                if k not in row:
+                    raise DataError(p, "missing required field", lineno, k)
+            for k, t in types.items():
+                if k in row and row[k] is not None and not _check_type(row[k], t):
+                    want = " or ".join(_TYPE_NAMES.get(x, x.__name__)
+                                       for x in (t if isinstance(t, tuple) else (t,)))
+                    raise DataError(p, f"expected {want}, got {type(row[k]).__name__}", lineno, k)
+            seen += 1
+            yield lineno, row
+    if seen == 0 and not allow_empty:
+        raise DataError(p, "file is empty (no JSON rows)")
+
+
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (),
+               types: dict[str, type | tuple] | None = None, allow_empty: bool = False) -> list[dict]:
+    """Read a whole JSONL file (see :func:`iter_jsonl` for the checks)."""
+    return [row for _, row in iter_jsonl(path, required, types, allow_empty)]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix + ".tmp", dir=p.parent)
+    os.close(fd)
+    tmp_p = Path(tmp)
+    try:
+        yield tmp_p
+        os.replace(tmp_p, p)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_p.unlink()
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write rows as JSONL atomically."""
+    with atomic_path(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write one JSON document atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,132 @@
+"""Loading policies and tokenizers, and the testbed policy factory.
+
+Everything goes through ``AutoTokenizer`` / ``AutoModelForCausalLM``: a hub id and a local
+directory load the same way, and a testbed model saved by :func:`make_testbed_policy` reloads
+like any hub model. Padding side, pad token and EOS are settled once, in
+:func:`prepare_tokenizer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how."""
+
+    name_or_path: str = "testbed"
+    """A hub id, a local directory saved with ``save_pretrained``, or ``testbed`` (a fresh
+    random-initialised testbed policy is created under the run directory)."""
+    dtype: str = "auto"
+    """float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that supports it, else float32)."""
+    device: str = "auto"
+    """cpu | cuda | cuda:N | auto."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you ask for it."""
+    size: str = "small"
+    """Testbed policy size (tiny | small | base); ignored for other models."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or auto")
+    return DTYPES[dtype]
+
+
+def prepare_tokenizer(tok):
+    """Left padding (for generation), a pad token (the EOS token when none is defined), and an
+    EOS token. Returns the tokenizer."""
+    if tok.eos_token is None:
+        raise ValueError("tokenizer has no EOS token; rewardlab needs one to end responses")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    return prepare_tokenizer(tok)
+
+
+def load_model_and_tokenizer(name_or_path: str | Path, dtype: str = "auto", device: str = "auto",
+                             trust_remote_code: bool = False, model_class=None):
+    """Load ``(model, tokenizer)`` from a hub id or local directory.
+
+    ``model_class`` defaults to ``AutoModelForCausalLM``; reward models pass their own class."""
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    cls = model_class or AutoModelForCausalLM
+    tok = load_tokenizer(name_or_path, trust_remote_code)
+    model = cls.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype, dev),
+                                trust_remote_code=trust_remote_code)
+    model.to(dev)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+TESTBED_SIZES = {
+    # name: (hidden, layers, heads, intermediate)
+    "tiny": (64, 2, 4, 128),
+    "small": (128, 4, 4, 256),
+    "base": (192, 6, 6, 512),
+}
+
+
+def testbed_model_config(vocab_size: int, size: str = "small", max_positions: int = 128, tok=None):
+    """A small Llama-architecture config for the testbed."""
+    from transformers import LlamaConfig
+
+    if size not in TESTBED_SIZES:
+        raise ValueError(f"unknown testbed size {size!r}; use one of {sorted(TESTBED_SIZES)}")
+    h, n_layer, n_head, inter = TESTBED_SIZES[size]
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=h, intermediate_size=inter, num_hidden_layers=n_layer,
+        num_attention_heads=n_head, num_key_value_heads=n_head, max_position_embeddings=max_positions,
+        tie_word_embeddings=True, rms_norm_eps=1e-5,
+        pad_token_id=getattr(tok, "pad_token_id", None), bos_token_id=getattr(tok, "bos_token_id", None),
+        eos_token_id=getattr(tok, "eos_token_id", None))
+
+
+def make_testbed_policy(out_dir: str | Path, size: str = "small", seed: int = 0) -> Path:
+    """Create a random-initialised testbed policy + tokenizer and save both in HF format."""
+    from transformers import AutoModelForCausalLM
+
+    from rewardlab.data.testbed import build_tokenizer
+
+    out = Path(out_dir)
+    tok = build_tokenizer()
+    cfg = testbed_model_config(len(tok), size, tok=tok)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

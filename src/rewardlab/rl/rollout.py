@@ -1,0 +1,181 @@
+"""Batched rollouts: n samples per prompt with a KV cache, and per-token log-probabilities.
+
+Sampling goes through ``model.generate`` (transformers keeps the KV cache, top-p and EOS
+handling); log-probabilities are then computed in one teacher-forced forward pass per
+micro-batch, which is exactly what the PPO/GRPO loss later recomputes, so the ratio at the first
+update is 1 up to float error.
+
+Layout (shape vocabulary B, P, T): prompts are LEFT-padded to P; responses are RIGHT-padded to T;
+``response_mask`` is 1 on real response tokens including the EOS token, 0 on padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled."""
+
+    n: int = 1
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 48
+    """Longest response, in tokens (EOS included)."""
+    batch_size: int = 256
+    """Sequences generated together (prompts × n are chunked to this)."""
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled responses, B = len(prompts) × n rows, ordered prompt-major (row = i·n + j)."""
+
+    prompt_ids: torch.Tensor      # (B, P) left-padded
+    prompt_mask: torch.Tensor     # (B, P)
+    response_ids: torch.Tensor    # (B, T) right-padded
+    response_mask: torch.Tensor   # (B, T) 1 on real tokens incl. EOS
+    texts: list[str]              # decoded responses without special tokens
+    prompt_index: list[int]       # row -> index into the prompt list
+    finished: torch.Tensor        # (B,) bool, ended with EOS
+    logprobs: torch.Tensor | None = None  # (B, T) log π(token) at the sampling temperature
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def select(self, idx: list[int] | torch.Tensor) -> "RolloutBatch":
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        il = idx_t.tolist()
+        return RolloutBatch(
+            self.prompt_ids[idx_t], self.prompt_mask[idx_t], self.response_ids[idx_t],
+            self.response_mask[idx_t], [self.texts[i] for i in il],
+            [self.prompt_index[i] for i in il], self.finished[idx_t],
+            None if self.logprobs is None else self.logprobs[idx_t], dict(self.meta))
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask 1 up to and including the first EOS (all ones where no EOS). Returns (mask, finished)."""
+    is_eos = response_ids == eos_id                                  # (B, T)
+    finished = is_eos.any(dim=1)
+    first = torch.where(finished, is_eos.float().argmax(dim=1),
+                        torch.full_like(finished, response_ids.shape[1] - 1, dtype=torch.long))
+    pos = torch.arange(response_ids.shape[1], device=response_ids.device)
+    mask = (pos[None, :] <= first[:, None]).long()
+    return mask, finished
+
+
+@torch.no_grad()
+def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                     temperature: float = 1.0, micro_batch: int = 64,
+                     return_entropy: bool = False):
+    """log π(y_t | x, y_<t) for the last ``n_response`` positions, (B, T); no gradient."""
+    outs, ents = [], []
+    for s in range(0, input_ids.shape[0], micro_batch):
+        lp, ent = logprobs_with_grad(model, input_ids[s:s + micro_batch],
+                                     attention_mask[s:s + micro_batch], n_response, temperature,
+                                     return_entropy)
+        outs.append(lp)
+        ents.append(ent)
+    lp = torch.cat(outs)
+    return (lp, torch.cat(ents)) if return_entropy else lp
+
+
+def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temperature: float = 1.0,
+                       return_entropy: bool = False):
+    """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient.
+
+    position_ids follow the attention mask so left padding does not shift positions."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids).logits                     # (B, P+T, V)
+    logits = logits[:, -n_response - 1:-1, :].float()                    # predicts response tokens
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    labels = input_ids[:, -n_response:]
+    logp_all = F.log_softmax(logits, dim=-1)
+    lp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)          # (B, T)
+    ent = None
+    if return_entropy:
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+    return lp, ent
+
+
+@torch.no_grad()
+def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,
+                      seed: int | None = None, compute_logprobs: bool = True,
+                      use_cache: bool = True, show_progress: bool = False) -> RolloutBatch:
+    """Sample ``cfg.n`` responses for every prompt (see the module docstring for the layout)."""
+    cfg = cfg or SamplingConfig()
+    if cfg.n < 1 or cfg.max_new_tokens < 1:
+        raise ValueError("sampling: n and max_new_tokens must be >= 1")
+    device = next(model.parameters()).device
+    if seed is not None:
+        torch.manual_seed(seed)
+    rows = [i for i in range(len(prompts)) for _ in range(cfg.n)]
+    greedy = cfg.temperature == 0
+    was_training = model.training
+    model.eval()
+    chunks = []
+    rng = range(0, len(rows), cfg.batch_size)
+    if show_progress:
+        from rich.progress import track
+        rng = track(rng, description="sampling")
+    for s in rng:
+        idx = rows[s:s + cfg.batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          use_cache=use_cache)
+        if not greedy:
+            gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+        out = model.generate(**enc, **gen_kwargs)
+        chunks.append((enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]))
+    if was_training:
+        model.train()
+    prompt_ids = _pad_stack([c[0] for c in chunks], tokenizer.pad_token_id, left=True)
+    prompt_mask = _pad_stack([c[1] for c in chunks], 0, left=True)
+    resp = _pad_stack([c[2] for c in chunks], tokenizer.pad_token_id, left=False)
+    if resp.shape[1] == 0:
+        raise RuntimeError("generation returned no tokens")
+    mask, finished = response_mask_from_ids(resp, tokenizer.eos_token_id)
+    resp = torch.where(mask.bool(), resp, torch.full_like(resp, tokenizer.pad_token_id))
+    texts = decode_responses(tokenizer, resp, mask)
+    batch = RolloutBatch(prompt_ids, prompt_mask, resp, mask, texts, rows, finished)
+    if compute_logprobs:
+        batch.logprobs = forward_logprobs(model, batch.input_ids, batch.attention_mask,
+                                          resp.shape[1], temperature=cfg.temperature or 1.0) * mask
+    return batch
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    lens = mask.sum(1).tolist()
+    return [tokenizer.decode(r[:n].tolist(), skip_special_tokens=True)
+            for r, n in zip(response_ids, lens)]
+
+
+def _pad_stack(ts: list[torch.Tensor], pad: int, left: bool) -> torch.Tensor:
+    width = max(t.shape[1] for t in ts)
+    out = []
+    for t in ts:
+        extra = width - t.shape[1]
+        if extra:
+            fill = torch.full((t.shape[0], extra), pad, dtype=t.dtype, device=t.device)
+            t = torch.cat([fill, t] if left else [t, fill], dim=1)
+        out.append(t)
+    return torch.cat(out, dim=0)
