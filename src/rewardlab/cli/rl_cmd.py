@@ -1,0 +1,33 @@
+"""``rewardlab rl``: PPO / GRPO with success, ORM and refined PRM rewards."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("rl")
+    def rl(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RLConfig)."),
+           set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set reward.prm.refine=clip"),
+           out: Optional[str] = typer.Option(None, "--out", help="Run directory.")) -> None:
+        """Train a policy with RL (see configs/ for the shipped reward designs)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from rewardlab.config import load_config, save_config
+        from rewardlab.rl.config import RLConfig
+        from rewardlab.rl.trainer import train_rl
+
+        ov = list(set_) + ([f"out={out}"] if out else [])
+        cfg = load_config(RLConfig, config, ov)
+        from pathlib import Path
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.out) / "config.yaml")
+        res = train_rl(cfg)
+        t = Table("metric", "value", title=f"rl: {cfg.out}")
+        for k in sorted(res):
+            if k.startswith(("eval/", "reward/", "hack/", "response/", "kl/", "rl/")):
+                t.add_row(k, f"{res[k]:.4f}")
+        Console().print(t)

@@ -1,0 +1,31 @@
+"""``rewardlab sft``: supervised fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sft")
+    def sft(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (SFTConfig)."),
+            set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set lr=1e-3"),
+            out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
+            model: Optional[str] = typer.Option(None, "--model", help="Hub id, local dir or 'testbed'."),
+            dataset: Optional[str] = typer.Option(None, "--dataset", help="testbed | gsm8k | file.jsonl"),
+            max_steps: Optional[int] = typer.Option(None, "--max-steps")) -> None:
+        """Fine-tune a policy on problem → reference solution (loss on solution tokens only)."""
+        from rich.console import Console
+
+        from rewardlab.config import load_config
+        from rewardlab.rl.sft import SFTConfig, train_sft
+
+        ov = list(set_)
+        for key, val in (("out", out), ("model.name_or_path", model), ("data.dataset", dataset),
+                         ("max_steps", max_steps)):
+            if val is not None:
+                ov.append(f"{key}={val}")
+        cfg = load_config(SFTConfig, config, ov)
+        res = train_sft(cfg)
+        Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})

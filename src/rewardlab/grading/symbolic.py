@@ -1,0 +1,169 @@
+"""A time limit for math-verify that works from any thread: a small pool of worker processes.
+
+math-verify's own timeouts use ``signal.alarm``, which only works in the main thread. Here each
+check is sent to a persistent worker process (``python -m rewardlab.grading._symbolic_worker``,
+started with ``subprocess`` so no ``__main__`` module is re-imported) and the reply is awaited with
+``select``; a worker that overruns the limit is killed and replaced on the next call. Workers are
+started lazily, reused, capped at :data:`MAX_WORKERS` at once, and shut down at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 120.0  # importing sympy/math-verify in a fresh process; not part of a check's limit
+MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+class _Worker:
+    """One child process answering ``{"pred","gold"}`` lines with ``{"ok"}`` lines."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        src_dir = str(Path(__file__).resolve().parents[2])  # the folder holding `rewardlab`
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src_dir, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rewardlab.grading._symbolic_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
+        reply = self._read(STARTUP_TIMEOUT_S)
+        if not reply or not reply.get("ready"):
+            self.kill()
+            raise RuntimeError("symbolic grading worker failed to start")
+
+    def _read(self, timeout: float) -> dict | None:
+        """One reply line within ``timeout`` seconds, or None (timeout or dead worker)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            buf += chunk
+        return json.loads(buf)
+
+    def ask(self, pred: str, gold: str, timeout: float) -> bool | None:
+        """The worker's verdict, or None if it overran ``timeout`` or died (then it is killed)."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps({"pred": pred, "gold": gold}) + "\n").encode())
+            reply = self._read(timeout)
+        except (OSError, ValueError):
+            reply = None
+        if reply is None:
+            self.kill()
+            return None
+        return bool(reply.get("ok"))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the process and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+class SymbolicPool:
+    """Up to ``max_workers`` reusable workers shared by all threads."""
+
+    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+        self.max_workers = max_workers
+        self._idle: list[_Worker] = []
+        self._n_busy = 0
+        self._cond = threading.Condition()
+
+    def _acquire(self) -> _Worker | None:
+        """An idle worker, or None if the caller may start a new one (waits when all are busy)."""
+        with self._cond:
+            while not self._idle and self._n_busy >= self.max_workers:
+                self._cond.wait()
+            self._n_busy += 1
+            return self._idle.pop() if self._idle else None
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._cond:
+            self._n_busy -= 1
+            if worker is not None and worker.alive:
+                self._idle.append(worker)
+            self._cond.notify()
+
+    def check(self, pred: str, gold: str, timeout: float) -> bool:
+        """math-verify's verdict within ``timeout`` seconds of compute; False on timeout.
+
+        Waiting for a free worker and starting one are not counted against ``timeout``.
+        """
+        worker = self._acquire()
+        try:
+            worker = worker or _Worker()
+            verdict = worker.ask(pred, gold, max(timeout, 0.01))
+        except BaseException:
+            if worker is not None:
+                worker.kill()
+            self._release(None)
+            raise
+        self._release(worker if verdict is not None else None)
+        return bool(verdict)
+
+    def warm_up(self, n: int = 1) -> None:
+        """Start ``n`` workers now so that later checks do not pay the start-up time."""
+        started = []
+        for _ in range(min(n, self.max_workers)):
+            w = self._acquire()
+            started.append(w or _Worker())
+        for w in started:
+            self._release(w)
+
+    def shutdown(self) -> None:
+        """Kill all idle workers (busy ones are killed by their callers on timeout or reused)."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.kill()
+
+
+_POOL: SymbolicPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def get_pool() -> SymbolicPool:
+    """The process-wide cached pool."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = SymbolicPool()
+            atexit.register(_POOL.shutdown)
+        return _POOL
+
+
+def symbolic_equiv(pred: str, gold: str, timeout: float = 5.0) -> bool:
+    """math-verify equivalence of two LaTeX answers, bounded by ``timeout`` seconds, any thread."""
+    return get_pool().check(pred, gold, timeout)
+
+
+def warm_up(n: int = 1) -> None:
+    """Start ``n`` symbolic workers ahead of time."""
+    get_pool().warm_up(n)
+
+
+def shutdown() -> None:
+    """Stop the cached workers (they are also stopped at interpreter exit)."""
+    if _POOL is not None:
+        _POOL.shutdown()

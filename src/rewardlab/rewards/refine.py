@@ -1,0 +1,171 @@
+"""Refining process rewards so that more steps never earn more (Gao et al., "On Designing
+Effective RL Reward at Training Time for LLM Reasoning", arXiv 2410.15115).
+
+With raw PRM scores r_k ∈ [0, 1] added at every step, a response's return Σ_k r_k grows with its
+number of steps K, so the policy learns to write many correct-looking but useless steps (reward
+hacking). The refinements bound the return:
+
+- Clip:  c_k = min(r_k − η, 0)            every step reward ≤ 0, so extra steps never pay;
+- Delta: d_k = r_k − r_{k+1}, d_K = r_K   Σ_{j≥k} d_j = r_k telescopes: bounded, K-independent;
+- Clip-Delta: Delta applied to the clipped rewards;
+- PR-Normed: (r − mean)/(std + 1e-6) over all step rewards of a group (DeepSeekMath process
+  supervision, arXiv 2402.03300 §4.1.3).
+
+Every function takes one response's K step rewards as a Python sequence (returns a list of
+floats) or a 1-D tensor (K,) (returns a tensor of the same dtype, differentiable). Empty in →
+empty out; K = 1 is valid.
+
+``exclude_last=True`` leaves the final (answer) step out, because the success reward judges it:
+the refinement runs on r_1..r_{K−1} and the last step gets 0. For ``delta`` this is exactly
+SPEC's definition (the paper's figure: the last kept step keeps its raw score); the registry
+applies the same rule to every refinement, so ``refine(name, r, eta, exclude_last)`` means one
+thing whatever ``name`` is.
+
+>>> delta([0.9, 0.7, 0.8])
+[0.20000000000000007, -0.10000000000000009, 0.8]
+>>> delta([0.9, 0.7, 0.8], exclude_last=True)
+[0.20000000000000007, 0.7, 0.0]
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence, Union
+
+import torch
+
+from rewardlab.registry import Registry
+
+StepRewards = Union[Sequence[float], torch.Tensor]
+"""One response's K step rewards: a Python sequence of numbers or a 1-D tensor (K,)."""
+
+NORM_EPS = 1e-6
+"""The ε in (r − mean)/(std + ε), shared by PR-Normed and the GRPO advantages."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor cores, (K,) -> (K,)
+
+def _clip(r: torch.Tensor, eta: float) -> torch.Tensor:
+    return torch.clamp(r - eta, max=0.0)                        # c_k = min(r_k − η, 0)
+
+
+def _delta(r: torch.Tensor) -> torch.Tensor:
+    return torch.cat([r[:-1] - r[1:], r[-1:]])                  # d_k = r_k − r_{k+1}, d_K = r_K
+
+
+def _leave_last_out(core: Callable[[torch.Tensor], torch.Tensor], r: torch.Tensor,
+                    exclude_last: bool) -> torch.Tensor:
+    """``core`` over r_1..r_{K−1} and 0 for the last step when ``exclude_last``, else core(r)."""
+    if not exclude_last or r.numel() == 0:
+        return core(r)
+    return torch.cat([core(r[:-1]), torch.zeros_like(r[-1:])])
+
+
+def _apply(core: Callable[[torch.Tensor], torch.Tensor], r: StepRewards) -> StepRewards:
+    """Run a tensor core on a tensor (→ tensor) or on a Python sequence (→ list of floats)."""
+    if isinstance(r, torch.Tensor):
+        if r.dim() != 1:
+            raise ValueError(f"step rewards must be 1-D (K,), got shape {tuple(r.shape)}")
+        return core(r if r.is_floating_point() else r.float())
+    return core(torch.tensor([float(x) for x in r], dtype=torch.float64)).tolist()
+
+
+def zscore(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """x̃ = (x − mean x)/(std x + ε) over all elements, std the unbiased sample std (n − 1),
+    as DeepSeekMath and TRL use; a single element has std 0 (so x̃ = 0); empty → empty."""
+    if x.numel() == 0:
+        return x.clone()
+    mean = x.mean()
+    std = x.std() if x.numel() > 1 else torch.zeros_like(mean)
+    return (x - mean) / (std + eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public refinements (SPEC "Refining process rewards")
+
+def clip(r: StepRewards, eta: float = 0.8) -> StepRewards:
+    """Clip: c_k = min(r_k − η, 0) (Gao et al. 2024, arXiv 2410.15115).
+
+    Every refined step reward is ≤ 0, so adding steps never raises the return."""
+    return _apply(lambda x: _clip(x, eta), r)
+
+
+def delta(r: StepRewards, exclude_last: bool = False) -> StepRewards:
+    """Delta: d_k = r_k − r_{k+1} for k < K, d_K = r_K (Gao et al. 2024, arXiv 2410.15115).
+
+    The return from step k is Σ_{j≥k} d_j = r_k: bounded and independent of K. With
+    ``exclude_last`` d is computed over r_1..r_{K−1} and the last (answer) step gets 0."""
+    return _apply(lambda x: _leave_last_out(_delta, x, exclude_last), r)
+
+
+def clip_delta(r: StepRewards, eta: float = 0.8, exclude_last: bool = False) -> StepRewards:
+    """Clip-Delta: d_k of c_k = min(r_k − η, 0) (Gao et al. 2024, arXiv 2410.15115).
+
+    ``exclude_last`` as in :func:`delta`."""
+    return _apply(lambda x: _leave_last_out(lambda y: _delta(_clip(y, eta)), x, exclude_last), r)
+
+
+def _is_nested(r_group) -> bool:
+    if isinstance(r_group, torch.Tensor):
+        return False
+    return any(isinstance(x, (list, tuple)) or (isinstance(x, torch.Tensor) and x.dim() > 0)
+               for x in r_group)
+
+
+def normed(r_group):
+    """PR-Normed: r̃ = (r − mean)/(std + 1e-6) over ALL step rewards of a group jointly
+    (DeepSeekMath process supervision, arXiv 2402.03300 §4.1.3; Gao et al.'s "PR-Normed").
+
+    ``r_group`` is either the G responses' step-reward lists/tensors ``[[r_1..r_K1], ...]``
+    (returns the same nesting, each element list → list of floats, tensor → tensor) or one flat
+    sequence / 1-D tensor of step rewards (returns a list / tensor). std is the unbiased sample
+    std; a group holding one step reward in all gets 0."""
+    if not _is_nested(r_group):
+        return _apply(zscore, r_group)
+    rows = list(r_group)
+    as_tensors = [torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, torch.Tensor)
+                  else (x if x.is_floating_point() else x.float()) for x in rows]
+    for x in as_tensors:
+        if x.dim() != 1:
+            raise ValueError(f"each response's step rewards must be 1-D, got {tuple(x.shape)}")
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in as_tensors))
+    flat = torch.cat([x.to(dtype) for x in as_tensors])                 # (ΣK,)
+    pieces = torch.split(zscore(flat), [x.numel() for x in as_tensors])
+    return [p.to(src.dtype) if isinstance(src, torch.Tensor) else p.tolist()
+            for p, src in zip(pieces, rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: one uniform signature fn(r, eta, exclude_last) -> refined r (same type as r).
+# "normed" is group-level and lives in rewardlab.rewards.compose.GROUP_REFINERS.
+
+REFINERS: Registry[Callable[[StepRewards, float, bool], StepRewards]] = Registry("refine")
+
+
+@REFINERS.register("none")
+def _refine_none(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+    """Raw PRM scores (the last step 0 when ``exclude_last``)."""
+    return _apply(lambda x: _leave_last_out(torch.clone, x, exclude_last), r)
+
+
+@REFINERS.register("clip")
+def _refine_clip(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+    """Clip over r_1..r_K (r_1..r_{K−1} and 0 for the last step when ``exclude_last``)."""
+    return _apply(lambda x: _leave_last_out(lambda y: _clip(y, eta), x, exclude_last), r)
+
+
+@REFINERS.register("delta")
+def _refine_delta(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+    return delta(r, exclude_last)
+
+
+@REFINERS.register("clip_delta")
+def _refine_clip_delta(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+    return clip_delta(r, eta, exclude_last)
+
+
+def refine(name: str, r: StepRewards, eta: float = 0.8, exclude_last: bool = False) -> StepRewards:
+    """One response's step rewards refined by ``REFINERS[name]`` (none | clip | delta |
+    clip_delta); ``exclude_last`` gives the final step 0 and refines the others alone."""
+    return REFINERS.get(name)(r, eta, exclude_last)

@@ -1,0 +1,154 @@
+"""Typed configuration of an RL run (PPO or GRPO). Loaded from YAML with dotted overrides:
+
+    rewardlab rl --config configs/ppo_prm_clip.yaml --set reward.prm.eta=0.7 --set seed=1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rewardlab.models.loading import ModelConfig
+from rewardlab.rl.rollout import SamplingConfig
+from rewardlab.rl.sft import DataConfig
+
+
+@dataclass
+class PRMRewardConfig:
+    """The process reward: α · refine(PRM step scores) at each step's last token."""
+
+    path: str | None = None
+    """Directory of a PRM saved by ``rewardlab train-rm --kind prm``; None switches it off."""
+    alpha: float = 1.0
+    """Weight α of the PRM term."""
+    refine: str = "none"
+    """none | clip | delta | clip_delta | normed."""
+    eta: float = 0.8
+    """Clip threshold η: c_k = min(r_k − η, 0)."""
+    exclude_last: bool = True
+    """Delta: leave the final (answer) step out; the success reward judges it."""
+
+
+@dataclass
+class ORMRewardConfig:
+    """The outcome reward model term β · ORM(solution) on the last response token."""
+
+    path: str | None = None
+    """Directory of an ORM saved by ``rewardlab train-rm --kind orm``; None switches it off."""
+    beta: float = 1.0
+    """Weight β of the ORM term."""
+
+
+@dataclass
+class RewardConfig:
+    """success + α·PRM + β·ORM; any subset can be switched on."""
+
+    success: bool = True
+    """Use the verifier's success reward."""
+    correct_reward: float = 1.0
+    incorrect_reward: float = 0.0
+    prm: PRMRewardConfig = field(default_factory=PRMRewardConfig)
+    orm: ORMRewardConfig = field(default_factory=ORMRewardConfig)
+
+
+@dataclass
+class KLConfig:
+    """KL regularisation to the frozen reference policy."""
+
+    coef: float = 0.1
+    """kl_coef (seed default 0.1)."""
+    in_reward: bool = True
+    """True: −coef·KL_t is added to every token's reward (PPO); False: coef·KL in the loss (GRPO)."""
+    estimator: str = "k1"
+    """k1 | k3 (SPEC, KL estimators per token)."""
+    adaptive: bool = False
+    """Adapt coef towards ``target`` (Ziegler et al. 2019)."""
+    target: float = 0.05
+    horizon: int = 10000
+
+
+@dataclass
+class ValueConfig:
+    """The critic (PPO only)."""
+
+    kind: str = "separate"
+    """separate (its own backbone, initialised from ``init``) | shared (a head on the policy)."""
+    init: str | None = None
+    """Checkpoint that initialises a separate critic (default: the policy)."""
+    lr: float = 1e-3
+    coef: float = 0.5
+    """Weight of the value loss."""
+    clip_eps: float = 0.2
+    """Value clipping range."""
+
+
+@dataclass
+class RLConfig:
+    """A PPO or GRPO run."""
+
+    out: str = "runs/rl"
+    """Run directory."""
+    seed: int = 0
+    algo: str = "ppo"
+    """ppo (critic + GAE by default) | grpo (no critic)."""
+    advantage: str | None = None
+    """gae | grpo_outcome | grpo_process | dr_grpo | rloo; None: gae for ppo, grpo_outcome for grpo."""
+    policy: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="runs/sft/final"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        train_path="runs/sft/train.jsonl", test_path="runs/sft/test.jsonl"))
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4, temperature=1.0,
+                                                                           max_new_tokens=48))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    steps: int = 60
+    """RL steps (one rollout batch + its updates each)."""
+    prompts_per_step: int = 32
+    """Prompts per rollout batch; B = prompts_per_step × sampling.n responses."""
+    ppo_epochs: int = 2
+    minibatch_size: int = 64
+    lr: float = 2e-4
+    clip_eps: float = 0.2
+    """PPO clip ε."""
+    ratio: str = "token"
+    """token (PPO/GRPO) | sequence (GSPO: length-normalised sequence ratio)."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    entropy_coef: float = 0.0
+    grad_clip: float = 1.0
+    whiten_advantages: bool = True
+    """PPO: whiten GAE advantages over the batch."""
+    eval_every: int = 20
+    """Greedy accuracy on the held-out set every N steps (0: only at the end)."""
+    eval_k: int = 4
+    """maj@k / pass@k samples at the final evaluation (0: greedy only)."""
+    save_every: int = 20
+    resume: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.algo not in ("ppo", "grpo"):
+            raise ValueError(f"rl: algo must be ppo or grpo, got {self.algo!r}")
+        if self.algo == "grpo" and self.sampling.n < 2:
+            raise ValueError("rl: grpo needs sampling.n >= 2 responses per prompt (set sampling.n=4)")
+        if self.reward.prm.refine not in ("none", "clip", "delta", "clip_delta", "normed"):
+            raise ValueError(f"rl: reward.prm.refine={self.reward.prm.refine!r}; use none | clip | "
+                             "delta | clip_delta | normed")
+        if not (self.reward.success or self.reward.prm.path or self.reward.orm.path):
+            raise ValueError("rl: no reward is on; set reward.success=true or a PRM/ORM path")
+        if self.advantage_name() == "grpo_process" and not self.reward.prm.path:
+            raise ValueError("rl: advantage grpo_process needs reward.prm.path")
+        if self.kl.estimator not in ("k1", "k3"):
+            raise ValueError("rl: kl.estimator must be k1 or k3")
+        if self.value.kind not in ("separate", "shared"):
+            raise ValueError("rl: value.kind must be separate or shared")
+        if self.ratio not in ("token", "sequence"):
+            raise ValueError("rl: ratio must be token or sequence")
+        if self.steps < 1 or self.prompts_per_step < 1 or self.minibatch_size < 1:
+            raise ValueError("rl: steps, prompts_per_step and minibatch_size must be >= 1")
+
+    def advantage_name(self) -> str:
+        return self.advantage or ("gae" if self.algo == "ppo" else "grpo_outcome")
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage_name() == "gae"

@@ -1,0 +1,340 @@
+"""One RL loop for PPO and GRPO; the two differ only in the advantage step (and the critic).
+
+    step:  prompts → rollouts (n per prompt) → rewards (success, ORM, refined PRM at step ends,
+           KL) → advantages (registry) → ``ppo_epochs`` × minibatch updates → diagnostics
+
+The math lives in pure functions (``rewardlab.rewards.refine/compose``,
+``rewardlab.rl.advantages``, ``rewardlab.rl.losses``); this module only moves tensors between them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rewardlab.data.problem import Problem
+from rewardlab.rl.config import RLConfig
+from rewardlab.rl.rollout import RolloutBatch, forward_logprobs, generate_rollouts, logprobs_with_grad
+from rewardlab.rl.sft import load_problems, prompt_of
+
+
+def adaptive_kl_coef(coef: float, observed_kl: float, target: float, n_steps: int, horizon: int) -> float:
+    """Adaptive KL controller (Ziegler et al. 2019):
+    e = clip(KL/target − 1, −0.2, 0.2);  coef ← coef · (1 + e · n / horizon)."""
+    err = max(-0.2, min(0.2, observed_kl / target - 1.0))
+    return coef * (1.0 + err * n_steps / horizon)
+
+
+def prompt_batch_indices(n_problems: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Prompt indices for RL step ``step``: a pure function of seed and step (exact resume)."""
+    per_epoch = max(1, n_problems // per_step)
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    perm = torch.randperm(n_problems, generator=g)
+    return perm[pos * per_step:(pos + 1) * per_step].tolist()
+
+
+@dataclass
+class ScoredBatch:
+    """A rollout batch with everything the update needs. Shapes (B, T) unless noted."""
+
+    rollout: RolloutBatch
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+    values: torch.Tensor | None
+    token_rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor | None
+    metrics: dict
+
+
+class RLTrainer:
+    """PPO / GRPO with dense step rewards. ``RLTrainer(cfg).train()`` runs and returns metrics."""
+
+    def __init__(self, cfg: RLConfig):
+        from rewardlab.models.loading import load_model_and_tokenizer
+        from rewardlab.training import latest_checkpoint, quiet_transformers, seed_everything
+
+        quiet_transformers()
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed)
+        self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
+        if not self.train_set:
+            raise ValueError("rl: no training problems (set data.train_path or data.dataset)")
+        self.style = "math" if cfg.data.dataset == "math500" else "gsm8k"
+        self.testbed = all(p.source == "testbed" for p in self.train_set[:50])
+        pc = cfg.policy
+        self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
+        src = self.ckpt or pc.name_or_path
+        self.policy, self.tok = load_model_and_tokenizer(src, pc.dtype, pc.device, pc.trust_remote_code)
+        self.ref, _ = load_model_and_tokenizer(pc.name_or_path, pc.dtype, pc.device, pc.trust_remote_code)
+        self.ref.eval().requires_grad_(False)
+        self.device = next(self.policy.parameters()).device
+        self.value = self._build_value(src)
+        self.prm = self._load_rm(cfg.reward.prm.path)
+        self.orm = self._load_rm(cfg.reward.orm.path)
+        params = [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr}]
+        if self.value is not None:
+            params.append({"params": list(self.value.parameters()), "lr": cfg.value.lr})
+        self.opt = torch.optim.AdamW(params, betas=(0.9, 0.95), weight_decay=0.0)
+        self.kl_coef = cfg.kl.coef
+        self.start_step = 0
+        if self.ckpt is not None:
+            from rewardlab.training import load_trainer_state
+            st = load_trainer_state(self.ckpt, self.opt)
+            self.start_step = st["step"]
+            self.kl_coef = st["extra"].get("kl_coef", self.kl_coef)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _build_value(self, src):
+        from rewardlab.models.value import SharedValueHead, ValueModel
+
+        if not self.cfg.uses_critic:
+            return None
+        if self.cfg.value.kind == "shared":
+            head = SharedValueHead(self.policy.config.hidden_size).to(self.device)
+            if self.ckpt is not None and (Path(self.ckpt) / "value").exists():
+                head.load(Path(self.ckpt) / "value")
+            return head
+        init = Path(self.ckpt) / "value" if self.ckpt is not None else (
+            self.cfg.value.init or self.cfg.policy.name_or_path)
+        return ValueModel.from_pretrained(init).to(self.device)
+
+    def _load_rm(self, path):
+        if not path:
+            return None
+        from rewardlab.models.reward_models import load_reward_model
+        return load_reward_model(path, device=str(self.device))
+
+    # ------------------------------------------------------------------ one step
+    def values_of(self, input_ids, attention_mask, n_resp: int, hidden=None) -> torch.Tensor:
+        """V_t for each response token t: read at the position that predicts token t, (B, T)."""
+        if self.cfg.value.kind == "shared":
+            return self.value(hidden)[:, -n_resp - 1:-1]
+        return self.value(input_ids, attention_mask)[:, -n_resp - 1:-1]
+
+    @torch.no_grad()
+    def score(self, problems: list[Problem], batch: RolloutBatch) -> ScoredBatch:
+        """Rewards, reference log-probs, values and advantages for a rollout batch."""
+        from rewardlab.data.testbed import diagnostics, split_solution_steps
+        from rewardlab.grading import grade
+        from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl_penalty
+        from rewardlab.rewards.steps import step_end_positions
+        from rewardlab.rl.advantages import ADVANTAGES, AdvantageInputs, whiten
+
+        cfg = self.cfg
+        mask = batch.response_mask.float()
+        B, T = batch.response_ids.shape
+        probs = [problems[i] for i in batch.prompt_index]
+        correct = torch.tensor([float(grade(t, p.answer, self.style)) for t, p in zip(batch.texts, probs)])
+        success = None
+        if cfg.reward.success:
+            success = torch.where(correct.bool(), torch.tensor(cfg.reward.correct_reward),
+                                  torch.tensor(cfg.reward.incorrect_reward))
+        steps = [split_solution_steps(t) for t in batch.texts]
+        questions = [p.question for p in probs]
+        step_scores: list[list[float]] = [[] for _ in range(B)]
+        if self.prm is not None:
+            step_scores = [r.step_scores for r in self.prm.score(questions, steps)]
+        orm = None
+        if self.orm is not None:
+            orm = torch.tensor([r.score for r in self.orm.score(questions, steps)], dtype=torch.float)
+        n_real = batch.response_mask.sum(1).tolist()
+        step_ends = [step_end_positions(batch.response_ids[i, :n_real[i]].tolist(), self.tok)
+                     for i in range(B)]
+        for i in range(B):  # the PRM and the step mapper must agree on K
+            k = min(len(step_ends[i]), len(step_scores[i])) if self.prm is not None else len(step_ends[i])
+            step_ends[i], step_scores[i] = step_ends[i][:k], step_scores[i][:k]
+        group_ids = torch.tensor(batch.prompt_index)
+        rewards, info = build_token_rewards(
+            step_scores if self.prm is not None else [[] for _ in range(B)], step_ends, mask,
+            success=success, orm=orm, alpha=cfg.reward.prm.alpha, beta=cfg.reward.orm.beta,
+            refine=cfg.reward.prm.refine, eta=cfg.reward.prm.eta,
+            exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids)
+        old_logp = batch.logprobs
+        ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
+                                    temperature=cfg.sampling.temperature or 1.0) * mask
+        kl = kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask
+        if cfg.kl.in_reward:
+            rewards = add_kl_to_rewards(rewards, kl, self.kl_coef, mask)
+        values = None
+        if self.value is not None:
+            hidden = None
+            if cfg.value.kind == "shared":
+                out = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+                                  output_hidden_states=True)
+                hidden = out.hidden_states[-1]
+            values = self.values_of(batch.input_ids, batch.attention_mask, T, hidden) * mask
+        seq_reward = rewards.sum(1)
+        adv_in = AdvantageInputs(token_rewards=rewards, values=values, mask=mask, scores=seq_reward,
+                                 step_rewards=[[cfg.reward.prm.alpha * s for s in sc] for sc in step_scores],
+                                 step_ends=step_ends, group_ids=group_ids, gamma=cfg.gamma, lam=cfg.lam,
+                                 success=success)
+        name = cfg.advantage_name()
+        out = ADVANTAGES.get(name)(adv_in)
+        advantages, returns = out if isinstance(out, tuple) else (out, None)
+        if name == "gae" and cfg.whiten_advantages:
+            advantages = whiten(advantages, mask) * mask
+        # diagnostics
+        m = {"reward/success": correct.mean().item(),
+             "reward/total": seq_reward.mean().item(),
+             "response/length": mask.sum(1).mean().item(),
+             "response/finished": batch.finished.float().mean().item(),
+             "response/steps": sum(len(s) for s in steps) / B,
+             "kl/ref": (kl.sum(1)).mean().item(),
+             "kl/coef": self.kl_coef}
+        if self.prm is not None:
+            flat = [s for sc in step_scores for s in sc]
+            m["reward/prm_step_mean"] = sum(flat) / max(len(flat), 1)
+            m["reward/prm_return"] = float(info["prm_return"].mean())
+        if orm is not None:
+            m["reward/orm"] = orm.mean().item()
+        if self.testbed:
+            ds = [diagnostics(p.question, t, p.answer) for p, t in zip(probs, batch.texts)]
+            m["hack/repeated_frac"] = sum(d["repeated_frac"] for d in ds) / B
+            m["hack/unnecessary_frac"] = sum(d["unnecessary_frac"] for d in ds) / B
+            m["hack/step_acc"] = sum(d["step_acc"] for d in ds) / B
+        return ScoredBatch(batch, old_logp, ref_logp, values, rewards, advantages * mask, returns, m)
+
+    def update(self, sb: ScoredBatch) -> dict:
+        """``ppo_epochs`` passes of minibatch updates with the clipped losses."""
+        from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
+
+        cfg = self.cfg
+        b = sb.rollout
+        B, T = b.response_ids.shape
+        input_ids, att = b.input_ids, b.attention_mask
+        mask = b.response_mask.float()
+        self.policy.train()
+        agg: dict[str, list[float]] = {}
+        g = torch.Generator().manual_seed(cfg.seed * 31 + int(sb.metrics.get("_step", 0)))
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=g)
+            for s in range(0, B, cfg.minibatch_size):
+                mb = perm[s:s + cfg.minibatch_size]
+                hidden = None
+                if self.value is not None and cfg.value.kind == "shared":
+                    out = self.policy(input_ids=input_ids[mb], attention_mask=att[mb],
+                                      position_ids=(att[mb].cumsum(-1) - 1).clamp(min=0),
+                                      output_hidden_states=True)
+                    logits = out.logits[:, -T - 1:-1].float() / (cfg.sampling.temperature or 1.0)
+                    logp_all = torch.log_softmax(logits, -1)
+                    logp = logp_all.gather(-1, input_ids[mb][:, -T:].unsqueeze(-1)).squeeze(-1)
+                    ent = -(logp_all.exp() * logp_all).sum(-1)
+                    hidden = out.hidden_states[-1]
+                else:
+                    logp, ent = logprobs_with_grad(self.policy, input_ids[mb], att[mb], T,
+                                                   cfg.sampling.temperature or 1.0, return_entropy=True)
+                mmask = mask[mb]
+                pl, pm = ppo_policy_loss(logp, sb.old_logp[mb], sb.advantages[mb], mmask,
+                                         clip_eps=cfg.clip_eps, ratio=cfg.ratio)
+                entropy = masked_mean(ent, mmask)
+                loss = pl - cfg.entropy_coef * entropy
+                metrics = dict(pm)
+                metrics["actor/entropy"] = entropy.item()
+                metrics["actor/pg_loss"] = pl.item()
+                if not cfg.kl.in_reward:
+                    kll = kl_loss(logp, sb.ref_logp[mb], mmask, kind=cfg.kl.estimator)
+                    loss = loss + self.kl_coef * kll
+                    metrics["actor/kl_loss"] = kll.item()
+                if self.value is not None:
+                    v = self.values_of(input_ids[mb], att[mb], T, hidden)
+                    vl, vm = value_loss(v, sb.values[mb], sb.returns[mb], mmask, clip_eps=cfg.value.clip_eps)
+                    loss = loss + cfg.value.coef * vl
+                    metrics.update(vm)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for grp in self.opt.param_groups for p in grp["params"]]
+                metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                self.opt.step()
+                for k, v in metrics.items():
+                    agg.setdefault(k, []).append(float(v))
+        return {k: sum(v) / len(v) for k, v in agg.items()}
+
+    # ------------------------------------------------------------------ evaluation / loop
+    def evaluate(self, k: int = 0) -> dict:
+        from rewardlab.eval.evaluate import evaluate_policy
+
+        if not self.test_set:
+            return {}
+        summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
+                                        greedy=True, k=k, temperature=self.cfg.sampling.temperature or 1.0,
+                                        max_new_tokens=self.cfg.sampling.max_new_tokens,
+                                        seed=self.cfg.seed)
+        self.policy.train()
+        self._last_eval_rows = rows
+        return {f"eval/{key}": v for key, v in summary.items() if isinstance(v, (int, float))}
+
+    def save(self, step: int) -> None:
+        from rewardlab.training import save_checkpoint
+        models = {"value": self.value} if self.value is not None else None
+        save_checkpoint(self.out, step, self.policy, self.tok, self.opt, extra={"kl_coef": self.kl_coef},
+                        models=models)
+
+    def train(self) -> dict:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from rewardlab.io import write_json, write_jsonl
+        from rewardlab.training import MetricsLogger
+
+        cfg = self.cfg
+        logger = MetricsLogger(self.out)
+        if self.start_step:
+            logger.truncate_after(self.start_step)
+        t0 = time.time()
+        last: dict = {}
+        prompts_all = [prompt_of(p) for p in self.train_set]
+        with Progress(TextColumn(f"[bold]{cfg.algo}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                      disable=not cfg.progress) as bar:
+            task = bar.add_task("rl", total=cfg.steps, completed=self.start_step, info="")
+            if self.start_step == 0 and cfg.eval_every:
+                logger.log(0, self.evaluate())
+            for step in range(self.start_step, cfg.steps):
+                idx = prompt_batch_indices(len(self.train_set), cfg.prompts_per_step, step, cfg.seed)
+                problems = [self.train_set[i] for i in idx]
+                batch = generate_rollouts(self.policy, self.tok, [prompts_all[i] for i in idx],
+                                          cfg.sampling, seed=cfg.seed * 1_000_003 + step)
+                sb = self.score(problems, batch)
+                sb.metrics["_step"] = step
+                um = self.update(sb)
+                sb.metrics.pop("_step")
+                done = step + 1
+                metrics = {**sb.metrics, **um}
+                if cfg.kl.adaptive:
+                    self.kl_coef = adaptive_kl_coef(self.kl_coef, sb.metrics["kl/ref"], cfg.kl.target,
+                                                    len(batch), cfg.kl.horizon)
+                if (cfg.eval_every and done % cfg.eval_every == 0) and done != cfg.steps:
+                    metrics.update(self.evaluate())
+                if done == cfg.steps:
+                    metrics.update(self.evaluate(k=cfg.eval_k))
+                logger.log(done, metrics)
+                last = metrics
+                if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                    self.save(done)
+                bar.update(task, completed=done,
+                           info=f"succ {metrics['reward/success']:.2f} steps {metrics['response/steps']:.2f}"
+                           + (f" acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""))
+        logger.close()
+        final = self.out / "final"
+        self.policy.save_pretrained(str(final))
+        self.tok.save_pretrained(str(final))
+        if getattr(self, "_last_eval_rows", None) is not None:
+            write_jsonl(self.out / "eval_predictions.jsonl", self._last_eval_rows)
+        last["rl/wall_s"] = time.time() - t0
+        write_json(self.out / "rl_summary.json", last)
+        return last
+
+
+def train_rl(cfg: RLConfig) -> dict:
+    """Run an RL job from a config; returns the final metrics."""
+    return RLTrainer(cfg).train()
