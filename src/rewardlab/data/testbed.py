@@ -14,8 +14,9 @@ Its reference solution is in GSM8K's output format, one step per line, the final
 
 The **oracle** labels any solution text step by step: a step is *correct* when its arithmetic is
 right AND both operands are values the problem or an earlier correct step established; a correct
-step is *unnecessary* when its result never feeds the final answer, and *repeated* when it is the
-same as an earlier step. The final line is correct when its answer equals the gold answer.
+step is *unnecessary* when its result never feeds the final answer (for testbed questions: when
+it is not the first step computing the next link of the question's chain), and *repeated* when it
+is an unnecessary copy of an earlier step. The final line is correct when its answer equals the gold answer.
 
 ``TestbedConfig.unnecessary_rate`` puts correct-but-unnecessary steps (repeats, side
 computations) into a fraction of reference solutions, so that this behaviour lies inside the
@@ -45,6 +46,8 @@ PIECE_REGEX = r"\n|[ ]?[0-9]|[ ]?[A-Za-z]+|[ ]?#+|[ ]?<<|[ ]?>>|[ ]?ки|[ ]?[^\
 @dataclass
 class TestbedConfig:
     """Difficulty knobs of the arithmetic testbed."""
+
+    __test__ = False  # not a pytest test class
 
     min_steps: int = 2
     """Fewest operations (= reasoning steps before the answer line) in a problem."""
@@ -253,7 +256,7 @@ def oracle_label(question: str, solution: str, gold: str) -> OracleResult:
         labels.append(StepLabel(raw, ok, repeated=repeated, result=c if ok else None))
         if ok:
             established.append(c)
-    _mark_unnecessary(labels, given)
+    _mark_unnecessary(labels, question)
     outcome = answer is not None and answer == str(gold).strip()
     return OracleResult(labels, answer, outcome)
 
@@ -264,44 +267,85 @@ def _remove_one(pool: list[int], v: int) -> list[int]:
     return out
 
 
-def _mark_unnecessary(labels: list[StepLabel], given: list[int]) -> None:
-    """Trace which correct computation steps feed the (last) answer line; flag the rest.
+_CLAUSE_RE = {"+": re.compile(r"^buys (\d+) more$"), "-": re.compile(r"^loses (\d+)$"),
+              "*": re.compile(r"^gets (\d+) times as many$")}
 
-    The answer value comes from the last correct step producing it; an operand comes from the
-    earliest earlier correct step producing it, else from the problem. With no answer line, or an
-    answer no correct step produced, the flags stay False (undefined)."""
+
+def question_chain(question: str) -> list[tuple[int, str, int, int]] | None:
+    """The intended computation chain [(a, op, b, c), ...] of a testbed question, or None when
+    the text is not a testbed question."""
+    clauses = [c.strip() for c in question.split(" . ")]
+    m = re.match(r"^[a-z]+ has (\d+) [a-z]+$", clauses[0]) if clauses else None
+    if not m or not clauses[-1].startswith("how many"):
+        return None
+    v = int(m.group(1))
+    chain = []
+    for c in clauses[1:-1]:
+        for op, rx in _CLAUSE_RE.items():
+            mm = rx.match(c)
+            if mm:
+                n = int(mm.group(1))
+                chain.append((v, op, n, _apply(v, op, n)))
+                v = chain[-1][3]
+                break
+        else:
+            return None
+    return chain
+
+
+def _matches(step: tuple[int, str, int, int], want: tuple[int, str, int, int]) -> bool:
+    a, op, b, c = step
+    wa, wop, wb, wc = want
+    if op != wop or c != wc:
+        return False
+    return (a, b) == (wa, wb) or (op in "+*" and (b, a) == (wa, wb))
+
+
+def _mark_unnecessary(labels: list[StepLabel], question: str) -> None:
+    """Flag correct computation steps that do not feed the final answer.
+
+    Testbed questions: the necessary steps are the first steps that compute the question's chain
+    in order (a + b and b + a alike); every other correct step is unnecessary, and *repeated*
+    when its text equals an earlier step's. Other questions: trace values back from the answer
+    line (the latest correct producer of each value). With no answer line, or an answer no correct
+    step produced, the flags stay False (undefined)."""
     ans_idx = [i for i, s in enumerate(labels) if s.is_answer]
     if not ans_idx:
         return
     last = ans_idx[-1]
     comp = [(i, s) for i, s in enumerate(labels[:last]) if s.correct and not s.is_answer]
+    parsed = {i: _parse(s.text) for i, s in comp}
+    chain = question_chain(question)
     needed: set[int] = set()
-    target = labels[last].result
-    frontier = []
-    for i, s in reversed(comp):
-        if s.result == target:
-            frontier.append(i)
-            break
-    if not frontier:  # the answer is not produced by any correct step: flags undefined
-        return
-    while frontier:
-        i = frontier.pop()
-        if i in needed:
-            continue
-        needed.add(i)
-        m = _STEP_RE.match(labels[i].text)
-        for v in (int(m.group(1)), int(m.group(3))):
-            for j, s in comp:
-                if j >= i:
-                    break
-                if s.result == v:
-                    frontier.append(j)
-                    break
+    if chain is not None:
+        j = 0
+        for i, _ in comp:
+            if j < len(chain) and _matches(parsed[i], chain[j]):
+                needed.add(i)
+                j += 1
+    else:
+        producers = [i for i, s in reversed(comp) if s.result == labels[last].result][:1]
+        if not producers:
+            return
+        frontier = producers
+        while frontier:
+            i = frontier.pop()
+            if i in needed:
+                continue
+            needed.add(i)
+            a, _, b, _ = parsed[i]
+            for v in (a, b):
+                src = [j for j, s in comp if j < i and s.result == v]
+                if src:
+                    frontier.append(src[-1])
     for i, s in comp:
         s.unnecessary = i not in needed
-    for s in labels:
-        if s.repeated and s.correct and not s.is_answer:
-            s.unnecessary = True
+        s.repeated = s.repeated and i not in needed
+
+
+def _parse(text: str) -> tuple[int, str, int, int]:
+    m = _STEP_RE.match(text)
+    return int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
 
 
 def diagnostics(question: str, solution: str, gold: str) -> dict:

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 
 MEMORY_LIMIT_BYTES = 4 * 1024 ** 3  # address-space cap: a runaway sympy expansion dies, not the host
 
@@ -47,25 +49,46 @@ def symbolic_equal(pred: str, gold: str) -> bool:
         return False
 
 
+def _watch_parent(interval: float = 1.0) -> None:
+    """Exit when the parent process goes away (an orphan must not keep computing)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _send(out, obj: dict) -> None:
+    """Write one reply line; a closed pipe means the parent is gone, so exit quietly."""
+    try:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+    except (BrokenPipeError, OSError):
+        os._exit(0)
+
+
 def main() -> None:
     """Serve requests until stdin closes."""
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # stray prints from libraries go to stderr, never into the protocol
     sys.stdout = sys.stderr
     _limit_memory()
+    _watch_parent()
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     import math_verify  # noqa: F401 - import before announcing readiness
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
+    _send(out, {"ready": True})
     for line in sys.stdin:
         try:
             req = json.loads(line)
             ok = symbolic_equal(str(req["pred"]), str(req["gold"]))
         except (ValueError, KeyError, TypeError):
             ok = False
-        out.write(json.dumps({"ok": ok}) + "\n")
-        out.flush()
+        _send(out, {"ok": ok})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ math-verify's own timeouts use ``signal.alarm``, which only works in the main th
 check is sent to a persistent worker process (``python -m rewardlab.grading._symbolic_worker``,
 started with ``subprocess`` so no ``__main__`` module is re-imported) and the reply is awaited with
 ``select``; a worker that overruns the limit is killed and replaced on the next call. Workers are
-started lazily, reused, capped at :data:`MAX_WORKERS` at once, and shut down at exit.
+started lazily, reused, capped at :data:`MAX_WORKERS` at once, and shut down at exit; a killed
+worker's replacement is started in the background at once, so the next check does not wait for it.
 """
 
 from __future__ import annotations
@@ -119,8 +120,19 @@ class SymbolicPool:
                 worker.kill()
             self._release(None)
             raise
-        self._release(worker if verdict is not None else None)
+        if verdict is None:  # timed out and killed: keep the slot, start a replacement now
+            threading.Thread(target=self._replace, daemon=True).start()
+        else:
+            self._release(worker)
         return bool(verdict)
+
+    def _replace(self) -> None:
+        """Start a worker in the background to fill a slot whose worker was killed."""
+        try:
+            worker: _Worker | None = _Worker()
+        except (RuntimeError, OSError):
+            worker = None
+        self._release(worker)
 
     def warm_up(self, n: int = 1) -> None:
         """Start ``n`` workers now so that later checks do not pay the start-up time."""

@@ -68,6 +68,8 @@ class SFTConfig:
     resume: bool = True
     """Continue from the latest checkpoint in ``out`` when there is one."""
     progress: bool = True
+    stop_at: int = 0
+    """Stop after this step as if interrupted, leaving a checkpoint (0: never). For budgets and tests."""
 
     def validate(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -220,6 +222,10 @@ def train_sft(cfg: SFTConfig) -> dict:
                 save_checkpoint(out, done, model, tok, opt, sched)
             bar.update(task, completed=done, info=f"loss {loss_sum:.3f}"
                        + (f" acc {last['eval/accuracy']:.3f}" if "eval/accuracy" in last else ""))
+            if cfg.stop_at and done >= cfg.stop_at and done < cfg.max_steps:
+                save_checkpoint(out, done, model, tok, opt, sched)
+                logger.close()
+                return {**last, "sft/stopped_at": done}
     logger.close()
     final = out / "final"
     model.save_pretrained(str(final))

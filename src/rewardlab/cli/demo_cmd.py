@@ -1,0 +1,31 @@
+"""``rewardlab demo``: the paper in miniature on the arithmetic testbed."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(out: str = typer.Option("runs/demo", "--out", help="Run directory (stages are cached here)."),
+             quick: bool = typer.Option(False, "--quick", help="Tiny budget (~3 min), for smoke tests."),
+             seeds: int = typer.Option(1, "--seeds", help="RL seeds per reward design (mean ± std)."),
+             designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs."),
+             alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
+             eta: float = typer.Option(0.8, "--eta", help="Clip threshold η.")) -> None:
+        """SFT → reward models → RL with every reward design → report (report.md, results.json, PNGs)."""
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        from rewardlab.demo import DESIGNS, DemoConfig, run_demo
+
+        if seeds < 1 or seeds > 20:
+            raise typer.BadParameter("--seeds must be between 1 and 20")
+        cfg = DemoConfig(out=out, quick=quick, seeds=seeds, prm_alpha=alpha, prm_eta=eta,
+                         designs=[d.strip() for d in designs.split(",")] if designs else list(DESIGNS))
+        console = Console()
+        run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))
+        from pathlib import Path
+        console.print(Markdown((Path(out) / "report.md").read_text()))

@@ -1,0 +1,129 @@
+"""The comparison report of a demo run: results.json, report.md, training-curve PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from rewardlab.io import write_json, write_text
+from rewardlab.training import read_metrics
+
+# column -> (metric key in a run's final metrics, format)
+COLUMNS = {
+    "accuracy": ("eval/accuracy", "{:.3f}"),
+    "maj@k": ("eval/maj@k", "{:.3f}"),
+    "steps/solution": ("eval/mean_steps", "{:.2f}"),
+    "repeated": ("eval/repeated_frac", "{:.3f}"),
+    "unnecessary": ("eval/unnecessary_frac", "{:.3f}"),
+    "length": ("eval/mean_length", "{:.1f}"),
+    "KL": ("kl/ref", "{:.3f}"),
+}
+CURVES = {"accuracy": "eval/accuracy", "steps_per_solution": "response/steps",
+          "prm_return": "reward/prm_return", "unnecessary_frac": "hack/unnecessary_frac"}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise_runs(runs: dict[str, list[Path]]) -> dict[str, dict]:
+    """Per design: mean and std over seeds of every report column."""
+    table: dict[str, dict] = {}
+    for design, dirs in runs.items():
+        finals = [json.loads((d / "rl_summary.json").read_text()) for d in dirs
+                  if (d / "rl_summary.json").exists()]
+        row = {"n_seeds": len(finals)}
+        for col, (key, _) in COLUMNS.items():
+            m, s = _mean_std([f.get(key) for f in finals])
+            row[col] = {"mean": m, "std": s}
+        table[design] = row
+    return table
+
+
+def _fmt(cell: dict, fmt: str, with_std: bool) -> str:
+    m, s = cell["mean"], cell["std"]
+    if isinstance(m, float) and math.isnan(m):
+        return "–"
+    return fmt.format(m) + (f" ± {fmt.format(s)}" if with_std else "")
+
+
+def markdown_table(table: dict[str, dict], descriptions: dict[str, str], baseline: dict | None) -> str:
+    with_std = any(r["n_seeds"] > 1 for r in table.values())
+    head = "| design | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    if baseline:
+        cells = [COLUMNS[c][1].format(baseline[k]) if isinstance(baseline.get(k), (int, float)) else "–"
+                 for c, (k, _) in COLUMNS.items()]
+        lines.append("| SFT policy (start) | " + " | ".join(cells) + " |")
+    for d, row in table.items():
+        cells = [_fmt(row[c], COLUMNS[c][1], with_std) for c in COLUMNS]
+        lines.append(f"| {descriptions.get(d, d)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_curves(runs: dict[str, list[Path]], out: Path) -> list[Path]:
+    """One PNG per curve: the seed-mean of a metric against the RL step, one line per design."""
+    from rewardlab.eval.plots import plot_curves
+
+    paths = []
+    for name, key in CURVES.items():
+        curves = {}
+        for design, dirs in runs.items():
+            by_step: dict[int, list[float]] = {}
+            for d in dirs:
+                for row in read_metrics(d / "metrics.jsonl"):
+                    if key in row:
+                        by_step.setdefault(int(row["step"]), []).append(row[key])
+            if by_step:
+                curves[design] = [(s, statistics.fmean(v)) for s, v in sorted(by_step.items())]
+        if curves:
+            paths.append(plot_curves(curves, name.replace("_", " "), name, out / f"curve_{name}.png"))
+    return paths
+
+
+def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: dict[str, list[Path]],
+                 descriptions: dict[str, str], wall_s: float) -> dict:
+    """Write results.json, report.md and the curve plots; returns the results dict."""
+    table = summarise_runs(runs)
+    baseline = None
+    if (sft_dir / "eval_summary.json").exists():
+        baseline = {f"eval/{k}": v for k, v in json.loads((sft_dir / "eval_summary.json").read_text()).items()}
+    rm_metrics = {k: json.loads((rm_dir / f"{k}_metrics.json").read_text())
+                  for k in ("orm", "prm") if (rm_dir / f"{k}_metrics.json").exists()}
+    bon = json.loads((bon_dir / "bon.json").read_text()) if (bon_dir / "bon.json").exists() else None
+    curves = training_curves(runs, out)
+    results = {"designs": table, "descriptions": descriptions, "sft": baseline, "reward_models": rm_metrics,
+               "bon": bon, "wall_s": wall_s, "curves": [p.name for p in curves]}
+    write_json(out / "results.json", results)
+    md = ["# rewardlab demo report", "",
+          f"Arithmetic testbed, wall time {wall_s / 60:.1f} min. Held-out greedy accuracy, maj@k, and "
+          "reward-hacking diagnostics (oracle) of the final policy of each reward design"
+          + (" (mean ± std over seeds)." if any(r["n_seeds"] > 1 for r in table.values()) else "."), "",
+          markdown_table(table, descriptions, baseline), ""]
+    if rm_metrics:
+        md += ["## Reward models (held-out split of the policy's own samples)", ""]
+        for k, m in rm_metrics.items():
+            md.append(f"- **{k.upper()}**: " + ", ".join(f"{a}={b:.3f}" for a, b in m.items()
+                                                          if isinstance(b, float)))
+        md.append("")
+    if bon:
+        md += ["## Best-of-N", "", "![best-of-N](bon/bon.png)", ""]
+        table_bon = bon.get("table", bon)
+        ns = sorted({int(n) for v in table_bon.values() if isinstance(v, dict) for n in v})
+        if ns:
+            md.append("| method | " + " | ".join(f"N={n}" for n in ns) + " |")
+            md.append("|" + "---|" * (len(ns) + 1))
+            for meth, vals in table_bon.items():
+                if isinstance(vals, dict):
+                    md.append(f"| {meth} | " + " | ".join(
+                        f"{vals.get(str(n), vals.get(n, float('nan'))):.3f}" for n in ns) + " |")
+            md.append("")
+    if curves:
+        md += ["## Training curves", ""] + [f"![{p.stem}]({p.name})" for p in curves] + [""]
+    write_text(out / "report.md", "\n".join(md))
+    return results
