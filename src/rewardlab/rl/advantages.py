@@ -1,0 +1,255 @@
+"""Advantage estimators: GAE (PPO), GRPO outcome and process supervision, Dr. GRPO, RLOO.
+
+Shapes: B responses, T response tokens (right-padded), G responses per prompt, K steps.
+``mask`` (B, T) is 1 on real response tokens (EOS included) and 0 on padding; every estimator
+returns (B, T) advantages that are 0 where the mask is 0.
+
+Groups: ``group_ids`` is either (B,) per-row ids (any hashable values; rows with equal ids are
+the G responses to one prompt) or an int G, meaning rows i·G .. i·G+G−1 form a group (the
+rollout's prompt-major order). Group statistics use the unbiased sample std (n − 1), as
+DeepSeekMath and TRL do; a group of one response has std 0, so its advantage is 0.
+
+Every estimator is also registered in ``ADVANTAGES`` under one signature,
+``fn(inputs: AdvantageInputs) -> Tensor (B, T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from rewardlab.registry import Registry
+from rewardlab.rewards.compose import place_at_step_ends
+from rewardlab.rewards.refine import NORM_EPS, normed
+from rewardlab.rl.losses import masked_mean
+
+
+# ---------------------------------------------------------------------------------------------
+# GAE
+
+@torch.no_grad()
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """δ_t = r_t + γ V_{t+1} − V_t,  A_t = Σ_l (γλ)^l δ_{t+l},  returns = A + V
+    (Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE", arXiv 1506.02438).
+
+    rewards, values, mask: (B, T). V past the last response token is 0; positions where the
+    mask is 0 are skipped (as if absent), so right padding — and any value stored there — has
+    no effect. Returns (advantages, returns), (B, T) each, 0 where the mask is 0; no gradient."""
+    m = mask.bool()
+    r = torch.where(m, rewards, torch.zeros_like(rewards)).float()
+    v = torch.where(m, values, torch.zeros_like(values)).float()
+    B, T = r.shape
+    advantages = torch.zeros_like(r)
+    lastgaelam = torch.zeros(B, dtype=r.dtype, device=r.device)
+    nextvalues = torch.zeros(B, dtype=r.dtype, device=r.device)
+    for t in reversed(range(T)):
+        delta = r[:, t] + gamma * nextvalues - v[:, t]
+        gaelam = delta + gamma * lam * lastgaelam
+        lastgaelam = torch.where(m[:, t], gaelam, lastgaelam)
+        nextvalues = torch.where(m[:, t], v[:, t], nextvalues)
+        advantages[:, t] = torch.where(m[:, t], gaelam, torch.zeros_like(gaelam))
+    returns = torch.where(m, advantages + v, torch.zeros_like(v))
+    return advantages, returns
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+           eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean)/sqrt(var + ε) with mean and unbiased var over positions where mask is 1;
+    ``shift_mean=False`` adds the mean back (scale only). 0 where the mask is 0."""
+    m = mask.bool()
+    mean = masked_mean(x, m)
+    n = m.sum()
+    var = masked_mean((x - mean) ** 2, m) * (n / (n - 1).clamp(min=1))
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(m, out, torch.zeros_like(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Group statistics
+
+def group_index(group_ids, B: int, device=None) -> torch.Tensor:
+    """(B,) long tensor numbering the groups 0..n_groups−1 (see the module docstring)."""
+    if isinstance(group_ids, int):
+        if group_ids < 1 or B % group_ids:
+            raise ValueError(f"group size {group_ids} does not divide the batch size {B}")
+        return torch.arange(B, device=device) // group_ids
+    if isinstance(group_ids, torch.Tensor):
+        ids = group_ids.flatten()
+        if ids.numel() != B:
+            raise ValueError(f"group_ids has {ids.numel()} entries for a batch of {B}")
+        return torch.unique(ids, return_inverse=True)[1].to(device)
+    ids = list(group_ids)
+    if len(ids) != B:
+        raise ValueError(f"group_ids has {len(ids)} entries for a batch of {B}")
+    number: dict = {}
+    return torch.tensor([number.setdefault(g, len(number)) for g in ids], dtype=torch.long,
+                        device=device)
+
+
+def group_stats(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                              torch.Tensor]:
+    """Per-row (mean, std, count) of x (B,) over its group; std unbiased (n − 1), 0 for n = 1."""
+    n_groups = int(index.max()) + 1 if index.numel() else 0
+    count = torch.bincount(index, minlength=n_groups).to(x.dtype)               # (n_groups,)
+    mean = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, index, x) / count
+    sq = torch.zeros_like(mean).index_add_(0, index, (x - mean[index]) ** 2)
+    std = (sq / (count - 1).clamp(min=1)).sqrt()
+    return mean[index], std[index], count[index]
+
+
+def _per_token(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) sequence advantage → (B, T) on every response token, 0 on padding."""
+    a = a.float()[:, None].expand(mask.shape)
+    return torch.where(mask.bool(), a, torch.zeros_like(a))
+
+
+def _scores(scores, mask: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(scores, dtype=torch.float32, device=mask.device).flatten()
+    if s.shape != (mask.shape[0],):
+        raise ValueError(f"scores must have shape ({mask.shape[0]},), got {tuple(s.shape)}")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Critic-free estimators
+
+@torch.no_grad()
+def grpo_outcome(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
+    """A_i = (R_i − mean_group R)/(std_group R + 1e-6) on every token of response i
+    (GRPO outcome supervision, Shao et al. 2024, DeepSeekMath, arXiv 2402.03300 §4.1.2).
+
+    scores: (B,) sequence rewards R_i; mask (B, T). std is the unbiased sample std."""
+    R = _scores(scores, mask)
+    mean, std, _ = group_stats(R, group_index(group_ids, R.shape[0], R.device))
+    return _per_token((R - mean) / (std + NORM_EPS), mask)
+
+
+@torch.no_grad()
+def dr_grpo(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
+    """A_i = R_i − mean_group R, no std division (Dr. GRPO, Liu et al. 2025, "Understanding
+    R1-Zero-Like Training", arXiv 2503.20783). Pair it with a length-independent loss
+    aggregation (``agg="seq-mean-token-sum-norm"`` in rewardlab.rl.losses)."""
+    R = _scores(scores, mask)
+    mean, _, _ = group_stats(R, group_index(group_ids, R.shape[0], R.device))
+    return _per_token(R - mean, mask)
+
+
+@torch.no_grad()
+def rloo(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
+    """A_i = R_i − mean_{j≠i} R_j = G/(G−1)·(R_i − mean R), leave-one-out baseline
+    (Ahmadian et al. 2024, "Back to Basics: REINFORCE-style optimization", arXiv 2402.14740;
+    Kool et al. 2019). A group of one response has no baseline and gets 0."""
+    R = _scores(scores, mask)
+    mean, _, n = group_stats(R, group_index(group_ids, R.shape[0], R.device))
+    A = torch.where(n > 1, n / (n - 1).clamp(min=1) * (R - mean), torch.zeros_like(R))
+    return _per_token(A, mask)
+
+
+@torch.no_grad()
+def grpo_process(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
+                 group_ids, mask: torch.Tensor) -> torch.Tensor:
+    """r̃ = (r − mean)/(std + 1e-6) over all step rewards of the group; A_t = Σ_{k: t_end(k) ≥ t} r̃_k
+    (GRPO process supervision, DeepSeekMath, arXiv 2402.03300 §4.1.3).
+
+    step_rewards, step_ends: B lists of K_b values / token indices; mask (B, T). A step whose
+    t_end is past the last real token counts as ending on it; tokens after the last step end get
+    0 (no step ends at or after them)."""
+    B = mask.shape[0]
+    if len(step_rewards) != B:
+        raise ValueError(f"got {len(step_rewards)} step-reward lists for a batch of {B}")
+    index = group_index(group_ids, B).tolist()
+    r_tilde: list[list[float]] = [[] for _ in range(B)]
+    for g in sorted(set(index)):
+        members = [i for i in range(B) if index[i] == g]
+        for i, r in zip(members, normed([[float(x) for x in step_rewards[i]] for i in members])):
+            r_tilde[i] = r
+    placed = place_at_step_ends(r_tilde, step_ends, mask)                  # (B, T)
+    A = placed.flip(1).cumsum(1).flip(1)                                   # Σ over t_end ≥ t
+    return torch.where(mask.bool(), A, torch.zeros_like(A))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: fn(inputs: AdvantageInputs) -> (B, T)
+
+@dataclass(kw_only=True)
+class AdvantageInputs:
+    """Everything an advantage estimator may read; each estimator names what it needs."""
+
+    token_rewards: torch.Tensor | None = None
+    """(B, T) per-token rewards (rewardlab.rewards.compose.build_token_rewards), for gae."""
+    values: torch.Tensor | None = None
+    """(B, T) critic values V_t, for gae."""
+    mask: torch.Tensor
+    """(B, T) 1 on real response tokens (EOS included), 0 on padding."""
+    scores: torch.Tensor | None = None
+    """(B,) sequence rewards R_i for grpo_outcome / dr_grpo / rloo; when None, the sum of
+    token_rewards over the mask."""
+    step_rewards: Sequence[Sequence[float]] | None = None
+    """B lists of K_b PRM step rewards, for grpo_process."""
+    step_ends: Sequence[Sequence[int]] | None = None
+    """B lists of K_b token indices t_end(k), for grpo_process."""
+    group_ids: object = None
+    """(B,) group id per row, or an int group size G (prompt-major rows)."""
+    gamma: float = 1.0
+    """Discount γ (gae)."""
+    lam: float = 0.95
+    """GAE λ (gae)."""
+
+    def need(self, estimator: str, *fields: str) -> None:
+        missing = [f for f in fields if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"advantage estimator '{estimator}' needs {', '.join(missing)}")
+
+    def sequence_scores(self, estimator: str) -> torch.Tensor:
+        if self.scores is not None:
+            return self.scores
+        if self.token_rewards is None:
+            raise ValueError(f"advantage estimator '{estimator}' needs scores or token_rewards")
+        m = self.mask.bool()
+        return torch.where(m, self.token_rewards, torch.zeros_like(self.token_rewards)).sum(1)
+
+
+ADVANTAGES: Registry[Callable[[AdvantageInputs], torch.Tensor]] = Registry("advantage estimator")
+
+
+@ADVANTAGES.register("gae")
+def _adv_gae(x: AdvantageInputs) -> torch.Tensor:
+    """GAE advantages; the value-loss targets are ``advantages + values`` on the mask, exactly
+    the returns :func:`gae` gives (call it directly to get both)."""
+    x.need("gae", "token_rewards", "values")
+    return gae(x.token_rewards, x.values, x.mask, x.gamma, x.lam)[0]
+
+
+@ADVANTAGES.register("grpo_outcome")
+def _adv_grpo_outcome(x: AdvantageInputs) -> torch.Tensor:
+    x.need("grpo_outcome", "group_ids")
+    return grpo_outcome(x.sequence_scores("grpo_outcome"), x.group_ids, x.mask)
+
+
+@ADVANTAGES.register("grpo_process")
+def _adv_grpo_process(x: AdvantageInputs) -> torch.Tensor:
+    x.need("grpo_process", "step_rewards", "step_ends", "group_ids")
+    return grpo_process(x.step_rewards, x.step_ends, x.group_ids, x.mask)
+
+
+@ADVANTAGES.register("dr_grpo")
+def _adv_dr_grpo(x: AdvantageInputs) -> torch.Tensor:
+    x.need("dr_grpo", "group_ids")
+    return dr_grpo(x.sequence_scores("dr_grpo"), x.group_ids, x.mask)
+
+
+@ADVANTAGES.register("rloo")
+def _adv_rloo(x: AdvantageInputs) -> torch.Tensor:
+    x.need("rloo", "group_ids")
+    return rloo(x.sequence_scores("rloo"), x.group_ids, x.mask)
+
+
+def compute_advantages(name: str, inputs: AdvantageInputs) -> torch.Tensor:
+    """(B, T) advantages by ``ADVANTAGES[name]`` (gae | grpo_outcome | grpo_process | dr_grpo |
+    rloo)."""
+    return ADVANTAGES.get(name)(inputs)

@@ -1,0 +1,85 @@
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from rewardlab.config import ConfigError, load_config
+from rewardlab.io import DataError, read_jsonl, write_jsonl
+from rewardlab.rl.config import RLConfig
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("algo: ppo\nreward:\n  prm:\n    path: x\n    eta: 0.5\n")
+    cfg = load_config(RLConfig, p, ["reward.prm.refine=clip_delta", "reward.prm.eta=0.7", "seed=3",
+                                    "sampling.n=8", "kl.in_reward=false"])
+    assert cfg.reward.prm.refine == "clip_delta" and cfg.reward.prm.eta == 0.7
+    assert cfg.reward.prm.path == "x" and cfg.seed == 3 and cfg.sampling.n == 8
+    assert cfg.kl.in_reward is False
+    assert cfg.policy.name_or_path == "runs/sft/final"  # defaults kept
+
+
+@pytest.mark.parametrize("ov,msg", [
+    (["reward.prm.eta=abc"], "reward.prm.eta"),
+    (["nonsense=1"], "nonsense"),
+    (["reward.prm.refine=bogus"], "refine"),
+    (["algo=grpo", "sampling.n=1"], "sampling.n"),
+    (["seed"], "key.sub=value"),
+])
+def test_bad_config_fails_loudly(ov, msg):
+    with pytest.raises((ConfigError, ValueError), match=msg):
+        load_config(RLConfig, None, ov)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(RLConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(RLConfig, bad)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    names = sorted(p.name for p in Path("configs").glob("*.yaml"))
+    assert {"ppo_success.yaml", "ppo_prm_raw.yaml", "ppo_prm_clip.yaml", "ppo_prm_delta.yaml",
+            "ppo_prm_clip_delta.yaml", "ppo_orm.yaml", "grpo_outcome.yaml", "grpo_process.yaml"} <= set(names)
+    for n in names:
+        cfg = load_config(RLConfig, Path("configs") / n)
+        assert cfg.out.endswith(n[:-5])
+
+
+def test_jsonl_errors_name_file_line_field(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"question": "a", "answer": "1"}\n{"question": "b"\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: malformed JSON"):
+        read_jsonl(p)
+    p.write_text('{"question": "a", "answer": "1"}\n\n{"question": "b"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:3: field 'answer': missing"):
+        read_jsonl(p, required=["question", "answer"])
+    p.write_text('{"question": 5, "answer": "1"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'question': expected string"):
+        read_jsonl(p, types={"question": str})
+    p.write_text("\n\n")
+    with pytest.raises(DataError, match="empty"):
+        read_jsonl(p)
+    p.write_text("[1, 2]\n")
+    with pytest.raises(DataError, match="JSON object"):
+        read_jsonl(p)
+    with pytest.raises(DataError, match="not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    out = tmp_path / "o.jsonl"
+    write_jsonl(out, [{"a": 1}])
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(out, rows())
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [{"a": 1}]
+    assert [p.name for p in tmp_path.iterdir()] == ["o.jsonl"]
