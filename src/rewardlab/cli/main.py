@@ -14,7 +14,7 @@ from rich.console import Console
 from rewardlab.config import ConfigError
 from rewardlab.io import DataError
 
-COMMAND_MODULES = ["data_cmd", "sft_cmd", "eval_cmd", "rm_cmd", "rl_cmd", "demo_cmd"]
+COMMAND_MODULES = ["data_cmd", "sft_cmd", "eval_cmd", "label_cmd", "rm_cmd", "rl_cmd", "demo_cmd"]
 
 err_console = Console(stderr=True)
 

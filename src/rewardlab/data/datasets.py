@@ -104,6 +104,19 @@ def _rows(path: str | os.PathLike, split: str, config: str | None, types: dict[s
 # steps
 
 
+def _merge_asy(parts: list[str]) -> list[str]:
+    """Re-join paragraphs that a blank line split inside an ``[asy]...[/asy]`` figure (MATH)."""
+    out: list[str] = []
+    open_asy = False
+    for part in parts:
+        if open_asy:
+            out[-1] += "\n\n" + part
+        else:
+            out.append(part)
+        open_asy = out[-1].count("[asy]") > out[-1].count("[/asy]")
+    return out
+
+
 def split_steps(solution: str, step_split: str = "lines") -> list[str]:
     """Split a solution into stripped, non-empty steps.
 
@@ -113,7 +126,7 @@ def split_steps(solution: str, step_split: str = "lines") -> list[str]:
     if step_split == "lines":
         parts = solution.splitlines()
     elif step_split == "blank":
-        parts = re.split(r"\n[ \t]*\n", solution)
+        parts = _merge_asy(re.split(r"\n[ \t]*\n", solution))
     else:
         try:
             parts = re.split(step_split, solution)

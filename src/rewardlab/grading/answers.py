@@ -36,13 +36,20 @@ _LEADING_NUM_RE = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?")
 
 
 def _clean_gsm8k(text: str) -> str | None:
-    """``"$1,000.00 dollars."`` → ``"1000.00"``: drop ``$``, thousands commas, units, periods."""
+    """``"$1,000.00 dollars."`` → ``"1000.00"``: drop ``$``, thousands commas, units, periods.
+
+    Text that does not start with a number gives its last number (``"The answer is 18"``), else
+    the text itself without trailing periods.
+    """
     s = text.replace("\\$", "").replace("$", "").strip()
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
     s = re.sub(r"^-\s+(?=\d)", "-", s)
     m = _LEADING_NUM_RE.match(s)
     if m:
         return m.group(0)
+    nums = _GSM8K_NUM_RE.findall(s)  # "#### The answer is 18"
+    if nums:
+        return nums[-1].replace(",", "")
     s = s.rstrip(". ")
     return s or None
 
@@ -237,7 +244,8 @@ def is_equiv(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool:
 
     None on either side is never equivalent. The symbolic stage (math-verify, with ``gold`` as
     the reference) runs in a worker process and counts as not equivalent after ``timeout``
-    seconds, in any thread. Text is never evaluated as code.
+    seconds of computing, in any thread; starting a worker (once per process, ~1 s, and in the
+    background after a timeout) is not counted. Text is never evaluated as code.
     """
     if pred is None or gold is None:
         return False

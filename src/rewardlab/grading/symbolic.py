@@ -90,6 +90,7 @@ class SymbolicPool:
         self._idle: list[_Worker] = []
         self._n_busy = 0
         self._cond = threading.Condition()
+        self._owner_pid = os.getpid()
 
     def _acquire(self) -> _Worker | None:
         """An idle worker, or None if the caller may start a new one (waits when all are busy)."""
@@ -144,7 +145,12 @@ class SymbolicPool:
             self._release(w)
 
     def shutdown(self) -> None:
-        """Kill all idle workers (busy ones are killed by their callers on timeout or reused)."""
+        """Kill all idle workers (busy ones are killed by their callers on timeout or reused).
+
+        Does nothing in a forked child: the workers belong to the parent.
+        """
+        if os.getpid() != self._owner_pid:
+            return
         with self._cond:
             idle, self._idle = self._idle, []
         for w in idle:
@@ -152,17 +158,28 @@ class SymbolicPool:
 
 
 _POOL: SymbolicPool | None = None
+_POOL_PID: int | None = None
 _POOL_LOCK = threading.Lock()
 
 
 def get_pool() -> SymbolicPool:
-    """The process-wide cached pool."""
-    global _POOL
+    """The process-wide cached pool (a forked child gets its own, never its parent's pipes)."""
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = SymbolicPool()
+        if _POOL is None or _POOL_PID != os.getpid():
+            _POOL, _POOL_PID = SymbolicPool(), os.getpid()
             atexit.register(_POOL.shutdown)
         return _POOL
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child starts with no pool and a fresh lock (the parent's may be held)."""
+    global _POOL, _POOL_PID, _POOL_LOCK
+    _POOL, _POOL_PID, _POOL_LOCK = None, None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def symbolic_equiv(pred: str, gold: str, timeout: float = 5.0) -> bool:
@@ -177,5 +194,5 @@ def warm_up(n: int = 1) -> None:
 
 def shutdown() -> None:
     """Stop the cached workers (they are also stopped at interpreter exit)."""
-    if _POOL is not None:
+    if _POOL is not None and _POOL_PID == os.getpid():
         _POOL.shutdown()

@@ -123,7 +123,10 @@ class RLConfig:
     """maj@k / pass@k samples at the final evaluation (0: greedy only)."""
     save_every: int = 20
     resume: bool = True
+    """Continue from the latest checkpoint in ``out`` when there is one."""
     progress: bool = True
+    stop_at: int = 0
+    """Stop after this step as if interrupted, leaving a checkpoint (0: never)."""
 
     def validate(self) -> None:
         if self.algo not in ("ppo", "grpo"):

@@ -127,8 +127,8 @@ class RLTrainer:
         from rewardlab.data.testbed import diagnostics, split_solution_steps
         from rewardlab.grading import grade
         from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl_penalty
-        from rewardlab.rewards.steps import step_end_positions
-        from rewardlab.rl.advantages import ADVANTAGES, AdvantageInputs, whiten
+        from rewardlab.rewards.steps import batch_step_end_positions
+        from rewardlab.rl.advantages import ADVANTAGES, AdvantageInputs, gae, whiten
 
         cfg = self.cfg
         mask = batch.response_mask.float()
@@ -147,15 +147,13 @@ class RLTrainer:
         orm = None
         if self.orm is not None:
             orm = torch.tensor([r.score for r in self.orm.score(questions, steps)], dtype=torch.float)
-        n_real = batch.response_mask.sum(1).tolist()
-        step_ends = [step_end_positions(batch.response_ids[i, :n_real[i]].tolist(), self.tok)
-                     for i in range(B)]
+        step_ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok)
         for i in range(B):  # the PRM and the step mapper must agree on K
             k = min(len(step_ends[i]), len(step_scores[i])) if self.prm is not None else len(step_ends[i])
             step_ends[i], step_scores[i] = step_ends[i][:k], step_scores[i][:k]
         group_ids = torch.tensor(batch.prompt_index)
         rewards, info = build_token_rewards(
-            step_scores if self.prm is not None else [[] for _ in range(B)], step_ends, mask,
+            step_scores, step_ends if self.prm is not None else [[] for _ in range(B)], mask,
             success=success, orm=orm, alpha=cfg.reward.prm.alpha, beta=cfg.reward.orm.beta,
             refine=cfg.reward.prm.refine, eta=cfg.reward.prm.eta,
             exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids)
@@ -174,16 +172,24 @@ class RLTrainer:
                                   output_hidden_states=True)
                 hidden = out.hidden_states[-1]
             values = self.values_of(batch.input_ids, batch.attention_mask, T, hidden) * mask
-        seq_reward = rewards.sum(1)
-        adv_in = AdvantageInputs(token_rewards=rewards, values=values, mask=mask, scores=seq_reward,
-                                 step_rewards=[[cfg.reward.prm.alpha * s for s in sc] for sc in step_scores],
-                                 step_ends=step_ends, group_ids=group_ids, gamma=cfg.gamma, lam=cfg.lam,
-                                 success=success)
+        seq_reward = (rewards * mask).sum(1)
         name = cfg.advantage_name()
-        out = ADVANTAGES.get(name)(adv_in)
-        advantages, returns = out if isinstance(out, tuple) else (out, None)
-        if name == "gae" and cfg.whiten_advantages:
-            advantages = whiten(advantages, mask) * mask
+        returns = None
+        if name == "gae":
+            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = whiten(advantages, mask) * mask
+        else:
+            # process supervision: α·PRM per step; the success reward joins the final step
+            proc = [[cfg.reward.prm.alpha * s for s in sc] for sc in step_scores]
+            if success is not None:
+                for i, sc in enumerate(proc):
+                    if sc:
+                        sc[-1] += float(success[i])
+            advantages = ADVANTAGES.get(name)(AdvantageInputs(
+                token_rewards=rewards, values=values, mask=mask, scores=seq_reward,
+                step_rewards=proc, step_ends=step_ends, group_ids=group_ids,
+                gamma=cfg.gamma, lam=cfg.lam))
         # diagnostics
         m = {"reward/success": correct.mean().item(),
              "reward/total": seq_reward.mean().item(),
@@ -195,7 +201,7 @@ class RLTrainer:
         if self.prm is not None:
             flat = [s for sc in step_scores for s in sc]
             m["reward/prm_step_mean"] = sum(flat) / max(len(flat), 1)
-            m["reward/prm_return"] = float(info["prm_return"].mean())
+            m["reward/prm_return"] = float(info["reward/prm_return"].mean())
         if orm is not None:
             m["reward/orm"] = orm.mean().item()
         if self.testbed:
@@ -243,9 +249,9 @@ class RLTrainer:
                 metrics["actor/entropy"] = entropy.item()
                 metrics["actor/pg_loss"] = pl.item()
                 if not cfg.kl.in_reward:
-                    kll = kl_loss(logp, sb.ref_logp[mb], mmask, kind=cfg.kl.estimator)
+                    kll, km = kl_loss(logp, sb.ref_logp[mb], mmask, kind=cfg.kl.estimator)
                     loss = loss + self.kl_coef * kll
-                    metrics["actor/kl_loss"] = kll.item()
+                    metrics.update(km)
                 if self.value is not None:
                     v = self.values_of(input_ids[mb], att[mb], T, hidden)
                     vl, vm = value_loss(v, sb.values[mb], sb.returns[mb], mmask, clip_eps=cfg.value.clip_eps)
@@ -321,6 +327,10 @@ class RLTrainer:
                 last = metrics
                 if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
                     self.save(done)
+                if cfg.stop_at and cfg.stop_at <= done < cfg.steps:
+                    self.save(done)
+                    logger.close()
+                    return {**last, "rl/stopped_at": done}
                 bar.update(task, completed=done,
                            info=f"succ {metrics['reward/success']:.2f} steps {metrics['response/steps']:.2f}"
                            + (f" acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""))

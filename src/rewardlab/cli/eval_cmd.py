@@ -1,0 +1,138 @@
+"""``rewardlab eval``: greedy accuracy, maj@k, pass@k and testbed diagnostics of a policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+
+
+def infer_style(dataset: str, style: Optional[str] = None) -> str:
+    """The answer style: ``--style`` when given, else math for MATH-like datasets, else gsm8k."""
+    from rewardlab.grading import STYLES
+    from rewardlab.grading.predictions import default_style
+
+    style = style or default_style(dataset)
+    if style not in STYLES:
+        raise typer.BadParameter(f"--style must be one of {STYLES}, got {style!r}")
+    return style
+
+
+def load_problems(dataset: str, split: str, data: Optional[str], limit: Optional[int]):
+    """Problems of ``dataset`` (``--data`` is the file of a testbed or custom dataset)."""
+    from rewardlab.data.datasets import load_dataset_by_name
+    from rewardlab.io import DataError
+
+    problems = load_dataset_by_name(dataset, split, path=data, limit=limit)
+    if not problems:
+        raise DataError(data or dataset, "no problems to evaluate")
+    return problems
+
+
+def check_model_ref(ref: str) -> None:
+    """A model reference must be an existing directory or look like a hub id (``org/name``)."""
+    from rewardlab.io import DataError
+
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise DataError(ref, "expected a model directory, got a file")
+        return
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise DataError(ref, "model directory not found")
+
+
+def load_policy(model: str, device: str = "auto", dtype: str = "auto",
+                trust_remote_code: bool = False):
+    """``(model, tokenizer)``; a directory or hub id that cannot be loaded is bad input."""
+    from rewardlab.io import DataError
+    from rewardlab.models.loading import load_model_and_tokenizer
+
+    check_model_ref(model)
+    try:
+        return load_model_and_tokenizer(model, dtype, device, trust_remote_code)
+    except OSError as e:  # missing directory, missing files, unknown hub id (offline)
+        raise DataError(model, f"cannot load model: {str(e).splitlines()[0]}") from None
+
+
+def prompt_function(tokenizer, template: Optional[str], chat: bool):
+    """The prompt function for ``--prompt-template`` / ``--chat`` (None: ``question + "\\n"``)."""
+    from rewardlab.eval.evaluate import chat_prompt_fn, template_prompt_fn
+
+    if template and chat:
+        raise typer.BadParameter("use --prompt-template or --chat, not both")
+    if chat:
+        return chat_prompt_fn(tokenizer)
+    if template:
+        try:
+            return template_prompt_fn(template.replace("\\n", "\n"))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    return None
+
+
+def default_max_new_tokens(dataset: str) -> int:
+    """48 tokens for the testbed, 512 for natural-language datasets."""
+    return 48 if dataset == "testbed" else 512
+
+
+def summary_table(summary: dict, title: str):
+    from rich.table import Table
+
+    t = Table("metric", "value", title=title)
+    for k, v in summary.items():
+        t.add_row(escape(k), f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_(model: str = typer.Option(..., "--model", help="Policy directory or hub id."),
+              dataset: str = typer.Option("testbed", "--dataset",
+                                          help="testbed | gsm8k | math500 | file.jsonl | hub id"),
+              split: str = typer.Option("test", "--split", help="Dataset split."),
+              data: Optional[str] = typer.Option(None, "--data",
+                                                 help="Problems file (testbed: problems.jsonl)."),
+              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
+              k: int = typer.Option(0, "--k", min=0, help="Samples per problem for maj@k / pass@k."),
+              temperature: float = typer.Option(1.0, "--temperature", min=0.0,
+                                                help="Sampling temperature for the k samples."),
+              top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus mass."),
+              max_new_tokens: Optional[int] = typer.Option(
+                  None, "--max-new-tokens", min=1, help="Longest response (testbed 48, else 512)."),
+              batch_size: int = typer.Option(256, "--batch-size", min=1, help="Generation batch."),
+              seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+              style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math (default: "
+                                                  "math for math500, else gsm8k)."),
+              prompt_template: Optional[str] = typer.Option(
+                  None, "--prompt-template", help="Prompt with {question} (default: question + newline)."),
+              chat: bool = typer.Option(False, "--chat", help="Wrap questions in the chat template."),
+              device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
+              dtype: str = typer.Option("auto", "--dtype", help="float32 | bfloat16 | auto."),
+              trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+              out: Path = typer.Option(Path("runs/eval"), "--out",
+                                       help="Folder for predictions.jsonl and summary.json.")) -> None:
+        """Evaluate a policy: greedy accuracy, maj@k, pass@1..k, testbed diagnostics."""
+        from rewardlab.eval.evaluate import evaluate_policy
+        from rewardlab.io import write_json, write_jsonl
+
+        style = infer_style(dataset, style)
+        if k > 0 and temperature <= 0:
+            raise typer.BadParameter("--k > 0 needs --temperature > 0")
+        problems = load_problems(dataset, split, data, limit)
+        policy, tok = load_policy(model, device, dtype, trust_remote_code)
+        summary, rows = evaluate_policy(
+            policy, tok, problems, style=style, greedy=True, k=k, temperature=temperature,
+            top_p=top_p, max_new_tokens=max_new_tokens or default_max_new_tokens(dataset),
+            batch_size=batch_size, seed=seed,
+            prompt_fn=prompt_function(tok, prompt_template, chat))
+        write_jsonl(out / "predictions.jsonl", rows)
+        write_json(out / "summary.json", {**summary, "model": model, "dataset": dataset,
+                                          "split": split, "seed": seed})
+        console.print(summary_table(summary, f"eval: {model} on {dataset}"))
+        console.print(f"wrote {escape(str(out / 'predictions.jsonl'))} and summary.json")

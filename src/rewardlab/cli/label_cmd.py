@@ -1,0 +1,187 @@
+"""``rewardlab sample | label | bon``: reward-model data and best-of-N evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from rewardlab.cli.eval_cmd import (check_model_ref, default_max_new_tokens, infer_style,
+                                    load_policy, load_problems)
+
+console = Console()
+
+METHODS = ("oracle", "mc", "judge")
+
+
+def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Optional[int],
+            n: int, temperature: float, max_new_tokens: Optional[int], seed: int, style: str,
+            device: str):
+    """Sample and grade ``n`` responses per problem; returns ``(rows, policy, tokenizer)``."""
+    from rewardlab.rewards.pipeline import sample_responses
+    from rewardlab.rl.rollout import SamplingConfig
+
+    if temperature <= 0:
+        raise typer.BadParameter("--temperature must be > 0 to sample")
+    problems = load_problems(dataset, split, data, limit)
+    policy, tok = load_policy(model, device)
+    cfg = SamplingConfig(n=n, temperature=temperature,
+                         max_new_tokens=max_new_tokens or default_max_new_tokens(dataset))
+    rows = sample_responses(policy, tok, problems, n, cfg, seed=seed, style=style)
+    return rows, policy, tok
+
+
+def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: int, soft: bool,
+                  style: str, max_new_tokens: int, temperature: float, seed: int,
+                  judge_yes: str, judge_no: str, judge_chat: bool, device: str):
+    from rewardlab.rewards.labeling import get_labeler
+
+    if method not in METHODS:
+        raise typer.BadParameter(f"--method must be one of {METHODS}, got {method!r}")
+    if method == "oracle":
+        return get_labeler("oracle")
+    if method == "mc":
+        if policy is None:
+            raise typer.BadParameter("--method mc needs --model (the policy that completes prefixes)")
+        return get_labeler("mc", model=policy, tokenizer=tok, n=mc_n, soft=soft, style=style,
+                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    if judge_model is None and policy is None:
+        raise typer.BadParameter("--method judge needs --judge-model (or --model)")
+    jm, jt = load_policy(judge_model, device) if judge_model else (policy, tok)
+    try:
+        return get_labeler("judge", model=jm, tokenizer=jt, yes_token=judge_yes, no_token=judge_no,
+                           chat=judge_chat)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sample")
+    def sample(model: str = typer.Option(..., "--model", help="Policy directory or hub id."),
+               dataset: str = typer.Option("testbed", "--dataset",
+                                           help="testbed | gsm8k | math500 | file.jsonl | hub id"),
+               split: str = typer.Option("train", "--split", help="Dataset split."),
+               data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
+               limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
+               n: int = typer.Option(4, "--n", min=1, help="Samples per problem."),
+               temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+               max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                            help="Longest response."),
+               seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+               style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math."),
+               device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
+               out: Path = typer.Option(Path("samples.jsonl"), "--out", help="Output JSONL.")) -> None:
+        """Sample responses from a policy, split into steps and graded (no step labels)."""
+        from rewardlab.io import write_jsonl
+
+        style = infer_style(dataset, style)
+        rows, _, _ = _sample(model, dataset, split, data, limit, n, temperature, max_new_tokens,
+                             seed, style, device)
+        write_jsonl(out, rows)
+        acc = sum(r["outcome"] for r in rows) / max(len(rows), 1)
+        console.print(f"wrote {len(rows)} samples ({acc:.3f} correct) to {escape(str(out))}")
+
+    @app.command("label")
+    def label(method: str = typer.Option("oracle", "--method", help="oracle | mc | judge"),
+              input_: Optional[Path] = typer.Option(None, "--input",
+                                                    help="Samples JSONL (from `rewardlab sample`)."),
+              model: Optional[str] = typer.Option(None, "--model",
+                                                  help="Policy: samples first when no --input; "
+                                                       "completes prefixes for --method mc."),
+              dataset: str = typer.Option("testbed", "--dataset", help="Dataset to sample from."),
+              split: str = typer.Option("train", "--split", help="Dataset split."),
+              data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
+              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
+              n: int = typer.Option(4, "--n", min=1, help="Samples per problem (when sampling)."),
+              temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+              max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                           help="Longest response / completion."),
+              seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+              style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math."),
+              mc_n: int = typer.Option(8, "--mc-n", min=1, help="MC completions per prefix."),
+              soft: bool = typer.Option(False, "--soft", help="MC: fraction correct, not any()."),
+              judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge LLM."),
+              judge_yes: str = typer.Option(" Yes", "--judge-yes", help="Judge's 'correct' token."),
+              judge_no: str = typer.Option(" No", "--judge-no", help="Judge's 'wrong' token."),
+              judge_chat: bool = typer.Option(False, "--judge-chat", help="Use the chat template."),
+              device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
+              out: Path = typer.Option(Path("rm.jsonl"), "--out", help="Labelled rows (JSONL)."),
+              pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write BT pairs."),
+              step_pairs: Optional[Path] = typer.Option(None, "--step-pairs",
+                                                        help="Also write step-preference pairs.")
+              ) -> None:
+        """Label the steps of sampled responses (oracle | Monte-Carlo | LLM judge)."""
+        from rewardlab.io import write_jsonl
+        from rewardlab.rewards.pipeline import label_rows, make_pairs, make_step_pairs, read_samples
+
+        style = infer_style(dataset, style)
+        if method not in METHODS:
+            raise typer.BadParameter(f"--method must be one of {METHODS}, got {method!r}")
+        policy = tok = None
+        if input_ is not None:
+            rows = read_samples(input_)
+        elif model is not None:
+            rows, policy, tok = _sample(model, dataset, split, data, limit, n, temperature,
+                                        max_new_tokens, seed, style, device)
+        else:
+            raise typer.BadParameter("give --input samples.jsonl, or --model to sample first")
+        if policy is None and model is not None and method in ("mc", "judge"):
+            policy, tok = load_policy(model, device)
+        labeler = _make_labeler(method, policy, tok, judge_model, mc_n, soft, style,
+                                max_new_tokens or default_max_new_tokens(dataset), temperature or 1.0,
+                                seed, judge_yes, judge_no, judge_chat, device)
+        rows = label_rows(rows, labeler)
+        write_jsonl(out, rows)
+        msg = f"wrote {len(rows)} labelled rows to {escape(str(out))}"
+        if pairs is not None:
+            bt = make_pairs(rows)
+            write_jsonl(pairs, bt)
+            msg += f", {len(bt)} BT pairs to {escape(str(pairs))}"
+        if step_pairs is not None:
+            sp = make_step_pairs(rows)
+            write_jsonl(step_pairs, sp)
+            msg += f", {len(sp)} step pairs to {escape(str(step_pairs))}"
+        console.print(msg)
+
+    @app.command("bon")
+    def bon(policy: str = typer.Option(..., "--policy", help="Policy directory or hub id."),
+            orm: Optional[str] = typer.Option(None, "--orm", help="ORM directory."),
+            prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory."),
+            bt: Optional[str] = typer.Option(None, "--bt", help="Bradley–Terry RM directory."),
+            dataset: str = typer.Option("testbed", "--dataset",
+                                        help="testbed | gsm8k | math500 | file.jsonl | hub id"),
+            split: str = typer.Option("test", "--split", help="Dataset split."),
+            data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
+            limit: Optional[int] = typer.Option(100, "--limit", min=1, help="First N problems."),
+            max_n: int = typer.Option(64, "--max-n", min=1, help="Samples per problem."),
+            n_trials: int = typer.Option(16, "--n-trials", min=1, help="Random subsets per N."),
+            temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+            max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                         help="Longest response."),
+            seed: int = typer.Option(0, "--seed", help="Sampling / subset seed."),
+            style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math."),
+            device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
+            out: Path = typer.Option(Path("runs/bon"), "--out", help="Folder for bon.json/png.")
+            ) -> None:
+        """Best-of-N accuracy of each reward model against majority vote and random choice."""
+        from rewardlab.eval.bon import bon_table, run_bon
+        from rewardlab.io import DataError
+
+        style = infer_style(dataset, style)
+        if temperature <= 0:
+            raise typer.BadParameter("--temperature must be > 0 for best-of-N")
+        rm_paths = {k: v for k, v in (("orm", orm), ("prm", prm), ("bt", bt)) if v}
+        for p in rm_paths.values():
+            if not Path(p).is_dir():
+                raise DataError(p, "reward-model directory not found")
+        check_model_ref(policy)
+        problems = load_problems(dataset, split, data, limit)
+        res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style,
+                      temperature=temperature,
+                      max_new_tokens=max_new_tokens or default_max_new_tokens(dataset), seed=seed,
+                      n_trials=n_trials, out=out, device=device)
+        console.print(bon_table(res["table"]))
+        console.print(f"wrote {escape(str(out / 'bon.json'))} and bon.png")

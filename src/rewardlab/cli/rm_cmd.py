@@ -1,0 +1,80 @@
+"""Reward-model commands: ``rewardlab train-rm`` and ``rewardlab score``.
+
+Thin wrappers over :func:`rewardlab.rewards.rm_train.train_reward_model` and
+:func:`rewardlab.rewards.scoring.score_file`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def train_rm(
+    kind: Annotated[Optional[str], typer.Option(help="orm | prm | bt")] = None,
+    data: Annotated[Optional[list[str]], typer.Option(help="Training JSONL (repeat for several files).")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Backbone: policy checkpoint dir, hub id or 'testbed'.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run directory.")] = None,
+    form: Annotated[Optional[str], typer.Option(help="PRM form: lm | head.")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option(help="Held-out JSONL (repeatable).")] = None,
+    config: Annotated[Optional[str], typer.Option(help="YAML file of RMTrainConfig fields.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: key=value (repeatable).")] = None,
+) -> None:
+    """Train an ORM, PRM or Bradley–Terry reward model (fields: rewardlab.rewards.rm_train.RMTrainConfig)."""
+    from rewardlab.config import load_config, save_config
+    from rewardlab.rewards.rm_train import RMTrainConfig, train_reward_model
+
+    overrides = []
+    for key, value in (("kind", kind), ("base", base), ("out", out), ("form", form)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    for key, value in (("data", data), ("eval_data", eval_data)):
+        if value:
+            overrides.append(f"{key}={json.dumps(list(value))}")
+    cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
+    save_config(cfg, f"{cfg.out}/config.yaml")
+    metrics = train_reward_model(cfg)
+    keys = [k for k in metrics if k.startswith("eval/")] + ["rm/final_loss", "rm/steps"]
+    console.print(f"[bold]train-rm[/] {cfg.objective} → {cfg.out}")
+    for k in keys:
+        if k in metrics:
+            console.print(f"  {k:<22} {metrics[k]:.4f}")
+
+
+def score(
+    rm: Annotated[str, typer.Option("--rm", help="Reward-model directory (saved by train-rm).")],
+    input: Annotated[str, typer.Option("--input", help="Solutions JSONL: {question, steps} or {question, response}.")],
+    out: Annotated[str, typer.Option("--out", help="Output JSONL: the input rows plus step_scores and score.")],
+    batch_size: Annotated[int, typer.Option(help="Solutions per forward pass.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    aggregation: Annotated[Optional[str], typer.Option(help="PRM: product | min | last (default: the model's).")] = None,
+) -> None:
+    """Score solutions with a reward model and write step_scores and score per row."""
+    from rewardlab.models.reward_models import load_reward_model
+    from rewardlab.models.rm_losses import AGGREGATIONS
+    from rewardlab.rewards.scoring import read_solution_rows, score_file
+    from rewardlab.training import quiet_transformers
+
+    quiet_transformers()
+    read_solution_rows(input)  # fail on bad input before loading the model
+    model = load_reward_model(rm, device=device)
+    if aggregation is not None:
+        if aggregation not in AGGREGATIONS:
+            raise typer.BadParameter(f"use one of {list(AGGREGATIONS)}", param_hint="--aggregation")
+        model.spec.aggregation = aggregation
+    summary = score_file(model, input, out, batch_size=batch_size)
+    console.print(f"[bold]score[/] {summary['n']} solutions with a {summary['kind']} → {out}")
+    for k in ("mean_score", "min_score", "max_score", "mean_steps", "mean_step_score"):
+        if k in summary:
+            console.print(f"  {k:<16} {summary[k]:.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train-rm`` and ``score`` to the rewardlab app."""
+    app.command("train-rm")(train_rm)
+    app.command("score")(score)

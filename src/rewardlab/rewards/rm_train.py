@@ -1,0 +1,452 @@
+"""Training reward models: ORM, PRM (LM-head or head form, labels or step preferences) and
+Bradley–Terry, with one thin loop.
+
+    metrics = train_reward_model(RMTrainConfig(kind="prm", data=["rm.jsonl"], out="runs/prm"))
+
+Each objective (``orm``, ``prm``, ``prm_pref``, ``bt``) is a registry entry of three functions —
+encode a row, collate rows into a batch, and the loss ``(rm, batch, cfg) -> (loss, metrics)`` —
+whose math lives in :mod:`rewardlab.models.rm_losses`. The loop is AdamW with linear warm-up and
+cosine decay, gradient accumulation and clipping, a rich progress bar, TensorBoard + JSONL
+metrics (``<out>/tb``, ``<out>/metrics.jsonl``) and HF-format checkpoints under
+``<out>/checkpoints`` that resume exactly: the data order is a pure function of the seed and the
+step, and the LR schedule always spans all ``epochs`` (``max_steps`` only stops early). At the end
+the held-out split is scored: step AUROC/F1/ECE (PRM), outcome AUROC/ECE (ORM), pairwise
+accuracy (BT and PRM step preferences). The trained model lands in ``<out>/final``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from rewardlab.config import ConfigError
+from rewardlab.io import DataError
+from rewardlab.models.reward_models import RMSpec, RewardModel
+from rewardlab.models.rm_losses import (bt_loss, orm_bce_loss, prm_ce_loss, step_logit,
+                                        step_probs)
+from rewardlab.rewards.rm_data import (PairRow, StepRow, collate_orm, collate_pairs, collate_prm,
+                                       read_rm_rows)
+
+
+@dataclass
+class RMTrainConfig:
+    """Reward-model training settings."""
+
+    kind: Literal["orm", "prm", "bt"] = "prm"
+    """orm (outcome, BCE) | prm (process, per-step CE) | bt (Bradley–Terry pairs)."""
+    form: Literal["lm", "head"] = "lm"
+    """PRM form: lm (logits of the label tokens at each tag) | head (2-class token head)."""
+    preference: bool = False
+    """PRM only: train from step preferences (rows with prefix/chosen_step/rejected_step) with
+    the Bradley–Terry loss on the steps' logit(P('+'))."""
+    base: str = "testbed"
+    """Backbone: a policy checkpoint directory, a hub id, or ``testbed`` (a fresh random testbed
+    policy is created under ``<out>/init``)."""
+    size: str = "tiny"
+    """Testbed backbone size (tiny | small | base) when ``base`` is ``testbed``."""
+    data: list[str] = field(default_factory=list)
+    """Training JSONL file(s) (row formats in rewardlab.rewards.rm_data)."""
+    eval_data: list[str] = field(default_factory=list)
+    """Held-out JSONL file(s); when empty, ``eval_split`` of ``data`` is held out."""
+    eval_split: float = 0.1
+    """Fraction of ``data`` held out for evaluation when ``eval_data`` is empty (0: none)."""
+    out: str = "runs/rm"
+    """Run directory (checkpoints/, final/, metrics.jsonl, tb/, rm_summary.json)."""
+    epochs: float = 1.0
+    """Passes over the training rows; sets the length of the LR schedule."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs). The schedule still spans all
+    epochs, so a stopped run resumes exactly where it left off."""
+    batch_size: int = 16
+    """Rows per micro-batch (a preference pair counts as one row)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    warmup_ratio: float = 0.05
+    """Fraction of the optimizer steps spent on linear warm-up."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr × min_lr_ratio."""
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    seed: int = 0
+    tag: str = " ки"
+    """PRM step tag (Math-Shepherd ' ки', seed blog '<|prm_label|>', Qwen '<extra_0>'); added
+    to the vocabulary (embeddings resized) when it is not one token."""
+    good_token: str = "+"
+    """PRM LM-head form: label token of a good step."""
+    bad_token: str = "-"
+    """PRM LM-head form: label token of a bad step."""
+    aggregation: Literal["product", "min", "last"] = "product"
+    """PRM solution score saved with the model: product | min | last of the step scores."""
+    orm_loss: Literal["all", "last"] = "all"
+    """ORM: BCE on every solution token (all) or on the last token only (last)."""
+    margin: float = 0.0
+    """Bradley–Terry margin m in −log σ(r_c − r_r − m)."""
+    centering: float = 0.0
+    """Bradley–Terry centering coefficient c in + c·(r_c + r_r)²."""
+    max_len: int = 1024
+    """Rows longer than this many tokens are skipped (counted in rm/skipped_long)."""
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (0: only when the run stops)."""
+    log_every: int = 10
+    """Log training metrics every N optimizer steps."""
+    eval_batch_size: int = 64
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16 | auto."""
+    device: str = "auto"
+    trust_remote_code: bool = False
+    resume: bool = True
+    """Continue from the latest checkpoint in ``out`` when there is one."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        """Refuse impossible settings with a ConfigError that says how to fix them."""
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 0:
+            raise ConfigError("rm: batch_size and grad_accum must be >= 1, max_steps >= 0")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise ConfigError("rm: epochs and lr must be > 0")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ConfigError("rm: eval_split must lie in [0, 1)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("rm: warmup_ratio must lie in [0, 1)")
+        if self.preference and self.kind != "prm":
+            raise ConfigError("rm: preference=true is for kind=prm (step preferences); for "
+                              "solution-level preferences use kind=bt")
+        if self.margin < 0 or self.centering < 0:
+            raise ConfigError("rm: margin and centering must be >= 0")
+        try:
+            self.spec().validate()
+        except ValueError as e:
+            raise ConfigError(f"rm: {e}") from None
+
+    def spec(self) -> RMSpec:
+        return RMSpec(kind=self.kind, form=self.form, tag=self.tag, good_token=self.good_token,
+                      bad_token=self.bad_token, aggregation=self.aggregation)
+
+    @property
+    def objective(self) -> str:
+        """Registry key of the training objective."""
+        return "prm_pref" if self.kind == "prm" and self.preference else self.kind
+
+
+# --------------------------------------------------------------------------------------------
+# Objectives: encode a row, collate items, compute (loss, metrics)
+
+
+@dataclass(frozen=True)
+class Objective:
+    encode: Callable[[RewardModel, Any, RMTrainConfig], tuple]
+    collate: Callable[[RewardModel, list[tuple], RMTrainConfig], dict]
+    loss: Callable[[RewardModel, dict, RMTrainConfig], tuple[torch.Tensor, dict]]
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str, obj: Objective) -> None:
+    if name in OBJECTIVES:
+        raise ValueError(f"RM objective {name!r} is already registered")
+    OBJECTIVES[name] = obj
+
+
+def _pad_side(rm: RewardModel) -> str:
+    return rm.padding_side
+
+
+def _orm_loss(rm, batch, cfg):
+    logits = rm.token_logits(batch["input_ids"], batch["attention_mask"])   # (B, L)
+    loss = orm_bce_loss(logits, batch["labels"])
+    sel = batch["labels"] != -100
+    acc = ((logits[sel] > 0).float() == (batch["labels"][sel] > 0.5).float()).float().mean()
+    return loss, {"rm/loss": loss.item(), "rm/token_acc": acc.item()}
+
+
+def _prm_loss(rm, batch, cfg):
+    z = rm.pair_logits(batch["input_ids"], batch["attention_mask"])          # (B, L, 2)
+    loss = prm_ce_loss(z, batch["labels"])
+    tags = batch["tag_mask"]
+    p, y = step_probs(z)[tags], batch["labels"][tags]
+    acc = ((p > 0.5) == (y > 0.5)).float().mean() if len(y) else torch.tensor(float("nan"))
+    return loss, {"rm/loss": loss.item(), "rm/step_acc": acc.item()}
+
+
+def _pair_loss(read: Callable[[RewardModel, dict], torch.Tensor]):
+    def loss_fn(rm, batch, cfg):
+        r = read(rm, batch)                                                  # (2B,)
+        r_chosen, r_rejected = r.chunk(2)                                    # (B,), (B,)
+        loss = bt_loss(r_chosen, r_rejected, cfg.margin, cfg.centering)
+        acc = (r_chosen > r_rejected).float().mean()
+        return loss, {"rm/loss": loss.item(), "rm/pair_acc": acc.item(),
+                      "rm/reward_margin": (r_chosen - r_rejected).mean().item(),
+                      "rm/reward_mean": r.mean().item()}
+    return loss_fn
+
+
+def _read_scalar(rm, batch):
+    logits = rm.token_logits(batch["input_ids"], batch["attention_mask"])   # (2B, L)
+    return logits[torch.arange(logits.shape[0], device=logits.device), batch["read_index"]]
+
+
+def _read_step_logit(rm, batch):
+    z = rm.pair_logits(batch["input_ids"], batch["attention_mask"])          # (2B, L, 2)
+    r = step_logit(z)                                                        # (2B, L)
+    return r[torch.arange(r.shape[0], device=r.device), batch["read_index"]]
+
+
+register_objective("orm", Objective(
+    encode=lambda rm, row, cfg: (rm.encode(row.question, row.steps), row.outcome),
+    collate=lambda rm, items, cfg: collate_orm([e for e, _ in items], [y for _, y in items],
+                                               rm.tokenizer.pad_token_id, _pad_side(rm),
+                                               last_only=cfg.orm_loss == "last"),
+    loss=_orm_loss))
+register_objective("prm", Objective(
+    encode=lambda rm, row, cfg: (rm.encode(row.question, row.steps), row.step_labels),
+    collate=lambda rm, items, cfg: collate_prm([e for e, _ in items], [y for _, y in items],
+                                               rm.tokenizer.pad_token_id, _pad_side(rm)),
+    loss=_prm_loss))
+register_objective("bt", Objective(
+    encode=lambda rm, row, cfg: (rm.encode(row.question, row.chosen),
+                                 rm.encode(row.question, row.rejected)),
+    collate=lambda rm, items, cfg: collate_pairs([c for c, _ in items], [r for _, r in items],
+                                                 rm.tokenizer.pad_token_id, _pad_side(rm), "last"),
+    loss=_pair_loss(_read_scalar)))
+register_objective("prm_pref", Objective(
+    encode=OBJECTIVES["bt"].encode,
+    collate=lambda rm, items, cfg: collate_pairs([c for c, _ in items], [r for _, r in items],
+                                                 rm.tokenizer.pad_token_id, _pad_side(rm),
+                                                 "last_tag"),
+    loss=_pair_loss(_read_step_logit)))
+
+
+def encode_rows(rm: RewardModel, rows: list, cfg: RMTrainConfig) -> tuple[list[tuple], int]:
+    """Encode every row for the objective; rows over ``max_len`` tokens are dropped. Returns
+    (items, n_skipped). A row the tokenizer cannot tag raises DataError naming file and line."""
+    enc = OBJECTIVES[cfg.objective].encode
+    items, skipped = [], 0
+    for row in rows:
+        try:
+            item = enc(rm, row, cfg)
+        except ValueError as e:
+            path, line = row.source
+            raise DataError(path or "<rows>", str(e), line or None) from None
+        ids = [x for x in item if hasattr(x, "input_ids")]
+        if max(len(x.input_ids) for x in ids) > cfg.max_len:
+            skipped += 1
+            continue
+        items.append(item)
+    return items, skipped
+
+
+def batch_indices(n: int, batch_size: int, k: int, seed: int) -> list[int]:
+    """Row indices of global micro-batch ``k``: epoch e = k // per_epoch uses a fresh
+    permutation drawn from (seed, e), so the order is a pure function of seed and step."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, pos = divmod(k, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
+
+
+def total_steps(n: int, cfg: RMTrainConfig) -> int:
+    """Optimizer steps of the whole schedule: ceil(epochs · ceil(n / batch) / grad_accum)."""
+    return max(1, math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size) / cfg.grad_accum))
+
+
+def split_rows(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): a seeded shuffle, the last ``fraction`` held out (at least one row
+    when fraction > 0 and there are two rows or more)."""
+    if fraction <= 0 or len(rows) < 2:
+        return list(rows), []
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    n_eval = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+    return [rows[i] for i in idx[:-n_eval]], [rows[i] for i in idx[-n_eval:]]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def objective_loss(rm: RewardModel, items: list[tuple], cfg: RMTrainConfig,
+                   batch_size: int = 64) -> float:
+    """Mean training loss of ``cfg.objective`` over encoded ``items`` (batches weighted by
+    size), in eval mode and without gradient."""
+    if not items:
+        return float("nan")
+    objective = OBJECTIVES[cfg.objective]
+    was_training = rm.training
+    rm.eval()
+    total = 0.0
+    try:
+        for s in range(0, len(items), batch_size):
+            chunk = items[s:s + batch_size]
+            batch = {k: v.to(rm.device) for k, v in objective.collate(rm, chunk, cfg).items()}
+            total += objective.loss(rm, batch, cfg)[0].item() * len(chunk)
+    finally:
+        rm.train(was_training)
+    return total / len(items)
+
+
+@torch.no_grad()
+def evaluate_reward_model(rm: RewardModel, rows: list, preference: bool = False,
+                          batch_size: int = 64) -> dict[str, float]:
+    """Held-out metrics through the public scoring API.
+
+    PRM (labelled steps): eval/step_auroc, eval/step_f1 (positive = good step, p ≥ 0.5),
+    eval/step_f1_error (positive = bad step), eval/step_ece, and eval/outcome_auroc of the
+    aggregated score when outcomes are given. ORM: eval/outcome_auroc, eval/outcome_ece,
+    eval/outcome_f1. BT and PRM step preferences: eval/pair_acc. Soft labels count as
+    positive when ≥ 0.5 for AUROC/F1; ECE uses them as they are."""
+    from rewardlab.eval.metrics import auroc, ece, f1_at, pairwise_accuracy
+
+    if not rows:
+        return {}
+    if isinstance(rows[0], PairRow):
+        qs = [r.question for r in rows]
+        chosen = rm.score(qs, [r.chosen for r in rows], batch_size)
+        rejected = rm.score(qs, [r.rejected for r in rows], batch_size)
+        if preference:
+            c, r_ = [x.step_scores[-1] for x in chosen], [x.step_scores[-1] for x in rejected]
+        else:
+            c, r_ = [x.score for x in chosen], [x.score for x in rejected]
+        return {"eval/pair_acc": pairwise_accuracy(c, r_), "eval/n": float(len(rows))}
+    res = rm.score([r.question for r in rows], [r.steps for r in rows], batch_size)
+    out: dict[str, float] = {"eval/n": float(len(rows))}
+    if rm.kind == "prm":
+        p = [s for x in res for s in x.step_scores]
+        y = [t for r in rows for t in r.step_labels]
+        yb = [int(t >= 0.5) for t in y]
+        out.update({"eval/step_auroc": auroc(p, yb), "eval/step_f1": f1_at(p, yb),
+                    "eval/step_f1_error": f1_at([1 - v for v in p], [1 - t for t in yb]),
+                    "eval/step_ece": ece(p, y), "eval/n_steps": float(len(p))})
+    labelled = [(x.score, r.outcome) for x, r in zip(res, rows) if r.outcome is not None]
+    if labelled:
+        s, y = [a for a, _ in labelled], [b for _, b in labelled]
+        out["eval/outcome_auroc"] = auroc(s, [int(t >= 0.5) for t in y])
+        if rm.kind == "orm":
+            out["eval/outcome_ece"] = ece(s, y)
+            out["eval/outcome_f1"] = f1_at(s, [int(t >= 0.5) for t in y])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def _build_or_resume(cfg: RMTrainConfig, out: Path):
+    from rewardlab.models.loading import make_testbed_policy
+    from rewardlab.models.reward_models import build_reward_model, load_reward_model
+    from rewardlab.training import latest_checkpoint
+
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        rm = load_reward_model(ckpt, cfg.device, dtype=cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code)
+        want, got = cfg.spec().to_json(), rm.spec.to_json()
+        if want != got:
+            raise ConfigError(f"rm: the checkpoint {ckpt} was trained with {got}, the config says "
+                             f"{want}; use another out directory or set resume=false")
+        return rm, ckpt
+    base = cfg.base
+    if base == "testbed":
+        base = str(make_testbed_policy(out / "init", size=cfg.size, seed=cfg.seed))
+    rm = build_reward_model(base, cfg.spec(), cfg.device, cfg.dtype,
+                            trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    return rm, None
+
+
+def train_reward_model(cfg: RMTrainConfig) -> dict:
+    """Train (or resume) a reward model; returns the final metrics (see the module docstring)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rewardlab.io import write_json
+    from rewardlab.training import (MetricsLogger, load_trainer_state, make_optimizer,
+                                    quiet_transformers, save_checkpoint, seed_everything,
+                                    warmup_cosine)
+
+    quiet_transformers()
+    cfg.validate()
+    if not cfg.data:
+        raise ConfigError("rm: no training data; set data (JSONL files, see rewardlab.rewards.rm_data)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
+    if cfg.eval_data:
+        train_rows, eval_rows = rows, read_rm_rows(cfg.eval_data, cfg.kind, cfg.preference)
+    else:
+        train_rows, eval_rows = split_rows(rows, cfg.eval_split, cfg.seed)
+    rm, ckpt = _build_or_resume(cfg, out)
+    device = rm.device
+    items, skipped = encode_rows(rm, train_rows, cfg)
+    if not items:
+        raise DataError(cfg.data[0], f"no training rows left (skipped {skipped} over "
+                                     f"max_len={cfg.max_len} tokens)")
+    objective = OBJECTIVES[cfg.objective]
+    total = total_steps(len(items), cfg)
+    stop = min(total, cfg.max_steps) if cfg.max_steps else total
+    warmup = int(cfg.warmup_ratio * total)
+    opt = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total, warmup, cfg.min_lr_ratio))
+    logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
+    start = 0
+    if ckpt is not None:
+        start = load_trainer_state(ckpt, opt, sched)["step"]
+        logger.truncate_after(start)
+    rm.train()
+    last: dict[str, float] = {}
+    t0 = time.time()
+    with Progress(TextColumn(f"[bold]train-rm {cfg.objective}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn(), disable=not cfg.progress) as bar:
+        task = bar.add_task("rm", total=stop, completed=start, info="")
+        for step in range(start, stop):
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                idx = batch_indices(len(items), cfg.batch_size, step * cfg.grad_accum + micro,
+                                    cfg.seed)
+                batch = {k: v.to(device) for k, v in
+                         objective.collate(rm, [items[i] for i in idx], cfg).items()}
+                loss, m = objective.loss(rm, batch, cfg)
+                (loss / cfg.grad_accum).backward()
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
+            gnorm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip or float("inf"))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            last = {**sums, "rm/grad_norm": float(gnorm), "rm/lr": sched.get_last_lr()[0]}
+            if done % cfg.log_every == 0 or done == stop:
+                logger.log(done, last)
+            if (cfg.save_every and done % cfg.save_every == 0) or done == stop:
+                save_checkpoint(out, done, rm, None, opt, sched, extra={"total_steps": total})
+            bar.update(task, completed=done, info=f"loss {sums['rm/loss']:.4f}")
+    finished = stop == total
+    ev = evaluate_reward_model(rm, eval_rows, cfg.preference, cfg.eval_batch_size)
+    if eval_rows:
+        ev["eval/loss"] = objective_loss(rm, encode_rows(rm, eval_rows, cfg)[0], cfg,
+                                         cfg.eval_batch_size)
+    if ev:
+        logger.log(stop, ev)
+    logger.close()
+    if finished:
+        rm.save_pretrained(out / "final")
+    summary = {**last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),
+               "rm/steps": float(stop), "rm/total_steps": float(total),
+               "rm/finished": float(finished), "rm/n_train": float(len(items)),
+               "rm/skipped_long": float(skipped), "rm/wall_s": time.time() - t0}
+    write_json(out / "rm_summary.json", summary)
+    return summary

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from rewardlab.data.testbed import generate_problems
+from rewardlab.eval.bon import best_of_n, bon_table, default_ns, run_bon, score_samples
+from rewardlab.eval.evaluate import pass_at_k
+from rewardlab.eval.plots import plot_bon, plot_curves
+from rewardlab.models.reward_models import ScoreResult
+
+
+def _setup(n_problems=6, m=8, seed=0):
+    """Problems whose M samples are the reference solution or a wrong answer (known counts)."""
+    probs = generate_problems(n=n_problems, seed=seed)
+    rng = np.random.default_rng(seed)
+    samples, correct = [], []
+    for p in probs:
+        c = rng.random(m) < rng.uniform(0.1, 0.6)
+        samples.append([p.solution if ok else f"{p.steps[0]}\n#### {int(p.answer) + 1 + j}"
+                        for j, ok in enumerate(c)])
+        correct.append(c.astype(float))
+    return probs, samples, np.array(correct)
+
+
+def test_perfect_scorer_reaches_oracle_and_random_is_mean():
+    probs, samples, correct = _setup(40)
+    rand = np.random.default_rng(1).random(correct.shape)
+    table = best_of_n(probs, samples, {"perfect": correct.tolist(), "noise": rand.tolist()},
+                      ns=[1, 2, 4, 8], n_trials=64, seed=3)
+    assert set(table) == {"perfect", "noise", "majority", "random", "oracle"}
+    for n in (1, 2, 4, 8):
+        assert table["perfect"][n] == pytest.approx(table["oracle"][n])
+        assert table["random"][n] == pytest.approx(correct.mean(), abs=0.04)  # E = mean accuracy
+        exact = np.mean([pass_at_k(8, int(c.sum()), n) for c in correct])
+        assert table["oracle"][n] == pytest.approx(exact, abs=0.06)     # sampled pass@N
+    assert table["noise"][8] == pytest.approx(correct.mean(), abs=0.2)
+    assert table["perfect"][1] == pytest.approx(correct.mean(), abs=0.06)
+    assert table["oracle"][8] == float((correct.max(1) > 0).mean())   # N = M: exact
+    assert table["random"][8] == pytest.approx(correct.mean())
+
+
+def test_majority_vote_by_hand():
+    probs = generate_problems(n=2, seed=4)
+    g0, g1 = probs[0].answer, probs[1].answer
+    samples = [[f"#### {g0}", "#### 999", f"#### {g0}"],       # majority right
+               ["#### 998", f"#### {g1}", "#### 998"]]         # majority wrong
+    table = best_of_n(probs, samples, {}, ns=[3], n_trials=4)
+    assert table["majority"][3] == 0.5 and table["oracle"][3] == 1.0
+    assert table["random"][3] == pytest.approx(0.5)
+
+
+def test_best_of_n_rejects_bad_shapes():
+    probs, samples, correct = _setup(2, 4)
+    with pytest.raises(ValueError, match="shape"):
+        best_of_n(probs, samples, {"x": [[0.0] * 3] * 2})
+    with pytest.raises(ValueError, match="1..4"):
+        best_of_n(probs, samples, {}, ns=[8])
+    assert default_ns(64) == [1, 2, 4, 8, 16, 32, 64] and default_ns(6) == [1, 2, 4, 6]
+
+
+class FakePRM:
+    kind = "prm"
+
+    @staticmethod
+    def aggregate(step_scores, how):
+        return {"product": float(np.prod(step_scores)), "min": min(step_scores),
+                "last": step_scores[-1]}[how]
+
+    def score(self, questions, steps, batch_size=64):
+        return [ScoreResult([0.5] * len(s), 0.0) for s in steps]
+
+
+def test_score_samples_aggregates_and_skips_empty():
+    out = score_samples(FakePRM(), ["q", "q", "q"], [["a", "b"], [], ["c"]], "prm")
+    assert out == {"prm-product": [0.25, float("-inf"), 0.5], "prm-min": [0.5, float("-inf"), 0.5],
+                   "prm-last": [0.5, float("-inf"), 0.5]}
+
+
+def test_plots_written(tmp_path):
+    table = {"orm": {1: 0.2, 2: 0.3, 4: 0.35}, "random": {"1": 0.2, "2": 0.2, "4": 0.2}}
+    p = plot_bon(table, tmp_path / "bon.png")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    q = plot_curves({"a": [(0, 1.0), (2, 0.5)], "b": []}, "t", "loss", tmp_path / "c" / "curve.png")
+    assert q.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*tmp"))      # no temporary left behind
+    assert bon_table(table).row_count == 2
+
+
+@pytest.fixture(scope="session")
+def tiny_rms(tiny_policy, tmp_path_factory):
+    """Untrained ORM and PRM on the tiny policy, saved like trained ones."""
+    from rewardlab.models.reward_models import RMSpec, build_reward_model
+
+    root = tmp_path_factory.mktemp("rms")
+    out = {}
+    for kind in ("orm", "prm"):
+        rm = build_reward_model(tiny_policy, RMSpec(kind=kind), device="cpu", seed=0)
+        out[kind] = str(rm.save_pretrained(root / kind))
+    return out
+
+
+def test_run_bon_real_models(tiny_policy, tiny_rms, tmp_path):
+    probs = generate_problems(n=3, seed=9)
+    res = run_bon(tiny_policy, probs, tiny_rms, max_n=4, max_new_tokens=8, n_trials=2,
+                  out=tmp_path, device="cpu")
+    table = res["table"]
+    assert set(table) == {"orm", "prm-product", "prm-min", "prm-last", "majority", "random",
+                          "oracle"}
+    assert res["ns"] == [1, 2, 4] and all(0 <= v <= 1 for t in table.values() for v in t.values())
+    assert (tmp_path / "bon.json").exists() and (tmp_path / "samples.jsonl").exists()
+    assert (tmp_path / "bon.png").read_bytes()[:4] == b"\x89PNG"
