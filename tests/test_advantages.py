@@ -56,7 +56,8 @@ def gae_loop(rewards, values, lengths, gamma, lam):
     return A, R
 
 
-@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0), (0.99, 0.0), (0.0, 0.7)])
+@pytest.mark.parametrize("gamma,lam",
+                         [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0), (0.99, 0.0), (0.0, 0.7)])
 def test_gae_equals_python_loop_on_random_right_padded_batch(gamma, lam):
     g = torch.Generator().manual_seed(0)
     B, T = 6, 11
@@ -190,10 +191,12 @@ def test_grpo_process_per_group_matches_normed_and_clamps():
 
 def test_group_index():
     assert group_index(2, 4).tolist() == [0, 0, 1, 1]
-    assert group_index(torch.tensor([5, 2, 5, 9]), 4).tolist() == [1, 0, 1, 2]
+    assert group_index(torch.tensor([5, 2, 5, 9]), 4).tolist() == [0, 1, 0, 2]
     assert group_index(["b", "a", "b"], 3).tolist() == [0, 1, 0]
     with pytest.raises(ValueError, match="entries for a batch"):
         group_index([0, 1], 3)
+    with pytest.raises(ValueError, match="required"):
+        group_index(None, 3)
 
 
 # =============================================================================================

@@ -71,10 +71,10 @@ def test_normed_whole_batch_or_per_group():
     rewards, _ = build_token_rewards(r, ends, mask, refine="normed")
     assert [rewards[0, 0], rewards[0, 1], rewards[1, 0], rewards[2, 0], rewards[2, 1]] == \
         pytest.approx(z, abs=1e-6)
-    # exclude_last: stats over non-final steps {1, 10} only, final steps 0
-    out = refine_batch("normed", r, exclude_last=True)
-    s = (((1 - 5.5) ** 2 + (10 - 5.5) ** 2) ** 0.5) + NORM_EPS
-    assert out == [pytest.approx([-4.5 / s, 0.0]), [0.0], pytest.approx([4.5 / s, 0.0])]
+    # exclude_last belongs to the Delta family: PR-Normed uses every step
+    assert refine_batch("normed", r, exclude_last=True) == refine_batch("normed", r)
+    assert refine_batch("delta", r, exclude_last=True) == [pytest.approx([1.0, 0.0]), [0.0],
+                                                           pytest.approx([10.0, 0.0])]
 
 
 def test_key_property_via_token_rewards():
@@ -245,7 +245,7 @@ def test_bpe_canonical_ids_match_byte_oracle(bpe, text):
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_bpe_non_canonical_ids_use_the_decode_fallback(bpe, text, monkeypatch):
+def test_bpe_non_canonical_ids_match_byte_oracle_via_search(bpe, text, monkeypatch):
     # encode piece by piece at random cut points (inside multi-byte characters too): ids that
     # re-encoding the text does not give back
     rng = random.Random(len(text))
@@ -257,21 +257,44 @@ def test_bpe_non_canonical_ids_use_the_decode_fallback(bpe, text, monkeypatch):
         chunk = "".join(_bytes_to_unicode()[x] for x in data[a:b])
         ids += [bpe.convert_tokens_to_ids(c) for c in chunk]          # single-byte tokens
     assert bytes(inv[c] for c in "".join(bpe.convert_ids_to_tokens(ids))) == data
-    calls = []
-    orig = steps_mod._char_ends_from_prefix_decodes
-    monkeypatch.setattr(steps_mod, "_char_ends_from_prefix_decodes",
-                        lambda *a: calls.append(1) or orig(*a))
+    guesses = []
+    orig = steps_mod._offset_guesses
+    monkeypatch.setattr(steps_mod, "_offset_guesses", lambda *a: guesses.append(orig(*a)) or
+                        guesses[-1])
     assert step_end_positions(ids + [bpe.eos_token_id], bpe) == _oracle(ids, bpe, text)
     if ids != bpe(text, add_special_tokens=False)["input_ids"]:
-        assert calls, "non-canonical ids must go through the prefix-decode fallback"
+        assert guesses == [None], "non-canonical ids cannot use the offsets"
 
 
-def test_offset_path_used_for_canonical_ids(bpe, monkeypatch):
-    monkeypatch.setattr(steps_mod, "_char_ends_from_prefix_decodes",
-                        lambda *a: pytest.fail("fallback should not run"))
+def _count_decodes(monkeypatch):
+    calls = []
+    orig = steps_mod._batch_decoder
+
+    def counting(tokenizer):
+        decode = orig(tokenizer)
+        return lambda seqs: calls.append(len(seqs)) or decode(seqs)
+    monkeypatch.setattr(steps_mod, "_batch_decoder", counting)
+    return calls
+
+
+def test_offset_guesses_confirmed_without_search(bpe, monkeypatch):
+    calls = _count_decodes(monkeypatch)
     text = "a = 1.\nb = 2.\n\n#### 3"
     ids = bpe(text, add_special_tokens=False)["input_ids"]
     assert step_end_positions(ids, bpe) == _oracle(ids, bpe, text)
+    assert calls == [1, 2 * 3]                # the text, then reach(t) and reach(t − 1) per step
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_binary_search_alone_and_wrong_guesses_are_corrected(bpe, text, monkeypatch):
+    ids = bpe(text, add_special_tokens=False)["input_ids"]
+    expected = _oracle(ids, bpe, text)
+    monkeypatch.setattr(steps_mod, "_offset_guesses", lambda *a: None)
+    assert step_end_positions(ids, bpe) == expected
+    for shift in (-2, -1, 1, 3):
+        wrong = [min(max(t + shift, 0), len(ids) - 1) for t in expected]
+        monkeypatch.setattr(steps_mod, "_offset_guesses", lambda *a, w=wrong: list(w))
+        assert step_end_positions(ids, bpe) == expected
 
 
 def test_tokenizer_without_fast_backend(bpe):

@@ -167,8 +167,10 @@ def test_adversarial_returns_within_limit(pred):
 def test_adversarial_in_non_main_thread():
     results: dict[str, tuple[bool, float]] = {}
 
+    in_thread = [ADVERSARIAL[1], ADVERSARIAL[4], ADVERSARIAL[5], ADVERSARIAL[8]]
+
     def work():
-        for pred in ADVERSARIAL[:4]:
+        for pred in in_thread:
             symbolic.warm_up()
             t = time.monotonic()
             results[pred] = (is_equiv(pred, "7", timeout=LIMIT), time.monotonic() - t)
@@ -179,7 +181,7 @@ def test_adversarial_in_non_main_thread():
     th.join(timeout=60)
     assert not th.is_alive()
     assert results["ok"][0] is True
-    for pred in ADVERSARIAL[:4]:
+    for pred in in_thread:
         verdict, elapsed = results[pred]
         assert verdict is False and elapsed < LIMIT + SLACK
 

@@ -14,10 +14,6 @@ def t(*xs, grad=False):
     return torch.tensor(xs, dtype=torch.float64, requires_grad=grad)
 
 
-def softplus(x):
-    return math.log1p(math.exp(-x)) + 0.0 if x > 0 else -x + math.log1p(math.exp(x))
-
-
 def nls(x):
     """−log σ(x)."""
     return math.log1p(math.exp(-x))
@@ -28,7 +24,8 @@ def test_dpo_by_hand_and_gradient_signs():
     # h_w = −10 − (−11) = 1, h_l = −12 − (−11) = −1, β = 0.1: −log σ(0.1·2)
     loss, m = dpo_loss(pw, pl, t(-11.0), t(-11.0), beta=0.1)
     assert loss.item() == pytest.approx(nls(0.2))
-    assert m["rewards/chosen"] == pytest.approx(0.1) and m["rewards/rejected"] == pytest.approx(-0.1)
+    assert m["rewards/chosen"] == pytest.approx(0.1)
+    assert m["rewards/rejected"] == pytest.approx(-0.1)
     assert m["rewards/margins"] == pytest.approx(0.2) and m["rewards/accuracies"] == 1.0
     loss.backward()
     assert pw.grad.item() < 0 < pl.grad.item()                        # raise chosen, lower rejected
@@ -98,7 +95,8 @@ def test_kto_by_hand():
                 + (1 - sig(0.1 * (0.5 - 1)))) / 3
     assert loss.item() == pytest.approx(expected)
     assert m["kl"] == pytest.approx(1.0)
-    assert m["rewards/chosen"] == pytest.approx(0.1 * 0.75) and m["rewards/rejected"] == pytest.approx(-0.1)
+    assert m["rewards/chosen"] == pytest.approx(0.1 * 0.75)
+    assert m["rewards/rejected"] == pytest.approx(-0.1)
     loss.backward()
     assert pol.grad[0] < 0 and pol.grad[2] < 0 and pol.grad[1] > 0
     assert kl_p.grad is None                                           # z_ref is detached

@@ -103,8 +103,8 @@ def register(app: typer.Typer) -> None:
               predictions: Path = typer.Option(..., "--predictions",
                                                help="JSONL rows with 'id' and 'prediction' or 'answer'."),
               split: str = typer.Option("test", "--split", help="Dataset split."),
-              out: Optional[Path] = typer.Option(None, "--out",
-                                                 help="Per-row results (default <predictions>.graded.jsonl)."),
+              out: Optional[Path] = typer.Option(
+                  None, "--out", help="Per-row results (default <predictions>.graded.jsonl)."),
               pred_field: str = typer.Option("prediction", "--pred-field",
                                              help="Field holding the full response text."),
               style: Optional[str] = typer.Option(None, "--style",

@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rewardlab.config import ConfigError
 from rewardlab.io import DataError
@@ -34,17 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app()
     try:
         app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
-    except (DataError, ConfigError, FileNotFoundError) as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
         err_console.print("aborted")
         return 130
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # click usage errors (typer ships its own click) carry their exit code
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
         raise

@@ -55,13 +55,15 @@ def score(
     aggregation: Annotated[Optional[str], typer.Option(help="PRM: product | min | last (default: the model's).")] = None,
 ) -> None:
     """Score solutions with a reward model and write step_scores and score per row."""
+    from rewardlab.rewards.scoring import read_solution_rows, score_file
+
+    read_solution_rows(input)  # fail on bad input before importing torch and loading the model
+
     from rewardlab.models.reward_models import load_reward_model
     from rewardlab.models.rm_losses import AGGREGATIONS
-    from rewardlab.rewards.scoring import read_solution_rows, score_file
     from rewardlab.training import quiet_transformers
 
     quiet_transformers()
-    read_solution_rows(input)  # fail on bad input before loading the model
     model = load_reward_model(rm, device=device)
     if aggregation is not None:
         if aggregation not in AGGREGATIONS:

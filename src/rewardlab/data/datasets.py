@@ -20,7 +20,6 @@ from rewardlab.io import DataError, iter_jsonl
 
 DATA_DIR_ENV = "REWARDLAB_DATA_DIR"
 STEP_SPLITS = ("lines", "blank")
-DATASET_NAMES = ("gsm8k", "math500", "testbed")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 __all__ = ["find_data_dir", "split_steps", "strip_calc_annotations", "load_gsm8k", "load_math500",
@@ -93,7 +92,7 @@ def _rows(path: str | os.PathLike, split: str, config: str | None, types: dict[s
     """``(source, line, row)`` from a local JSONL file or a hub dataset, type-checked."""
     if _is_hub_id(path):
         for lineno, row in _hub_rows(str(path), split, config):
-            _check_row_types(f"{path}[{split}]", lineno, row, types)
+            _check_row_types(f"{path} split={split} row", lineno, row, types)
             yield str(path), lineno, row
         return
     for lineno, row in iter_jsonl(path, required=list(types), types=types):
@@ -247,11 +246,13 @@ def load_testbed(path: str | os.PathLike, limit: int | None = None) -> list[Prob
     return out
 
 
-def _load_named(name: str) -> Callable[..., list[Problem]] | None:
-    return {"gsm8k": lambda split, path, limit: load_gsm8k(split, path, limit),
-            "math500": lambda split, path, limit: load_math500(path, limit, split=split),
-            "testbed": lambda split, path, limit: load_testbed(
-                path if path is not None else "problems.jsonl", limit)}.get(name)
+_LOADERS: dict[str, Callable[[str, Any, int | None], list[Problem]]] = {
+    "gsm8k": lambda split, path, limit: load_gsm8k(split, path, limit),
+    "math500": lambda split, path, limit: load_math500(path, limit, split=split),
+    "testbed": lambda split, path, limit: load_testbed(path or "problems.jsonl", limit),
+}
+"""Named datasets: ``(split, path, limit) -> problems``."""
+DATASET_NAMES = tuple(_LOADERS)
 
 
 def load_dataset_by_name(name: str, split: str = "test", path: str | os.PathLike | None = None,
@@ -259,9 +260,8 @@ def load_dataset_by_name(name: str, split: str = "test", path: str | os.PathLike
     """Dispatch on ``name``: ``"gsm8k"``, ``"math500"``, ``"testbed"`` (``path`` defaults to
     ``problems.jsonl``), a ``.jsonl`` file (testbed rows, else ``question``/``answer`` fields) or a
     hub id (``openai/gsm8k`` → GSM8K, any other → MATH-style fields)."""
-    loader = _load_named(name)
-    if loader is not None:
-        return loader(split, path, limit)
+    if name in _LOADERS:
+        return _LOADERS[name](split, path, limit)
     if str(name).endswith(".jsonl"):
         return _load_jsonl_file(name, limit)
     if _is_hub_id(name):
@@ -274,7 +274,11 @@ def load_dataset_by_name(name: str, split: str = "test", path: str | os.PathLike
 
 def _load_jsonl_file(path: str | os.PathLike, limit: int | None) -> list[Problem]:
     """A ``.jsonl`` given by name: Problem rows (as written by the testbed) or question/answer."""
-    first = next(iter_jsonl(path), (0, {}))[1]
+    rows = iter_jsonl(path)
+    try:
+        first = next(rows)[1]
+    finally:
+        rows.close()
     if all(k in first for k in ("id", "question", "solution", "answer", "source")):
         return load_testbed(path, limit)
     return load_jsonl(path, id_field="id" if "id" in first else None,

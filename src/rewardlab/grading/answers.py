@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from fractions import Fraction
 
 from rewardlab.grading.calc import to_number

@@ -3,9 +3,9 @@
 math-verify's own timeouts use ``signal.alarm``, which only works in the main thread. Here each
 check is sent to a persistent worker process (``python -m rewardlab.grading._symbolic_worker``,
 started with ``subprocess`` so no ``__main__`` module is re-imported) and the reply is awaited with
-``select``; a worker that overruns the limit is killed and replaced on the next call. Workers are
-started lazily, reused, capped at :data:`MAX_WORKERS` at once, and shut down at exit; a killed
-worker's replacement is started in the background at once, so the next check does not wait for it.
+a selector; a worker that overruns the limit is killed, and its replacement is started in the
+background at once so that later checks need not wait for it. Workers are started lazily, reused,
+capped at :data:`MAX_WORKERS` at once, and shut down at exit.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import select
+import selectors
 import subprocess
 import sys
 import threading
@@ -40,20 +40,26 @@ class _Worker:
             raise RuntimeError("symbolic grading worker failed to start")
 
     def _read(self, timeout: float) -> dict | None:
-        """One reply line within ``timeout`` seconds, or None (timeout or dead worker)."""
+        """One reply line within ``timeout`` seconds, or None (timeout, garbage or dead worker)."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         buf = b""
         deadline = time.monotonic() + timeout
-        while not buf.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            buf += chunk
-        return json.loads(buf)
+        with selectors.DefaultSelector() as sel:  # epoll/poll: no FD_SETSIZE limit, unlike select()
+            sel.register(fd, selectors.EVENT_READ)
+            while not buf.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                buf += chunk
+        try:
+            reply = json.loads(buf)
+        except ValueError:
+            return None
+        return reply if isinstance(reply, dict) else None
 
     def ask(self, pred: str, gold: str, timeout: float) -> bool | None:
         """The worker's verdict, or None if it overran ``timeout`` or died (then it is killed)."""

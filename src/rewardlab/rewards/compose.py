@@ -24,7 +24,8 @@ from rewardlab.rewards.refine import REFINERS, normed
 
 # ---------------------------------------------------------------------------------------------
 # Refinement of a whole batch: one uniform signature
-#   fn(step_rewards: list[list[float]], group_index: list[int], eta, exclude_last) -> list[list[float]]
+#   fn(step_rewards: list[list[float]], group_index: list[int], eta, exclude_last)
+#       -> list[list[float]]
 # Per-response refinements (rewardlab.rewards.refine.REFINERS) ignore the groups; "normed"
 # (PR-Normed) normalises every group jointly.
 
@@ -45,31 +46,30 @@ for _name in REFINERS.names():
 @GROUP_REFINERS.register("normed")
 def _refine_normed(step_rewards: list[list[float]], group_index: list[int], eta: float,
                    exclude_last: bool) -> list[list[float]]:
-    """PR-Normed per group; with ``exclude_last`` each response's final step is left out of the
-    statistics and gets 0."""
+    """PR-Normed over every step of each group (``eta`` and ``exclude_last`` unused)."""
     out: list[list[float]] = [[] for _ in step_rewards]
     for g in sorted(set(group_index)):
         members = [i for i, gi in enumerate(group_index) if gi == g]
-        kept = [list(step_rewards[i])[:-1] if exclude_last else list(step_rewards[i])
-                for i in members]
-        for i, r_tilde in zip(members, normed(kept)):
-            out[i] = list(r_tilde) + ([0.0] if exclude_last and len(step_rewards[i]) else [])
+        for i, r_tilde in zip(members, normed([step_rewards[i] for i in members])):
+            out[i] = list(r_tilde)
     return out
 
 
-def _group_list(group_ids, B: int) -> list[int]:
-    """Group of each row: all one group when ``group_ids`` is None, rows i·G..i·G+G−1 when it is
-    an int G (the rollout's prompt-major order), else the given per-row ids."""
+def group_numbers(group_ids, B: int) -> list[int]:
+    """Group number (0, 1, ... in order of first appearance) of each of B rows. ``group_ids``:
+    None (the whole batch is one group), an int G (rows i·G .. i·G+G−1 form a group: the
+    rollout's prompt-major order) or B per-row ids of any hashable kind (tensor or sequence)."""
     if group_ids is None:
         return [0] * B
     if isinstance(group_ids, int):
         if group_ids < 1 or B % group_ids:
             raise ValueError(f"group size {group_ids} does not divide the batch size {B}")
         return [i // group_ids for i in range(B)]
-    ids = group_ids.tolist() if isinstance(group_ids, torch.Tensor) else list(group_ids)
+    ids = group_ids.flatten().tolist() if isinstance(group_ids, torch.Tensor) else list(group_ids)
     if len(ids) != B:
         raise ValueError(f"group_ids has {len(ids)} entries for a batch of {B}")
-    return ids
+    number: dict = {}
+    return [number.setdefault(g, len(number)) for g in ids]
 
 
 def refine_batch(name: str, step_rewards: Sequence[Sequence[float]], eta: float = 0.8,
@@ -78,7 +78,7 @@ def refine_batch(name: str, step_rewards: Sequence[Sequence[float]], eta: float 
     clip_delta | normed); "normed" pools the whole batch, or each group when ``group_ids``
     (B per-row ids, or an int group size G) is given."""
     rows = [list(map(float, r)) for r in step_rewards]
-    return GROUP_REFINERS.get(name)(rows, _group_list(group_ids, len(rows)), eta, exclude_last)
+    return GROUP_REFINERS.get(name)(rows, group_numbers(group_ids, len(rows)), eta, exclude_last)
 
 
 # ---------------------------------------------------------------------------------------------

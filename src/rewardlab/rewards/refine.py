@@ -15,11 +15,11 @@ Every function takes one response's K step rewards as a Python sequence (returns
 floats) or a 1-D tensor (K,) (returns a tensor of the same dtype, differentiable). Empty in →
 empty out; K = 1 is valid.
 
-``exclude_last=True`` leaves the final (answer) step out, because the success reward judges it:
-the refinement runs on r_1..r_{K−1} and the last step gets 0. For ``delta`` this is exactly
-SPEC's definition (the paper's figure: the last kept step keeps its raw score); the registry
-applies the same rule to every refinement, so ``refine(name, r, eta, exclude_last)`` means one
-thing whatever ``name`` is.
+``exclude_last=True`` (Delta only) leaves the final (answer) step out, because the success
+reward judges it: d is computed over r_1..r_{K−1} and the last step gets 0, so the last kept step
+keeps its raw score (the paper's Delta; rewardlab's RL default). Raw scores, Clip and PR-Normed
+use every step, as in the paper; the registry's uniform signature passes ``exclude_last`` to all
+of them and only the Delta family reads it.
 
 >>> delta([0.9, 0.7, 0.8])
 [0.20000000000000007, -0.10000000000000009, 0.8]
@@ -145,14 +145,14 @@ REFINERS: Registry[Callable[[StepRewards, float, bool], StepRewards]] = Registry
 
 @REFINERS.register("none")
 def _refine_none(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
-    """Raw PRM scores (the last step 0 when ``exclude_last``)."""
-    return _apply(lambda x: _leave_last_out(torch.clone, x, exclude_last), r)
+    """Raw PRM scores, every step (``eta`` and ``exclude_last`` unused)."""
+    return _apply(torch.clone, r)
 
 
 @REFINERS.register("clip")
 def _refine_clip(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
-    """Clip over r_1..r_K (r_1..r_{K−1} and 0 for the last step when ``exclude_last``)."""
-    return _apply(lambda x: _leave_last_out(lambda y: _clip(y, eta), x, exclude_last), r)
+    """Clip over every step, as in the paper (``exclude_last`` unused)."""
+    return clip(r, eta)
 
 
 @REFINERS.register("delta")
@@ -167,5 +167,5 @@ def _refine_clip_delta(r: StepRewards, eta: float, exclude_last: bool) -> StepRe
 
 def refine(name: str, r: StepRewards, eta: float = 0.8, exclude_last: bool = False) -> StepRewards:
     """One response's step rewards refined by ``REFINERS[name]`` (none | clip | delta |
-    clip_delta); ``exclude_last`` gives the final step 0 and refines the others alone."""
+    clip_delta); ``exclude_last`` is read by delta and clip_delta only."""
     return REFINERS.get(name)(r, eta, exclude_last)

@@ -10,21 +10,25 @@ tokens. So t_end(k) is defined on character spans: the index of the LAST token w
 overlaps step k's text (for a token ".\\n" that is the ".\\n" token itself; a separator-only
 token after the step never counts).
 
-Character spans come from the tokenizer itself (text after token i = the decode of tokens
-0..i), computed one of two ways:
+Character spans come from the tokenizer itself: reach(i), the characters of the decoded text
+that tokens 0..i have produced, is the length of decode(ids[:i+1]) as a prefix of the text (a
+trailing "\\ufffd" of a partial UTF-8 character does not count, so a character split over
+several byte-level tokens belongs to the token that completes it), and
+t_end(k) = min{i : reach(i) ≥ end of step k}. It is found in two stages:
 
-1. fast path: when re-encoding the decoded text gives back exactly the same ids, the fast
-   tokenizer's ``offset_mapping`` (one O(T) call), each resulting t_end then checked against
-   prefix decodes (2 decodes per step);
-2. fallback: the decode of every prefix (O(T²) tokens, one batched call into the Rust decoder),
-   exact by definition. A partial UTF-8 character (a byte-level token ending in "\\ufffd")
-   belongs to the token that completes it.
+1. a guess from the fast tokenizer's ``offset_mapping`` (one O(T) call), used when re-encoding
+   the decoded text gives back exactly the same ids; every guess is then checked against the
+   definition, reach(t) ≥ b > reach(t − 1) (2 prefix decodes per step);
+2. binary search on reach for steps without a confirmed guess (non-canonical token sequences,
+   slow tokenizers): O(log T) prefix decodes per step, batched over steps into one call of the
+   Rust decoder per round.
 
 Special tokens (EOS, padding) decode to nothing, so they never end a step.
 
 >>> step_char_ends("3 + 4 = 7\\n7 - 2 = 5\\n#### 5")
 [9, 19, 26]
->>> step_ends_from_char_spans([1, 3, 5, 7, 9, 10, 11, 13], [9])   # tokens "3"," +"," 4"," ="," 7","\\n"...
+>>> # tokens "3", " +", " 4", " =", " 7", "\\n", "7", " -": step 1 ends at character 9
+>>> step_ends_from_char_spans([1, 3, 5, 7, 9, 10, 11, 13], [9])
 [4]
 """
 
@@ -94,20 +98,11 @@ def _reach(prefix_text: str, text: str) -> int:
     return len(os.path.commonprefix([prefix_text, text]))
 
 
-def _char_ends_from_prefix_decodes(ids: list[int], text: str, decode: Decoder) -> list[int]:
-    reach = [_reach(s, text) for s in decode([ids[:i + 1] for i in range(len(ids))])]
-    ends, top = [], 0
-    for r in reach:                                   # running max keeps them non-decreasing
-        top = max(top, r)
-        ends.append(top)
-    return ends
+def _offset_guesses(ids: list[int], text: str, tokenizer, bounds: list[int]) -> list[int] | None:
+    """t_end guesses from ``offset_mapping`` when re-encoding ``text`` round-trips to ``ids``.
 
-
-def _char_ends_from_offsets(ids: list[int], text: str, tokenizer) -> list[int] | None:
-    """Cumulative ends from ``offset_mapping`` when re-encoding ``text`` round-trips to ``ids``.
-
-    Tokens sharing a character (byte-level pieces of one character) give it to the last of them,
-    as the prefix decodes do: end_i = min(end_i, start_{i+1})."""
+    Offsets become cumulative ends; tokens sharing a character (byte-level pieces of one
+    character) give it to the last of them, as reach does: end_i = min(end_i, start_{i+1})."""
     if not getattr(tokenizer, "is_fast", False):
         return None
     try:
@@ -117,23 +112,47 @@ def _char_ends_from_offsets(ids: list[int], text: str, tokenizer) -> list[int] |
     if list(enc["input_ids"]) != ids:
         return None
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    ends, top = [], 0
+    char_ends, top = [], 0
     for i, (_, end) in enumerate(offsets):
         if i + 1 < len(offsets):
             end = min(end, offsets[i + 1][0])
         top = max(top, end)
-        ends.append(top)
-    return ends
+        char_ends.append(top)
+    try:
+        return step_ends_from_char_spans(char_ends, bounds)
+    except ValueError:
+        return None
 
 
-def _verified(t_ends: list[int], bounds: list[int], ids: list[int], text: str,
-              decode: Decoder) -> bool:
-    """Check each t_end against the definition: decode(ids[:t+1]) reaches b, decode(ids[:t]) not."""
-    seqs = [ids[:t + 1] for t in t_ends] + [ids[:t] for t in t_ends]
-    texts = decode(seqs)
-    k = len(t_ends)
-    return all(_reach(texts[j], text) >= b and _reach(texts[k + j], text) < b
-               for j, b in enumerate(bounds))
+def _search_step_ends(ids: list[int], text: str, bounds: list[int], decode: Decoder,
+                      guesses: list[int] | None) -> list[int]:
+    """min{i : reach(i) ≥ b} for every step end b, by checking the guesses and binary search."""
+    def reach(token_indices: list[int]) -> list[int]:            # reach(i), reach(−1) = 0
+        texts = decode([ids[:i + 1] for i in token_indices if i >= 0])
+        it = iter(texts)
+        return [_reach(next(it), text) if i >= 0 else 0 for i in token_indices]
+
+    K, n = len(bounds), len(ids)
+    lo, hi = [0] * K, [n - 1] * K                                # answer in [lo, hi]
+    if guesses is not None:
+        r = reach(guesses + [g - 1 for g in guesses])
+        for k, (g, b) in enumerate(zip(guesses, bounds)):
+            if r[k] >= b:
+                hi[k] = g
+                if r[K + k] < b:
+                    lo[k] = g                                    # confirmed
+            else:
+                lo[k] = g + 1
+    active = [k for k in range(K) if lo[k] < hi[k]]
+    while active:
+        mids = [(lo[k] + hi[k]) // 2 for k in active]
+        for k, mid, r in zip(active, mids, reach(mids)):
+            if r >= bounds[k]:
+                hi[k] = mid
+            else:
+                lo[k] = mid + 1
+        active = [k for k in active if lo[k] < hi[k]]
+    return lo
 
 
 def step_end_positions(response_ids: Sequence[int] | torch.Tensor, tokenizer,
@@ -156,11 +175,8 @@ def step_end_positions(response_ids: Sequence[int] | torch.Tensor, tokenizer,
     bounds = step_char_ends(text, separator)
     if not bounds:
         return []
-    ends = _char_ends_from_offsets(ids, text, tokenizer)
-    t_ends = step_ends_from_char_spans(ends, bounds) if ends is not None else None
-    if t_ends is None or not _verified(t_ends, bounds, ids, text, decode):
-        ends = _char_ends_from_prefix_decodes(ids, text, decode)
-        t_ends = step_ends_from_char_spans(ends, bounds)
+    guesses = _offset_guesses(ids, text, tokenizer, bounds)
+    t_ends = _search_step_ends(ids, text, bounds, decode, guesses)
     return [keep[t] for t in t_ends]
 
 

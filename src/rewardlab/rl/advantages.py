@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from rewardlab.registry import Registry
-from rewardlab.rewards.compose import place_at_step_ends
+from rewardlab.rewards.compose import group_numbers, place_at_step_ends
 from rewardlab.rewards.refine import NORM_EPS, normed
 from rewardlab.rl.losses import masked_mean
 
@@ -73,22 +73,11 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
 # Group statistics
 
 def group_index(group_ids, B: int, device=None) -> torch.Tensor:
-    """(B,) long tensor numbering the groups 0..n_groups−1 (see the module docstring)."""
-    if isinstance(group_ids, int):
-        if group_ids < 1 or B % group_ids:
-            raise ValueError(f"group size {group_ids} does not divide the batch size {B}")
-        return torch.arange(B, device=device) // group_ids
-    if isinstance(group_ids, torch.Tensor):
-        ids = group_ids.flatten()
-        if ids.numel() != B:
-            raise ValueError(f"group_ids has {ids.numel()} entries for a batch of {B}")
-        return torch.unique(ids, return_inverse=True)[1].to(device)
-    ids = list(group_ids)
-    if len(ids) != B:
-        raise ValueError(f"group_ids has {len(ids)} entries for a batch of {B}")
-    number: dict = {}
-    return torch.tensor([number.setdefault(g, len(number)) for g in ids], dtype=torch.long,
-                        device=device)
+    """(B,) long tensor numbering the groups 0..n_groups−1 (see the module docstring and
+    :func:`rewardlab.rewards.compose.group_numbers`)."""
+    if group_ids is None:
+        raise ValueError("group_ids is required: B per-row ids or an int group size G")
+    return torch.tensor(group_numbers(group_ids, B), dtype=torch.long, device=device)
 
 
 def group_stats(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
@@ -153,7 +142,8 @@ def rloo(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def grpo_process(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
                  group_ids, mask: torch.Tensor) -> torch.Tensor:
-    """r̃ = (r − mean)/(std + 1e-6) over all step rewards of the group; A_t = Σ_{k: t_end(k) ≥ t} r̃_k
+    """r̃ = (r − mean)/(std + 1e-6) over all step rewards of the group,
+    A_t = Σ_{k: t_end(k) ≥ t} r̃_k
     (GRPO process supervision, DeepSeekMath, arXiv 2402.03300 §4.1.3).
 
     step_rewards, step_ends: B lists of K_b values / token indices; mask (B, T). A step whose

@@ -60,7 +60,7 @@ LOSS_AGGREGATIONS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _mean_over_sequences(per_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    has_tokens = mask.bool().any(dim=-1)                                 # (B,) empty rows don't count
+    has_tokens = mask.bool().any(dim=-1)                      # (B,) empty rows do not count
     return masked_mean(per_seq, has_tokens)
 
 
@@ -91,7 +91,8 @@ def _agg_seq_mean_token_sum_norm(loss_mat: torch.Tensor, mask: torch.Tensor) -> 
     return _mean_over_sequences(per_seq / loss_mat.shape[-1], mask)
 
 
-def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean") -> torch.Tensor:
+def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor,
+                   agg: str = "token-mean") -> torch.Tensor:
     """Scalar loss from per-token losses (B, T) by ``LOSS_AGGREGATIONS[agg]``."""
     return LOSS_AGGREGATIONS.get(agg)(loss_mat, mask)
 
@@ -104,7 +105,8 @@ RATIOS: Registry[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tens
 
 
 @RATIOS.register("token")
-def _log_ratio_token(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _log_ratio_token(logp: torch.Tensor, old_logp: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
     """log ρ_t = log π(y_t) − log π_old(y_t) (PPO, Schulman et al. 2017)."""
     return torch.where(mask.bool(), logp - old_logp, torch.zeros_like(logp))
 
@@ -148,7 +150,8 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
         metrics = {
             "actor/pg_loss": loss.item(),
             "actor/clipfrac": masked_mean((surr2 < surr1).float(), m).item(),
-            "actor/approx_kl": masked_mean(torch.expm1(token_log_ratio) - token_log_ratio, m).item(),
+            "actor/approx_kl": masked_mean(torch.expm1(token_log_ratio) - token_log_ratio,
+                                           m).item(),
             "actor/ratio_mean": masked_mean(rho, m).item(),
         }
     return loss, metrics

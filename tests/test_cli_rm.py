@@ -1,0 +1,106 @@
+"""`rewardlab train-rm` and `rewardlab score`, in process and in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rewardlab.cli.main import main
+from rewardlab.data.testbed import generate_problems, oracle_label
+from rewardlab.models.loading import make_testbed_policy
+from rewardlab.models.reward_models import RMSpec, build_reward_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return make_testbed_policy(tmp_path_factory.mktemp("policy"), size="tiny", seed=0)
+
+
+def _prm_rows(n=12):
+    rows = []
+    for p in generate_problems(n=n, seed=5):
+        wrong = p.steps[:-1] + [f"#### {int(p.answer) + 1}"]
+        for steps in (p.steps, wrong):
+            res = oracle_label(p.question, "\n".join(steps), p.answer)
+            rows.append({"id": p.id, "question": p.question, "steps": steps,
+                         "step_labels": res.labels, "outcome": int(res.outcome)})
+    return rows
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_rm_then_score(tmp_path, policy, capsys):
+    data = _write(tmp_path / "rm.jsonl", _prm_rows())
+    cfg = tmp_path / "rm.yaml"
+    cfg.write_text("epochs: 1\nbatch_size: 8\nlr: 0.003\nprogress: false\ndevice: cpu\n")
+    out = tmp_path / "prm"
+    rc = main(["train-rm", "--kind", "prm", "--data", str(data), "--base", str(policy),
+               "--out", str(out), "--config", str(cfg), "--set", "form=head",
+               "--set", "eval_split=0.25"])
+    assert rc == 0
+    assert (out / "final" / "rewardlab_rm.json").exists() and (out / "config.yaml").exists()
+    assert json.loads((out / "final" / "rewardlab_rm.json").read_text())["form"] == "head"
+    assert "eval/step_auroc" in capsys.readouterr().out
+
+    sols = _write(tmp_path / "sols.jsonl", [
+        {"id": "a", "question": "sam has 3 apples . buys 4 more . how many apples ?",
+         "steps": ["3 + 4 = 7", "#### 7"]},
+        {"question": "sam has 3 apples . buys 4 more . how many apples ?",
+         "response": "3 + 4 = 8\n\n#### 8\n"}])
+    scored = tmp_path / "scores.jsonl"
+    rc = main(["score", "--rm", str(out / "final"), "--input", str(sols), "--out", str(scored),
+               "--device", "cpu", "--aggregation", "min"])
+    assert rc == 0
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert rows[0]["id"] == "a" and len(rows[0]["step_scores"]) == 2
+    assert len(rows[1]["step_scores"]) == 2 and rows[1]["response"].startswith("3 + 4")
+    assert all(r["score"] == pytest.approx(min(r["step_scores"])) for r in rows)
+    assert "2 solutions" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_naming_file_and_line(tmp_path, policy, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "steps": ["#### 1"], "step_labels": [1]})
+                   + "\n{not json\n")
+    rc = main(["train-rm", "--kind", "prm", "--data", str(bad), "--base", str(policy),
+               "--out", str(tmp_path / "r"), "--set", "progress=false"])
+    assert rc == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err.replace("\n", "")
+    rc = main(["train-rm", "--kind", "bt", "--data", str(bad), "--set", "preference=true"])
+    assert rc == 2
+    rm = build_reward_model(policy, RMSpec(kind="orm"), device="cpu")
+    rm.save_pretrained(tmp_path / "orm")
+    sols = _write(tmp_path / "sols.jsonl", [{"question": "q", "steps": ["#### 1"]},
+                                            {"question": "q", "steps": ["#### 1", 7]}])
+    rc = main(["score", "--rm", str(tmp_path / "orm"), "--input", str(sols),
+               "--out", str(tmp_path / "o.jsonl")])
+    assert rc == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "sols.jsonl:2" in err and "steps" in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_cli_subprocess_bad_input_exits_2(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "how many ?", "steps": ["1 + 1 = 2"]}\n{"question": 3}\n')
+    env = {**os.environ, "COLUMNS": "400", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rewardlab.cli.main", "score", "--rm", str(tmp_path / "none"),
+           "--out", str(tmp_path / "s.jsonl"), "--input", str(bad)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bad}:2" in proc.stderr and "question" in proc.stderr
+    assert not (tmp_path / "s.jsonl").exists()
