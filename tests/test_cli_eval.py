@@ -72,8 +72,6 @@ def test_cli_label_bad_input_exit_2(tmp_path, capsys):
     assert rc == 2 and f"{bad}:2" in _flat(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(reason="cli.main catches click.ClickException, but typer 0.29 raises its "
-                          "vendored typer._click exceptions", strict=False)
 def test_cli_label_usage_errors_exit_2(tmp_path):
     ok = tmp_path / "s.jsonl"
     ok.write_text(json.dumps({"question": "q", "gold": "1", "steps": ["#### 1"]}) + "\n")

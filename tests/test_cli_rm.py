@@ -10,7 +10,6 @@ import torch
 
 from rewardlab.cli.main import main
 from rewardlab.data.testbed import generate_problems, oracle_label
-from rewardlab.models.loading import make_testbed_policy
 from rewardlab.models.reward_models import RMSpec, build_reward_model
 
 
@@ -23,8 +22,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    return make_testbed_policy(tmp_path_factory.mktemp("policy"), size="tiny", seed=0)
+def policy(tiny_policy):
+    """The session's tiny testbed policy (conftest.py); tests only read it."""
+    return tiny_policy
 
 
 def _prm_rows(n=12):

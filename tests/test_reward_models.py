@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rewardlab.io import DataError
-from rewardlab.models.loading import make_testbed_policy
 from rewardlab.models.reward_models import (RMSpec, ScoreResult, build_reward_model,
                                             load_reward_model)
 from rewardlab.models.rm_losses import (aggregate, bt_loss, last_token_index, orm_bce_loss,
@@ -35,8 +34,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    return make_testbed_policy(tmp_path_factory.mktemp("policy"), size="tiny", seed=0)
+def policy(tiny_policy):
+    """The session's tiny testbed policy (conftest.py); tests only read it."""
+    return tiny_policy
 
 
 def _rm(policy, **kw):

@@ -9,7 +9,6 @@ import torch
 
 from rewardlab.data.testbed import generate_problems, oracle_label
 from rewardlab.io import DataError
-from rewardlab.models.loading import make_testbed_policy
 from rewardlab.models.reward_models import build_reward_model, load_reward_model
 from rewardlab.rewards.rm_data import read_rm_rows
 from rewardlab.rewards.rm_train import (RMTrainConfig, encode_rows, objective_loss, split_rows,
@@ -26,8 +25,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    return make_testbed_policy(tmp_path_factory.mktemp("policy"), size="tiny", seed=0)
+def policy(tiny_policy):
+    """The session's tiny testbed policy (conftest.py); tests only read it."""
+    return tiny_policy
 
 
 def _corrupt(rng, steps):
@@ -89,7 +89,8 @@ def test_rows_are_checked_with_file_line_and_field(tmp_path):
         (json.dumps({**good, "step_labels": [1, 1.5]}), r"label in \[0, 1\]", "step_labels"),
         (json.dumps({**good, "steps": "1 + 1 = 2"}), "expected list", "steps"),
         (json.dumps({**good, "steps": ["a", 3], "step_labels": [1, 1]}), "step 2", "steps"),
-        (json.dumps({k: v for k, v in good.items() if k != "step_labels"}), "missing", "step_labels"),
+        (json.dumps({k: v for k, v in good.items() if k != "step_labels"}), "missing",
+         "step_labels"),
     ]
     for i, (bad, msg, fld) in enumerate(cases):
         f = tmp_path / f"bad{i}.jsonl"
@@ -149,7 +150,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, policy):
     kw = dict(kind="prm", form="head", tag="<extra_0>", epochs=2, grad_accum=2, batch_size=4,
               warmup_ratio=0.2)
     full = train_reward_model(_cfg(tmp_path / "a", policy, data, **kw))
-    part = train_reward_model(_cfg(tmp_path / "b", policy, data, max_steps=3, **kw))
+    part = train_reward_model(_cfg(tmp_path / "b", policy, data, stop_after=3, **kw))
     assert part["rm/finished"] == 0.0 and part["rm/steps"] == 3
     assert not (tmp_path / "b" / "run" / "final").exists()
     resumed = train_reward_model(_cfg(tmp_path / "b", policy, data, **kw))
@@ -177,10 +178,12 @@ def test_every_objective_trains(tmp_path, policy, kind, extra, key):
     else:
         data = write_pair_rows(tmp_path / "d.jsonl", n=16, step_pref=kind == "prm_pref")
     cfg_kind = {"prm_pref": "prm", "prm_soft": "prm"}.get(kind, kind)
-    cfg = _cfg(tmp_path, policy, data, kind=cfg_kind, preference=kind == "prm_pref", **extra)
+    cfg = _cfg(tmp_path, policy, data, kind=cfg_kind, preference=kind == "prm_pref",
+               max_steps=4, **extra)
     m = train_reward_model(cfg)
     assert key in m and math.isfinite(m["rm/final_loss"])
-    rm = load_reward_model(tmp_path / "run" / "final", device="cpu")
+    assert m["rm/steps"] == m["rm/total_steps"] == 4                 # max_steps sets the run
+    rm = load_reward_model(tmp_path / "run", device="cpu")            # a run dir loads final/
     assert rm.kind == cfg_kind
     if kind == "prm_soft":
         assert len(rm.tokenizer) == rm.backbone.get_input_embeddings().weight.shape[0]

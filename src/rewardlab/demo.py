@@ -120,7 +120,7 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log) -> Path:
     metrics = {}
     for kind in ("orm", "prm"):
         rm_dir = out / kind
-        if _done(rm_dir / "rewardlab_rm.json") and _done(out / f"{kind}_metrics.json"):
+        if _done(rm_dir / "final" / "rewardlab_rm.json") and _done(out / f"{kind}_metrics.json"):
             metrics[kind] = json.loads((out / f"{kind}_metrics.json").read_text())
             log(f"rm: {kind} cached")
             continue

@@ -17,6 +17,11 @@ console = Console()
 METHODS = ("oracle", "mc", "judge")
 
 
+def step_split_for(style: str) -> str:
+    """Steps are lines (GSM8K, testbed) or blank-line-separated paragraphs (MATH)."""
+    return "blank" if style == "math" else "lines"
+
+
 def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Optional[int],
             n: int, temperature: float, max_new_tokens: Optional[int], seed: int, style: str,
             device: str):
@@ -30,7 +35,8 @@ def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Op
     policy, tok = load_policy(model, device)
     cfg = SamplingConfig(n=n, temperature=temperature,
                          max_new_tokens=max_new_tokens or default_max_new_tokens(dataset))
-    rows = sample_responses(policy, tok, problems, n, cfg, seed=seed, style=style)
+    rows = sample_responses(policy, tok, problems, n, cfg, seed=seed, style=style,
+                            step_split=step_split_for(style))
     return rows, policy, tok
 
 
@@ -39,21 +45,20 @@ def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: in
                   judge_yes: str, judge_no: str, judge_chat: bool, device: str):
     from rewardlab.rewards.labeling import get_labeler
 
-    if method not in METHODS:
-        raise typer.BadParameter(f"--method must be one of {METHODS}, got {method!r}")
-    if method == "oracle":
-        return get_labeler("oracle")
+    kwargs: dict = {}
     if method == "mc":
         if policy is None:
             raise typer.BadParameter("--method mc needs --model (the policy that completes prefixes)")
-        return get_labeler("mc", model=policy, tokenizer=tok, n=mc_n, soft=soft, style=style,
-                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    if judge_model is None and policy is None:
-        raise typer.BadParameter("--method judge needs --judge-model (or --model)")
-    jm, jt = load_policy(judge_model, device) if judge_model else (policy, tok)
+        kwargs = dict(model=policy, tokenizer=tok, n=mc_n, soft=soft, style=style,
+                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    elif method == "judge":
+        if judge_model is None and policy is None:
+            raise typer.BadParameter("--method judge needs --judge-model (or --model)")
+        jm, jt = load_policy(judge_model, device) if judge_model else (policy, tok)
+        kwargs = dict(model=jm, tokenizer=jt, yes_token=judge_yes, no_token=judge_no,
+                      chat=judge_chat)
     try:
-        return get_labeler("judge", model=jm, tokenizer=jt, yes_token=judge_yes, no_token=judge_no,
-                           chat=judge_chat)
+        return get_labeler(method, **kwargs)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 
@@ -128,10 +133,11 @@ def register(app: typer.Typer) -> None:
                                         max_new_tokens, seed, style, device)
         else:
             raise typer.BadParameter("give --input samples.jsonl, or --model to sample first")
-        if policy is None and model is not None and method in ("mc", "judge"):
+        needs_policy = method == "mc" or (method == "judge" and judge_model is None)
+        if policy is None and model is not None and needs_policy:
             policy, tok = load_policy(model, device)
         labeler = _make_labeler(method, policy, tok, judge_model, mc_n, soft, style,
-                                max_new_tokens or default_max_new_tokens(dataset), temperature or 1.0,
+                                max_new_tokens or default_max_new_tokens(dataset), temperature,
                                 seed, judge_yes, judge_no, judge_chat, device)
         rows = label_rows(rows, labeler)
         write_jsonl(out, rows)
@@ -182,6 +188,6 @@ def register(app: typer.Typer) -> None:
         res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style,
                       temperature=temperature,
                       max_new_tokens=max_new_tokens or default_max_new_tokens(dataset), seed=seed,
-                      n_trials=n_trials, out=out, device=device)
+                      n_trials=n_trials, out=out, device=device, step_split=step_split_for(style))
         console.print(bon_table(res["table"]))
         console.print(f"wrote {escape(str(out / 'bon.json'))} and bon.png")

@@ -15,17 +15,25 @@ from rich.console import Console
 console = Console()
 
 
+Str = Optional[str]
+Strs = Optional[list[str]]
+
+
 def train_rm(
-    kind: Annotated[Optional[str], typer.Option(help="orm | prm | bt")] = None,
-    data: Annotated[Optional[list[str]], typer.Option(help="Training JSONL (repeat for several files).")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Backbone: policy checkpoint dir, hub id or 'testbed'.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run directory.")] = None,
-    form: Annotated[Optional[str], typer.Option(help="PRM form: lm | head.")] = None,
-    eval_data: Annotated[Optional[list[str]], typer.Option(help="Held-out JSONL (repeatable).")] = None,
-    config: Annotated[Optional[str], typer.Option(help="YAML file of RMTrainConfig fields.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: key=value (repeatable).")] = None,
+    kind: Annotated[Str, typer.Option(help="orm | prm | bt")] = None,
+    data: Annotated[Strs, typer.Option(help="Training JSONL (repeat for several files).")] = None,
+    base: Annotated[Str, typer.Option(help="Backbone: policy dir, hub id or 'testbed'.")] = None,
+    out: Annotated[Str, typer.Option(help="Run directory.")] = None,
+    form: Annotated[Str, typer.Option(help="PRM form: lm | head.")] = None,
+    eval_data: Annotated[Strs, typer.Option(help="Held-out JSONL (repeatable).")] = None,
+    config: Annotated[Str, typer.Option(help="YAML file of RMTrainConfig fields.")] = None,
+    set_: Annotated[Strs, typer.Option("--set", help="Override a field: key=value (repeatable).")
+                    ] = None,
 ) -> None:
-    """Train an ORM, PRM or Bradley–Terry reward model (fields: rewardlab.rewards.rm_train.RMTrainConfig)."""
+    """Train an ORM, PRM or Bradley–Terry reward model.
+
+    Every field of RMTrainConfig can be set; precedence: defaults < --config < the options
+    above < --set."""
     from rewardlab.config import load_config, save_config
     from rewardlab.rewards.rm_train import RMTrainConfig, train_reward_model
 
@@ -47,17 +55,19 @@ def train_rm(
 
 
 def score(
-    rm: Annotated[str, typer.Option("--rm", help="Reward-model directory (saved by train-rm).")],
-    input: Annotated[str, typer.Option("--input", help="Solutions JSONL: {question, steps} or {question, response}.")],
-    out: Annotated[str, typer.Option("--out", help="Output JSONL: the input rows plus step_scores and score.")],
+    rm: Annotated[str, typer.Option("--rm", help="Reward-model directory (from train-rm).")],
+    input_path: Annotated[str, typer.Option(
+        "--input", help="Solutions JSONL: {question, steps} or {question, response}.")],
+    out: Annotated[str, typer.Option(help="Output JSONL: input rows + step_scores and score.")],
     batch_size: Annotated[int, typer.Option(help="Solutions per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
-    aggregation: Annotated[Optional[str], typer.Option(help="PRM: product | min | last (default: the model's).")] = None,
+    aggregation: Annotated[Str, typer.Option(
+        help="PRM: product | min | last (default: the model's).")] = None,
 ) -> None:
     """Score solutions with a reward model and write step_scores and score per row."""
     from rewardlab.rewards.scoring import read_solution_rows, score_file
 
-    read_solution_rows(input)  # fail on bad input before importing torch and loading the model
+    read_solution_rows(input_path)  # fail on bad input before importing torch and the model
 
     from rewardlab.models.reward_models import load_reward_model
     from rewardlab.models.rm_losses import AGGREGATIONS
@@ -67,9 +77,10 @@ def score(
     model = load_reward_model(rm, device=device)
     if aggregation is not None:
         if aggregation not in AGGREGATIONS:
-            raise typer.BadParameter(f"use one of {list(AGGREGATIONS)}", param_hint="--aggregation")
+            raise typer.BadParameter(f"use one of {list(AGGREGATIONS)}",
+                                     param_hint="--aggregation")
         model.spec.aggregation = aggregation
-    summary = score_file(model, input, out, batch_size=batch_size)
+    summary = score_file(model, input_path, out, batch_size=batch_size)
     console.print(f"[bold]score[/] {summary['n']} solutions with a {summary['kind']} → {out}")
     for k in ("mean_score", "min_score", "max_score", "mean_steps", "mean_step_score"):
         if k in summary:

@@ -118,7 +118,8 @@ class RewardModel(nn.Module):
         super().__init__()
         spec.validate()
         if spec.kind != self.kind:
-            raise ValueError(f"{type(self).__name__} is kind {self.kind!r}, spec says {spec.kind!r}")
+            raise ValueError(f"{type(self).__name__} is kind {self.kind!r}, "
+                             f"spec says {spec.kind!r}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
@@ -208,7 +209,8 @@ class _ScalarRM(RewardModel):
         """Scalar head at every position, (B, L) float32."""
         return self._head(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
 
-    def sequence_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def sequence_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
         """Raw head value r at the last non-padding token, (B,)."""
         logits = self.token_logits(input_ids, attention_mask)              # (B, L)
         last = last_token_index(attention_mask)
@@ -355,14 +357,17 @@ def build_reward_model(base: str | Path, spec: RMSpec, device: str = "auto", dty
 def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "auto",
                       spec: RMSpec | None = None, trust_remote_code: bool = False) -> RewardModel:
     """Reload a reward model saved by :meth:`RewardModel.save_pretrained` (``from_pretrained``
-    of the backbone and tokenizer, the head from safetensors). ``spec`` lets a plain causal LM
-    be used as an LM-head PRM (e.g. Math-Shepherd: ``RMSpec(tag=" ки")``)."""
+    of the backbone and tokenizer, the head from safetensors). A ``train-rm`` run directory
+    loads its ``final/`` model. ``spec`` lets a plain causal LM be used as an LM-head PRM
+    (e.g. Math-Shepherd: ``RMSpec(tag=" ки")``)."""
     from safetensors.torch import load_file
 
     from rewardlab.io import DataError
     from rewardlab.models.loading import load_model_and_tokenizer
 
     p = Path(path)
+    if spec is None and not (p / SPEC_FILE).exists() and (p / "final" / SPEC_FILE).exists():
+        p = p / "final"
     if spec is None:
         if not (p / SPEC_FILE).exists():
             raise DataError(p, f"not a rewardlab reward model (no {SPEC_FILE}); train one with "

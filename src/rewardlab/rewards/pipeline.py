@@ -24,7 +24,7 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from rewardlab.data.problem import Problem
-from rewardlab.data.testbed import split_solution_steps
+from rewardlab.data.datasets import split_steps
 from rewardlab.io import DataError, iter_jsonl
 from rewardlab.rewards.labeling import Labeler
 from rewardlab.rl.rollout import SamplingConfig
@@ -34,9 +34,11 @@ SAMPLE_FIELDS = {"question": str, "gold": str, "steps": list}
 
 def sample_responses(model, tokenizer, problems: Sequence[Problem], n_per_problem: int,
                      sampling: SamplingConfig | None = None, seed: int = 0, style: str = "gsm8k",
-                     prompt_fn: Callable[[Problem], str] | None = None) -> list[dict]:
+                     prompt_fn: Callable[[Problem], str] | None = None,
+                     step_split: str = "lines") -> list[dict]:
     """``n_per_problem`` sampled responses per problem (one ``generate_rollouts`` call), graded;
-    rows as in the module docstring, without ``step_labels``."""
+    rows as in the module docstring, without ``step_labels``. ``step_split``: how a response
+    splits into steps (:func:`rewardlab.data.datasets.split_steps`; "blank" for MATH)."""
     from rewardlab.eval.evaluate import Grader, default_prompt
     from rewardlab.rl.rollout import generate_rollouts
 
@@ -50,7 +52,7 @@ def sample_responses(model, tokenizer, problems: Sequence[Problem], n_per_proble
     rows = []
     for r, text in enumerate(batch.texts):
         p = problems[batch.prompt_index[r]]
-        steps = split_solution_steps(text)
+        steps = split_steps(text, step_split)
         if not steps:
             continue
         answer, ok = grader(text, p.answer)
@@ -73,11 +75,11 @@ def label_rows(rows: Sequence[dict], labeler: Labeler) -> list[dict]:
 
 def sample_and_label(model, tokenizer, problems: Sequence[Problem], n_per_problem: int,
                      labeler: Labeler, sampling: SamplingConfig | None = None, seed: int = 0,
-                     style: str = "gsm8k",
-                     prompt_fn: Callable[[Problem], str] | None = None) -> list[dict]:
+                     style: str = "gsm8k", prompt_fn: Callable[[Problem], str] | None = None,
+                     step_split: str = "lines") -> list[dict]:
     """Reward-model dataset rows: :func:`sample_responses` then :func:`label_rows`."""
     rows = sample_responses(model, tokenizer, problems, n_per_problem, sampling, seed, style,
-                            prompt_fn)
+                            prompt_fn, step_split)
     return label_rows(rows, labeler)
 
 

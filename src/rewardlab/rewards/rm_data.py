@@ -305,12 +305,14 @@ def _read_steps(path, kind: str) -> list[StepRow]:
                 raise DataError(path, f"has {len(labels)} labels for {len(steps)} steps", line,
                                 "step_labels")
         elif kind == "prm":
-            raise DataError(path, "is null; a PRM row needs one label per step", line, "step_labels")
+            raise DataError(path, "is null; a PRM row needs one label per step", line,
+                            "step_labels")
         outcome = None
         if r.get("outcome") is not None:
             outcome = _as_prob(r["outcome"], path, line, "outcome")
         elif kind == "orm":
-            raise DataError(path, "is null; an ORM row needs the solution's outcome", line, "outcome")
+            raise DataError(path, "is null; an ORM row needs the solution's outcome", line,
+                            "outcome")
         rows.append(StepRow(_nonempty_str(r["question"], path, line, "question"), steps, labels,
                             outcome, None if r.get("id") is None else str(r["id"]),
                             (str(path), line)))

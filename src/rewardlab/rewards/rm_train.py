@@ -9,7 +9,8 @@ whose math lives in :mod:`rewardlab.models.rm_losses`. The loop is AdamW with li
 cosine decay, gradient accumulation and clipping, a rich progress bar, TensorBoard + JSONL
 metrics (``<out>/tb``, ``<out>/metrics.jsonl``) and HF-format checkpoints under
 ``<out>/checkpoints`` that resume exactly: the data order is a pure function of the seed and the
-step, and the LR schedule always spans all ``epochs`` (``max_steps`` only stops early). At the end
+step, and the LR schedule spans ``max_steps`` (or all ``epochs``) whatever ``stop_after`` says,
+so a run stopped early (or killed) continues where it left off when called again. At the end
 the held-out split is scored: step AUROC/F1/ECE (PRM), outcome AUROC/ECE (ORM), pairwise
 accuracy (BT and PRM step preferences). The trained model lands in ``<out>/final``.
 """
@@ -59,10 +60,13 @@ class RMTrainConfig:
     out: str = "runs/rm"
     """Run directory (checkpoints/, final/, metrics.jsonl, tb/, rm_summary.json)."""
     epochs: float = 1.0
-    """Passes over the training rows; sets the length of the LR schedule."""
+    """Passes over the training rows; sets the run's length when ``max_steps`` is 0."""
     max_steps: int = 0
-    """Stop after this many optimizer steps (0: run all epochs). The schedule still spans all
-    epochs, so a stopped run resumes exactly where it left off."""
+    """Optimizer steps of the whole run (and of the LR schedule); 0: from ``epochs``. The data
+    is cycled through fresh permutations as needed."""
+    stop_after: int = 0
+    """End this call after this many optimizer steps in all (0: run to the end), with a
+    checkpoint; the schedule is unchanged, so calling again resumes the same run exactly."""
     batch_size: int = 16
     """Rows per micro-batch (a preference pair counts as one row)."""
     grad_accum: int = 1
@@ -111,8 +115,14 @@ class RMTrainConfig:
 
     def validate(self) -> None:
         """Refuse impossible settings with a ConfigError that says how to fix them."""
-        if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 0:
-            raise ConfigError("rm: batch_size and grad_accum must be >= 1, max_steps >= 0")
+        if isinstance(self.data, str):        # one path given as a string
+            self.data = [self.data]
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("rm: batch_size and grad_accum must be >= 1")
+        if self.max_steps < 0 or self.stop_after < 0:
+            raise ConfigError("rm: max_steps and stop_after must be >= 0")
         if self.epochs <= 0 or self.lr <= 0:
             raise ConfigError("rm: epochs and lr must be > 0")
         if not 0.0 <= self.eval_split < 1.0:
@@ -145,6 +155,9 @@ class RMTrainConfig:
 
 @dataclass(frozen=True)
 class Objective:
+    """A training objective: ``encode(rm, row, cfg)`` → item (token ids + targets);
+    ``collate(rm, items, cfg)`` → batch of tensors; ``loss(rm, batch, cfg)`` → (loss, metrics)."""
+
     encode: Callable[[RewardModel, Any, RMTrainConfig], tuple]
     collate: Callable[[RewardModel, list[tuple], RMTrainConfig], dict]
     loss: Callable[[RewardModel, dict, RMTrainConfig], tuple[torch.Tensor, dict]]
@@ -157,10 +170,6 @@ def register_objective(name: str, obj: Objective) -> None:
     if name in OBJECTIVES:
         raise ValueError(f"RM objective {name!r} is already registered")
     OBJECTIVES[name] = obj
-
-
-def _pad_side(rm: RewardModel) -> str:
-    return rm.padding_side
 
 
 def _orm_loss(rm, batch, cfg):
@@ -206,24 +215,25 @@ def _read_step_logit(rm, batch):
 register_objective("orm", Objective(
     encode=lambda rm, row, cfg: (rm.encode(row.question, row.steps), row.outcome),
     collate=lambda rm, items, cfg: collate_orm([e for e, _ in items], [y for _, y in items],
-                                               rm.tokenizer.pad_token_id, _pad_side(rm),
+                                               rm.tokenizer.pad_token_id, rm.padding_side,
                                                last_only=cfg.orm_loss == "last"),
     loss=_orm_loss))
 register_objective("prm", Objective(
     encode=lambda rm, row, cfg: (rm.encode(row.question, row.steps), row.step_labels),
     collate=lambda rm, items, cfg: collate_prm([e for e, _ in items], [y for _, y in items],
-                                               rm.tokenizer.pad_token_id, _pad_side(rm)),
+                                               rm.tokenizer.pad_token_id, rm.padding_side),
     loss=_prm_loss))
 register_objective("bt", Objective(
     encode=lambda rm, row, cfg: (rm.encode(row.question, row.chosen),
                                  rm.encode(row.question, row.rejected)),
     collate=lambda rm, items, cfg: collate_pairs([c for c, _ in items], [r for _, r in items],
-                                                 rm.tokenizer.pad_token_id, _pad_side(rm), "last"),
+                                                 rm.tokenizer.pad_token_id, rm.padding_side,
+                                                 "last"),
     loss=_pair_loss(_read_scalar)))
 register_objective("prm_pref", Objective(
     encode=OBJECTIVES["bt"].encode,
     collate=lambda rm, items, cfg: collate_pairs([c for c, _ in items], [r for _, r in items],
-                                                 rm.tokenizer.pad_token_id, _pad_side(rm),
+                                                 rm.tokenizer.pad_token_id, rm.padding_side,
                                                  "last_tag"),
     loss=_pair_loss(_read_step_logit)))
 
@@ -258,7 +268,10 @@ def batch_indices(n: int, batch_size: int, k: int, seed: int) -> list[int]:
 
 
 def total_steps(n: int, cfg: RMTrainConfig) -> int:
-    """Optimizer steps of the whole schedule: ceil(epochs · ceil(n / batch) / grad_accum)."""
+    """Optimizer steps of the whole run: ``max_steps`` when set, else
+    ceil(epochs · ceil(n / batch_size) / grad_accum)."""
+    if cfg.max_steps:
+        return cfg.max_steps
     return max(1, math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size) / cfg.grad_accum))
 
 
@@ -361,8 +374,11 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path):
     base = cfg.base
     if base == "testbed":
         base = str(make_testbed_policy(out / "init", size=cfg.size, seed=cfg.seed))
-    rm = build_reward_model(base, cfg.spec(), cfg.device, cfg.dtype,
-                            trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    try:
+        rm = build_reward_model(base, cfg.spec(), cfg.device, cfg.dtype,
+                                trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    except OSError as e:  # not a directory with a model, nor a hub id we can reach
+        raise ConfigError(f"rm: cannot load the base model {base!r}: {e}") from None
     return rm, None
 
 
@@ -378,7 +394,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     quiet_transformers()
     cfg.validate()
     if not cfg.data:
-        raise ConfigError("rm: no training data; set data (JSONL files, see rewardlab.rewards.rm_data)")
+        raise ConfigError("rm: no training data; set data (JSONL files, row formats in "
+                          "rewardlab.rewards.rm_data)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -395,7 +412,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                                      f"max_len={cfg.max_len} tokens)")
     objective = OBJECTIVES[cfg.objective]
     total = total_steps(len(items), cfg)
-    stop = min(total, cfg.max_steps) if cfg.max_steps else total
+    stop = min(total, cfg.stop_after) if cfg.stop_after else total
     warmup = int(cfg.warmup_ratio * total)
     opt = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,255 @@
+"""RL step wall time: rewardlab's GRPO step against TRL's ``GRPOTrainer`` on the CPU.
+
+One RL step = sample ``n`` responses for each of ``prompts_per_step`` prompts, grade them
+(success reward), reference log-probs, group-normalised advantages, and one optimizer step on
+the whole batch (PPO-clip surrogate + β·KL(k3) in the loss, token-mean aggregation). Both sides get
+the same testbed "small" policy (random init by default; ``--sft-steps`` first teaches it the
+answer format so responses end with EOS), the same prompt set, ``prompts × n``, the same
+``max_new_tokens``, learning rate, β, clip ε, optimizer (AdamW β=(0.9, 0.95), no weight decay,
+grad clip 1.0) and float32.
+
+- rewardlab: :class:`rewardlab.rl.trainer.RLTrainer` with ``algo=grpo``,
+  ``advantage=grpo_outcome``, ``kl.in_reward=false``, ``kl.estimator=k3``, ``ppo_epochs=1`` and
+  ``minibatch_size = prompts × n``; a step is ``generate_rollouts`` + ``score`` + ``update`` (the
+  body of ``RLTrainer.train`` without evaluation, checkpointing and logging).
+- TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size = prompts × n``
+  (one optimizer step = one generation batch), ``num_iterations=1``, ``loss_type="dapo"``
+  (= token-mean over the batch), ``beta`` = rewardlab's ``kl.coef``, gradient checkpointing,
+  bf16, logging and saving off; a reward function grading with ``rewardlab.grading.grade``.
+  Step times are the gaps between ``on_step_end`` callbacks.
+
+Both sides run ``warmup + steps`` steps; the first ``warmup`` are dropped and the mean of the
+rest is reported, with the ratio rewardlab / TRL from the same run. Goal: ratio ≤ 0.5.
+
+Run: ``python benchmarks/rl_step.py [--prompts 16] [--n 4] [--max-new-tokens 48] [--steps 3]``.
+Needs the ``bench`` extra (``pip install -e .[bench]``) for TRL; without it, or if TRL fails on
+this setup, the script says what failed and still reports rewardlab's time (exit 0).
+The default settings take ~2-4 minutes on 2 CPU cores; times depend on what else runs on the
+machine, so compare only ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def make_policy(out_dir: Path, size: str, seed: int, sft_steps: int, problems, threads: int) -> Path:
+    """The testbed policy, optionally after a few SFT steps so that responses end with EOS."""
+    from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
+    from rewardlab.rl.sft import collate, encode_example, prompt_of, sft_loss
+
+    init = make_testbed_policy(out_dir / "init", size=size, seed=seed)
+    if sft_steps <= 0:
+        return init
+    model, tok = load_model_and_tokenizer(init, dtype="float32", device="cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(sft_steps):
+        idx = torch.randint(len(problems), (64,), generator=g).tolist()
+        ex = [encode_example(tok, prompt_of(problems[i]), problems[i].solution, 96) for i in idx]
+        loss = sft_loss(model, collate(ex, tok.pad_token_id))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    out = out_dir / "sft"
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def bench_rewardlab(policy: Path, train_path: Path, test_path: Path, run_dir: Path, args) -> dict:
+    from rewardlab.config import load_config
+    from rewardlab.rl.config import RLConfig
+    from rewardlab.rl.rollout import generate_rollouts
+    from rewardlab.rl.sft import prompt_of
+    from rewardlab.rl.trainer import RLTrainer, prompt_batch_indices
+
+    B = args.prompts * args.n
+    cfg = load_config(RLConfig, None, [
+        f"out={run_dir}", f"policy.name_or_path={policy}", "policy.dtype=float32", "policy.device=cpu",
+        f"data.train_path={train_path}", f"data.test_path={test_path}", "algo=grpo", "advantage=grpo_outcome",
+        "reward.success=true", "kl.in_reward=false", "kl.estimator=k3", f"kl.coef={args.beta}",
+        f"prompts_per_step={args.prompts}", f"sampling.n={args.n}",
+        f"sampling.max_new_tokens={args.max_new_tokens}", "sampling.temperature=1.0",
+        "sampling.top_p=1.0", f"sampling.batch_size={B}", "ppo_epochs=1", f"minibatch_size={B}",
+        f"lr={args.lr}", "clip_eps=0.2", "entropy_coef=0.0", "grad_clip=1.0",
+        f"steps={args.warmup + args.steps}", "eval_every=0", "eval_k=0", "save_every=0",
+        "resume=false", "progress=false", f"seed={args.seed}"])
+    tr = RLTrainer(cfg)
+    prompts_all = [prompt_of(p) for p in tr.train_set]
+    times, lengths, success = [], [], []
+    for step in range(cfg.steps):
+        t0 = time.perf_counter()
+        idx = prompt_batch_indices(len(tr.train_set), cfg.prompts_per_step, step, cfg.seed)
+        problems = [tr.train_set[i] for i in idx]
+        batch = generate_rollouts(tr.policy, tr.tok, [prompts_all[i] for i in idx], cfg.sampling,
+                                  seed=cfg.seed * 1_000_003 + step)
+        sb = tr.score(problems, batch)
+        sb.metrics["_step"] = step
+        tr.update(sb)
+        times.append(time.perf_counter() - t0)
+        lengths.append(float(batch.response_mask.sum(1).float().mean()))
+        success.append(sb.metrics["reward/success"])
+    return {"times": times[args.warmup:], "length": statistics.fmean(lengths[args.warmup:]),
+            "success": statistics.fmean(success[args.warmup:])}
+
+
+def bench_trl(policy: Path, problems, run_dir: Path, args) -> dict:
+    import datasets
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rewardlab.grading import grade
+    from rewardlab.rl.sft import prompt_of
+
+    B = args.prompts * args.n
+    total = args.warmup + args.steps
+    lengths: list[float] = []
+    success: list[float] = []
+
+    def success_reward(completions, answer, completion_ids=None, **kwargs):
+        r = [1.0 if grade(c, a, "gsm8k") else 0.0 for c, a in zip(completions, answer)]
+        if completion_ids is not None:
+            lengths.append(statistics.fmean(len(c) for c in completion_ids))
+        success.append(statistics.fmean(r))
+        return r
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.marks: list[float] = []
+
+        def on_train_begin(self, a, state, control, **kw):
+            self.marks = [time.perf_counter()]
+
+        def on_step_end(self, a, state, control, **kw):
+            self.marks.append(time.perf_counter())
+
+    # enough prompts that the sampler never wraps around within the run
+    n_rows = max(len(problems), args.prompts * total)
+    rows = [problems[i % len(problems)] for i in range(n_rows)]
+    ds = datasets.Dataset.from_dict({"prompt": [prompt_of(p) for p in rows],
+                                     "answer": [p.answer for p in rows]})
+    tok = AutoTokenizer.from_pretrained(str(policy))
+    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    gargs = GRPOConfig(
+        output_dir=str(run_dir), use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        gradient_checkpointing=False, report_to="none", logging_strategy="no",
+        save_strategy="no", eval_strategy="no", disable_tqdm=True, log_completions=False,
+        max_steps=total, num_generations=args.n, per_device_train_batch_size=B,
+        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        beta=args.beta, epsilon=0.2, loss_type="dapo", scale_rewards="group",
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
+        adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
+        dataloader_num_workers=0, remove_unused_columns=False)
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model, reward_funcs=success_reward, args=gargs, train_dataset=ds,
+                          processing_class=tok, callbacks=[timer])
+    trainer.train()
+    gaps = [b - a for a, b in zip(timer.marks, timer.marks[1:])]
+    if len(gaps) != total:
+        raise RuntimeError(f"TRL ran {len(gaps)} steps, expected {total}")
+    return {"times": gaps[args.warmup:], "length": statistics.fmean(lengths[args.warmup:]) if lengths else float("nan"),
+            "success": statistics.fmean(success[args.warmup:]), "version": trl.__version__}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rewardlab.data.testbed import TestbedConfig, make_splits
+    from rewardlab.io import write_jsonl
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=16, help="Prompts per step.")
+    ap.add_argument("--n", type=int, default=4, help="Samples per prompt (GRPO group size).")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="Longest response, in tokens.")
+    ap.add_argument("--steps", type=int, default=3, help="Timed steps (after the warm-up).")
+    ap.add_argument("--warmup", type=int, default=1, help="Untimed first steps.")
+    ap.add_argument("--size", default="small", help="Testbed policy size.")
+    ap.add_argument("--sft-steps", type=int, default=0,
+                    help="SFT steps before RL (0: random init; responses then rarely end before the cap).")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--beta", type=float, default=0.1, help="KL coefficient (rewardlab kl.coef, TRL beta).")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-trl", action="store_true", help="Only time rewardlab.")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    console = Console()
+    B = args.prompts * args.n
+    res: dict = {}
+    trl_error = None
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        train, test = make_splits(TestbedConfig(), n_train=512, n_test=8, seed=args.seed)
+        write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
+        write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])  # unused: no evaluation
+        t0 = time.perf_counter()
+        policy = make_policy(d / "policy", args.size, args.seed, args.sft_steps, train, args.threads)
+        setup_s = time.perf_counter() - t0
+        res["rewardlab"] = bench_rewardlab(policy, d / "train.jsonl", d / "test.jsonl", d / "rl", args)
+        if args.skip_trl:
+            trl_error = "skipped (--skip-trl)"
+        else:
+            try:
+                import trl  # noqa: F401
+            except ImportError as e:
+                trl_error = f"TRL is not installed ({e}); install the bench extra: pip install -e .[bench]"
+            else:
+                try:
+                    res["trl"] = bench_trl(policy, train, d / "trl", args)
+                except Exception as e:  # report and keep rewardlab's number
+                    trl_error = f"TRL GRPOTrainer failed: {type(e).__name__}: {e}"
+                    traceback.print_exc()
+
+    table = Table(title=f"One GRPO step on the CPU ({args.threads} torch threads): "
+                        f"{args.prompts} prompts × {args.n} samples, ≤{args.max_new_tokens} new tokens")
+    for col in ("implementation", "s / step (mean ± sd)", "mean response tokens", "success"):
+        table.add_column(col)
+    for name, label in (("rewardlab", "rewardlab RLTrainer (grpo)"),
+                        ("trl", f"TRL GRPOTrainer {res.get('trl', {}).get('version', '')}")):
+        if name in res:
+            m, s = _mean_std(res[name]["times"])
+            table.add_row(label, f"{m:.2f} ± {s:.2f}", f"{res[name]['length']:.1f}",
+                          f"{res[name]['success']:.2f}")
+    console.print(table)
+    console.print(f"settings: testbed '{args.size}' policy ({'random init' if args.sft_steps <= 0 else f'{args.sft_steps} SFT steps'}, "
+                  f"setup {setup_s:.1f}s), B={B}, temperature 1.0, lr {args.lr}, β={args.beta} (k3 KL in the "
+                  f"loss), clip ε 0.2, 1 epoch × 1 minibatch, float32, {args.warmup} warm-up + {args.steps} "
+                  "timed steps each")
+    if "trl" in res:
+        ratio = _mean_std(res["rewardlab"]["times"])[0] / _mean_std(res["trl"]["times"])[0]
+        res["ratio"] = ratio
+        console.print(f"ratio rewardlab / TRL = {ratio:.2f}×  (goal ≤ 0.5×: "
+                      f"{'met' if ratio <= 0.5 else 'not met'})")
+    else:
+        res["trl_error"] = trl_error
+        console.print(f"[bold]TRL not measured[/bold]: {trl_error}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
