@@ -16,10 +16,16 @@ grad clip 1.0) and float32.
   (one optimizer step = one generation batch), ``num_iterations=1``, ``loss_type="dapo"``
   (= token-mean over the batch), ``beta`` = rewardlab's ``kl.coef``, gradient checkpointing,
   bf16, logging and saving off; a reward function grading with ``rewardlab.grading.grade``.
-  Step times are the gaps between ``on_step_end`` callbacks.
+  A step is the time from the end of the previous step (its ``on_step_end`` callback) to the end
+  of this one: data loading, generation, rewards, reference log-probs, loss, backward, optimizer.
 
-Both sides run ``warmup + steps`` steps; the first ``warmup`` are dropped and the mean of the
-rest is reported, with the ratio rewardlab / TRL from the same run. Goal: ratio ≤ 0.5.
+The two are interleaved: rewardlab's step k runs inside TRL's ``on_step_end`` of step k (and is
+not counted in TRL's time), so both see the same load from whatever else runs on the machine.
+Both run ``warmup + steps`` steps; the first ``warmup`` are dropped and the mean of the rest is
+reported, with the ratio rewardlab / TRL. Goal: ratio ≤ 0.5. Phase columns: *rollout* =
+sampling (rewardlab: + the no-grad pass for the old log-probs, which TRL skips when
+``num_iterations=1``); *score* = rewards, reference log-probs, advantages (and, for rewardlab,
+the testbed hacking diagnostics); *update* = the rest of the step.
 
 Run: ``python benchmarks/rl_step.py [--prompts 16] [--n 4] [--max-new-tokens 48] [--steps 3]``.
 Needs the ``bench`` extra (``pip install -e .[bench]``) for TRL; without it, or if TRL fails on
@@ -46,7 +52,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def make_policy(out_dir: Path, size: str, seed: int, sft_steps: int, problems, threads: int) -> Path:
+def make_policy(out_dir: Path, size: str, seed: int, sft_steps: int, problems) -> Path:
     """The testbed policy, optionally after a few SFT steps so that responses end with EOS."""
     from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
     from rewardlab.rl.sft import collate, encode_example, prompt_of, sft_loss
@@ -72,47 +78,67 @@ def make_policy(out_dir: Path, size: str, seed: int, sft_steps: int, problems, t
     return out
 
 
-def bench_rewardlab(policy: Path, train_path: Path, test_path: Path, run_dir: Path, args) -> dict:
-    from rewardlab.config import load_config
-    from rewardlab.rl.config import RLConfig
-    from rewardlab.rl.rollout import generate_rollouts
-    from rewardlab.rl.sft import prompt_of
-    from rewardlab.rl.trainer import RLTrainer, prompt_batch_indices
+class RewardlabBench:
+    """rewardlab's GRPO: the body of ``RLTrainer.train`` (rollout → score → update), one step per
+    :meth:`step` call, without evaluation, checkpointing and logging."""
 
-    B = args.prompts * args.n
-    cfg = load_config(RLConfig, None, [
-        f"out={run_dir}", f"policy.name_or_path={policy}", "policy.dtype=float32", "policy.device=cpu",
-        f"data.train_path={train_path}", f"data.test_path={test_path}", "algo=grpo", "advantage=grpo_outcome",
-        "reward.success=true", "kl.in_reward=false", "kl.estimator=k3", f"kl.coef={args.beta}",
-        f"prompts_per_step={args.prompts}", f"sampling.n={args.n}",
-        f"sampling.max_new_tokens={args.max_new_tokens}", "sampling.temperature=1.0",
-        "sampling.top_p=1.0", f"sampling.batch_size={B}", "ppo_epochs=1", f"minibatch_size={B}",
-        f"lr={args.lr}", "clip_eps=0.2", "entropy_coef=0.0", "grad_clip=1.0",
-        f"steps={args.warmup + args.steps}", "eval_every=0", "eval_k=0", "save_every=0",
-        "resume=false", "progress=false", f"seed={args.seed}"])
-    tr = RLTrainer(cfg)
-    prompts_all = [prompt_of(p) for p in tr.train_set]
-    times, lengths, success = [], [], []
-    for step in range(cfg.steps):
+    def __init__(self, policy: Path, train_path: Path, test_path: Path, run_dir: Path, args):
+        from rewardlab.config import load_config
+        from rewardlab.rl.config import RLConfig
+        from rewardlab.rl.sft import prompt_of
+        from rewardlab.rl.trainer import RLTrainer
+
+        B = args.prompts * args.n
+        self.cfg = load_config(RLConfig, None, [
+            f"out={run_dir}", f"policy.name_or_path={policy}", "policy.dtype=float32",
+            "policy.device=cpu", f"data.train_path={train_path}", f"data.test_path={test_path}",
+            "algo=grpo", "advantage=grpo_outcome", "reward.success=true", "kl.in_reward=false",
+            "kl.estimator=k3", f"kl.coef={args.beta}", f"prompts_per_step={args.prompts}",
+            f"sampling.n={args.n}", f"sampling.max_new_tokens={args.max_new_tokens}",
+            "sampling.temperature=1.0", "sampling.top_p=1.0", f"sampling.batch_size={B}",
+            "ppo_epochs=1", f"minibatch_size={B}", f"lr={args.lr}", "clip_eps=0.2",
+            "entropy_coef=0.0", "grad_clip=1.0", f"steps={args.warmup + args.steps}", "eval_every=0",
+            "eval_k=0", "save_every=0", "resume=false", "progress=false", f"seed={args.seed}"])
+        self.tr = RLTrainer(self.cfg)
+        self.prompts_all = [prompt_of(p) for p in self.tr.train_set]
+        self.records: list[dict] = []
+
+    def step(self, step: int) -> None:
+        from rewardlab.rl.rollout import generate_rollouts
+        from rewardlab.rl.trainer import prompt_batch_indices
+
+        cfg, tr = self.cfg, self.tr
         t0 = time.perf_counter()
         idx = prompt_batch_indices(len(tr.train_set), cfg.prompts_per_step, step, cfg.seed)
         problems = [tr.train_set[i] for i in idx]
-        batch = generate_rollouts(tr.policy, tr.tok, [prompts_all[i] for i in idx], cfg.sampling,
+        batch = generate_rollouts(tr.policy, tr.tok, [self.prompts_all[i] for i in idx], cfg.sampling,
                                   seed=cfg.seed * 1_000_003 + step)
+        t1 = time.perf_counter()
         sb = tr.score(problems, batch)
         sb.metrics["_step"] = step
+        t2 = time.perf_counter()
         tr.update(sb)
-        times.append(time.perf_counter() - t0)
-        lengths.append(float(batch.response_mask.sum(1).float().mean()))
-        success.append(sb.metrics["reward/success"])
-    return {"times": times[args.warmup:], "length": statistics.fmean(lengths[args.warmup:]),
-            "success": statistics.fmean(success[args.warmup:])}
+        t3 = time.perf_counter()
+        self.records.append({"total": t3 - t0, "rollout": t1 - t0, "score": t2 - t1, "update": t3 - t2,
+                             "length": float(batch.response_mask.sum(1).float().mean()),
+                             "success": sb.metrics["reward/success"]})
 
 
-def bench_trl(policy: Path, problems, run_dir: Path, args) -> dict:
+class _RewardlabStepError(Exception):
+    """rewardlab failed inside TRL's callback: not a TRL failure."""
+
+
+def summarize(records: list[dict], warmup: int) -> dict:
+    rec = records[warmup:]
+    return {k: [r[k] for r in rec] for k in rec[0]} if rec else {}
+
+
+def bench_trl(policy: Path, problems, run_dir: Path, args, between_steps=None) -> list[dict]:
+    """TRL's ``GRPOTrainer`` for ``warmup + steps`` steps. ``between_steps(k)`` runs after TRL's
+    step k (inside ``on_step_end``) and is excluded from TRL's times: that interleaves the two
+    implementations so both see the same machine load."""
     import datasets
-    import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from rewardlab.grading import grade
@@ -120,27 +146,32 @@ def bench_trl(policy: Path, problems, run_dir: Path, args) -> dict:
 
     B = args.prompts * args.n
     total = args.warmup + args.steps
-    lengths: list[float] = []
-    success: list[float] = []
+    cur: dict = {}
 
     def success_reward(completions, answer, completion_ids=None, **kwargs):
         r = [1.0 if grade(c, a, "gsm8k") else 0.0 for c, a in zip(completions, answer)]
         if completion_ids is not None:
-            lengths.append(statistics.fmean(len(c) for c in completion_ids))
-        success.append(statistics.fmean(r))
+            cur["length"] = statistics.fmean(len(c) for c in completion_ids)
+        cur["success"] = statistics.fmean(r)
         return r
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.marks: list[float] = []
+    records: list[dict] = []
 
+    class StepTimer(TrainerCallback):
         def on_train_begin(self, a, state, control, **kw):
-            self.marks = [time.perf_counter()]
+            cur["start"] = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
-            self.marks.append(time.perf_counter())
+            end = time.perf_counter()
+            gen, gs = cur.pop("generate", 0.0), cur.pop("gen_score", 0.0)
+            records.append({"total": end - cur["start"], "rollout": gen, "score": gs - gen,
+                            "update": end - cur["start"] - gs, "length": cur.get("length", float("nan")),
+                            "success": cur.get("success", float("nan"))})
+            if between_steps is not None:
+                between_steps(len(records) - 1)
+            cur["start"] = time.perf_counter()
 
-    # enough prompts that the sampler never wraps around within the run
+    # enough rows that the sampler never wraps around within the run
     n_rows = max(len(problems), args.prompts * total)
     rows = [problems[i % len(problems)] for i in range(n_rows)]
     ds = datasets.Dataset.from_dict({"prompt": [prompt_of(p) for p in rows],
@@ -158,15 +189,25 @@ def bench_trl(policy: Path, problems, run_dir: Path, args) -> dict:
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
         dataloader_num_workers=0, remove_unused_columns=False)
-    timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=success_reward, args=gargs, train_dataset=ds,
-                          processing_class=tok, callbacks=[timer])
+                          processing_class=tok, callbacks=[StepTimer()])
+    trainer.remove_callback(PrinterCallback)  # the end-of-training metrics dict
+
+    def timed(name, fn):  # phase timers (wrap the instance's methods; TRL itself is unchanged)
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                cur[name] = cur.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
+    trainer._generate_and_score_completions = timed("gen_score", trainer._generate_and_score_completions)
     trainer.train()
-    gaps = [b - a for a, b in zip(timer.marks, timer.marks[1:])]
-    if len(gaps) != total:
-        raise RuntimeError(f"TRL ran {len(gaps)} steps, expected {total}")
-    return {"times": gaps[args.warmup:], "length": statistics.fmean(lengths[args.warmup:]) if lengths else float("nan"),
-            "success": statistics.fmean(success[args.warmup:]), "version": trl.__version__}
+    if len(records) != total:
+        raise RuntimeError(f"TRL ran {len(records)} steps, expected {total}")
+    return records
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -198,50 +239,68 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    console = Console()
+    console = Console(width=110)
     B = args.prompts * args.n
     res: dict = {}
     trl_error = None
+    trl_version = ""
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         train, test = make_splits(TestbedConfig(), n_train=512, n_test=8, seed=args.seed)
         write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
         write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])  # unused: no evaluation
         t0 = time.perf_counter()
-        policy = make_policy(d / "policy", args.size, args.seed, args.sft_steps, train, args.threads)
+        policy = make_policy(d / "policy", args.size, args.seed, args.sft_steps, train)
         setup_s = time.perf_counter() - t0
-        res["rewardlab"] = bench_rewardlab(policy, d / "train.jsonl", d / "test.jsonl", d / "rl", args)
+        rl = RewardlabBench(policy, d / "train.jsonl", d / "test.jsonl", d / "rl", args)
+        total = args.warmup + args.steps
         if args.skip_trl:
             trl_error = "skipped (--skip-trl)"
         else:
             try:
-                import trl  # noqa: F401
+                import trl
+                trl_version = trl.__version__
             except ImportError as e:
                 trl_error = f"TRL is not installed ({e}); install the bench extra: pip install -e .[bench]"
             else:
+                def rl_step(k: int) -> None:
+                    try:
+                        rl.step(k)
+                    except Exception as e:
+                        raise _RewardlabStepError(str(e)) from e
+
                 try:
-                    res["trl"] = bench_trl(policy, train, d / "trl", args)
-                except Exception as e:  # report and keep rewardlab's number
+                    trl_records = bench_trl(policy, train, d / "trl", args, between_steps=rl_step)
+                    res["trl"] = summarize(trl_records, args.warmup)
+                except _RewardlabStepError as e:
+                    raise e.__cause__
+                except Exception as e:  # report it and keep rewardlab's number
                     trl_error = f"TRL GRPOTrainer failed: {type(e).__name__}: {e}"
                     traceback.print_exc()
+        for k in range(len(rl.records), total):  # rewardlab alone (no TRL, or TRL stopped early)
+            rl.step(k)
+        res["rewardlab"] = summarize(rl.records, args.warmup)
 
     table = Table(title=f"One GRPO step on the CPU ({args.threads} torch threads): "
                         f"{args.prompts} prompts × {args.n} samples, ≤{args.max_new_tokens} new tokens")
-    for col in ("implementation", "s / step (mean ± sd)", "mean response tokens", "success"):
-        table.add_column(col)
-    for name, label in (("rewardlab", "rewardlab RLTrainer (grpo)"),
-                        ("trl", f"TRL GRPOTrainer {res.get('trl', {}).get('version', '')}")):
+    for col in ("implementation", "s / step (mean ± sd)", "rollout s", "score s", "update s",
+                "resp. tokens", "success"):
+        table.add_column(col, justify="left" if col == "implementation" else "right")
+    labels = {"rewardlab": "rewardlab RLTrainer (grpo)", "trl": f"TRL GRPOTrainer {trl_version}"}
+    for name in ("rewardlab", "trl"):
         if name in res:
-            m, s = _mean_std(res[name]["times"])
-            table.add_row(label, f"{m:.2f} ± {s:.2f}", f"{res[name]['length']:.1f}",
-                          f"{res[name]['success']:.2f}")
+            r = res[name]
+            m, s = _mean_std(r["total"])
+            table.add_row(labels[name], f"{m:.2f} ± {s:.2f}",
+                          *(f"{statistics.fmean(r[k]):.2f}" for k in ("rollout", "score", "update")),
+                          f"{statistics.fmean(r['length']):.1f}", f"{statistics.fmean(r['success']):.2f}")
     console.print(table)
     console.print(f"settings: testbed '{args.size}' policy ({'random init' if args.sft_steps <= 0 else f'{args.sft_steps} SFT steps'}, "
                   f"setup {setup_s:.1f}s), B={B}, temperature 1.0, lr {args.lr}, β={args.beta} (k3 KL in the "
                   f"loss), clip ε 0.2, 1 epoch × 1 minibatch, float32, {args.warmup} warm-up + {args.steps} "
                   "timed steps each")
     if "trl" in res:
-        ratio = _mean_std(res["rewardlab"]["times"])[0] / _mean_std(res["trl"]["times"])[0]
+        ratio = statistics.fmean(res["rewardlab"]["total"]) / statistics.fmean(res["trl"]["total"])
         res["ratio"] = ratio
         console.print(f"ratio rewardlab / TRL = {ratio:.2f}×  (goal ≤ 0.5×: "
                       f"{'met' if ratio <= 0.5 else 'not met'})")

@@ -172,7 +172,7 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
         write_jsonl(out_dir / "samples.jsonl", (
             {"id": p.id, "gold": p.answer, "responses": samples[i],
              "correct": [grader(s, p.answer)[1] for s in samples[i]],
-             "scores": {k: [None if np.isinf(x) else x for x in v[i]] for k, v in scores.items()}}
+             "scores": {k: [x if np.isfinite(x) else None for x in v[i]] for k, v in scores.items()}}
             for i, p in enumerate(problems)))
         write_json(out_dir / "bon.json", result)
         plot_bon(table, out_dir / "bon.png", title=f"best-of-N ({len(problems)} problems)")
