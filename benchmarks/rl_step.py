@@ -28,10 +28,10 @@ sampling (rewardlab: + the no-grad pass for the old log-probs, which TRL skips w
 the testbed hacking diagnostics); *update* = the rest of the step.
 
 Run: ``python benchmarks/rl_step.py [--prompts 16] [--n 4] [--max-new-tokens 48] [--steps 3]``.
-Needs the ``bench`` extra (``pip install -e .[bench]``) for TRL; without it, or if TRL fails on
+Needs the ``bench`` extra (``pip install -e .[bench]``, TRL ≥ 1.0; checked with 1.0.0 and 1.16.0); without it, or if TRL fails on
 this setup, the script says what failed and still reports rewardlab's time (exit 0).
-The default settings take ~2-4 minutes on 2 CPU cores; times depend on what else runs on the
-machine, so compare only ratios from one run.
+The default settings take about a minute on 2 CPU cores (OpenMP threads wait passively, see
+below); times depend on what else runs on the machine, so compare only ratios from one run.
 """
 
 from __future__ import annotations
@@ -45,7 +45,12 @@ import traceback
 import warnings
 from pathlib import Path
 
-import torch
+# Idle OpenMP threads sleep instead of spinning: with more runnable threads than cores (other jobs
+# on the machine), spinning at every barrier made a step 5-15x slower and its time erratic.
+# Only takes effect when this module is imported before torch (e.g. run as a script).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -202,8 +207,9 @@ def bench_trl(policy: Path, problems, run_dir: Path, args, between_steps=None) -
                 cur[name] = cur.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
-    trainer._generate_and_score_completions = timed("gen_score", trainer._generate_and_score_completions)
+    for method, name in (("_generate_single_turn", "generate"), ("_generate_and_score_completions", "gen_score")):
+        if hasattr(trainer, method):  # private names: a TRL without them only loses the phase columns
+            setattr(trainer, method, timed(name, getattr(trainer, method)))
     trainer.train()
     if len(records) != total:
         raise RuntimeError(f"TRL ran {len(records)} steps, expected {total}")
@@ -221,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=16, help="Prompts per step.")
     ap.add_argument("--n", type=int, default=4, help="Samples per prompt (GRPO group size).")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="Longest response, in tokens.")
-    ap.add_argument("--steps", type=int, default=3, help="Timed steps (after the warm-up).")
+    ap.add_argument("--steps", type=int, default=8, help="Timed steps (after the warm-up).")
     ap.add_argument("--warmup", type=int, default=1, help="Untimed first steps.")
     ap.add_argument("--size", default="small", help="Testbed policy size.")
     ap.add_argument("--sft-steps", type=int, default=0,
@@ -283,9 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = Table(title=f"One GRPO step on the CPU ({args.threads} torch threads): "
                         f"{args.prompts} prompts × {args.n} samples, ≤{args.max_new_tokens} new tokens")
-    for col in ("implementation", "s / step (mean ± sd)", "rollout s", "score s", "update s",
-                "resp. tokens", "success"):
-        table.add_column(col, justify="left" if col == "implementation" else "right")
+    for col in ("implementation", "s/step (mean ± sd)", "rollout s", "score s", "update s",
+                "resp. tok", "success"):
+        table.add_column(col, justify="left" if col == "implementation" else "right", no_wrap=True)
     labels = {"rewardlab": "rewardlab RLTrainer (grpo)", "trl": f"TRL GRPOTrainer {trl_version}"}
     for name in ("rewardlab", "trl"):
         if name in res:

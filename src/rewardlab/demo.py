@@ -96,6 +96,25 @@ def stage_sft(cfg: DemoConfig, log) -> Path:
     return out
 
 
+def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
+    """The starting point's row of the table: the SFT policy, evaluated like the RL policies."""
+    from rewardlab.data.datasets import load_dataset_by_name
+    from rewardlab.eval.evaluate import evaluate_policy
+    from rewardlab.io import write_json
+    from rewardlab.models.loading import load_model_and_tokenizer
+
+    path = sft_dir / "eval_summary.json"
+    if _done(path):
+        return
+    model, tok = load_model_and_tokenizer(sft_dir / "final")
+    test = load_dataset_by_name(str(sft_dir / "test.jsonl"), "test")
+    summary, _ = evaluate_policy(model, tok, test, k=cfg.budget.eval_k, temperature=1.0,
+                                 max_new_tokens=48, seed=0)
+    write_json(path, summary)
+    log(f"sft: held-out greedy accuracy {summary['accuracy']:.3f}, maj@{cfg.budget.eval_k} "
+        f"{summary.get('maj@k', float('nan')):.3f}")
+
+
 def stage_rm(cfg: DemoConfig, sft_dir: Path, log) -> Path:
     from rewardlab.data.datasets import load_dataset_by_name
     from rewardlab.io import write_jsonl
@@ -202,6 +221,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sft_dir = stage_sft(cfg, log)
+    stage_sft_eval(cfg, sft_dir, log)
     rm_dir = stage_rm(cfg, sft_dir, log)
     bon_dir = stage_bon(cfg, sft_dir, rm_dir, log)
     runs = stage_rl(cfg, sft_dir, rm_dir, log)

@@ -305,14 +305,12 @@ def _mark_unnecessary(labels: list[StepLabel], question: str) -> None:
     """Flag correct computation steps that do not feed the final answer.
 
     Testbed questions: the necessary steps are the first steps that compute the question's chain
-    in order (a + b and b + a alike); every other correct step is unnecessary, and *repeated*
-    when its text equals an earlier step's. Other questions: trace values back from the answer
-    line (the latest correct producer of each value). With no answer line, or an answer no correct
-    step produced, the flags stay False (undefined)."""
+    in order (a + b and b + a alike); every other correct step is unnecessary, and any step not
+    needed whose text equals an earlier step's is *repeated*. Other questions: trace values back
+    from the answer line (the latest correct producer of each value); with no answer line, or an
+    answer no correct step produced, the flags stay False (undefined) there."""
     ans_idx = [i for i, s in enumerate(labels) if s.is_answer]
-    if not ans_idx:
-        return
-    last = ans_idx[-1]
+    last = ans_idx[-1] if ans_idx else len(labels)
     comp = [(i, s) for i, s in enumerate(labels[:last]) if s.correct and not s.is_answer]
     parsed = {i: _parse(s.text) for i, s in comp}
     chain = question_chain(question)
@@ -324,7 +322,7 @@ def _mark_unnecessary(labels: list[StepLabel], question: str) -> None:
                 needed.add(i)
                 j += 1
     else:
-        producers = [i for i, s in reversed(comp) if s.result == labels[last].result][:1]
+        producers = [i for i, s in reversed(comp) if ans_idx and s.result == labels[last].result][:1]
         if not producers:
             return
         frontier = producers
@@ -340,7 +338,9 @@ def _mark_unnecessary(labels: list[StepLabel], question: str) -> None:
                     frontier.append(src[-1])
     for i, s in comp:
         s.unnecessary = i not in needed
-        s.repeated = s.repeated and i not in needed
+    for i, s in enumerate(labels):
+        if not s.is_answer:
+            s.repeated = s.repeated and i not in needed
 
 
 def _parse(text: str) -> tuple[int, str, int, int]:

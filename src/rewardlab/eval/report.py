@@ -20,6 +20,8 @@ COLUMNS = {
     "length": ("eval/mean_length", "{:.1f}"),
     "KL": ("kl/ref", "{:.3f}"),
 }
+RM_KEYS = ["eval/step_auroc", "eval/step_f1", "eval/step_ece", "eval/outcome_auroc",
+           "eval/outcome_ece", "eval/n", "rm/n_train", "rm/wall_s"]
 CURVES = {"accuracy": "eval/accuracy", "steps_per_solution": "response/steps",
           "prm_return": "reward/prm_return", "unnecessary_frac": "hack/unnecessary_frac"}
 
@@ -108,8 +110,8 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
     if rm_metrics:
         md += ["## Reward models (held-out split of the policy's own samples)", ""]
         for k, m in rm_metrics.items():
-            md.append(f"- **{k.upper()}**: " + ", ".join(f"{a}={b:.3f}" for a, b in m.items()
-                                                          if isinstance(b, float)))
+            md.append(f"- **{k.upper()}**: " + ", ".join(
+                f"{a.split('/')[-1]}={m[a]:.3f}" for a in RM_KEYS if isinstance(m.get(a), (int, float))))
         md.append("")
     if bon:
         md += ["## Best-of-N", "", "![best-of-N](bon/bon.png)", ""]

@@ -1,0 +1,57 @@
+"""`rewardlab demo --quick` end to end (one test, a few minutes), plus CLI error paths."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rewardlab.cli.main import main
+from rewardlab.demo import DESIGNS
+
+
+def test_rl_cli_rejects_bad_config(tmp_path, capsys):
+    assert main(["rl", "--set", "reward.prm.refine=bogus", "--out", str(tmp_path / "x")]) == 2
+    assert "refine" in capsys.readouterr().err
+    assert main(["rl", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["rl", "--set", "steps=many"]) == 2
+    assert main(["demo", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_sft_cli_missing_problems_file(tmp_path, capsys):
+    code = main(["sft", "--out", str(tmp_path / "s"), "--set", f"data.train_path={tmp_path / 'nope.jsonl'}"])
+    assert code == 2 and "nope.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(900)
+def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rewardlab.cli.main", "demo", "--quick", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["designs"]) == set(DESIGNS)
+    for design, row in res["designs"].items():
+        assert row["n_seeds"] == 1, design
+        assert 0.0 <= row["accuracy"]["mean"] <= 1.0
+        summary = json.loads((out / "rl" / design / "s0" / "rl_summary.json").read_text())
+        assert summary["actor/grad_norm"] >= 0 and "reward/success" in summary
+        assert (out / "rl" / design / "s0" / "final" / "config.json").exists()
+    prm_designs = [d for d in DESIGNS if d.startswith("prm") or d == "grpo_process"]
+    for d in prm_designs:
+        summary = json.loads((out / "rl" / d / "s0" / "rl_summary.json").read_text())
+        assert "reward/prm_return" in summary, d
+    report = (out / "report.md").read_text()
+    assert "| design |" in report and "SFT policy (start)" in report
+    for desc, _ in DESIGNS.values():
+        assert desc in report
+    for png in ["bon/bon.png", "curve_accuracy.png", "curve_steps_per_solution.png", "curve_prm_return.png"]:
+        assert (out / png).stat().st_size > 1000, png
+    assert res["reward_models"]["prm"]["eval/n"] > 0
+    # a second run continues from the cached stages instead of starting over
+    r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.stdout.count("cached") >= 3 + len(DESIGNS)
