@@ -82,3 +82,13 @@ def test_rl_resume_is_exact(tmp_path, tiny_policy, problems_dir):
 def test_algorithm_variants_run(tmp_path, tiny_policy, problems_dir, extra):
     res = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "v", ["steps=1", "entropy_coef=0.01", *extra]))
     assert 0.0 <= res["reward/success"] <= 1.0 and res["actor/grad_norm"] > 0
+
+
+def test_single_update_grpo_skips_old_logprob_pass(tmp_path, tiny_policy, problems_dir):
+    extra = ["steps=1", "algo=grpo", "kl.in_reward=false", "kl.estimator=k3", "entropy_coef=0.01",
+             "minibatch_size=64", "ppo_epochs=1"]
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "fused", extra))
+    assert tr.on_policy_single_update(4)
+    res = tr.train()
+    assert res["actor/ratio_mean"] == pytest.approx(1.0) and res["actor/clipfrac"] == 0.0
+    assert "kl/ref" in res

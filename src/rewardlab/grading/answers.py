@@ -261,6 +261,8 @@ def is_equiv(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool:
     fp, fg = to_fraction(np_), to_fraction(ng)
     if fp is not None and fg is not None:
         return fp == fg
+    if fg is not None and not any(c.isdigit() for c in np_):
+        return False  # a numeric gold never equals text without a digit: skip the symbolic stage
     if len(np_) > MAX_SYMBOLIC_CHARS or len(ng) > MAX_SYMBOLIC_CHARS or timeout <= 0:
         return False
     return _symbolic(pred, gold, timeout)

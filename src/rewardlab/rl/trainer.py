@@ -93,6 +93,13 @@ class RLTrainer:
             self.start_step = st["step"]
             self.kl_coef = st["extra"].get("kl_coef", self.kl_coef)
 
+    def on_policy_single_update(self, n_prompts: int) -> bool:
+        """One epoch, one minibatch and no KL in the reward: π_old = π at the update, so the
+        old log-probs are the update's own (detached) and the extra forward pass is skipped."""
+        cfg = self.cfg
+        return (cfg.ppo_epochs == 1 and cfg.minibatch_size >= n_prompts * cfg.sampling.n
+                and not cfg.kl.in_reward)
+
     # ------------------------------------------------------------------ set-up helpers
     def _build_value(self, src):
         from rewardlab.models.value import SharedValueHead, ValueModel
@@ -157,10 +164,11 @@ class RLTrainer:
             success=success, orm=orm, alpha=cfg.reward.prm.alpha, beta=cfg.reward.orm.beta,
             refine=cfg.reward.prm.refine, eta=cfg.reward.prm.eta,
             exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids)
-        old_logp = batch.logprobs
+        old_logp = batch.logprobs  # None when the update computes them (on_policy_single_update)
         ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
                                     temperature=cfg.sampling.temperature or 1.0) * mask
-        kl = kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask
+        kl = (kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask if old_logp is not None
+              else torch.zeros_like(mask))
         if cfg.kl.in_reward:
             rewards = add_kl_to_rewards(rewards, kl, self.kl_coef, mask)
         values = None
@@ -196,7 +204,7 @@ class RLTrainer:
              "response/length": mask.sum(1).mean().item(),
              "response/finished": batch.finished.float().mean().item(),
              "response/steps": sum(len(s) for s in steps) / B,
-             "kl/ref": (kl.sum(1)).mean().item(),
+             **({"kl/ref": (kl.sum(1)).mean().item()} if old_logp is not None else {}),
              "kl/coef": self.kl_coef}
         if self.prm is not None:
             flat = [s for sc in step_scores for s in sc]
@@ -213,6 +221,7 @@ class RLTrainer:
 
     def update(self, sb: ScoredBatch) -> dict:
         """``ppo_epochs`` passes of minibatch updates with the clipped losses."""
+        from rewardlab.rewards.compose import kl_penalty
         from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
 
         cfg = self.cfg
@@ -241,7 +250,11 @@ class RLTrainer:
                     logp, ent = logprobs_with_grad(self.policy, input_ids[mb], att[mb], T,
                                                    cfg.sampling.temperature or 1.0, return_entropy=True)
                 mmask = mask[mb]
-                pl, pm = ppo_policy_loss(logp, sb.old_logp[mb], sb.advantages[mb], mmask,
+                old_logp = sb.old_logp[mb] if sb.old_logp is not None else logp.detach()
+                if sb.old_logp is None:
+                    kl_ref = kl_penalty(old_logp, sb.ref_logp[mb], cfg.kl.estimator) * mmask
+                    agg.setdefault("kl/ref", []).append(kl_ref.sum(1).mean().item())
+                pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[mb], mmask,
                                          clip_eps=cfg.clip_eps, ratio=cfg.ratio)
                 entropy = masked_mean(ent, mmask)
                 loss = pl - cfg.entropy_coef * entropy
@@ -309,7 +322,8 @@ class RLTrainer:
                 idx = prompt_batch_indices(len(self.train_set), cfg.prompts_per_step, step, cfg.seed)
                 problems = [self.train_set[i] for i in idx]
                 batch = generate_rollouts(self.policy, self.tok, [prompts_all[i] for i in idx],
-                                          cfg.sampling, seed=cfg.seed * 1_000_003 + step)
+                                          cfg.sampling, seed=cfg.seed * 1_000_003 + step,
+                                          compute_logprobs=not self.on_policy_single_update(len(idx)))
                 sb = self.score(problems, batch)
                 sb.metrics["_step"] = step
                 um = self.update(sb)
@@ -317,7 +331,7 @@ class RLTrainer:
                 done = step + 1
                 metrics = {**sb.metrics, **um}
                 if cfg.kl.adaptive:
-                    self.kl_coef = adaptive_kl_coef(self.kl_coef, sb.metrics["kl/ref"], cfg.kl.target,
+                    self.kl_coef = adaptive_kl_coef(self.kl_coef, metrics.get("kl/ref", 0.0), cfg.kl.target,
                                                     len(batch), cfg.kl.horizon)
                 if (cfg.eval_every and done % cfg.eval_every == 0) and done != cfg.steps:
                     metrics.update(self.evaluate())
