@@ -33,6 +33,9 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
     "grpo_process": ("GRPO, process supervision (PRM)", ["algo=grpo", "advantage=grpo_process",
                                                           "kl.in_reward=false", "kl.estimator=k3"]),
 }
+# The PRM step tag is a special token added to the vocabulary (the seed blog convention): the
+# policy cannot produce it, so no sampled step can contain it.
+PRM_TAG = "<|prm_label|>"
 USES_PRM = {"prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "grpo_process"}
 
 
@@ -47,7 +50,7 @@ class DemoBudget:
     """Training problems sampled for the reward-model data."""
     rm_samples: int = 4
     """Policy samples per problem for the reward-model data."""
-    rm_steps: int = 250
+    rm_steps: int = 300
     bon_problems: int = 100
     bon_max_n: int = 32
     rl_steps: int = 40
@@ -74,6 +77,8 @@ class DemoConfig:
     prm_eta: float = 0.8
     orm_beta: float = 1.0
     progress: bool = True
+    workers: int = 2
+    """RL runs in parallel worker processes (one torch thread each); 1: in this process."""
 
 
 def _done(path: Path) -> bool:
@@ -144,6 +149,7 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log) -> Path:
             log(f"rm: {kind} cached")
             continue
         rc = RMTrainConfig(kind=kind, base=str(sft_dir / "final"), data=str(data), out=str(rm_dir),
+                           tag=PRM_TAG, lr=1e-3, batch_size=32,
                            max_steps=b.rm_steps, progress=cfg.progress)
         metrics[kind] = train_reward_model(rc)
         from rewardlab.io import write_json
@@ -187,22 +193,55 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
     return load_config(RLConfig, None, ov)
 
 
-def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, list[Path]]:
-    from rewardlab.rl.trainer import train_rl
+def _run_rl_job(args: tuple[RLConfig, int]) -> tuple[str, dict]:
+    """Worker: one RL run with ``threads`` torch threads (tiny models scale better across
+    processes than across threads)."""
+    rc, threads = args
+    import torch
 
+    from rewardlab.rl.trainer import train_rl
+    from rewardlab.training import quiet_transformers
+
+    quiet_transformers()
+    torch.set_num_threads(threads)
+    return rc.out, train_rl(rc)
+
+
+def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, list[Path]]:
+    """Every design × seed from the same SFT checkpoint; ``cfg.workers`` runs in parallel."""
     runs: dict[str, list[Path]] = {}
+    pending: list[RLConfig] = []
     for design in cfg.designs:
         for seed in range(cfg.seeds):
             rc = rl_config(cfg, design, seed, sft_dir, rm_dir)
-            run = Path(rc.out)
-            runs.setdefault(design, []).append(run)
-            if _done(run / "rl_summary.json"):
+            runs.setdefault(design, []).append(Path(rc.out))
+            if _done(Path(rc.out) / "rl_summary.json"):
                 log(f"rl {design} s{seed}: cached")
-                continue
-            t0 = time.time()
-            res = train_rl(rc)
-            log(f"rl {design} s{seed}: accuracy {res.get('eval/accuracy', float('nan')):.3f} "
-                f"steps/solution {res.get('eval/mean_steps', float('nan')):.2f} in {time.time() - t0:.0f}s")
+            else:
+                pending.append(rc)
+
+    def report(out: str, res: dict, t0: float) -> None:
+        name = "/".join(Path(out).parts[-2:])
+        log(f"rl {name}: accuracy {res.get('eval/accuracy', float('nan')):.3f}, steps/solution "
+            f"{res.get('eval/mean_steps', float('nan')):.2f}, unnecessary "
+            f"{res.get('eval/unnecessary_frac', float('nan')):.3f} ({time.time() - t0:.0f}s)")
+
+    t0 = time.time()
+    if cfg.workers <= 1 or len(pending) <= 1:
+        from rewardlab.rl.trainer import train_rl
+        for rc in pending:
+            report(rc.out, train_rl(rc), t0)
+        return runs
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    for rc in pending:
+        rc.progress = False
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_rl_job, (rc, 1)) for rc in pending]
+        for fut in as_completed(futures):
+            out, res = fut.result()
+            report(out, res, t0)
     return runs
 
 

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
              seeds: int = typer.Option(1, "--seeds", help="RL seeds per reward design (mean ± std)."),
              designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs."),
              alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
-             eta: float = typer.Option(0.8, "--eta", help="Clip threshold η.")) -> None:
+             eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
+             workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes.")) -> None:
         """SFT → reward models → RL with every reward design → report (report.md, results.json, PNGs)."""
         from rich.console import Console
         from rich.markdown import Markdown
@@ -23,7 +24,9 @@ def register(app: typer.Typer) -> None:
 
         if seeds < 1 or seeds > 20:
             raise typer.BadParameter("--seeds must be between 1 and 20")
-        cfg = DemoConfig(out=out, quick=quick, seeds=seeds, prm_alpha=alpha, prm_eta=eta,
+        if workers < 1 or workers > 64:
+            raise typer.BadParameter("--workers must be between 1 and 64")
+        cfg = DemoConfig(out=out, quick=quick, seeds=seeds, prm_alpha=alpha, prm_eta=eta, workers=workers,
                          designs=[d.strip() for d in designs.split(",")] if designs else list(DESIGNS))
         console = Console()
         run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))

@@ -104,9 +104,13 @@ class RLConfig:
     """RL steps (one rollout batch + its updates each)."""
     prompts_per_step: int = 32
     """Prompts per rollout batch; B = prompts_per_step × sampling.n responses."""
-    ppo_epochs: int = 2
-    minibatch_size: int = 64
-    lr: float = 2e-4
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    minibatch_size: int = 128
+    """Responses per optimizer step (128 = the whole default batch: one on-policy update)."""
+    lr: float = 2e-5
+    """Policy learning rate (testbed: 2e-5 improves held-out accuracy steadily; 1e-4 and above
+    overfits each batch and lowers it)."""
     clip_eps: float = 0.2
     """PPO clip ε."""
     ratio: str = "token"
