@@ -13,20 +13,6 @@ from rewardlab.data.testbed import generate_problems, oracle_label
 from rewardlab.models.reward_models import RMSpec, build_reward_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_policy):
-    """The session's tiny testbed policy (conftest.py); tests only read it."""
-    return tiny_policy
-
-
 def _prm_rows(n=12):
     rows = []
     for p in generate_problems(n=n, seed=5):
@@ -43,12 +29,12 @@ def _write(path, rows):
     return path
 
 
-def test_train_rm_then_score(tmp_path, policy, capsys):
+def test_train_rm_then_score(tmp_path, tiny_policy, capsys):
     data = _write(tmp_path / "rm.jsonl", _prm_rows())
     cfg = tmp_path / "rm.yaml"
     cfg.write_text("epochs: 1\nbatch_size: 8\nlr: 0.003\nprogress: false\ndevice: cpu\n")
     out = tmp_path / "prm"
-    rc = main(["train-rm", "--kind", "prm", "--data", str(data), "--base", str(policy),
+    rc = main(["train-rm", "--kind", "prm", "--data", str(data), "--base", str(tiny_policy),
                "--out", str(out), "--config", str(cfg), "--set", "form=head",
                "--set", "eval_split=0.25"])
     assert rc == 0
@@ -72,17 +58,17 @@ def test_train_rm_then_score(tmp_path, policy, capsys):
     assert "2 solutions" in capsys.readouterr().out
 
 
-def test_bad_input_exits_2_naming_file_and_line(tmp_path, policy, capsys):
+def test_bad_input_exits_2_naming_file_and_line(tmp_path, tiny_policy, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "steps": ["#### 1"], "step_labels": [1]})
                    + "\n{not json\n")
-    rc = main(["train-rm", "--kind", "prm", "--data", str(bad), "--base", str(policy),
+    rc = main(["train-rm", "--kind", "prm", "--data", str(bad), "--base", str(tiny_policy),
                "--out", str(tmp_path / "r"), "--set", "progress=false"])
     assert rc == 2
     assert "bad.jsonl:2" in capsys.readouterr().err.replace("\n", "")
     rc = main(["train-rm", "--kind", "bt", "--data", str(bad), "--set", "preference=true"])
     assert rc == 2
-    rm = build_reward_model(policy, RMSpec(kind="orm"), device="cpu")
+    rm = build_reward_model(tiny_policy, RMSpec(kind="orm"), device="cpu")
     rm.save_pretrained(tmp_path / "orm")
     sols = _write(tmp_path / "sols.jsonl", [{"question": "q", "steps": ["#### 1"]},
                                             {"question": "q", "steps": ["#### 1", 7]}])

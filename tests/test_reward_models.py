@@ -24,23 +24,8 @@ STEPS = [["3 + 4 = 7", "7 - 2 = 5", "#### 5"],
          ["#### 15"]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_policy):
-    """The session's tiny testbed policy (conftest.py); tests only read it."""
-    return tiny_policy
-
-
-def _rm(policy, **kw):
-    return build_reward_model(policy, RMSpec(**kw), device="cpu", seed=0)
+def _rm(tiny_policy, **kw):
+    return build_reward_model(tiny_policy, RMSpec(**kw), device="cpu", seed=0)
 
 
 # ------------------------------------------------------------------ pure math, by hand
@@ -109,8 +94,8 @@ def _per_prefix_scores(rm, question, steps):
 
 
 @pytest.mark.parametrize("form,tag", [("lm", " ки"), ("head", "<extra_0>")])
-def test_one_pass_equals_per_prefix(policy, form, tag):
-    rm = _rm(policy, kind="prm", form=form, tag=tag)
+def test_one_pass_equals_per_prefix(tiny_policy, form, tag):
+    rm = _rm(tiny_policy, kind="prm", form=form, tag=tag)
     results = rm.score(QUESTIONS, STEPS)
     for q, steps, res in zip(QUESTIONS, STEPS, results):
         ref = _per_prefix_scores(rm, q, steps)
@@ -119,9 +104,9 @@ def test_one_pass_equals_per_prefix(policy, form, tag):
         assert res.score == pytest.approx(math.prod(res.step_scores), abs=1e-7)
 
 
-def test_padding_side_and_batch_size_do_not_change_scores(policy):
+def test_padding_side_and_batch_size_do_not_change_scores(tiny_policy):
     for spec in (dict(kind="prm"), dict(kind="orm"), dict(kind="bt")):
-        rm = _rm(policy, **spec)
+        rm = _rm(tiny_policy, **spec)
         ref = [rm.score([q], [s])[0] for q, s in zip(QUESTIONS, STEPS)]   # unpadded
         for side in ("right", "left"):
             rm.padding_side = side
@@ -132,15 +117,15 @@ def test_padding_side_and_batch_size_do_not_change_scores(policy):
                 assert all(abs(x - y) < 1e-5 for x, y in zip(a.step_scores, b.step_scores))
 
 
-def test_score_api_shapes_and_empty_solution(policy):
-    prm = _rm(policy, kind="prm", aggregation="min")
+def test_score_api_shapes_and_empty_solution(tiny_policy):
+    prm = _rm(tiny_policy, kind="prm", aggregation="min")
     res = prm.score([Q1, Q1], [["3 + 4 = 7", "#### 7"], []])
     assert isinstance(res[0], ScoreResult) and len(res[0].step_scores) == 2
     assert res[0].score == min(res[0].step_scores)
     assert res[1].step_scores == [] and res[1].score == 1.0          # K = 0
     assert all(0.0 < p < 1.0 for p in res[0].step_scores)
     assert prm.aggregate([0.5, 0.5], "product") == 0.25
-    orm = _rm(policy, kind="orm")
+    orm = _rm(tiny_policy, kind="orm")
     [r] = orm.score([Q1], [["3 + 4 = 7"]])
     assert r.step_scores == [] and 0.0 < r.score < 1.0
     assert orm.score([], []) == []
@@ -148,17 +133,17 @@ def test_score_api_shapes_and_empty_solution(policy):
         orm.score([Q1], [])
 
 
-def test_tag_conventions(policy):
-    base = _rm(policy, kind="orm").tokenizer
+def test_tag_conventions(tiny_policy):
+    base = _rm(tiny_policy, kind="orm").tokenizer
     n = len(base)
     # Math-Shepherd: ' ки' and 'ки' are already tokens -> no resize
     for tag in (" ки", "ки"):
-        rm = _rm(policy, kind="prm", tag=tag)
+        rm = _rm(tiny_policy, kind="prm", tag=tag)
         assert len(rm.tokenizer) == n
         assert rm.backbone.get_input_embeddings().weight.shape[0] == n
         assert len(rm.score([Q1], [["3 + 4 = 7", "#### 7"]])[0].step_scores) == 2
     # seed blog: '<|prm_label|>' is added as a special token and the embeddings are resized
-    rm = _rm(policy, kind="prm", tag="<|prm_label|>")
+    rm = _rm(tiny_policy, kind="prm", tag="<|prm_label|>")
     assert len(rm.tokenizer) == n + 1
     assert rm.backbone.get_input_embeddings().weight.shape[0] == n + 1
     assert rm.tag_id == n
@@ -168,11 +153,11 @@ def test_tag_conventions(policy):
     assert len(res.step_scores) == 2
 
 
-def test_merged_or_contained_tag_is_refused(policy):
-    rm = _rm(policy, kind="prm", tag="has")              # one token alone ...
+def test_merged_or_contained_tag_is_refused(tiny_policy):
+    rm = _rm(tiny_policy, kind="prm", tag="has")              # one token alone ...
     with pytest.raises(ValueError, match="merged with neighbouring text"):
         rm.score(["how many coins ?"], [["sam"]])        # ... but "samhas" is one unknown word
-    rm = _rm(policy, kind="prm", tag=" ки")
+    rm = _rm(tiny_policy, kind="prm", tag=" ки")
     with pytest.raises(ValueError, match="step 2 contains the step tag"):
         rm.score([Q1], [["3 + 4 = 7", "7 ки"]])
     tok = rm.tokenizer
@@ -187,8 +172,8 @@ def test_merged_or_contained_tag_is_refused(policy):
 @pytest.mark.parametrize("spec", [dict(kind="prm", form="lm", tag="<|prm_label|>"),
                                   dict(kind="prm", form="head", tag=" ки", aggregation="last"),
                                   dict(kind="orm"), dict(kind="bt")])
-def test_save_reload_scores_identical(policy, tmp_path, spec):
-    rm = _rm(policy, **spec)
+def test_save_reload_scores_identical(tiny_policy, tmp_path, spec):
+    rm = _rm(tiny_policy, **spec)
     if rm.head is not None:   # make the head non-trivial (bias starts at 0)
         torch.nn.init.normal_(rm.head.bias)
     before = rm.score(QUESTIONS, STEPS)
@@ -203,10 +188,10 @@ def test_save_reload_scores_identical(policy, tmp_path, spec):
         assert a.step_scores == b.step_scores and a.score == b.score
 
 
-def test_load_plain_policy_needs_a_spec(policy):
+def test_load_plain_policy_needs_a_spec(tiny_policy):
     with pytest.raises(DataError, match="rewardlab_rm.json"):
-        load_reward_model(policy, device="cpu")
-    rm = load_reward_model(policy, device="cpu", spec=RMSpec(kind="prm", tag=" ки"))
+        load_reward_model(tiny_policy, device="cpu")
+    rm = load_reward_model(tiny_policy, device="cpu", spec=RMSpec(kind="prm", tag=" ки"))
     assert len(rm.score([Q1], [["#### 7"]])[0].step_scores) == 1
 
 
@@ -221,10 +206,10 @@ def _one_step(rm, loss):
 
 
 @pytest.mark.parametrize("kind,form", [("orm", "lm"), ("bt", "lm"), ("prm", "head"), ("prm", "lm")])
-def test_every_head_parameter_changes_after_a_step(policy, kind, form):
+def test_every_head_parameter_changes_after_a_step(tiny_policy, kind, form):
     from rewardlab.rewards.rm_data import collate_orm, collate_pairs
 
-    rm = _rm(policy, kind=kind, form=form)
+    rm = _rm(tiny_policy, kind=kind, form=form)
     rm.train()
     if kind == "prm":
         b = collate_prm([rm.encode(q, s) for q, s in zip(QUESTIONS, STEPS)],

@@ -16,20 +16,6 @@ from rewardlab.rewards.rm_train import (RMTrainConfig, encode_rows, objective_lo
 from rewardlab.training import read_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_policy):
-    """The session's tiny testbed policy (conftest.py); tests only read it."""
-    return tiny_policy
-
-
 def _corrupt(rng, steps):
     """Change one computation step's result (and, half the time, the final answer)."""
     steps = list(steps)
@@ -71,8 +57,8 @@ def write_pair_rows(path, n=24, seed=0, step_pref=False):
     return path
 
 
-def _cfg(tmp_path, policy, data, **kw):
-    base = dict(base=str(policy), data=[str(data)], out=str(tmp_path / "run"), batch_size=8,
+def _cfg(tmp_path, tiny_policy, data, **kw):
+    base = dict(base=str(tiny_policy), data=[str(data)], out=str(tmp_path / "run"), batch_size=8,
                 epochs=1, lr=3e-3, warmup_ratio=0.0, progress=False, device="cpu", log_every=1,
                 eval_split=0.2)
     base.update(kw)
@@ -121,11 +107,11 @@ def test_split_rows_is_seeded_and_disjoint():
 
 # ------------------------------------------------------------------ training
 
-def test_prm_training_reduces_loss_and_writes_a_run(tmp_path, policy):
+def test_prm_training_reduces_loss_and_writes_a_run(tmp_path, tiny_policy):
     data = write_step_rows(tmp_path / "prm.jsonl")
-    cfg = _cfg(tmp_path, policy, data, kind="prm", epochs=2)
+    cfg = _cfg(tmp_path, tiny_policy, data, kind="prm", epochs=2)
     rows = read_rm_rows(data, "prm")
-    fresh = build_reward_model(policy, cfg.spec(), device="cpu", seed=cfg.seed)
+    fresh = build_reward_model(tiny_policy, cfg.spec(), device="cpu", seed=cfg.seed)
     items, _ = encode_rows(fresh, rows, cfg)
     before = objective_loss(fresh, items, cfg)
     m = train_reward_model(cfg)
@@ -145,15 +131,15 @@ def test_prm_training_reduces_loss_and_writes_a_run(tmp_path, policy):
         assert (ckpt / f).exists(), f
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, policy):
+def test_interrupted_run_resumes_exactly(tmp_path, tiny_policy):
     data = write_step_rows(tmp_path / "prm.jsonl", n=16)
     kw = dict(kind="prm", form="head", tag="<extra_0>", epochs=2, grad_accum=2, batch_size=4,
               warmup_ratio=0.2)
-    full = train_reward_model(_cfg(tmp_path / "a", policy, data, **kw))
-    part = train_reward_model(_cfg(tmp_path / "b", policy, data, stop_after=3, **kw))
+    full = train_reward_model(_cfg(tmp_path / "a", tiny_policy, data, **kw))
+    part = train_reward_model(_cfg(tmp_path / "b", tiny_policy, data, stop_after=3, **kw))
     assert part["rm/finished"] == 0.0 and part["rm/steps"] == 3
     assert not (tmp_path / "b" / "run" / "final").exists()
-    resumed = train_reward_model(_cfg(tmp_path / "b", policy, data, **kw))
+    resumed = train_reward_model(_cfg(tmp_path / "b", tiny_policy, data, **kw))
     assert resumed["rm/steps"] == full["rm/steps"] == full["rm/total_steps"]
     assert resumed["rm/final_loss"] == pytest.approx(full["rm/final_loss"], abs=1e-6)
     qs, steps = ["sam has 3 apples . buys 4 more . how many apples ?"], [["3 + 4 = 7", "#### 7"]]
@@ -172,13 +158,13 @@ def test_interrupted_run_resumes_exactly(tmp_path, policy):
     ("prm_pref", dict(), "eval/pair_acc"),
     ("prm_soft", dict(form="lm", tag="<|prm_label|>"), "eval/step_ece"),
 ])
-def test_every_objective_trains(tmp_path, policy, kind, extra, key):
+def test_every_objective_trains(tmp_path, tiny_policy, kind, extra, key):
     if kind in ("orm", "prm_soft"):
         data = write_step_rows(tmp_path / "d.jsonl", n=12, soft=kind == "prm_soft")
     else:
         data = write_pair_rows(tmp_path / "d.jsonl", n=16, step_pref=kind == "prm_pref")
     cfg_kind = {"prm_pref": "prm", "prm_soft": "prm"}.get(kind, kind)
-    cfg = _cfg(tmp_path, policy, data, kind=cfg_kind, preference=kind == "prm_pref",
+    cfg = _cfg(tmp_path, tiny_policy, data, kind=cfg_kind, preference=kind == "prm_pref",
                max_steps=4, **extra)
     m = train_reward_model(cfg)
     assert key in m and math.isfinite(m["rm/final_loss"])
@@ -189,7 +175,7 @@ def test_every_objective_trains(tmp_path, policy, kind, extra, key):
         assert len(rm.tokenizer) == rm.backbone.get_input_embeddings().weight.shape[0]
 
 
-def test_config_errors_are_loud(tmp_path, policy):
+def test_config_errors_are_loud(tmp_path, tiny_policy):
     from rewardlab.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="preference"):
