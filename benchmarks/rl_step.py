@@ -90,7 +90,6 @@ class RewardlabBench:
     def __init__(self, policy: Path, train_path: Path, test_path: Path, run_dir: Path, args):
         from rewardlab.config import load_config
         from rewardlab.rl.config import RLConfig
-        from rewardlab.rl.sft import prompt_of
         from rewardlab.rl.trainer import RLTrainer
 
         B = args.prompts * args.n
@@ -105,19 +104,12 @@ class RewardlabBench:
             "entropy_coef=0.0", "grad_clip=1.0", f"steps={args.warmup + args.steps}", "eval_every=0",
             "eval_k=0", "save_every=0", "resume=false", "progress=false", f"seed={args.seed}"])
         self.tr = RLTrainer(self.cfg)
-        self.prompts_all = [prompt_of(p) for p in self.tr.train_set]
         self.records: list[dict] = []
 
     def step(self, step: int) -> None:
-        from rewardlab.rl.rollout import generate_rollouts
-        from rewardlab.rl.trainer import prompt_batch_indices
-
-        cfg, tr = self.cfg, self.tr
+        tr = self.tr
         t0 = time.perf_counter()
-        idx = prompt_batch_indices(len(tr.train_set), cfg.prompts_per_step, step, cfg.seed)
-        problems = [tr.train_set[i] for i in idx]
-        batch = generate_rollouts(tr.policy, tr.tok, [self.prompts_all[i] for i in idx], cfg.sampling,
-                                  seed=cfg.seed * 1_000_003 + step)
+        problems, batch = tr.rollout(step)
         t1 = time.perf_counter()
         sb = tr.score(problems, batch)
         sb.metrics["_step"] = step

@@ -47,8 +47,8 @@ class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
-    max_steps: int = 600
-    """Optimizer steps."""
+    max_steps: int = 300
+    """Optimizer steps (testbed default: ~0.5 greedy accuracy in 2-3 min on 2 cores, room for RL)."""
     batch_size: int = 64
     """Sequences per micro-batch."""
     grad_accum: int = 1

@@ -128,6 +128,16 @@ class RLTrainer:
             return self.value(hidden)[:, -n_resp - 1:-1]
         return self.value(input_ids, attention_mask)[:, -n_resp - 1:-1]
 
+    def rollout(self, step: int) -> tuple[list[Problem], RolloutBatch]:
+        """The prompts of RL step ``step`` (a function of seed and step) and their samples."""
+        cfg = self.cfg
+        idx = prompt_batch_indices(len(self.train_set), cfg.prompts_per_step, step, cfg.seed)
+        problems = [self.train_set[i] for i in idx]
+        batch = generate_rollouts(self.policy, self.tok, [prompt_of(p) for p in problems],
+                                  cfg.sampling, seed=cfg.seed * 1_000_003 + step,
+                                  compute_logprobs=not self.on_policy_single_update(len(idx)))
+        return problems, batch
+
     @torch.no_grad()
     def score(self, problems: list[Problem], batch: RolloutBatch) -> ScoredBatch:
         """Rewards, reference log-probs, values and advantages for a rollout batch."""
@@ -311,7 +321,6 @@ class RLTrainer:
             logger.truncate_after(self.start_step)
         t0 = time.time()
         last: dict = {}
-        prompts_all = [prompt_of(p) for p in self.train_set]
         with Progress(TextColumn(f"[bold]{cfg.algo}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                       disable=not cfg.progress) as bar:
@@ -319,11 +328,7 @@ class RLTrainer:
             if self.start_step == 0 and cfg.eval_every:
                 logger.log(0, self.evaluate())
             for step in range(self.start_step, cfg.steps):
-                idx = prompt_batch_indices(len(self.train_set), cfg.prompts_per_step, step, cfg.seed)
-                problems = [self.train_set[i] for i in idx]
-                batch = generate_rollouts(self.policy, self.tok, [prompts_all[i] for i in idx],
-                                          cfg.sampling, seed=cfg.seed * 1_000_003 + step,
-                                          compute_logprobs=not self.on_policy_single_update(len(idx)))
+                problems, batch = self.rollout(step)
                 sb = self.score(problems, batch)
                 sb.metrics["_step"] = step
                 um = self.update(sb)
