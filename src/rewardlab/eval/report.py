@@ -20,6 +20,10 @@ COLUMNS = {
     "length": ("eval/mean_length", "{:.1f}"),
     "KL": ("kl/ref", "{:.3f}"),
 }
+# training-time drift (last 10 − first 10 RL steps, on the training samples): where hacking shows
+DRIFT = {"Δ steps (train)": "response/steps", "Δ unnecessary (train)": "hack/unnecessary_frac"}
+FORMATS = {**{c: f for c, (_, f) in COLUMNS.items()}, "Δ steps (train)": "{:+.3f}",
+           "Δ unnecessary (train)": "{:+.3f}"}
 RM_KEYS = ["eval/step_auroc", "eval/step_f1", "eval/step_ece", "eval/outcome_auroc",
            "eval/outcome_ece", "eval/n", "rm/n_train", "rm/wall_s"]
 CURVES = {"accuracy": "eval/accuracy", "steps_per_solution": "response/steps",
@@ -43,27 +47,43 @@ def summarise_runs(runs: dict[str, list[Path]]) -> dict[str, dict]:
         for col, (key, _) in COLUMNS.items():
             m, s = _mean_std([f.get(key) for f in finals])
             row[col] = {"mean": m, "std": s}
+        for col, key in DRIFT.items():
+            m, s = _mean_std([_drift(read_metrics(d / "metrics.jsonl"), key) for d in dirs])
+            row[col] = {"mean": m, "std": s}
+        row["rl_wall_s"] = sum(f.get("rl/wall_s", 0.0) for f in finals)
         table[design] = row
     return table
+
+
+def _drift(rows: list[dict], key: str, window: int = 10) -> float | None:
+    """Training drift of a metric: mean over the last ``window`` RL steps minus the first."""
+    xs = [r[key] for r in rows if key in r]
+    if len(xs) < 2 * window:
+        window = len(xs) // 2
+    if window == 0:
+        return None
+    return statistics.fmean(xs[-window:]) - statistics.fmean(xs[:window])
 
 
 def _fmt(cell: dict, fmt: str, with_std: bool) -> str:
     m, s = cell["mean"], cell["std"]
     if isinstance(m, float) and math.isnan(m):
         return "–"
-    return fmt.format(m) + (f" ± {fmt.format(s)}" if with_std else "")
+    return fmt.format(m) + (f" ± {fmt.replace('+', '').format(s)}" if with_std else "")
 
 
 def markdown_table(table: dict[str, dict], descriptions: dict[str, str], baseline: dict | None) -> str:
     with_std = any(r["n_seeds"] > 1 for r in table.values())
-    head = "| design | " + " | ".join(COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    cols = list(FORMATS)
+    head = "| design | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
     if baseline:
-        cells = [COLUMNS[c][1].format(baseline[k]) if isinstance(baseline.get(k), (int, float)) else "–"
-                 for c, (k, _) in COLUMNS.items()]
+        cells = [COLUMNS[c][1].format(baseline[COLUMNS[c][0]])
+                 if c in COLUMNS and isinstance(baseline.get(COLUMNS[c][0]), (int, float)) else "–"
+                 for c in cols]
         lines.append("| SFT policy (start) | " + " | ".join(cells) + " |")
     for d, row in table.items():
-        cells = [_fmt(row[c], COLUMNS[c][1], with_std) for c in COLUMNS]
+        cells = [_fmt(row[c], FORMATS[c], with_std) for c in cols]
         lines.append(f"| {descriptions.get(d, d)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -102,10 +122,14 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
     results = {"designs": table, "descriptions": descriptions, "sft": baseline, "reward_models": rm_metrics,
                "bon": bon, "wall_s": wall_s, "curves": [p.name for p in curves]}
     write_json(out / "results.json", results)
+    rl_compute = sum(r["rl_wall_s"] for r in table.values())
     md = ["# rewardlab demo report", "",
-          f"Arithmetic testbed, wall time {wall_s / 60:.1f} min. Held-out greedy accuracy, maj@k, and "
-          "reward-hacking diagnostics (oracle) of the final policy of each reward design"
-          + (" (mean ± std over seeds)." if any(r["n_seeds"] > 1 for r in table.values()) else "."), "",
+          f"Arithmetic testbed. This invocation: {wall_s / 60:.1f} min (cached stages are not re-run); "
+          f"the RL runs in the table took {rl_compute / 60:.1f} min of run time in all. Held-out greedy "
+          "accuracy, maj@k, and reward-hacking diagnostics (oracle) of the final policy of each reward "
+          "design" + (" (mean ± std over seeds)" if any(r["n_seeds"] > 1 for r in table.values()) else "")
+          + "; the Δ columns are the drift during training (mean of the last 10 RL steps minus the "
+          "first 10, on the training samples).", "",
           markdown_table(table, descriptions, baseline), ""]
     if rm_metrics:
         md += ["## Reward models (held-out split of the policy's own samples)", ""]
