@@ -52,8 +52,8 @@ class DemoBudget:
     """Policy samples per problem for the reward-model data."""
     rm_steps: int = 300
     bon_problems: int = 100
-    bon_max_n: int = 64
-    rl_steps: int = 40
+    bon_max_n: int = 32
+    rl_steps: int = 30
     rl_prompts: int = 32
     rl_n: int = 4
     eval_every: int = 10

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
              designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs."),
              alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
              eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
-             workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes.")) -> None:
+             workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes."),
+             rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL steps per run (default 30).")) -> None:
         """SFT → reward models → RL with every reward design → report (report.md, results.json, PNGs)."""
         from rich.console import Console
         from rich.markdown import Markdown
@@ -28,6 +29,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--workers must be between 1 and 64")
         cfg = DemoConfig(out=out, quick=quick, seeds=seeds, prm_alpha=alpha, prm_eta=eta, workers=workers,
                          designs=[d.strip() for d in designs.split(",")] if designs else list(DESIGNS))
+        if rl_steps is not None:
+            if rl_steps < 1 or rl_steps > 100_000:
+                raise typer.BadParameter("--rl-steps must be between 1 and 100000")
+            cfg.budget.rl_steps = rl_steps
         console = Console()
         run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))
         from pathlib import Path
