@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from rewardlab.cli.main import main
 from rewardlab.data.testbed import generate_problems, oracle_label

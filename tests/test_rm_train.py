@@ -5,7 +5,6 @@ import math
 import random
 
 import pytest
-import torch
 
 from rewardlab.data.testbed import generate_problems, oracle_label
 from rewardlab.io import DataError

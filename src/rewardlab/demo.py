@@ -15,7 +15,6 @@ first stopped::
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -31,7 +31,7 @@ from rewardlab.io import DataError
 from rewardlab.models.reward_models import RMSpec, RewardModel
 from rewardlab.models.rm_losses import (bt_loss, orm_bce_loss, prm_ce_loss, step_logit,
                                         step_probs)
-from rewardlab.rewards.rm_data import (PairRow, StepRow, collate_orm, collate_pairs, collate_prm,
+from rewardlab.rewards.rm_data import (PairRow, collate_orm, collate_pairs, collate_prm,
                                        read_rm_rows)
 
 

@@ -8,7 +8,6 @@ resume exactly (the data order is a pure function of ``seed`` and the step).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -9,8 +9,6 @@ The math lives in pure functions (``rewardlab.rewards.refine/compose``,
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
