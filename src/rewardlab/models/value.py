@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rewardlab.rl.rollout import position_ids_from_mask
+
 HEAD_FILE = "value_head.safetensors"
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 class ValueModel(nn.Module):
@@ -52,7 +50,7 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) → values (B, L)."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=_position_ids(attention_mask)).last_hidden_state
+                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
         return self.head(h.float()).squeeze(-1)
 
 

@@ -95,24 +95,33 @@ def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return (lp, torch.cat(ents)) if return_entropy else lp
 
 
-def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temperature: float = 1.0,
-                       return_entropy: bool = False):
-    """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient.
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, n_response: int,
+                      temperature: float = 1.0, return_entropy: bool = False):
+    """log π(y_t | x, y_<t) = log_softmax(z_{t-1} / τ)[y_t] for the last ``n_response`` tokens.
 
-    position_ids follow the attention mask so left padding does not shift positions."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids).logits                     # (B, P+T, V)
+    logits (B, P+T, V) of a teacher-forced pass over input_ids (B, P+T); returns (B, T) log-probs
+    and, when asked, the (B, T) entropies of the same distributions (else None)."""
     logits = logits[:, -n_response - 1:-1, :].float()                    # predicts response tokens
     if temperature and temperature != 1.0:
         logits = logits / temperature
     labels = input_ids[:, -n_response:]
     logp_all = F.log_softmax(logits, dim=-1)
     lp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)          # (B, T)
-    ent = None
-    if return_entropy:
-        ent = -(logp_all.exp() * logp_all).sum(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1) if return_entropy else None
     return lp, ent
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that follow the attention mask, so left padding does not shift them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temperature: float = 1.0,
+                       return_entropy: bool = False):
+    """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask)).logits   # (B, P+T, V)
+    return response_logprobs(logits, input_ids, n_response, temperature, return_entropy)
 
 
 @torch.no_grad()

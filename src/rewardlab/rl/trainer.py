@@ -17,7 +17,8 @@ import torch
 
 from rewardlab.data.problem import Problem
 from rewardlab.rl.config import RLConfig
-from rewardlab.rl.rollout import RolloutBatch, forward_logprobs, generate_rollouts, logprobs_with_grad
+from rewardlab.rl.rollout import (RolloutBatch, forward_logprobs, generate_rollouts, logprobs_with_grad,
+                                  position_ids_from_mask, response_logprobs)
 from rewardlab.rl.sft import load_problems, prompt_of
 
 
@@ -184,7 +185,7 @@ class RLTrainer:
             hidden = None
             if cfg.value.kind == "shared":
                 out = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+                                  position_ids=position_ids_from_mask(batch.attention_mask),
                                   output_hidden_states=True)
                 hidden = out.hidden_states[-1]
             values = self.values_of(batch.input_ids, batch.attention_mask, T, hidden) * mask
@@ -247,12 +248,10 @@ class RLTrainer:
                 hidden = None
                 if self.value is not None and cfg.value.kind == "shared":
                     out = self.policy(input_ids=input_ids[mb], attention_mask=att[mb],
-                                      position_ids=(att[mb].cumsum(-1) - 1).clamp(min=0),
+                                      position_ids=position_ids_from_mask(att[mb]),
                                       output_hidden_states=True)
-                    logits = out.logits[:, -T - 1:-1].float() / (cfg.sampling.temperature or 1.0)
-                    logp_all = torch.log_softmax(logits, -1)
-                    logp = logp_all.gather(-1, input_ids[mb][:, -T:].unsqueeze(-1)).squeeze(-1)
-                    ent = -(logp_all.exp() * logp_all).sum(-1)
+                    logp, ent = response_logprobs(out.logits, input_ids[mb], T,
+                                                  cfg.sampling.temperature or 1.0, return_entropy=True)
                     hidden = out.hidden_states[-1]
                 else:
                     logp, ent = logprobs_with_grad(self.policy, input_ids[mb], att[mb], T,
