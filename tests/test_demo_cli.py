@@ -24,6 +24,12 @@ def test_sft_cli_missing_problems_file(tmp_path, capsys):
     assert code == 2 and "nope.jsonl" in capsys.readouterr().err
 
 
+def test_parallel_jobs_share_the_cores():
+    from rewardlab.demo import job_threads
+    assert [job_threads(2, a) for a in (2, 1, 0)] == [1, 2, 2]
+    assert job_threads(16, 3) == 5 and job_threads(2, 5) == 1
+
+
 @pytest.mark.timeout(900)
 def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     out = tmp_path / "demo"

@@ -48,7 +48,9 @@ def test_ppo_updates_every_policy_and_value_parameter(tmp_path, tiny_policy, pro
     tr = RLTrainer(cfg)
     before = {n: p.detach().clone() for n, p in tr.policy.named_parameters()}
     vbefore = {n: p.detach().clone() for n, p in tr.value.named_parameters()}
-    res = tr.train()
+    seen = []
+    res = tr.train(on_step=lambda step, m: seen.append((step, m["reward/success"])))
+    assert seen == [(1, res["reward/success"])]
     changed = [n for n, p in tr.policy.named_parameters() if not torch.equal(before[n], p)]
     assert len(changed) == len(before), set(before) - set(changed)
     assert all(not torch.equal(vbefore[n], p) for n, p in tr.value.named_parameters())

@@ -15,6 +15,7 @@ first stopped::
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,10 @@ class DemoBudget:
     """Training problems sampled for the reward-model data."""
     rm_samples: int = 4
     """Policy samples per problem for the reward-model data."""
+    rm_eval_problems: int = 100
+    """Held-out (test) problems sampled for the reward models' evaluation rows."""
     rm_steps: int = 300
+    rm_lr: float = 1e-3
     bon_problems: int = 100
     bon_max_n: int = 32
     rl_steps: int = 30
@@ -59,7 +63,7 @@ class DemoBudget:
     eval_k: int = 4
 
 
-QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_samples=2, rm_steps=20,
+QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10, rm_samples=2, rm_steps=20,
                    bon_problems=10, bon_max_n=4, rl_steps=2, rl_prompts=8, rl_n=2, eval_every=0,
                    eval_k=2)
 
@@ -121,41 +125,86 @@ def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
 
 def stage_rm(cfg: DemoConfig, sft_dir: Path, log) -> Path:
     from rewardlab.data.datasets import load_dataset_by_name
-    from rewardlab.io import write_jsonl
+    from rewardlab.io import write_json, write_jsonl
     from rewardlab.models.loading import load_model_and_tokenizer
     from rewardlab.rewards.labeling import get_labeler
     from rewardlab.rewards.pipeline import sample_and_label
-    from rewardlab.rewards.rm_train import RMTrainConfig, train_reward_model
+    from rewardlab.rewards.rm_train import RMTrainConfig
     from rewardlab.rl.rollout import SamplingConfig
 
     b = cfg.budget
     out = Path(cfg.out) / "rm"
-    data = out / "samples.jsonl"
-    if not _done(data):
-        model, tok = load_model_and_tokenizer(sft_dir / "final")
-        problems = load_dataset_by_name(str(sft_dir / "train.jsonl"), "train")[-b.rm_problems:]
+    data, eval_data = out / "samples.jsonl", out / "eval_samples.jsonl"
+    # training rows: the policy's samples on training problems; evaluation rows: its samples on
+    # held-out (test) problems, so no evaluated solution was seen in training
+    jobs = [(data, "train.jsonl", "train", -b.rm_problems, 1),
+            (eval_data, "test.jsonl", "test", b.rm_eval_problems, 2)]
+    model = tok = None
+    for path, fname, split, count, seed in jobs:
+        if _done(path):
+            continue
+        if model is None:
+            model, tok = load_model_and_tokenizer(sft_dir / "final")
+        problems = load_dataset_by_name(str(sft_dir / fname), split)
+        problems = problems[count:] if count < 0 else problems[:count]
         rows = sample_and_label(model, tok, problems, b.rm_samples, get_labeler("oracle"),
-                                SamplingConfig(n=b.rm_samples, temperature=1.0, max_new_tokens=48),
-                                seed=1, style="gsm8k")
-        write_jsonl(data, rows)
+                                SamplingConfig(n=b.rm_samples, temperature=1.0, max_new_tokens=48,
+                                               batch_size=512),
+                                seed=seed, style="gsm8k")
+        write_jsonl(path, rows)
         pos = sum(r["outcome"] for r in rows) / max(len(rows), 1)
-        log(f"rm: {len(rows)} labelled policy samples ({pos:.2f} correct)")
-    metrics = {}
+        log(f"rm: {len(rows)} labelled policy samples on {split} problems ({pos:.2f} correct)")
+    metrics, todo = {}, []
     for kind in ("orm", "prm"):
         rm_dir = out / kind
         if _done(rm_dir / "final" / "rewardlab_rm.json") and _done(out / f"{kind}_metrics.json"):
             metrics[kind] = json.loads((out / f"{kind}_metrics.json").read_text())
             log(f"rm: {kind} cached")
             continue
-        rc = RMTrainConfig(kind=kind, base=str(sft_dir / "final"), data=str(data), out=str(rm_dir),
-                           tag=PRM_TAG, lr=1e-3, batch_size=32,
-                           max_steps=b.rm_steps, progress=cfg.progress)
-        metrics[kind] = train_reward_model(rc)
-        from rewardlab.io import write_json
-        write_json(out / f"{kind}_metrics.json", metrics[kind])
-        log(f"rm: {kind} " + ", ".join(f"{k}={v:.3f}" for k, v in metrics[kind].items()
-                                        if isinstance(v, float) and ("auroc" in k or "ece" in k)))
+        todo.append(RMTrainConfig(kind=kind, base=str(sft_dir / "final"), data=[str(data)],
+                                  eval_data=[str(eval_data)], out=str(rm_dir), tag=PRM_TAG,
+                                  lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps,
+                                  progress=cfg.progress))
+    for rc, res in zip(todo, _map_jobs(_train_rm_job, todo, cfg.workers)):
+        metrics[rc.kind] = res
+        write_json(out / f"{rc.kind}_metrics.json", res)
+        log(f"rm: {rc.kind} " + ", ".join(f"{k}={v:.3f}" for k, v in res.items()
+                                          if isinstance(v, float) and ("auroc" in k or "ece" in k)))
     return out
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _train_rm_job(rc) -> dict:
+    from rewardlab.rewards.rm_train import train_reward_model
+    from rewardlab.training import quiet_transformers
+
+    quiet_transformers()
+    return train_reward_model(rc)
+
+
+def _map_jobs(fn, jobs: list, workers: int) -> list:
+    """``[fn(j) for j in jobs]``, in ``min(workers, len(jobs))`` spawned processes that split the
+    cores evenly (in this process when that is one)."""
+    n = min(workers, len(jobs))
+    if n <= 1:
+        return [fn(j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    for j in jobs:
+        j.progress = False
+    threads = max(1, _cores() // n)
+    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def _set_threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)
 
 
 def stage_bon(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> Path:
@@ -192,18 +241,45 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
     return load_config(RLConfig, None, ov)
 
 
-def _run_rl_job(args: tuple[RLConfig, int]) -> tuple[str, dict]:
-    """Worker: one RL run with ``threads`` torch threads (tiny models scale better across
-    processes than across threads)."""
-    rc, threads = args
+_ACTIVE = None   # worker processes: shared count of RL jobs running now
+_CORES = 1
+
+
+def _init_rl_worker(active, cores: int) -> None:
+    global _ACTIVE, _CORES
+    _ACTIVE, _CORES = active, cores
+
+
+def job_threads(cores: int, active: int) -> int:
+    """Torch threads for one of ``active`` parallel jobs on ``cores`` cores: cores // active, at
+    least 1 (when the last job runs alone it gets every core instead of one)."""
+    return max(1, cores // max(active, 1))
+
+
+def _run_rl_job(rc: RLConfig) -> tuple[str, dict]:
+    """Worker: one RL run. Tiny models scale better across processes than across threads, so
+    each job starts with ``cores // jobs running`` threads and takes more after every step once
+    other jobs have finished."""
     import torch
 
     from rewardlab.rl.trainer import train_rl
     from rewardlab.training import quiet_transformers
 
     quiet_transformers()
-    torch.set_num_threads(threads)
-    return rc.out, train_rl(rc)
+    with _ACTIVE.get_lock():
+        _ACTIVE.value += 1
+
+    def retune(step: int, metrics: dict) -> None:
+        n = job_threads(_CORES, _ACTIVE.value)
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+
+    retune(0, {})
+    try:
+        return rc.out, train_rl(rc, on_step=retune)
+    finally:
+        with _ACTIVE.get_lock():
+            _ACTIVE.value -= 1
 
 
 def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, list[Path]]:
@@ -236,8 +312,12 @@ def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, lis
 
     for rc in pending:
         rc.progress = False
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_rl_job, (rc, 1)) for rc in pending]
+    ctx = mp.get_context("spawn")
+    active = ctx.Value("i", 0)
+    cores = max(cfg.workers, _cores())
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_rl_worker,
+                             initargs=(active, cores)) as pool:
+        futures = [pool.submit(_run_rl_job, rc) for rc in pending]
         for fut in as_completed(futures):
             out, res = fut.result()
             report(out, res, t0)

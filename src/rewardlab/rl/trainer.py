@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -306,7 +307,9 @@ class RLTrainer:
         save_checkpoint(self.out, step, self.policy, self.tok, self.opt, extra={"kl_coef": self.kl_coef},
                         models=models)
 
-    def train(self) -> dict:
+    def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
+        """Run (or resume) the loop to ``cfg.steps``; ``on_step(step, metrics)`` is called after
+        every optimizer step (e.g. to change the thread count when parallel jobs finish)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         from rewardlab.io import write_json, write_jsonl
@@ -341,6 +344,8 @@ class RLTrainer:
                     metrics.update(self.evaluate(k=cfg.eval_k))
                 logger.log(done, metrics)
                 last = metrics
+                if on_step is not None:
+                    on_step(done, metrics)
                 if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
                     self.save(done)
                 if cfg.stop_at and cfg.stop_at <= done < cfg.steps:
@@ -361,6 +366,6 @@ class RLTrainer:
         return last
 
 
-def train_rl(cfg: RLConfig) -> dict:
+def train_rl(cfg: RLConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Run an RL job from a config; returns the final metrics."""
-    return RLTrainer(cfg).train()
+    return RLTrainer(cfg).train(on_step)
