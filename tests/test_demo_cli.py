@@ -17,6 +17,17 @@ def test_rl_cli_rejects_bad_config(tmp_path, capsys):
     assert main(["rl", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert main(["rl", "--set", "steps=many"]) == 2
     assert main(["demo", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
+    assert main(["demo", "--rl-set", "lr=fast", "--out", str(tmp_path / "d")]) == 2
+    assert "--rl-set" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_demo_rl_overrides_reach_every_run(tmp_path):
+    from rewardlab.demo import DESIGNS, DemoConfig, rl_config
+    cfg = DemoConfig(out=str(tmp_path), rl_overrides=["lr=5e-5", "reward.prm.alpha=3.0"])
+    for design in DESIGNS:
+        rc = rl_config(cfg, design, 0, tmp_path / "sft", tmp_path / "rm")
+        assert rc.lr == 5e-5 and rc.reward.prm.alpha == 3.0, design
+    assert rl_config(DemoConfig(), "success", 0, tmp_path, tmp_path).lr != 5e-5
 
 
 def test_sft_cli_missing_problems_file(tmp_path, capsys):

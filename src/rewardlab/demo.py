@@ -80,6 +80,9 @@ class DemoConfig:
     prm_eta: float = 0.8
     orm_beta: float = 1.0
     progress: bool = True
+    rl_overrides: list[str] = field(default_factory=list)
+    """Dotted RLConfig overrides (``key=value``) applied to every RL run after the design's own,
+    e.g. ``lr=5e-5`` (change ``out`` too: a cached run is not re-run)."""
     workers: int = 2
     """RL runs in parallel worker processes (one torch thread each); 1: in this process."""
 
@@ -238,7 +241,7 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
                f"reward.prm.eta={cfg.prm_eta}"]
     if design == "orm":
         ov += [f"reward.orm.path={rm_dir / 'orm'}", f"reward.orm.beta={cfg.orm_beta}"]
-    return load_config(RLConfig, None, ov)
+    return load_config(RLConfig, None, ov + list(cfg.rl_overrides))
 
 
 _ACTIVE = None   # worker processes: shared count of RL jobs running now

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
              alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
              eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
              workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes."),
-             rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL steps per run (default 30).")) -> None:
+             rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL steps per run (default 30)."),
+             rl_set: Optional[list[str]] = typer.Option(None, "--rl-set",
+                                                        help="RL config override key=value for every run (repeatable), e.g. lr=5e-5.")) -> None:
         """SFT → reward models → RL with every reward design → report (report.md, results.json, PNGs)."""
         from rich.console import Console
         from rich.markdown import Markdown
@@ -33,6 +35,14 @@ def register(app: typer.Typer) -> None:
             if rl_steps < 1 or rl_steps > 100_000:
                 raise typer.BadParameter("--rl-steps must be between 1 and 100000")
             cfg.budget.rl_steps = rl_steps
+        cfg.rl_overrides = list(rl_set or [])
+        if cfg.rl_overrides:  # fail before any stage runs, naming the bad override
+            from rewardlab.config import ConfigError, load_config
+            from rewardlab.rl.config import RLConfig
+            try:
+                load_config(RLConfig, None, cfg.rl_overrides)
+            except ConfigError as e:
+                raise typer.BadParameter(f"--rl-set: {e}") from None
         console = Console()
         run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))
         from pathlib import Path

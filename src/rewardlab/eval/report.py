@@ -132,7 +132,7 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
           "first 10, on the training samples).", "",
           markdown_table(table, descriptions, baseline), ""]
     if rm_metrics:
-        md += ["## Reward models (held-out split of the policy's own samples)", ""]
+        md += ["## Reward models (the policy's samples on held-out problems)", ""]
         for k, m in rm_metrics.items():
             md.append(f"- **{k.upper()}**: " + ", ".join(
                 f"{a.split('/')[-1]}={m[a]:.3f}" for a in RM_KEYS if isinstance(m.get(a), (int, float))))
