@@ -21,6 +21,26 @@ def test_rl_cli_rejects_bad_config(tmp_path, capsys):
     assert "--rl-set" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
+def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
+    from rewardlab.demo import DemoConfig, stage_rm_backbone
+    cfg = DemoConfig(out=str(tmp_path))
+    cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
+    assert stage_rm_backbone(cfg, tmp_path / "sft", print) == tmp_path / "sft" / "final"
+    assert not (tmp_path / "rm").exists()
+
+
+def test_demo_budget_overrides(tmp_path, capsys):
+    from rewardlab.demo import QUICK, DemoBudget, budget_with
+    b = budget_with(True, ["rl_steps=3", "rm_lr=1e-4"])
+    assert (b.rl_steps, b.rm_lr, b.sft_steps) == (3, 1e-4, QUICK.sft_steps)
+    assert budget_with(False, []) == DemoBudget() and QUICK.rl_steps == 2   # QUICK is not mutated
+    for bad in (["rm_steps=-1"], ["rm_steps=lots"], ["nope=1"], ["rm_lr=0"]):
+        with pytest.raises(ValueError):
+            budget_with(False, bad)
+    assert main(["demo", "--budget", "sft_steps=0", "--out", str(tmp_path / "d")]) == 2
+    assert "sft_steps" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
 def test_demo_rl_overrides_reach_every_run(tmp_path):
     from rewardlab.demo import DESIGNS, DemoConfig, rl_config
     cfg = DemoConfig(out=str(tmp_path), rl_overrides=["lr=5e-5", "reward.prm.alpha=3.0"])
@@ -67,6 +87,10 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     for png in ["bon/bon.png", "curve_accuracy.png", "curve_steps_per_solution.png", "curve_prm_return.png"]:
         assert (out / png).stat().st_size > 1000, png
     assert res["reward_models"]["prm"]["eval/n"] > 0
+    # the reward models start from the longer-trained backbone, not from the policy
+    assert (out / "rm" / "backbone" / "final" / "config.json").exists()
+    for kind in ("orm", "prm"):
+        assert str(out / "rm" / "backbone" / "final") in (out / "rm" / kind / "config.yaml").read_text()
     # a second run continues from the cached stages instead of starting over
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]

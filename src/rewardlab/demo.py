@@ -6,7 +6,9 @@ output under the run directory, so a second run (or a run after a crash) continu
 first stopped::
 
     <out>/sft/            policy after SFT (final/), train.jsonl, test.jsonl
-    <out>/rm/             samples.jsonl (policy samples, oracle step labels), orm/, prm/
+    <out>/rm/             backbone/ (the RMs' starting point: the SFT recipe run longer),
+                          samples.jsonl / eval_samples.jsonl (policy samples on training /
+                          held-out problems, oracle step labels), orm/, prm/
     <out>/bon/            best-of-N table and plot
     <out>/rl/<design>/s<seed>/   one RL run per reward design and seed
     <out>/report.md, results.json, *.png
@@ -46,14 +48,18 @@ class DemoBudget:
     n_train: int = 3000
     n_test: int = 200
     sft_steps: int = 300
-    rm_problems: int = 600
+    rm_problems: int = 3000
     """Training problems sampled for the reward-model data."""
     rm_samples: int = 4
     """Policy samples per problem for the reward-model data."""
     rm_eval_problems: int = 100
     """Held-out (test) problems sampled for the reward models' evaluation rows."""
-    rm_steps: int = 300
-    rm_lr: float = 1e-3
+    rm_backbone_steps: int = 800
+    """SFT steps of the reward models' backbone (the policy's SFT recipe run longer, so that it
+    can check the arithmetic; the policy itself gets ``sft_steps``); <= ``sft_steps``: the reward
+    models start from the SFT policy."""
+    rm_steps: int = 500
+    rm_lr: float = 5e-4
     bon_problems: int = 100
     bon_max_n: int = 32
     rl_steps: int = 30
@@ -62,10 +68,35 @@ class DemoBudget:
     eval_every: int = 10
     eval_k: int = 4
 
+    def validate(self) -> None:
+        import dataclasses
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "rm_lr":
+                continue
+            low = 0 if f.name in ("eval_every", "rm_backbone_steps") else 1
+            if not low <= v <= 10_000_000:
+                raise ValueError(f"budget.{f.name} = {v} is out of range ({low}..10000000)")
+        if not 0 < self.rm_lr <= 1.0:
+            raise ValueError(f"budget.rm_lr = {self.rm_lr} is out of range (0..1]")
 
-QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10, rm_samples=2, rm_steps=20,
+
+QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10, rm_samples=2, rm_backbone_steps=60, rm_steps=20,
                    bon_problems=10, bon_max_n=4, rl_steps=2, rl_prompts=8, rl_n=2, eval_every=0,
                    eval_k=2)
+
+
+def budget_with(quick: bool, overrides: list[str]) -> DemoBudget:
+    """The default (or ``--quick``) budget with ``key=value`` overrides applied; ValueError names
+    an unknown key or a value of the wrong type."""
+    import dataclasses
+
+    from rewardlab.config import load_config
+
+    base = dataclasses.replace(QUICK) if quick else DemoBudget()
+    parsed = load_config(DemoBudget, None, overrides)
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    return dataclasses.replace(base, **{k: getattr(parsed, k) for k in keys})
 
 
 @dataclass
@@ -91,20 +122,35 @@ def _done(path: Path) -> bool:
     return path.exists()
 
 
-def stage_sft(cfg: DemoConfig, log) -> Path:
+def _sft_run(cfg: DemoConfig, out: Path, steps: int, what: str, log) -> Path:
+    """The testbed SFT recipe for ``steps`` steps into ``out`` (cached)."""
     from rewardlab.rl.sft import SFTConfig, train_sft
 
-    out = Path(cfg.out) / "sft"
     if _done(out / "sft_summary.json") and _done(out / "final"):
-        log("sft: cached")
+        log(f"{what}: cached")
         return out
     b = cfg.budget
-    sc = SFTConfig(out=str(out), max_steps=b.sft_steps, eval_every=0, save_every=100,
+    sc = SFTConfig(out=str(out), max_steps=steps, eval_every=0, save_every=100,
                    progress=cfg.progress)
     sc.data.n_train, sc.data.n_test = b.n_train, b.n_test
     res = train_sft(sc)
-    log(f"sft: greedy accuracy {res.get('eval/accuracy', float('nan')):.3f} in {res['sft/wall_s']:.0f}s")
+    log(f"{what}: greedy accuracy {res.get('eval/accuracy', float('nan')):.3f} in {res['sft/wall_s']:.0f}s")
     return out
+
+
+def stage_sft(cfg: DemoConfig, log) -> Path:
+    return _sft_run(cfg, Path(cfg.out) / "sft", cfg.budget.sft_steps, "sft", log)
+
+
+def stage_rm_backbone(cfg: DemoConfig, sft_dir: Path, log) -> Path:
+    """The reward models' starting point: the policy's SFT recipe run for ``rm_backbone_steps``
+    (a model that computes the testbed's arithmetic well enough to check it), or the SFT policy
+    itself when that is 0 or not more than the policy's own SFT steps."""
+    b = cfg.budget
+    if b.rm_backbone_steps <= b.sft_steps:
+        return sft_dir / "final"
+    return _sft_run(cfg, Path(cfg.out) / "rm" / "backbone", b.rm_backbone_steps, "rm backbone",
+                    log) / "final"
 
 
 def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
@@ -126,7 +172,7 @@ def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
         f"{summary.get('maj@k', float('nan')):.3f}")
 
 
-def stage_rm(cfg: DemoConfig, sft_dir: Path, log) -> Path:
+def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
     from rewardlab.data.datasets import load_dataset_by_name
     from rewardlab.io import write_json, write_jsonl
     from rewardlab.models.loading import load_model_and_tokenizer
@@ -164,7 +210,7 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log) -> Path:
             metrics[kind] = json.loads((out / f"{kind}_metrics.json").read_text())
             log(f"rm: {kind} cached")
             continue
-        todo.append(RMTrainConfig(kind=kind, base=str(sft_dir / "final"), data=[str(data)],
+        todo.append(RMTrainConfig(kind=kind, base=str(backbone or sft_dir / "final"), data=[str(data)],
                                   eval_data=[str(eval_data)], out=str(rm_dir), tag=PRM_TAG,
                                   lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps,
                                   progress=cfg.progress))
@@ -343,7 +389,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sft_dir = stage_sft(cfg, log)
     stage_sft_eval(cfg, sft_dir, log)
-    rm_dir = stage_rm(cfg, sft_dir, log)
+    rm_dir = stage_rm(cfg, sft_dir, log, stage_rm_backbone(cfg, sft_dir, log))
     bon_dir = stage_bon(cfg, sft_dir, rm_dir, log)
     runs = stage_rl(cfg, sft_dir, rm_dir, log)
     results = write_report(out, sft_dir, rm_dir, bon_dir, runs,

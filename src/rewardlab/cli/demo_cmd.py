@@ -17,19 +17,25 @@ def register(app: typer.Typer) -> None:
              eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
              workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes."),
              rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL steps per run (default 30)."),
+             budget: Optional[list[str]] = typer.Option(None, "--budget",
+                                                        help="Stage size key=value (repeatable; fields of rewardlab.demo.DemoBudget), e.g. rm_steps=2000."),
              rl_set: Optional[list[str]] = typer.Option(None, "--rl-set",
                                                         help="RL config override key=value for every run (repeatable), e.g. lr=5e-5.")) -> None:
         """SFT → reward models → RL with every reward design → report (report.md, results.json, PNGs)."""
         from rich.console import Console
         from rich.markdown import Markdown
 
-        from rewardlab.demo import DESIGNS, DemoConfig, run_demo
+        from rewardlab.demo import DESIGNS, DemoConfig, budget_with, run_demo
 
         if seeds < 1 or seeds > 20:
             raise typer.BadParameter("--seeds must be between 1 and 20")
         if workers < 1 or workers > 64:
             raise typer.BadParameter("--workers must be between 1 and 64")
-        cfg = DemoConfig(out=out, quick=quick, seeds=seeds, prm_alpha=alpha, prm_eta=eta, workers=workers,
+        try:
+            sizes = budget_with(quick, list(budget or []))
+        except ValueError as e:
+            raise typer.BadParameter(f"--budget: {e}") from None
+        cfg = DemoConfig(out=out, budget=sizes, seeds=seeds, prm_alpha=alpha, prm_eta=eta, workers=workers,
                          designs=[d.strip() for d in designs.split(",")] if designs else list(DESIGNS))
         if rl_steps is not None:
             if rl_steps < 1 or rl_steps > 100_000:
