@@ -81,9 +81,9 @@ class DemoBudget:
             raise ValueError(f"budget.rm_lr = {self.rm_lr} is out of range (0..1]")
 
 
-QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10, rm_samples=2, rm_backbone_steps=60, rm_steps=20,
-                   bon_problems=10, bon_max_n=4, rl_steps=2, rl_prompts=8, rl_n=2, eval_every=0,
-                   eval_k=2)
+QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10,
+                   rm_samples=2, rm_backbone_steps=60, rm_steps=20, bon_problems=10, bon_max_n=4,
+                   rl_steps=2, rl_prompts=8, rl_n=2, eval_every=0, eval_k=2)
 
 
 def budget_with(quick: bool, overrides: list[str]) -> DemoBudget:
@@ -210,8 +210,8 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
             metrics[kind] = json.loads((out / f"{kind}_metrics.json").read_text())
             log(f"rm: {kind} cached")
             continue
-        todo.append(RMTrainConfig(kind=kind, base=str(backbone or sft_dir / "final"), data=[str(data)],
-                                  eval_data=[str(eval_data)], out=str(rm_dir), tag=PRM_TAG,
+        todo.append(RMTrainConfig(kind=kind, base=str(backbone or sft_dir / "final"),
+                                  data=[str(data)], eval_data=[str(eval_data)], out=str(rm_dir), tag=PRM_TAG,
                                   lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps,
                                   progress=cfg.progress))
     for rc, res in zip(todo, _map_jobs(_train_rm_job, todo, cfg.workers)):

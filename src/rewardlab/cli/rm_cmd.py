@@ -34,7 +34,7 @@ def train_rm(
 
     Every field of RMTrainConfig can be set; precedence: defaults < --config < the options
     above < --set."""
-    from rewardlab.config import load_config, save_config
+    from rewardlab.config import load_config
     from rewardlab.rewards.rm_train import RMTrainConfig, train_reward_model
 
     overrides = []
@@ -45,7 +45,6 @@ def train_rm(
         if value:
             overrides.append(f"{key}={json.dumps(list(value))}")
     cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
-    save_config(cfg, f"{cfg.out}/config.yaml")
     metrics = train_reward_model(cfg)
     keys = [k for k in metrics if k.startswith("eval/")] + ["rm/final_loss", "rm/steps"]
     console.print(f"[bold]train-rm[/] {cfg.objective} → {cfg.out}")

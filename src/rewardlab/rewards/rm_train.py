@@ -386,6 +386,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     """Train (or resume) a reward model; returns the final metrics (see the module docstring)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from rewardlab.config import save_config
     from rewardlab.io import write_json
     from rewardlab.training import (MetricsLogger, load_trainer_state, make_optimizer,
                                     quiet_transformers, save_checkpoint, seed_everything,
@@ -398,6 +399,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                           "rewardlab.rewards.rm_data)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")   # the run records how it was made
     seed_everything(cfg.seed)
     rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
     if cfg.eval_data:
