@@ -87,16 +87,15 @@ QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval
 
 
 def budget_with(quick: bool, overrides: list[str]) -> DemoBudget:
-    """The default (or ``--quick``) budget with ``key=value`` overrides applied; ValueError names
-    an unknown key or a value of the wrong type."""
+    """The default (or ``--quick``) budget with ``key=value`` overrides applied and checked;
+    ValueError names an unknown key, a value of the wrong type or one out of range."""
     import dataclasses
 
-    from rewardlab.config import load_config
+    from rewardlab.config import apply_overrides, from_dict
 
-    base = dataclasses.replace(QUICK) if quick else DemoBudget()
-    parsed = load_config(DemoBudget, None, overrides)
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
-    return dataclasses.replace(base, **{k: getattr(parsed, k) for k in keys})
+    data = dataclasses.asdict(QUICK if quick else DemoBudget())
+    apply_overrides(data, overrides)
+    return from_dict(DemoBudget, data)
 
 
 @dataclass
@@ -186,16 +185,15 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
     data, eval_data = out / "samples.jsonl", out / "eval_samples.jsonl"
     # training rows: the policy's samples on training problems; evaluation rows: its samples on
     # held-out (test) problems, so no evaluated solution was seen in training
-    jobs = [(data, "train.jsonl", "train", -b.rm_problems, 1),
-            (eval_data, "test.jsonl", "test", b.rm_eval_problems, 2)]
+    jobs = [(data, "train.jsonl", "train", slice(-b.rm_problems, None), 1),
+            (eval_data, "test.jsonl", "test", slice(b.rm_eval_problems), 2)]
     model = tok = None
-    for path, fname, split, count, seed in jobs:
+    for path, fname, split, which, seed in jobs:
         if _done(path):
             continue
         if model is None:
             model, tok = load_model_and_tokenizer(sft_dir / "final")
-        problems = load_dataset_by_name(str(sft_dir / fname), split)
-        problems = problems[count:] if count < 0 else problems[:count]
+        problems = load_dataset_by_name(str(sft_dir / fname), split)[which]
         rows = sample_and_label(model, tok, problems, b.rm_samples, get_labeler("oracle"),
                                 SamplingConfig(n=b.rm_samples, temperature=1.0, max_new_tokens=48,
                                                batch_size=512),
