@@ -1,7 +1,8 @@
 """Batched rollouts: n samples per prompt with a KV cache, and per-token log-probabilities.
 
 Sampling goes through ``model.generate`` (transformers keeps the KV cache, top-p and EOS
-handling); log-probabilities are then computed in one teacher-forced forward pass per
+handling) or, for Llama-family models, through the fused decoder in :mod:`rewardlab.models.fast`
+(same computation, ~1.6× faster on small models; ``SamplingConfig.engine``); log-probabilities are then computed in one teacher-forced forward pass per
 micro-batch, which is exactly what the PPO/GRPO loss later recomputes, so the ratio at the first
 update is 1 up to float error.
 
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+
+ENGINES = ("auto", "fast", "hf")
 
 
 @dataclass
@@ -31,6 +35,14 @@ class SamplingConfig:
     """Longest response, in tokens (EOS included)."""
     batch_size: int = 256
     """Sequences generated together (prompts × n are chunked to this)."""
+    engine: str = "auto"
+    """Sampler: ``hf`` (``model.generate``), ``fast`` (rewardlab's fused decoder for Llama, Mistral
+    and Qwen2 models, :mod:`rewardlab.models.fast`; an error for other models) or ``auto`` (fast
+    where supported, else hf)."""
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"sampling.engine must be one of {' | '.join(ENGINES)}, got {self.engine!r}")
 
 
 @dataclass
@@ -144,10 +156,19 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     if show_progress:
         from rich.progress import track
         rng = track(rng, description="sampling")
+    fast = use_fast_engine(model, cfg.engine, use_cache)
     for s in rng:
         idx = rows[s:s + cfg.batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
+        if fast and bool(enc["attention_mask"][:, -1].all()):  # left-padded prompts
+            from rewardlab.models.fast import fast_generate
+
+            resp = fast_generate(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens,
+                                 tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                 temperature=cfg.temperature, top_p=cfg.top_p)
+            chunks.append((enc["input_ids"], enc["attention_mask"], resp))
+            continue
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                           use_cache=use_cache)
@@ -170,6 +191,22 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         batch.logprobs = forward_logprobs(model, batch.input_ids, batch.attention_mask,
                                           resp.shape[1], temperature=cfg.temperature or 1.0) * mask
     return batch
+
+
+def use_fast_engine(model, engine: str, use_cache: bool = True) -> bool:
+    """Whether ``engine`` (auto | fast | hf) samples ``model`` with the fused decoder: only where
+    that is exactly what ``model.generate`` would compute (supported architecture, no extra logits
+    processors in the model's generation config)."""
+    from rewardlab.models.fast import fast_path_unsupported, generation_config_extras
+
+    if engine == "hf" or not use_cache:
+        if engine == "fast":
+            raise ValueError("sampling.engine=fast always uses a KV cache (use_cache=False needs engine=hf)")
+        return False
+    reason = fast_path_unsupported(model) or generation_config_extras(model)
+    if reason and engine == "fast":
+        raise ValueError(f"sampling.engine=fast cannot run this model: {reason}; use engine=auto or hf")
+    return reason is None
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

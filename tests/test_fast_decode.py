@@ -1,0 +1,140 @@
+"""The fused decoder (rewardlab.models.fast) against transformers' own generate."""
+
+import pytest
+import torch
+
+from rewardlab.models.fast import (fast_generate, fast_path_unsupported, generation_config_extras,
+                                   top_p_filter)
+from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.rl.rollout import SamplingConfig, generate_rollouts, use_fast_engine
+
+PROMPTS = ["tom has 3 apples . buys 4 more .", "ann has 12 pens .",
+           "max has 5 apples . buys 8 more . loses 8 . gives 2 away .", "bob has 9 ."]
+
+
+def _hf_greedy(model, enc, n, eos, pad):
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
+def _random_model(kind: str, vocab: int):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=128)
+    if kind == "qwen2":  # q/k/v biases, grouped-query attention, untied head
+        cfg = Qwen2Config(num_key_value_heads=2, tie_word_embeddings=False, **common)
+    else:  # llama with biases everywhere and a non-default RoPE base
+        cfg = LlamaConfig(num_key_value_heads=4, attention_bias=True, mlp_bias=True,
+                          rope_parameters={"rope_type": "default", "rope_theta": 500.0}, **common)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # biases start at zero: make them matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+def _sharpen(model):
+    """Random-init attention is almost uniform, so positions (RoPE) and masks would hardly change
+    the tokens; large query/key weights make every position matter."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(12)
+            layer.self_attn.k_proj.weight.mul_(12)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["testbed", "qwen2", "llama_bias"])
+def test_greedy_tokens_match_transformers_generate(tiny_policy, kind):
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    if kind != "testbed":
+        model = _random_model(kind, len(tok))
+    _sharpen(model).eval()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert not enc["attention_mask"].all()  # prompts of different lengths: real left padding
+    ref = _hf_greedy(model, enc, 24, eos=model.config.vocab_size, pad=tok.pad_token_id)  # never drawn
+    # a token the greedy continuation produces mid-way stands in for EOS, so rows stop at
+    # different steps and must be padded afterwards exactly as generate pads them
+    eos = int(ref[0, 5])
+    ref = _hf_greedy(model, enc, 24, eos=eos, pad=tok.pad_token_id)
+    got = fast_generate(model, enc["input_ids"], enc["attention_mask"], 24, eos, tok.pad_token_id,
+                        temperature=0.0)
+    assert (ref == eos).any(1).sum() >= 1
+    assert got.shape == ref.shape
+    assert torch.equal(got, ref)
+
+
+def test_sampling_reproducible_and_stops_at_eos(tiny_policy):
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    enc = tok(PROMPTS * 4, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        return fast_generate(model, enc["input_ids"], enc["attention_mask"], 16, tok.eos_token_id,
+                             tok.pad_token_id, temperature=1.0, top_p=0.9)
+    a, b, c = draw(1), draw(1), draw(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for row in a.tolist():  # after EOS only padding
+        if tok.eos_token_id in row:
+            k = row.index(tok.eos_token_id)
+            assert all(t == tok.pad_token_id for t in row[k + 1:])
+
+
+def test_top_p_filter_matches_transformers_warper():
+    from transformers.generation.logits_process import TopPLogitsWarper
+    torch.manual_seed(0)
+    logits = torch.randn(8, 50) * 3
+    for p in (0.3, 0.75, 0.95):
+        ref = TopPLogitsWarper(p)(None, logits.clone())
+        got = top_p_filter(logits, p)
+        assert torch.equal(torch.isinf(got), torch.isinf(ref))
+        assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(ref)])
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+    # the most likely token always survives, however small top_p
+    kept = ~torch.isinf(top_p_filter(logits, 1e-9))
+    assert torch.equal(kept.sum(1), torch.ones(8, dtype=torch.long))
+    assert torch.equal(kept.float().argmax(1), logits.argmax(1))
+
+
+def test_unsupported_models_fall_back_to_generate(tiny_policy):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    assert fast_path_unsupported(model) is None and use_fast_engine(model, "auto")
+    assert not use_fast_engine(model, "hf")
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).eval()
+    assert "gpt2" in fast_path_unsupported(gpt2)
+    assert not use_fast_engine(gpt2, "auto")
+    with pytest.raises(ValueError, match="engine=fast cannot run"):
+        use_fast_engine(gpt2, "fast")
+    batch = generate_rollouts(gpt2, tok, PROMPTS[:2], SamplingConfig(n=2, max_new_tokens=5), seed=0)
+    assert batch.response_ids.shape[0] == 4
+    # a generation-config logits processor the fast path lacks sends the model to generate
+    model.generation_config.repetition_penalty = 1.3
+    assert "repetition_penalty" in generation_config_extras(model)
+    assert not use_fast_engine(model, "auto")
+
+
+def test_lora_wrapped_model_is_not_fast(tiny_policy):
+    from peft import LoraConfig, get_peft_model
+    model, _ = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert fast_path_unsupported(peft_model.base_model.model) is not None  # LoRA layers ignored otherwise
+
+
+def test_bad_inputs_are_rejected(tiny_policy):
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    ids = torch.tensor([[5, 6, 7], [5, 6, tok.pad_token_id]])
+    right_padded = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    with pytest.raises(ValueError, match="left-padded"):
+        fast_generate(model, ids, right_padded, 4, tok.eos_token_id, tok.pad_token_id)
+    with pytest.raises(ValueError, match="engine"):
+        SamplingConfig(engine="vllm")
+
+
+def test_rollouts_same_tokens_with_either_engine_when_greedy(tiny_policy):
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    a = generate_rollouts(model, tok, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=12, engine="fast"))
+    b = generate_rollouts(model, tok, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=12, engine="hf"))
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    assert torch.allclose(a.logprobs, b.logprobs)
