@@ -51,7 +51,8 @@ def test_greedy_tokens_match_transformers_generate(tiny_policy, kind):
     if kind != "testbed":
         model = _random_model(kind, len(tok))
     _sharpen(model).eval()
-    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    # repeated prompts are prefilled once and share their K/V rows: the result must not change
+    enc = tok(PROMPTS + PROMPTS[:2], return_tensors="pt", padding=True, add_special_tokens=False)
     assert not enc["attention_mask"].all()  # prompts of different lengths: real left padding
     ref = _hf_greedy(model, enc, 24, eos=model.config.vocab_size, pad=tok.pad_token_id)  # never drawn
     # a token the greedy continuation produces mid-way stands in for EOS, so rows stop at
@@ -138,3 +139,45 @@ def test_rollouts_same_tokens_with_either_engine_when_greedy(tiny_policy):
     b = generate_rollouts(model, tok, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=12, engine="hf"))
     assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
     assert torch.allclose(a.logprobs, b.logprobs)
+
+
+@pytest.mark.parametrize("kind", ["testbed", "qwen2"])
+def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind):
+    """response_logits runs each distinct prompt once; logits and parameter gradients must be
+    those of one plain transformers pass over the whole [left-padded prompt | response] rows."""
+    from rewardlab.models.fast import response_logits
+    from rewardlab.rl.rollout import position_ids_from_mask
+
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    if kind != "testbed":
+        model = _random_model(kind, len(tok))
+    _sharpen(model).train()
+    batch = generate_rollouts(model, tok, PROMPTS, SamplingConfig(n=3, max_new_tokens=10),
+                              seed=0, compute_logprobs=False)
+    ids, att, T = batch.input_ids, batch.attention_mask, batch.response_ids.shape[1]
+    assert not batch.prompt_mask.all() and not batch.response_mask.all()  # both paddings present
+    mask = batch.response_mask.bool()
+    ref = model(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att)).logits[:, -T - 1:-1]
+    got = response_logits(model, ids, att, T)
+    assert got.shape == ref.shape
+    assert torch.allclose(got[mask], ref[mask], atol=1e-5)
+    params = list(model.parameters())
+
+    def grads(logits):
+        loss = (logits.log_softmax(-1).gather(-1, batch.response_ids[..., None])[..., 0] * mask).sum()
+        return torch.autograd.grad(loss, params)
+    for g_ref, g_got, p in zip(grads(ref), grads(got), params):
+        assert torch.allclose(g_got, g_ref, rtol=1e-4, atol=1e-4 * float(g_ref.abs().max()) + 1e-7), p.shape
+
+
+def test_rl_engine_setting_is_checked_and_used(tiny_policy, tmp_path):
+    from rewardlab.config import load_config
+    from rewardlab.rl.config import RLConfig
+    with pytest.raises(ValueError, match="engine"):
+        load_config(RLConfig, None, ["engine=vllm"])
+    with pytest.raises(ValueError, match="sampling.engine"):
+        load_config(RLConfig, None, ["sampling.engine=vllm"])
+    model, _ = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    assert use_fast_engine(model, "auto", sampling=False)
+    model.generation_config.repetition_penalty = 1.3  # matters to sampling only
+    assert use_fast_engine(model, "auto", sampling=False) and not use_fast_engine(model, "auto")

@@ -92,6 +92,7 @@ class _Weights:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.hidden = cfg.hidden_size
         self.embed = inner.embed_tokens.weight
+        self.padding_idx = inner.embed_tokens.padding_idx  # its row gets no gradient, as in nn.Embedding
         self.rotary = inner.rotary_emb
         self.norm_w, self.norm_eps = inner.norm.weight, _eps(inner.norm)
         self.lm_head_w, self.lm_head_b = model.lm_head.weight, model.lm_head.bias
@@ -129,26 +130,26 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _no_cache(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return k, v
+
+
 def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                    attn_mask: torch.Tensor, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor],
-                    start: int) -> torch.Tensor:
+                    attn_mask: torch.Tensor, kv=_no_cache) -> torch.Tensor:
     """Run every decoder layer on x (B, S, hidden) whose RoPE angles are cos/sin (B, 1, S, d).
 
-    Keys/values of the S new tokens are written to columns [start, start+S) of each layer's cache
-    (B, n_kv, C, d); queries attend to columns [0, start+S) under ``attn_mask`` (B, 1, S, start+S),
-    True = may attend."""
+    ``kv(layer, k, v)`` receives the S new keys/values (B, n_kv, S, d) and returns the keys/values
+    the queries attend to (B, n_kv, K, d), e.g. a cache's first columns; ``attn_mask``
+    (B, 1, S, K) says which (True = may attend). The default attends to the S new tokens only."""
     B, S, _ = x.shape
     H, Hkv, d = W.n_heads, W.n_kv, W.head_dim
-    end = start + S
     for i, L in enumerate(W.layers):
         h = _rms_norm(x, L["n1"], L["eps1"])
         qkv = F.linear(h, L["qkv"], L["qkv_b"]).view(B, S, H + 2 * Hkv, d).transpose(1, 2)
         qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
         qk = qk * cos + _rotate_half(qk) * sin              # RoPE on queries and keys at once
-        k_cache[i][:, :, start:end] = qk[:, H:]
-        v_cache[i][:, :, start:end] = v
-        a = F.scaled_dot_product_attention(qk[:, :H], k_cache[i][:, :, :end], v_cache[i][:, :, :end],
-                                           attn_mask=attn_mask, enable_gqa=Hkv != H)
+        k, v = kv(i, qk[:, H:], v)
+        a = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=attn_mask, enable_gqa=Hkv != H)
         x = x + F.linear(a.transpose(1, 2).reshape(B, S, H * d), L["o"], L["o_b"])
         h = _rms_norm(x, L["n2"], L["eps2"])
         gate, up = F.linear(h, L["gu"], L["gu_b"]).chunk(2, dim=-1)
@@ -156,11 +157,43 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     return x
 
 
+class _Cache:
+    """Preallocated per-layer K/V (B, n_kv, C, d); new keys are written at columns [start, start+S)."""
+
+    def __init__(self, W: _Weights, B: int, C: int, like: torch.Tensor):
+        self.k = [like.new_zeros(B, W.n_kv, C, W.head_dim) for _ in W.layers]
+        self.v = [like.new_zeros(B, W.n_kv, C, W.head_dim) for _ in W.layers]
+        self.start = 0
+
+    def __call__(self, i: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.start + k.shape[2]
+        self.k[i][:, :, self.start:end] = k
+        self.v[i][:, :, self.start:end] = v
+        return self.k[i][:, :, :end], self.v[i][:, :, :end]
+
+
+def _causal_mask(mask: torch.Tensor, prefix_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1, S, K) attention mask for S tokens whose padding is ``mask`` (B, S), after a prefix
+    of K−S keys with padding ``prefix_mask`` (B, K−S) (or none): a query sees every real prefix
+    key and the real keys up to itself. A padding query also sees itself, so no softmax row is
+    empty (its output is never used)."""
+    S = mask.shape[1]
+    eye = torch.eye(S, dtype=torch.bool, device=mask.device)
+    own = (torch.ones(S, S, dtype=torch.bool, device=mask.device).tril()[None] & mask.bool()[:, None, :]) | eye
+    if prefix_mask is not None:
+        own = torch.cat([prefix_mask.bool()[:, None, :].expand(-1, S, -1), own], dim=2)
+    return own[:, None]
+
+
 def _rope_table(W: _Weights, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin (n, d) for positions 0..n-1 from the model's own rotary embedding."""
     pos = torch.arange(n, device=like.device)[None]
     cos, sin = W.rotary(like, pos)
     return cos[0], sin[0]
+
+
+def _embed(W: _Weights, ids: torch.Tensor) -> torch.Tensor:
+    return F.embedding(ids, W.embed, padding_idx=W.padding_idx)
 
 
 def _logits(W: _Weights, x: torch.Tensor) -> torch.Tensor:
@@ -214,20 +247,25 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         eos_token_id = -1  # never produced: every row runs to max_new_tokens
     W = _Weights(model)
     B, P = input_ids.shape
-    dev, dtype = input_ids.device, W.embed.dtype
+    dev = input_ids.device
     C = P + max_new_tokens
-    k_cache = [torch.zeros(B, W.n_kv, C, W.head_dim, device=dev, dtype=dtype) for _ in W.layers]
-    v_cache = [torch.zeros_like(k) for k in k_cache]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cos_t, sin_t = _rope_table(W, C, W.embed)
+    # prefill each distinct prompt once (n samples per prompt repeat it), then copy its K/V rows
+    uniq, inverse = torch.unique(torch.cat([input_ids, attention_mask.long()], dim=1), dim=0,
+                                 return_inverse=True)
+    u_ids, u_mask = uniq[:, :P], uniq[:, P:]
+    u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)
+    prefill = _Cache(W, uniq.shape[0], P, W.embed)
+    x = _layers_forward(W, _embed(W, u_ids), cos_t[u_pos][:, None], sin_t[u_pos][:, None],
+                        _causal_mask(u_mask, None), prefill)
+    logits = _logits(W, x[:, -1])[inverse]
+    cache = _Cache(W, B, C, W.embed)
+    for i in range(len(W.layers)):
+        cache.k[i][:, :, :P] = prefill.k[i][inverse]
+        cache.v[i][:, :, :P] = prefill.v[i][inverse]
     valid = torch.zeros(B, C, dtype=torch.bool, device=dev)      # key columns a query may see
     valid[:, :P] = attention_mask.bool()
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
-    mask = causal[None, None] & valid[:, None, None, :P]
-    mask = mask | torch.eye(P, dtype=torch.bool, device=dev)[None, None]  # pad rows: no empty softmax
-    cos_t, sin_t = _rope_table(W, C, W.embed)
-    x = _layers_forward(W, F.embedding(input_ids, W.embed), cos_t[positions][:, None],
-                        sin_t[positions][:, None], mask, k_cache, v_cache, 0)
-    logits = _logits(W, x[:, -1])
     pos = positions[:, -1]
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -243,7 +281,63 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         col = P + t
         valid[:, col] = True
         pos = pos + 1
-        x = _layers_forward(W, F.embedding(tok[:, None], W.embed), cos_t[pos][:, None, None],
-                            sin_t[pos][:, None, None], valid[:, None, None, :col + 1], k_cache, v_cache, col)
+        cache.start = col
+        x = _layers_forward(W, _embed(W, tok[:, None]), cos_t[pos][:, None, None],
+                            sin_t[pos][:, None, None], valid[:, None, None, :col + 1], cache)
         logits = _logits(W, x[:, -1])
     return out[:, :n]
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    n_response: int) -> torch.Tensor:
+    """Teacher-forced logits (B, T, V) that predict the last T = ``n_response`` tokens of each row
+    (row t predicts token P+t), the prompt part computed once per distinct prompt.
+
+    Rows are [LEFT-padded prompt (P) | RIGHT-padded response (T)], as in a rollout batch. GRPO
+    batches repeat every prompt n times; here each distinct prompt runs through the model once
+    (U rows), its per-layer keys/values are then shared by the rows that repeat it:
+
+        prompt pass:   h_p = decoder(prompt_u)                    U × P tokens
+        response pass: h_r = decoder(response_b | K/V of prompt_u(b))   B × T tokens
+
+    which is the same computation as one pass over the B × (P+T) tokens (same positions, same
+    keys visible to each query) with (B−U)·P fewer token-rows. Differentiable: gradients reach
+    the model's parameters. Raises ValueError for models :func:`fast_path_unsupported` rejects."""
+    reason = fast_path_unsupported(model)
+    if reason:
+        raise ValueError(f"response_logits does not support this model: {reason}")
+    B, L = input_ids.shape
+    T = n_response
+    P = L - T
+    if not 1 <= T < L:
+        raise ValueError(f"response_logits: need 1 <= n_response < sequence length, got {T} of {L}")
+    W = _Weights(model)
+    p_ids, p_mask = input_ids[:, :P], attention_mask[:, :P].long()
+    r_ids, r_mask = input_ids[:, P:], attention_mask[:, P:].long()
+    if not bool(p_mask[:, -1].all()):
+        raise ValueError("response_logits: prompts must be left-padded (a prompt ends in padding)")
+    uniq, inverse = torch.unique(torch.cat([p_ids, p_mask], dim=1), dim=0, return_inverse=True)
+    u_ids, u_mask = uniq[:, :P], uniq[:, P:]
+    # prompt pass over the U distinct prompts, keeping every layer's keys/values
+    u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)
+    cos_t, sin_t = _rope_table(W, L, W.embed)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(i, k, v):
+        kept.append((k, v))
+        return k, v
+    x_p = _layers_forward(W, _embed(W, u_ids), cos_t[u_pos][:, None], sin_t[u_pos][:, None],
+                          _causal_mask(u_mask, None), keep)
+    first = _logits(W, x_p[:, -1])[inverse]                      # predicts response token 0
+    # response pass: every row attends to its prompt's keys/values, then causally to its own
+    r_pos = p_mask.sum(1, keepdim=True) + torch.arange(T, device=input_ids.device)[None]
+
+    def with_prompt(i, k, v):
+        pk, pv = kept[i]
+        return torch.cat([pk[inverse], k], dim=2), torch.cat([pv[inverse], v], dim=2)
+    x_r = _layers_forward(W, _embed(W, r_ids[:, :-1]), cos_t[r_pos[:, :-1]][:, None],
+                          sin_t[r_pos[:, :-1]][:, None], _causal_mask(r_mask[:, :-1], p_mask),
+                          with_prompt) if T > 1 else None
+    if x_r is None:
+        return first[:, None]
+    return torch.cat([first[:, None], _logits(W, x_r)], dim=1)

@@ -115,6 +115,11 @@ class RLConfig:
     """PPO clip ε."""
     ratio: str = "token"
     """token (PPO/GRPO) | sequence (GSPO: length-normalised sequence ratio)."""
+    engine: str = "auto"
+    """Teacher-forced log-prob passes (reference model, policy update): ``fast`` runs Llama,
+    Mistral and Qwen2 models through :func:`rewardlab.models.fast.response_logits` (each distinct
+    prompt once per batch, its keys/values shared by the n samples of its group) | ``hf``
+    (``model(...)``) | ``auto`` (fast where supported). Same numbers either way."""
     gamma: float = 1.0
     lam: float = 0.95
     entropy_coef: float = 0.0
@@ -150,6 +155,8 @@ class RLConfig:
             raise ValueError("rl: value.kind must be separate or shared")
         if self.ratio not in ("token", "sequence"):
             raise ValueError("rl: ratio must be token or sequence")
+        if self.engine not in ("auto", "fast", "hf"):
+            raise ValueError(f"rl: engine must be auto | fast | hf, got {self.engine!r}")
         if self.steps < 1 or self.prompts_per_step < 1 or self.minibatch_size < 1:
             raise ValueError("rl: steps, prompts_per_step and minibatch_size must be >= 1")
 

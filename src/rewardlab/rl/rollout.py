@@ -94,13 +94,14 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[tor
 @torch.no_grad()
 def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
                      temperature: float = 1.0, micro_batch: int = 64,
-                     return_entropy: bool = False):
-    """log π(y_t | x, y_<t) for the last ``n_response`` positions, (B, T); no gradient."""
+                     return_entropy: bool = False, fast: bool = False):
+    """log π(y_t | x, y_<t) for the last ``n_response`` positions, (B, T); no gradient.
+    ``fast``: through :func:`rewardlab.models.fast.response_logits` (see :func:`logprobs_with_grad`)."""
     outs, ents = [], []
     for s in range(0, input_ids.shape[0], micro_batch):
         lp, ent = logprobs_with_grad(model, input_ids[s:s + micro_batch],
                                      attention_mask[s:s + micro_batch], n_response, temperature,
-                                     return_entropy)
+                                     return_entropy, fast=fast)
         outs.append(lp)
         ents.append(ent)
     lp = torch.cat(outs)
@@ -113,10 +114,17 @@ def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, n_response:
 
     logits (B, P+T, V) of a teacher-forced pass over input_ids (B, P+T); returns (B, T) log-probs
     and, when asked, the (B, T) entropies of the same distributions (else None)."""
-    logits = logits[:, -n_response - 1:-1, :].float()                    # predicts response tokens
+    return token_logprobs(logits[:, -n_response - 1:-1, :], input_ids[:, -n_response:], temperature,
+                          return_entropy)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                   return_entropy: bool = False):
+    """log_softmax(z_t / τ)[y_t] for logits (B, T, V) aligned with the labels y (B, T) they
+    predict; and the entropies −Σ_v p_v log p_v (B, T) when asked (else None)."""
+    logits = logits.float()
     if temperature and temperature != 1.0:
         logits = logits / temperature
-    labels = input_ids[:, -n_response:]
     logp_all = F.log_softmax(logits, dim=-1)
     lp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)          # (B, T)
     ent = -(logp_all.exp() * logp_all).sum(-1) if return_entropy else None
@@ -129,8 +137,16 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temperature: float = 1.0,
-                       return_entropy: bool = False):
-    """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient."""
+                       return_entropy: bool = False, fast: bool = False):
+    """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient.
+
+    ``fast``: the logits come from :func:`rewardlab.models.fast.response_logits`, which runs each
+    distinct prompt once and shares its keys/values with the rows that repeat it (the same
+    numbers as ``model(...)``, fewer FLOPs when prompts repeat, as in GRPO groups)."""
+    if fast:
+        from rewardlab.models.fast import response_logits
+        logits = response_logits(model, input_ids, attention_mask, n_response)   # (B, T, V)
+        return token_logprobs(logits, input_ids[:, -n_response:], temperature, return_entropy)
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask)).logits   # (B, P+T, V)
     return response_logprobs(logits, input_ids, n_response, temperature, return_entropy)
@@ -189,23 +205,27 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     batch = RolloutBatch(prompt_ids, prompt_mask, resp, mask, texts, rows, finished)
     if compute_logprobs:
         batch.logprobs = forward_logprobs(model, batch.input_ids, batch.attention_mask,
-                                          resp.shape[1], temperature=cfg.temperature or 1.0) * mask
+                                          resp.shape[1], temperature=cfg.temperature or 1.0,
+                                          fast=fast) * mask
     return batch
 
 
-def use_fast_engine(model, engine: str, use_cache: bool = True) -> bool:
-    """Whether ``engine`` (auto | fast | hf) samples ``model`` with the fused decoder: only where
-    that is exactly what ``model.generate`` would compute (supported architecture, no extra logits
-    processors in the model's generation config)."""
+def use_fast_engine(model, engine: str, use_cache: bool = True, sampling: bool = True) -> bool:
+    """Whether ``engine`` (auto | fast | hf) runs ``model`` through :mod:`rewardlab.models.fast`:
+    only where that is exactly what transformers would compute (a supported architecture and, for
+    ``sampling``, no extra logits processors in the model's generation config)."""
     from rewardlab.models.fast import fast_path_unsupported, generation_config_extras
 
+    what = "sampling.engine" if sampling else "engine"
+    if engine not in ENGINES:
+        raise ValueError(f"{what} must be one of {' | '.join(ENGINES)}, got {engine!r}")
     if engine == "hf" or not use_cache:
         if engine == "fast":
-            raise ValueError("sampling.engine=fast always uses a KV cache (use_cache=False needs engine=hf)")
+            raise ValueError(f"{what}=fast always uses a KV cache (use_cache=False needs engine=hf)")
         return False
-    reason = fast_path_unsupported(model) or generation_config_extras(model)
+    reason = fast_path_unsupported(model) or (generation_config_extras(model) if sampling else None)
     if reason and engine == "fast":
-        raise ValueError(f"sampling.engine=fast cannot run this model: {reason}; use engine=auto or hf")
+        raise ValueError(f"{what}=fast cannot run this model: {reason}; use engine=auto or hf")
     return reason is None
 
 

@@ -77,6 +77,9 @@ class RLTrainer:
         self.policy, self.tok = load_model_and_tokenizer(src, pc.dtype, pc.device, pc.trust_remote_code)
         self.ref, _ = load_model_and_tokenizer(pc.name_or_path, pc.dtype, pc.device, pc.trust_remote_code)
         self.ref.eval().requires_grad_(False)
+        from rewardlab.rl.rollout import use_fast_engine
+        self.fast_ref = use_fast_engine(self.ref, cfg.engine, sampling=False)
+        self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
         self.device = next(self.policy.parameters()).device
         self.value = self._build_value(src)
         self.prm = self._load_rm(cfg.reward.prm.path)
@@ -164,19 +167,22 @@ class RLTrainer:
         orm = None
         if self.orm is not None:
             orm = torch.tensor([r.score for r in self.orm.score(questions, steps)], dtype=torch.float)
-        step_ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok)
-        for i in range(B):  # the PRM and the step mapper must agree on K
-            k = min(len(step_ends[i]), len(step_scores[i])) if self.prm is not None else len(step_ends[i])
-            step_ends[i], step_scores[i] = step_ends[i][:k], step_scores[i][:k]
+        step_ends: list[list[int]] = [[] for _ in range(B)]
+        if self.prm is not None:  # the tokens where each step ends (only process rewards use them)
+            step_ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok)
+            for i in range(B):  # the PRM and the step mapper must agree on K
+                k = min(len(step_ends[i]), len(step_scores[i]))
+                step_ends[i], step_scores[i] = step_ends[i][:k], step_scores[i][:k]
         group_ids = torch.tensor(batch.prompt_index)
         rewards, info = build_token_rewards(
-            step_scores, step_ends if self.prm is not None else [[] for _ in range(B)], mask,
+            step_scores, step_ends, mask,
             success=success, orm=orm, alpha=cfg.reward.prm.alpha, beta=cfg.reward.orm.beta,
             refine=cfg.reward.prm.refine, eta=cfg.reward.prm.eta,
             exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids)
         old_logp = batch.logprobs  # None when the update computes them (on_policy_single_update)
         ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
-                                    temperature=cfg.sampling.temperature or 1.0) * mask
+                                    temperature=cfg.sampling.temperature or 1.0,
+                                    fast=self.fast_ref) * mask
         kl = (kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask if old_logp is not None
               else torch.zeros_like(mask))
         if cfg.kl.in_reward:
@@ -256,7 +262,8 @@ class RLTrainer:
                     hidden = out.hidden_states[-1]
                 else:
                     logp, ent = logprobs_with_grad(self.policy, input_ids[mb], att[mb], T,
-                                                   cfg.sampling.temperature or 1.0, return_entropy=True)
+                                                   cfg.sampling.temperature or 1.0, return_entropy=True,
+                                                   fast=self.fast_policy)
                 mmask = mask[mb]
                 old_logp = sb.old_logp[mb] if sb.old_logp is not None else logp.detach()
                 if sb.old_logp is None:
