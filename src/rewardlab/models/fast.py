@@ -227,13 +227,18 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 @torch.no_grad()
 def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                  top_p: float = 1.0) -> torch.Tensor:
+                  top_p: float = 1.0, compact_below: float = 0.75) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` tokens after LEFT-padded prompts (B, P).
 
     Returns the response ids (B, T), T ≤ max_new_tokens: after a row's EOS it holds
     ``pad_token_id``; generation stops early once every row has produced EOS (as
     ``model.generate`` does). Randomness comes from torch's global generator. Prompts must be
-    left-padded: every row's last column is a real token."""
+    left-padded: every row's last column is a real token.
+
+    Finished rows leave the batch once the live ones are at most ``compact_below`` of it (their
+    cache rows are dropped), so a step costs what its live rows cost; ``model.generate`` keeps
+    computing finished rows to the end. Greedy output is unchanged by this; sampled output is a
+    different (equally distributed) draw, as the random numbers go to fewer rows."""
     reason = fast_path_unsupported(model)
     if reason:
         raise ValueError(f"fast_generate does not support this model: {reason}")
@@ -268,16 +273,24 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     valid[:, :P] = attention_mask.bool()
     pos = positions[:, -1]
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
+    rows = torch.arange(B, device=dev)       # the output row of each sequence still in the batch
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n = 0
     for t in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_p)
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
-        out[:, t] = tok
+        out[rows, t] = tok
         n = t + 1
         done = done | (tok == eos_token_id)
         if t == max_new_tokens - 1 or bool(done.all()):
             break
+        n_live = int((~done).sum())
+        if n_live <= compact_below * len(rows):
+            # finished rows leave the batch: later steps compute only the live ones
+            keep = (~done).nonzero().squeeze(1)
+            cache.k = [k[keep] for k in cache.k]
+            cache.v = [v[keep] for v in cache.v]
+            valid, pos, rows, done, tok = valid[keep], pos[keep], rows[keep], done[keep], tok[keep]
         col = P + t
         valid[:, col] = True
         pos = pos + 1
