@@ -146,10 +146,11 @@ def test_rollouts_same_tokens_with_either_engine_when_greedy(tiny_policy):
     assert torch.allclose(a.logprobs, b.logprobs)
 
 
-@pytest.mark.parametrize("kind", ["testbed", "qwen2"])
-def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind):
-    """response_logits runs each distinct prompt once; logits and parameter gradients must be
-    those of one plain transformers pass over the whole [left-padded prompt | response] rows."""
+@pytest.mark.parametrize("kind,buckets", [("testbed", None), ("testbed", 1), ("qwen2", 3)])
+def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind, buckets):
+    """response_logits runs each distinct prompt once and the responses in length buckets; logits
+    and parameter gradients must be those of one plain transformers pass over the whole
+    [left-padded prompt | right-padded response] rows."""
     from rewardlab.models.fast import response_logits
     from rewardlab.rl.rollout import position_ids_from_mask
 
@@ -159,17 +160,23 @@ def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind
     _scramble(model).train()
     batch = generate_rollouts(model, tok, PROMPTS, SamplingConfig(n=3, max_new_tokens=10),
                               seed=0, compute_logprobs=False)
-    ids, att, T = batch.input_ids, batch.attention_mask, batch.response_ids.shape[1]
-    assert not batch.prompt_mask.all() and not batch.response_mask.all()  # both paddings present
-    mask = batch.response_mask.bool()
+    B, T = batch.response_ids.shape
+    # responses of every length 1..T (as if each ended with EOS there), padding after
+    lengths = torch.arange(B) % T + 1
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    resp = torch.where(mask.bool(), batch.response_ids, torch.full_like(batch.response_ids, tok.pad_token_id))
+    ids = torch.cat([batch.prompt_ids, resp], 1)
+    att = torch.cat([batch.prompt_mask, mask], 1)
+    assert not batch.prompt_mask.all()  # left padding present
     ref = model(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att)).logits[:, -T - 1:-1]
-    got = response_logits(model, ids, att, T)
+    got = response_logits(model, ids, att, T, buckets=buckets)
     assert got.shape == ref.shape
-    assert torch.allclose(got[mask], ref[mask], atol=1e-5)
+    m = mask.bool()
+    assert torch.allclose(got[m], ref[m], atol=1e-5)
     params = list(model.parameters())
 
     def grads(logits):
-        loss = (logits.log_softmax(-1).gather(-1, batch.response_ids[..., None])[..., 0] * mask).sum()
+        loss = (logits.log_softmax(-1).gather(-1, resp[..., None])[..., 0] * m).sum()
         return torch.autograd.grad(loss, params)
     for g_ref, g_got, p in zip(grads(ref), grads(got), params):
         assert torch.allclose(g_got, g_ref, rtol=1e-4, atol=1e-4 * float(g_ref.abs().max()) + 1e-7), p.shape
@@ -186,3 +193,21 @@ def test_rl_engine_setting_is_checked_and_used(tiny_policy, tmp_path):
     assert use_fast_engine(model, "auto", sampling=False)
     model.generation_config.repetition_penalty = 1.3  # matters to sampling only
     assert use_fast_engine(model, "auto", sampling=False) and not use_fast_engine(model, "auto")
+
+
+def test_min_new_tokens_matches_generate(tiny_policy):
+    """EOS is masked for the first min_new_tokens tokens, as generate's min_new_tokens does; a
+    model whose generation config sets it is still sampled by the fast engine."""
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    _scramble(model).eval()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    free = _hf_greedy(model, enc, 12, eos=model.config.vocab_size, pad=tok.pad_token_id)
+    eos = int(free[0, 1])  # row 0 would stop at its second token
+    ref = model.generate(**enc, max_new_tokens=12, do_sample=False, eos_token_id=eos,
+                         pad_token_id=tok.pad_token_id, min_new_tokens=6)[:, enc["input_ids"].shape[1]:]
+    got = fast_generate(model, enc["input_ids"], enc["attention_mask"], 12, eos, tok.pad_token_id,
+                        temperature=0.0, min_new_tokens=6)
+    assert torch.equal(got, ref)
+    assert not (got[:, :6] == eos).any()
+    model.generation_config.min_new_tokens = 6
+    assert use_fast_engine(model, "auto")

@@ -61,7 +61,7 @@ def fast_path_unsupported(model) -> str | None:
 # generation-config settings that add logits processors to ``model.generate``; the fast path has
 # none of them, so a model that sets one is sampled with ``generate``
 _PROCESSOR_DEFAULTS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0,
-                       "min_new_tokens": None, "bad_words_ids": None, "suppress_tokens": None,
+                       "bad_words_ids": None, "suppress_tokens": None,
                        "begin_suppress_tokens": None, "forced_bos_token_id": None,
                        "forced_eos_token_id": None, "typical_p": 1.0, "min_p": None,
                        "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0,
@@ -227,13 +227,15 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 @torch.no_grad()
 def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
-                  top_p: float = 1.0, compact_below: float = 0.75) -> torch.Tensor:
+                  top_p: float = 1.0, compact_below: float = 0.75,
+                  min_new_tokens: int = 0) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` tokens after LEFT-padded prompts (B, P).
 
     Returns the response ids (B, T), T ≤ max_new_tokens: after a row's EOS it holds
     ``pad_token_id``; generation stops early once every row has produced EOS (as
     ``model.generate`` does). Randomness comes from torch's global generator. Prompts must be
-    left-padded: every row's last column is a real token.
+    left-padded: every row's last column is a real token. EOS cannot be drawn before
+    ``min_new_tokens`` tokens (as ``generate``'s ``min_new_tokens``).
 
     Finished rows leave the batch once the live ones are at most ``compact_below`` of it (their
     cache rows are dropped), so a step costs what its live rows cost; ``model.generate`` keeps
@@ -277,6 +279,8 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n = 0
     for t in range(max_new_tokens):
+        if t < min_new_tokens and 0 <= eos_token_id < logits.shape[-1]:
+            logits[:, eos_token_id] = float("-inf")
         tok = sample_next(logits, temperature, top_p)
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
         out[rows, t] = tok
@@ -302,7 +306,7 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 
 def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    n_response: int) -> torch.Tensor:
+                    n_response: int, buckets: int | None = None) -> torch.Tensor:
     """Teacher-forced logits (B, T, V) that predict the last T = ``n_response`` tokens of each row
     (row t predicts token P+t), the prompt part computed once per distinct prompt.
 
@@ -314,7 +318,9 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         response pass: h_r = decoder(response_b | K/V of prompt_u(b))   B × T tokens
 
     which is the same computation as one pass over the B × (P+T) tokens (same positions, same
-    keys visible to each query) with (B−U)·P fewer token-rows. Differentiable: gradients reach
+    keys visible to each query) with (B−U)·P fewer token-rows. The response pass runs in
+    ``buckets`` groups of rows of similar length (default: one per 16 rows, at most 4), each cut
+    to its longest response; logits at padding positions are 0. Differentiable: gradients reach
     the model's parameters. Raises ValueError for models :func:`fast_path_unsupported` rejects."""
     reason = fast_path_unsupported(model)
     if reason:
@@ -343,14 +349,35 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                           _causal_mask(u_mask, None), keep)
     first = _logits(W, x_p[:, -1])[inverse]                      # predicts response token 0
     # response pass: every row attends to its prompt's keys/values, then causally to its own
+    # tokens. Rows run in buckets of similar length, each cut to its longest row, so the padding
+    # after short responses costs nothing.
     r_pos = p_mask.sum(1, keepdim=True) + torch.arange(T, device=input_ids.device)[None]
+    need = (r_mask.sum(1) - 1).clamp(min=0)          # inputs that predict tokens 1..len-1
+    order = torch.argsort(need, descending=True, stable=True)
+    parts = []
+    for rows in _length_buckets(order, need, buckets):
+        Lc = int(need[rows[0]])
+        if Lc == 0:
+            parts.append(first.new_zeros(len(rows), T - 1, first.shape[-1]))
+            continue
+        inv = inverse[rows]
 
-    def with_prompt(i, k, v):
-        pk, pv = kept[i]
-        return torch.cat([pk[inverse], k], dim=2), torch.cat([pv[inverse], v], dim=2)
-    x_r = _layers_forward(W, _embed(W, r_ids[:, :-1]), cos_t[r_pos[:, :-1]][:, None],
-                          sin_t[r_pos[:, :-1]][:, None], _causal_mask(r_mask[:, :-1], p_mask),
-                          with_prompt) if T > 1 else None
-    if x_r is None:
-        return first[:, None]
-    return torch.cat([first[:, None], _logits(W, x_r)], dim=1)
+        def with_prompt(i, k, v, inv=inv):
+            pk, pv = kept[i]
+            return torch.cat([pk[inv], k], dim=2), torch.cat([pv[inv], v], dim=2)
+        pos = r_pos[rows, :Lc]
+        x = _layers_forward(W, _embed(W, r_ids[rows, :Lc]), cos_t[pos][:, None], sin_t[pos][:, None],
+                            _causal_mask(r_mask[rows, :Lc], p_mask[rows]), with_prompt)
+        parts.append(F.pad(_logits(W, x), (0, 0, 0, T - 1 - Lc)))
+    rest = torch.cat(parts)[torch.argsort(order)]          # back to the input row order
+    return torch.cat([first[:, None], rest], dim=1)
+
+
+def _length_buckets(order: torch.Tensor, need: torch.Tensor, buckets: int | None) -> list[torch.Tensor]:
+    """Split rows sorted by decreasing length into ``buckets`` runs of equal size (default: one per
+    16 rows, at most 4): each run is computed at the length of its longest row."""
+    B = len(order)
+    k = buckets if buckets is not None else min(4, max(1, B // 16))
+    k = max(1, min(k, B))
+    bounds = [round(i * B / k) for i in range(k + 1)]
+    return [order[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]

@@ -173,6 +173,7 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         from rich.progress import track
         rng = track(rng, description="sampling")
     fast = use_fast_engine(model, cfg.engine, use_cache)
+    min_new = getattr(getattr(model, "generation_config", None), "min_new_tokens", None)
     for s in rng:
         idx = rows[s:s + cfg.batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
@@ -182,7 +183,8 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
 
             resp = fast_generate(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens,
                                  tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                 temperature=cfg.temperature, top_p=cfg.top_p)
+                                 temperature=cfg.temperature, top_p=cfg.top_p,
+                                 min_new_tokens=min_new or 0)
             chunks.append((enc["input_ids"], enc["attention_mask"], resp))
             continue
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
