@@ -11,7 +11,11 @@ grad clip 1.0) and float32.
 - rewardlab: :class:`rewardlab.rl.trainer.RLTrainer` with ``algo=grpo``,
   ``advantage=grpo_outcome``, ``kl.in_reward=false``, ``kl.estimator=k3``, ``ppo_epochs=1`` and
   ``minibatch_size = prompts × n``; a step is ``generate_rollouts`` + ``score`` + ``update`` (the
-  body of ``RLTrainer.train`` without evaluation, checkpointing and logging).
+  body of ``RLTrainer.train`` without evaluation, checkpointing and logging). Its defaults
+  (``sampling.engine=auto``, ``engine=auto``) run the Llama policy through
+  :mod:`rewardlab.models.fast`: a fused sampler with a preallocated KV cache whose finished rows
+  leave the batch, and teacher-forced passes that compute each distinct prompt once per group and
+  the responses in length buckets. ``--engine hf`` times the plain transformers calls instead.
 - TRL: ``GRPOTrainer`` with ``num_generations=n``, ``per_device_train_batch_size = prompts × n``
   (one optimizer step = one generation batch), ``num_iterations=1``, ``loss_type="dapo"``
   (= token-mean over the batch), ``beta`` = rewardlab's ``kl.coef``, gradient checkpointing,
@@ -102,6 +106,7 @@ class RewardlabBench:
             "sampling.temperature=1.0", "sampling.top_p=1.0", f"sampling.batch_size={B}",
             "ppo_epochs=1", f"minibatch_size={B}", f"lr={args.lr}", "clip_eps=0.2",
             "entropy_coef=0.0", "grad_clip=1.0", f"steps={args.warmup + args.steps}", "eval_every=0",
+            f"engine={args.engine}", f"sampling.engine={args.engine}",
             "eval_k=0", "save_every=0", "resume=false", "progress=false", f"seed={args.seed}"])
         self.tr = RLTrainer(self.cfg)
         self.records: list[dict] = []
@@ -229,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="torch threads.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-trl", action="store_true", help="Only time rewardlab.")
+    ap.add_argument("--engine", default="auto", choices=["auto", "fast", "hf"],
+                    help="rewardlab's sampling.engine and engine (hf: plain transformers calls).")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -284,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     for col in ("implementation", "s/step (mean ± sd)", "rollout s", "score s", "update s",
                 "resp. tok", "success"):
         table.add_column(col, justify="left" if col == "implementation" else "right", no_wrap=True)
-    labels = {"rewardlab": "rewardlab RLTrainer (grpo)", "trl": f"TRL GRPOTrainer {trl_version}"}
+    labels = {"rewardlab": f"rewardlab grpo, engine={args.engine}",
+              "trl": f"TRL GRPOTrainer {trl_version}"}
     for name in ("rewardlab", "trl"):
         if name in res:
             r = res[name]

@@ -1,13 +1,16 @@
 """Rollout throughput: rewardlab's rollout path against generation without a KV cache.
 
-Three ways to produce B responses of exactly T new tokens from the testbed "small" policy
+Four ways to produce B responses of exactly T new tokens from the testbed "small" policy
 (random init; EOS is suppressed until T tokens via ``generation_config.min_new_tokens``):
 
 - ``rollout (KV cache + logprobs)``: :func:`rewardlab.rl.rollout.generate_rollouts`, i.e. what
-  the RL trainers call: sampling with a KV cache, then one teacher-forced pass for log-probs;
-- ``rollout, no KV cache``: the same call with ``use_cache=False`` (every new token re-reads the
+  the RL trainers call, with its default ``engine=auto``: the fused decoder of
+  :mod:`rewardlab.models.fast` (preallocated KV cache), then one teacher-forced pass for log-probs;
+- ``rollout, engine=hf``: the same call sampling through ``model.generate`` (transformers'
+  dynamic KV cache);
+- ``rollout, no KV cache``: ``engine=hf`` with ``use_cache=False`` (every new token re-reads the
   whole sequence);
-- ``model.generate (cache, no logprobs)``: plain Hugging Face sampling, the floor.
+- ``model.generate (cache, no logprobs)``: plain Hugging Face sampling.
 
 Run: ``python benchmarks/rollout.py [--batch 64] [--new-tokens 64] [--device auto] [--threads 1]``.
 All ratios come from the same run. Goal: the rollout path ≥ 5× the uncached path.
@@ -16,6 +19,7 @@ All ratios come from the same run. Goal: the rollout path ≥ 5× the uncached p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
@@ -65,9 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = SamplingConfig(n=1, temperature=1.0, max_new_tokens=T, batch_size=B)
     device = next(model.parameters()).device
 
-    def rollout(use_cache: bool):
+    def rollout(use_cache: bool, engine: str = "auto"):
+        run_cfg = dataclasses.replace(cfg, engine=engine)
+
         def fn() -> int:
-            batch = generate_rollouts(model, tok, prompts, cfg, seed=0, use_cache=use_cache)
+            batch = generate_rollouts(model, tok, prompts, run_cfg, seed=0, use_cache=use_cache)
             assert batch.logprobs is not None and batch.response_ids.shape == (B, T)
             return int(batch.response_mask.sum())
         return fn
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         return out.shape[0] * new
 
     paths = {"rollout (KV cache + logprobs)": rollout(True),
-             "rollout, no KV cache": rollout(False),
+             "rollout, engine=hf": rollout(True, "hf"),
+             "rollout, no KV cache": rollout(False, "hf"),
              "model.generate (cache, no logprobs)": plain_generate}
     # warm-up (kernels, allocator) on a short generation
     cfg_short = SamplingConfig(n=1, temperature=1.0, max_new_tokens=4, batch_size=B)
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     speedup = results["rollout (KV cache + logprobs)"]["tokens_per_s"] / base
     print(f"rollout path vs no KV cache: {speedup:.1f}× (goal ≥ 5×) -> "
           + ("ok" if speedup >= 5 else "BELOW GOAL"))
+    fused = results["rollout (KV cache + logprobs)"]["tokens_per_s"] / results["rollout, engine=hf"]["tokens_per_s"]
+    print(f"fused decoder (engine=auto) vs engine=hf: {fused:.2f}×")
     return results
 
 
