@@ -94,3 +94,20 @@ def test_single_update_grpo_skips_old_logprob_pass(tmp_path, tiny_policy, proble
     res = tr.train()
     assert res["actor/ratio_mean"] == pytest.approx(1.0) and res["actor/clipfrac"] == 0.0
     assert "kl/ref" in res
+
+
+@pytest.mark.parametrize("in_reward", ["true", "false"])
+def test_zero_kl_coef_needs_no_reference_model(tmp_path, tiny_policy, problems_dir, in_reward):
+    """kl.coef = 0: the reference model is neither loaded nor run, and the update is the one a
+    KL term with weight 0 would give."""
+    common = ["steps=1", "algo=grpo", f"kl.in_reward={in_reward}", "minibatch_size=8", "seed=3",
+              "entropy_coef=0.01"]  # a gradient even when every sample gets the same reward
+    free = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "nokl", [*common, "kl.coef=0"]))
+    assert free.ref is None
+    weighted = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "kl0", [*common, "kl.coef=1e-30"]))
+    assert weighted.ref is not None
+    res_free, res_w = free.train(), weighted.train()
+    assert "kl/ref" not in res_free and "kl/ref" in res_w
+    assert res_free["actor/grad_norm"] > 0  # it did train
+    for a, b in zip(free.policy.parameters(), weighted.policy.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -55,7 +55,8 @@ class KLConfig:
     """KL regularisation to the frozen reference policy."""
 
     coef: float = 0.1
-    """kl_coef (seed default 0.1)."""
+    """kl_coef (seed default 0.1). 0 (with ``adaptive`` off) drops the KL term: the reference
+    model is not loaded and its log-prob pass is skipped."""
     in_reward: bool = True
     """True: −coef·KL_t is added to every token's reward (PPO); False: coef·KL in the loss (GRPO)."""
     estimator: str = "k1"

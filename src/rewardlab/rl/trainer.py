@@ -44,8 +44,8 @@ class ScoredBatch:
     """A rollout batch with everything the update needs. Shapes (B, T) unless noted."""
 
     rollout: RolloutBatch
-    old_logp: torch.Tensor
-    ref_logp: torch.Tensor
+    old_logp: torch.Tensor | None
+    ref_logp: torch.Tensor | None   # None without a reference model (kl.coef = 0)
     values: torch.Tensor | None
     token_rewards: torch.Tensor
     advantages: torch.Tensor
@@ -75,10 +75,12 @@ class RLTrainer:
         self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
         src = self.ckpt or pc.name_or_path
         self.policy, self.tok = load_model_and_tokenizer(src, pc.dtype, pc.device, pc.trust_remote_code)
-        self.ref, _ = load_model_and_tokenizer(pc.name_or_path, pc.dtype, pc.device, pc.trust_remote_code)
-        self.ref.eval().requires_grad_(False)
         from rewardlab.rl.rollout import use_fast_engine
-        self.fast_ref = use_fast_engine(self.ref, cfg.engine, sampling=False)
+        self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
+        if cfg.kl.coef != 0 or cfg.kl.adaptive:
+            self.ref, _ = load_model_and_tokenizer(pc.name_or_path, pc.dtype, pc.device, pc.trust_remote_code)
+            self.ref.eval().requires_grad_(False)
+        self.fast_ref = self.ref is not None and use_fast_engine(self.ref, cfg.engine, sampling=False)
         self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
         self.device = next(self.policy.parameters()).device
         self.value = self._build_value(src)
@@ -180,12 +182,14 @@ class RLTrainer:
             refine=cfg.reward.prm.refine, eta=cfg.reward.prm.eta,
             exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids)
         old_logp = batch.logprobs  # None when the update computes them (on_policy_single_update)
-        ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
-                                    temperature=cfg.sampling.temperature or 1.0,
-                                    fast=self.fast_ref) * mask
-        kl = (kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask if old_logp is not None
-              else torch.zeros_like(mask))
-        if cfg.kl.in_reward:
+        ref_logp = kl = None
+        if self.ref is not None:
+            ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
+                                        temperature=cfg.sampling.temperature or 1.0,
+                                        fast=self.fast_ref) * mask
+            if old_logp is not None:
+                kl = kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask
+        if cfg.kl.in_reward and kl is not None:
             rewards = add_kl_to_rewards(rewards, kl, self.kl_coef, mask)
         values = None
         if self.value is not None:
@@ -220,7 +224,7 @@ class RLTrainer:
              "response/length": mask.sum(1).mean().item(),
              "response/finished": batch.finished.float().mean().item(),
              "response/steps": sum(len(s) for s in steps) / B,
-             **({"kl/ref": (kl.sum(1)).mean().item()} if old_logp is not None else {}),
+             **({"kl/ref": (kl.sum(1)).mean().item()} if kl is not None else {}),
              "kl/coef": self.kl_coef}
         if self.prm is not None:
             flat = [s for sc in step_scores for s in sc]
@@ -266,7 +270,7 @@ class RLTrainer:
                                                    fast=self.fast_policy)
                 mmask = mask[mb]
                 old_logp = sb.old_logp[mb] if sb.old_logp is not None else logp.detach()
-                if sb.old_logp is None:
+                if sb.old_logp is None and sb.ref_logp is not None:
                     kl_ref = kl_penalty(old_logp, sb.ref_logp[mb], cfg.kl.estimator) * mmask
                     agg.setdefault("kl/ref", []).append(kl_ref.sum(1).mean().item())
                 pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[mb], mmask,
@@ -276,7 +280,7 @@ class RLTrainer:
                 metrics = dict(pm)
                 metrics["actor/entropy"] = entropy.item()
                 metrics["actor/pg_loss"] = pl.item()
-                if not cfg.kl.in_reward:
+                if not cfg.kl.in_reward and sb.ref_logp is not None:
                     kll, km = kl_loss(logp, sb.ref_logp[mb], mmask, kind=cfg.kl.estimator)
                     loss = loss + self.kl_coef * kll
                     metrics.update(km)
