@@ -2,9 +2,10 @@
 
 Sampling goes through ``model.generate`` (transformers keeps the KV cache, top-p and EOS
 handling) or, for Llama-family models, through the fused decoder in :mod:`rewardlab.models.fast`
-(same computation, ~1.6× faster on small models; ``SamplingConfig.engine``); log-probabilities are then computed in one teacher-forced forward pass per
-micro-batch, which is exactly what the PPO/GRPO loss later recomputes, so the ratio at the first
-update is 1 up to float error.
+(the same computation, ~1.5× the tokens/s on the testbed policy; ``SamplingConfig.engine``).
+Log-probabilities are then computed in one teacher-forced forward pass per micro-batch, which is
+exactly what the PPO/GRPO loss later recomputes, so the ratio at the first update is 1 up to float
+error.
 
 Layout (shape vocabulary B, P, T): prompts are LEFT-padded to P; responses are RIGHT-padded to T;
 ``response_mask`` is 1 on real response tokens including the EOS token, 0 on padding.
