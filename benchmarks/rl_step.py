@@ -32,6 +32,8 @@ sampling (rewardlab: + the no-grad pass for the old log-probs, which TRL skips w
 the testbed hacking diagnostics); *update* = the rest of the step.
 
 Run: ``python benchmarks/rl_step.py [--prompts 16] [--n 4] [--max-new-tokens 48] [--steps 3]``.
+The defaults fit the testbed's short answers; ``--prompts 8 --n 8 --max-new-tokens 512 --beta 0``
+uses TRL's ``GRPOConfig`` defaults for the group size, response cap and β.
 Needs the ``bench`` extra (``pip install -e .[bench]``, TRL ≥ 1.0; checked with 1.0.0 and 1.16.0); without it, or if TRL fails on
 this setup, the script says what failed and still reports rewardlab's time (exit 0).
 The default settings take about a minute on 2 CPU cores (OpenMP threads wait passively, see
