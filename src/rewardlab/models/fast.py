@@ -82,7 +82,7 @@ def generation_config_extras(model) -> str | None:
         return None
     for key, default in _PROCESSOR_DEFAULTS.items():
         value = getattr(gc, key, default)
-        if value not in (default, None) and not (key == "min_length" and value == 0):
+        if value not in (default, None):
             return f"generation_config.{key}={value!r}"
     return None
 
