@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half  # the same in Mistral and Qwen2
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -132,11 +133,6 @@ def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _no_cache(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return k, v
 
@@ -154,7 +150,7 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
         h = _rms_norm(x, L["n1"], L["eps1"])
         qkv = F.linear(h, L["qkv"], L["qkv_b"]).view(B, S, H + 2 * Hkv, d).transpose(1, 2)
         qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
-        qk = qk * cos + _rotate_half(qk) * sin              # RoPE on queries and keys at once
+        qk = qk * cos + rotate_half(qk) * sin              # RoPE on queries and keys at once
         k, v = kv(i, qk[:, H:], v)
         a = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=attn_mask, enable_gqa=Hkv != H)
         x = x + F.linear(a.transpose(1, 2).reshape(B, S, H * d), L["o"], L["o_b"])
@@ -283,7 +279,6 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     B, P = input_ids.shape
     dev = input_ids.device
     C = P + max_new_tokens
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     cos_t, sin_t = _rope_table(W, C, W.embed)
     # prefill each distinct prompt once (n samples per prompt repeat it), then copy its K/V rows
     logits, inverse, kept = _distinct_prompt_pass(W, input_ids, attention_mask, cos_t, sin_t)
@@ -293,7 +288,7 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         cache.v[i][:, :, :P] = v[inverse]
     valid = torch.zeros(B, C, dtype=torch.bool, device=dev)      # key columns a query may see
     valid[:, :P] = attention_mask.bool()
-    pos = positions[:, -1]
+    pos = attention_mask.long().sum(1) - 1      # position of each row's last prompt token
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)       # the output row of each sequence still in the batch
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -365,7 +360,7 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     need = (r_mask.sum(1) - 1).clamp(min=0)          # inputs that predict tokens 1..len-1
     order = torch.argsort(need, descending=True, stable=True)
     parts = []
-    for rows in _length_buckets(order, need, buckets):
+    for rows in _length_buckets(order, buckets):
         Lc = int(need[rows[0]])
         if Lc == 0:
             parts.append(first.new_zeros(len(rows), T - 1, first.shape[-1]))
@@ -383,7 +378,7 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return torch.cat([first[:, None], rest], dim=1)
 
 
-def _length_buckets(order: torch.Tensor, need: torch.Tensor, buckets: int | None) -> list[torch.Tensor]:
+def _length_buckets(order: torch.Tensor, buckets: int | None) -> list[torch.Tensor]:
     """Split rows sorted by decreasing length into ``buckets`` runs of equal size (default: one per
     32 rows, at most 4; on the testbed policy 2 buckets of 32 ran faster than 1, 3, 4, 6 or 8): each
     run is computed at the length of its longest row."""
