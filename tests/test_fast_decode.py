@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rewardlab.models.fast import (fast_generate, fast_path_unsupported, generation_config_extras,
-                                   top_p_filter)
+                                   sample_next, top_p_filter)
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.rl.rollout import SamplingConfig, generate_rollouts, use_fast_engine
 
@@ -101,6 +101,25 @@ def test_top_p_filter_matches_transformers_warper():
     kept = ~torch.isinf(top_p_filter(logits, 1e-9))
     assert torch.equal(kept.sum(1), torch.ones(8, dtype=torch.long))
     assert torch.equal(kept.float().argmax(1), logits.argmax(1))
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.3, 0.8)])
+def test_sample_next_draws_from_the_filtered_softmax(temperature, top_p):
+    # 4 rows of 6 tokens with very different distributions; 40,000 draws per row
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0, -3.0],
+                           [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [-1.0, 3.0, -1.0, 0.5, 0.5, -4.0],
+                           [0.3, -0.2, 1.7, -0.9, 0.0, 1.1]])
+    n = 40_000
+    want = top_p_filter(logits / temperature, top_p).softmax(-1)
+    torch.manual_seed(0)
+    draws = sample_next(logits.repeat_interleave(n, 0), temperature, top_p).view(4, n)
+    freq = torch.stack([torch.bincount(r, minlength=6) for r in draws]).float() / n
+    # binomial sd ≤ sqrt(0.25 / n) = 0.0025: 0.012 is ~5 sd
+    assert (freq - want).abs().max() < 0.012, (freq, want)
+    assert torch.all(freq[want == 0] == 0)   # tokens top-p removed are never drawn
+    torch.manual_seed(0)
+    assert torch.equal(sample_next(logits.repeat_interleave(n, 0), temperature, top_p).view(4, n), draws)
 
 
 def test_unsupported_models_fall_back_to_generate(tiny_policy):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import rotate_half  # the same in Mistral and Qwen2
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -129,8 +128,36 @@ def _eps(norm) -> float:
 def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """w ⊙ x / sqrt(mean(x²) + eps), computed in float32 like transformers' RMSNorm."""
     if x.dtype == torch.float32:
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return _RMSNorm.apply(x, w, eps)
         return F.rms_norm(x, (x.shape[-1],), w, eps)
     return w * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """float32 RMSNorm y = w ⊙ x̂, x̂ = x·r, r = (mean(x²) + eps)^(-1/2), with the backward
+
+        ∂x = r · (g⊙w − x̂ · mean(g⊙w⊙x̂))        ∂w = Σ_rows g ⊙ x̂
+
+    in five tensor ops: autograd through ``F.rms_norm``'s pow/mean/rsqrt/mul chain took 2.2× as
+    long at RL shapes on the CPU (1.19 against 0.53 ms forward + backward for 32 × 47 × 128)."""
+
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        C = x.shape[-1]
+        r = torch.linalg.vecdot(x, x).unsqueeze(-1).div_(C).add_(eps).rsqrt_()
+        xn = x * r
+        ctx.save_for_backward(xn, r, w)
+        return xn * w
+
+    @staticmethod
+    def backward(ctx, g):
+        xn, r, w = ctx.saved_tensors
+        C = xn.shape[-1]
+        gw = g * w
+        dx = torch.addcmul(gw, xn, torch.linalg.vecdot(gw, xn).unsqueeze(-1), value=-1.0 / C).mul_(r)
+        dw = torch.linalg.vecdot(g.reshape(-1, C), xn.reshape(-1, C), dim=0)
+        return dx, dw, None
 
 
 def _no_cache(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,18 +173,47 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     (B, 1, S, K) says which (True = may attend). The default attends to the S new tokens only."""
     B, S, _ = x.shape
     H, Hkv, d = W.n_heads, W.n_kv, W.head_dim
+    # one additive mask for every layer: 0 where a query may attend, -inf elsewhere
+    bias = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~attn_mask, float("-inf"))
+    if _manual_attention(S, x.dtype):  # laid out once as _attention's (B·H, S, K) scores
+        bias = bias.expand(B, H, S, bias.shape[-1]).reshape(B * H, S, -1)
     for i, L in enumerate(W.layers):
         h = _rms_norm(x, L["n1"], L["eps1"])
         qkv = F.linear(h, L["qkv"], L["qkv_b"]).view(B, S, H + 2 * Hkv, d).transpose(1, 2)
-        qk, v = qkv[:, :H + Hkv], qkv[:, H + Hkv:]
-        qk = qk * cos + rotate_half(qk) * sin              # RoPE on queries and keys at once
-        k, v = kv(i, qk[:, H:], v)
-        a = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=attn_mask, enable_gqa=Hkv != H)
+        qk, v = qkv.split([H + Hkv, Hkv], dim=1)
+        qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)   # RoPE on queries and keys at once
+        q, k = qk.split([H, Hkv], dim=1)
+        k, v = kv(i, k, v)
+        a = _attention(q, k, v, bias)
         x = x + F.linear(a.transpose(1, 2).reshape(B, S, H * d), L["o"], L["o_b"])
         h = _rms_norm(x, L["n2"], L["eps2"])
         gate, up = F.linear(h, L["gu"], L["gu_b"]).chunk(2, dim=-1)
         x = x + F.linear(F.silu(gate) * up, L["down"], L["down_b"])
     return x
+
+
+def _manual_attention(S: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`_attention` uses its matmul path (teacher-forced float32 passes)."""
+    return S > 1 and dtype == torch.float32
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v for q (B, H, S, d) and k/v (B, n_kv, K, d).
+
+    Teacher-forced float32 passes (S > 1) use one ``baddbmm``, a softmax and a ``bmm``, with
+    ``bias`` laid out as (B·H, S, K): at RL shapes on the CPU (32 rows × 4 heads × 47 queries ×
+    79 keys) that forward + backward took 3.2 ms against 4.6 ms for
+    ``scaled_dot_product_attention``'s flash kernel. Decoding steps (S = 1) and other dtypes use
+    ``scaled_dot_product_attention`` with ``bias`` (B, 1, S, K)."""
+    B, H, S, d = q.shape
+    Hkv, K = k.shape[1], k.shape[2]
+    if not _manual_attention(S, q.dtype):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=Hkv != H)
+    if Hkv != H:  # grouped-query attention: each K/V head serves H / n_kv query heads
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+    scores = torch.baddbmm(bias, q.reshape(B * H, S, d), k.reshape(B * H, K, d).transpose(1, 2),
+                           alpha=d ** -0.5)
+    return torch.bmm(scores.softmax(-1), v.reshape(B * H, K, d)).view(B, H, S, d)
 
 
 class _Cache:
@@ -205,14 +261,18 @@ def _distinct_prompt_pass(W: _Weights, ids: torch.Tensor, mask: torch.Tensor, co
         return k, v
     x = _layers_forward(W, _embed(W, u_ids), cos_t[u_pos][:, None], sin_t[u_pos][:, None],
                         _causal_mask(u_mask, None), keep)
-    return _logits(W, x[:, -1])[inverse], inverse, kept
+    return _logits(W, x[:, -1]).index_select(0, inverse), inverse, kept
 
 
 def _rope_table(W: _Weights, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin (n, d) for positions 0..n-1 from the model's own rotary embedding."""
+    """cos, ŝin (n, d) for positions 0..n-1 from the model's own rotary embedding, where ŝin is
+    sin with its first half negated. transformers' RoPE is x·cos + rotate_half(x)·sin with
+    rotate_half(x) = [−x₂, x₁]; that equals x·cos + roll(x, d/2)·ŝin, whose backward is one roll
+    instead of rotate_half's slices (each a zero-filled full-size gradient) and concatenation."""
     pos = torch.arange(n, device=like.device)[None]
     cos, sin = W.rotary(like, pos)
-    return cos[0], sin[0]
+    half = sin.shape[-1] // 2
+    return cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
 
 def _embed(W: _Weights, ids: torch.Tensor) -> torch.Tensor:
@@ -243,8 +303,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
     draw from softmax(top_p_filter(logits / temperature))."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = top_p_filter(logits.float() / temperature, top_p)
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    probs = top_p_filter(logits, top_p).softmax(-1)
+    # the exponential race: argmax_j p_j / E_j with E_j ~ Exp(1) i.i.d. is j with probability p_j
+    # (what torch.multinomial does for one sample, whose exponential_ is ~6x slower than rand+log)
+    race = torch.rand_like(probs).log_().neg_()
+    return (probs / race).argmax(-1)
 
 
 @torch.no_grad()
@@ -369,7 +435,7 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
         def with_prompt(i, k, v, inv=inv):
             pk, pv = kept[i]
-            return torch.cat([pk[inv], k], dim=2), torch.cat([pv[inv], v], dim=2)
+            return torch.cat([pk.index_select(0, inv), k], dim=2), torch.cat([pv.index_select(0, inv), v], dim=2)
         pos = r_pos[rows, :Lc]
         x = _layers_forward(W, _embed(W, r_ids[rows, :Lc]), cos_t[pos][:, None], sin_t[pos][:, None],
                             _causal_mask(r_mask[rows, :Lc], p_mask[rows]), with_prompt)
