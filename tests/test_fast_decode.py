@@ -87,6 +87,29 @@ def test_sampling_reproducible_and_stops_at_eos(tiny_policy):
             assert all(t == tok.pad_token_id for t in row[k + 1:])
 
 
+def test_sampled_tokens_do_not_depend_on_compaction(tiny_policy):
+    # one uniform per (row, step): dropping finished rows from the batch must not change any
+    # row's draws. The tiny policy is scrambled so that rows end at different steps.
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    _scramble(model).eval()
+    enc = tok(PROMPTS * 4, return_tensors="pt", padding=True, add_special_tokens=False)
+    def draw(eos, compact_below):
+        torch.manual_seed(3)
+        return fast_generate(model, enc["input_ids"], enc["attention_mask"], 20, eos, tok.pad_token_id,
+                             temperature=1.3, top_p=0.95, compact_below=compact_below)
+    free = draw(None, 0.75)    # no EOS: every row runs 20 steps
+
+    def first(t):
+        return [row.index(t) if t in row else 20 for row in free.tolist()]
+    # a token drawn mid-way stands in for EOS, chosen so that rows stop at >= 3 different steps
+    eos = next(int(t) for t in free[:, 1:12].flatten().unique() if len(set(first(int(t)))) >= 3)
+    runs = {c: draw(eos, c) for c in (0.0, 0.75, 1.0)}    # never / default / every step
+    for row, ref, k in zip(runs[0.0].tolist(), free.tolist(), first(eos)):
+        assert row[:k + 1] == ref[:k + 1]                  # the same draws up to the row's EOS
+        assert all(t == tok.pad_token_id for t in row[k + 1:])
+    assert torch.equal(runs[0.0], runs[0.75]) and torch.equal(runs[0.0], runs[1.0])
+
+
 def test_top_p_filter_matches_transformers_warper():
     from transformers.generation.logits_process import TopPLogitsWarper
     torch.manual_seed(0)

@@ -298,19 +298,26 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                u: torch.Tensor | None = None) -> torch.Tensor:
     """Next tokens (B,) from last-position logits (B, V): argmax when temperature is 0, else a
-    draw from softmax(top_p_filter(logits / temperature))."""
+    draw from p = softmax(top_p_filter(logits / temperature)) by inverse CDF: row b takes the
+    token j with c_{j-1} ≤ u_b·c_V < c_j, c = cumsum(p), for uniforms ``u`` (B,) in [0, 1)
+    (drawn from torch's global generator when None). One uniform per token, so a row's sample
+    depends only on its own u_b, not on which other rows share the batch."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    probs = top_p_filter(logits, top_p).softmax(-1)
-    # the exponential race: argmax_j p_j / E_j with E_j ~ Exp(1) i.i.d. is j with probability p_j
-    # (what torch.multinomial does for one sample, whose exponential_ is ~6x slower than rand+log)
-    race = torch.rand_like(probs).log_().neg_()
-    return (probs / race).argmax(-1)
+    cdf = top_p_filter(logits, top_p).softmax(-1).cumsum_(-1)
+    if u is None:
+        u = torch.rand(cdf.shape[0], device=cdf.device)
+    total = cdf[:, -1:]
+    # u·c_V < c_V strictly (it can round up to c_V), so the draw never falls past the last token
+    # with p > 0; tokens with p = 0 (top-p) are empty intervals and never drawn
+    x = torch.minimum(u[:, None].to(cdf.dtype) * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1)
 
 
 @torch.no_grad()
@@ -322,14 +329,20 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
     Returns the response ids (B, T), T ≤ max_new_tokens: after a row's EOS it holds
     ``pad_token_id``; generation stops early once every row has produced EOS (as
-    ``model.generate`` does). Randomness comes from torch's global generator. Prompts must be
-    left-padded: every row's last column is a real token. EOS cannot be drawn before
-    ``min_new_tokens`` tokens (as ``generate``'s ``min_new_tokens``).
+    ``model.generate`` does). Prompts must be left-padded: every row's last column is a real
+    token. EOS cannot be drawn before ``min_new_tokens`` tokens (as ``generate``'s
+    ``min_new_tokens``).
 
-    Finished rows leave the batch once the live ones are at most ``compact_below`` of it (their
-    cache rows are dropped), so a step costs what its live rows cost; ``model.generate`` keeps
-    computing finished rows to the end. Greedy output is unchanged by this; sampled output is a
-    different (equally distributed) draw, as the random numbers go to fewer rows."""
+    Randomness: one uniform per (row, step), drawn up front from torch's global generator
+    (:func:`sample_next`), so the samples depend on the seed only, not on the two speed-ups:
+
+    - each distinct prompt is prefilled once and its K/V rows copied to the rows that repeat it;
+    - finished rows leave the batch once the live ones are at most ``compact_below`` of it (their
+      cache rows are dropped), so a step costs what its live rows cost (``model.generate`` keeps
+      computing finished rows to the end).
+
+    Greedy output equals ``model.generate``'s; sampled output is a different draw from the same
+    distribution (``generate`` uses ``torch.multinomial``)."""
     reason = fast_path_unsupported(model)
     if reason:
         raise ValueError(f"fast_generate does not support this model: {reason}")
@@ -345,24 +358,25 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     B, P = input_ids.shape
     dev = input_ids.device
     C = P + max_new_tokens
+    u = torch.rand(B, max_new_tokens, device=dev) if temperature != 0 else None
     cos_t, sin_t = _rope_table(W, C, W.embed)
-    # prefill each distinct prompt once (n samples per prompt repeat it), then copy its K/V rows
+    # prefill each distinct prompt once (n samples per prompt repeat it)
     logits, inverse, kept = _distinct_prompt_pass(W, input_ids, attention_mask, cos_t, sin_t)
-    cache = _Cache(W, B, C, W.embed)
-    for i, (k, v) in enumerate(kept):
-        cache.k[i][:, :, :P] = k[inverse]
-        cache.v[i][:, :, :P] = v[inverse]
     valid = torch.zeros(B, C, dtype=torch.bool, device=dev)      # key columns a query may see
     valid[:, :P] = attention_mask.bool()
     pos = attention_mask.long().sum(1) - 1      # position of each row's last prompt token
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     rows = torch.arange(B, device=dev)       # the output row of each sequence still in the batch
+    cache = _Cache(W, B, C, W.embed)         # each row gets its prompt's K/V
+    for i, (k, v) in enumerate(kept):
+        cache.k[i][:, :, :P] = k[inverse]
+        cache.v[i][:, :, :P] = v[inverse]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     n = 0
     for t in range(max_new_tokens):
         if t < min_new_tokens and 0 <= eos_token_id < logits.shape[-1]:
             logits[:, eos_token_id] = float("-inf")
-        tok = sample_next(logits, temperature, top_p)
+        tok = sample_next(logits, temperature, top_p, None if u is None else u[rows, t])
         tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
         out[rows, t] = tok
         n = t + 1
