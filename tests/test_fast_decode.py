@@ -188,13 +188,21 @@ def test_rollouts_same_tokens_with_either_engine_when_greedy(tiny_policy):
     assert torch.allclose(a.logprobs, b.logprobs)
 
 
-@pytest.mark.parametrize("kind,buckets", [("testbed", None), ("testbed", 1), ("qwen2", 3)])
-def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind, buckets):
+@pytest.mark.parametrize("kind,buckets,attention", [("testbed", None, "matmul"), ("testbed", 1, "matmul"),
+                                                    ("qwen2", 3, "matmul"), ("testbed", None, "sdpa"),
+                                                    ("qwen2", 3, "sdpa")])
+def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind, buckets, attention,
+                                                               monkeypatch):
     """response_logits runs each distinct prompt once and the responses in length buckets; logits
     and parameter gradients must be those of one plain transformers pass over the whole
-    [left-padded prompt | right-padded response] rows."""
+    [left-padded prompt | right-padded response] rows, with either attention path (short passes
+    use matmuls, long ones scaled_dot_product_attention)."""
+    from rewardlab.models import fast
     from rewardlab.models.fast import response_logits
     from rewardlab.rl.rollout import position_ids_from_mask
+
+    if attention == "sdpa":
+        monkeypatch.setattr(fast, "MANUAL_ATTENTION_MAX_SCORES", 0)
 
     model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
     if kind != "testbed":

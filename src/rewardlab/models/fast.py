@@ -175,7 +175,7 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     H, Hkv, d = W.n_heads, W.n_kv, W.head_dim
     # one additive mask for every layer: 0 where a query may attend, -inf elsewhere
     bias = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~attn_mask, float("-inf"))
-    if _manual_attention(S, x.dtype):  # laid out once as _attention's (B·H, S, K) scores
+    if _manual_attention(S, bias.shape[-1], x.dtype):  # laid out once as (B·H, S, K) scores
         bias = bias.expand(B, H, S, bias.shape[-1]).reshape(B * H, S, -1)
     for i, L in enumerate(W.layers):
         h = _rms_norm(x, L["n1"], L["eps1"])
@@ -192,22 +192,30 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     return x
 
 
-def _manual_attention(S: int, dtype: torch.dtype) -> bool:
-    """Whether :func:`_attention` uses its matmul path (teacher-forced float32 passes)."""
-    return S > 1 and dtype == torch.float32
+# the largest queries × keys per (row, head) for which _attention's matmul path is used: beyond
+# ~15,000 the (B·H, S, K) score tensor costs more than the flash kernel saves (forward + backward,
+# 32 rows × 4 heads on 2 CPU threads: 6.8 vs 9.5 ms at 47 × 79, 27.9 vs 27.3 ms at 120 × 152,
+# 65.6 vs 56.0 ms at 200 × 232)
+MANUAL_ATTENTION_MAX_SCORES = 12_288
+
+
+def _manual_attention(S: int, K: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`_attention` uses its matmul path: short teacher-forced float32 passes."""
+    return S > 1 and S * K <= MANUAL_ATTENTION_MAX_SCORES and dtype == torch.float32
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ/√d + bias)·v for q (B, H, S, d) and k/v (B, n_kv, K, d).
 
-    Teacher-forced float32 passes (S > 1) use one ``baddbmm``, a softmax and a ``bmm``, with
-    ``bias`` laid out as (B·H, S, K): at RL shapes on the CPU (32 rows × 4 heads × 47 queries ×
-    79 keys) that forward + backward took 3.2 ms against 4.6 ms for
-    ``scaled_dot_product_attention``'s flash kernel. Decoding steps (S = 1) and other dtypes use
-    ``scaled_dot_product_attention`` with ``bias`` (B, 1, S, K)."""
+    Short teacher-forced float32 passes (S > 1, S·K ≤ ``MANUAL_ATTENTION_MAX_SCORES``) use one
+    ``baddbmm``, a softmax and a ``bmm``, with ``bias`` laid out as (B·H, S, K): at the testbed's
+    RL shapes on the CPU (32 rows × 4 heads × 47 queries × 79 keys) that forward + backward took
+    3.2 ms against 4.6 ms for ``scaled_dot_product_attention``'s flash kernel. Decoding steps
+    (S = 1), longer passes and other dtypes use ``scaled_dot_product_attention`` with ``bias``
+    (B, 1, S, K)."""
     B, H, S, d = q.shape
     Hkv, K = k.shape[1], k.shape[2]
-    if not _manual_attention(S, q.dtype):
+    if not _manual_attention(S, K, q.dtype):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=Hkv != H)
     if Hkv != H:  # grouped-query attention: each K/V head serves H / n_kv query heads
         k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
