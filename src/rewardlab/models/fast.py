@@ -154,9 +154,12 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, g):
         xn, r, w = ctx.saved_tensors
         C = xn.shape[-1]
-        gw = g * w
-        dx = torch.addcmul(gw, xn, torch.linalg.vecdot(gw, xn).unsqueeze(-1), value=-1.0 / C).mul_(r)
-        dw = torch.linalg.vecdot(g.reshape(-1, C), xn.reshape(-1, C), dim=0)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            gw = g * w
+            dx = torch.addcmul(gw, xn, torch.linalg.vecdot(gw, xn).unsqueeze(-1), value=-1.0 / C).mul_(r)
+        if ctx.needs_input_grad[1]:
+            dw = torch.linalg.vecdot(g.reshape(-1, C), xn.reshape(-1, C), dim=0)
         return dx, dw, None
 
 
@@ -174,7 +177,7 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     B, S, _ = x.shape
     H, Hkv, d = W.n_heads, W.n_kv, W.head_dim
     # one additive mask for every layer: 0 where a query may attend, -inf elsewhere
-    bias = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~attn_mask, float("-inf"))
+    bias = x.new_zeros(attn_mask.shape).masked_fill_(~attn_mask, float("-inf"))
     if _manual_attention(S, bias.shape[-1], x.dtype):  # laid out once as (B·H, S, K) scores
         bias = bias.expand(B, H, S, bias.shape[-1]).reshape(B * H, S, -1)
     for i, L in enumerate(W.layers):
@@ -457,7 +460,8 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
         def with_prompt(i, k, v, inv=inv):
             pk, pv = kept[i]
-            return torch.cat([pk.index_select(0, inv), k], dim=2), torch.cat([pv.index_select(0, inv), v], dim=2)
+            return (torch.cat([pk.index_select(0, inv), k], dim=2),
+                    torch.cat([pv.index_select(0, inv), v], dim=2))
         pos = r_pos[rows, :Lc]
         x = _layers_forward(W, _embed(W, r_ids[rows, :Lc]), cos_t[pos][:, None], sin_t[pos][:, None],
                             _causal_mask(r_mask[rows, :Lc], p_mask[rows]), with_prompt)
