@@ -14,7 +14,8 @@ from the model's own ``rotary_emb`` module (so the RoPE scaling types it impleme
 Two entry points:
 
 - :func:`fast_generate` — sampling with a preallocated KV cache, each distinct prompt prefilled
-  once, finished rows dropped from the batch (1.5× ``generate``'s tokens/s on the testbed policy);
+  once, finished rows dropped from the batch (1.3–1.5× ``generate``'s tokens/s on the testbed
+  policy);
 - :func:`response_logits` — the teacher-forced pass of RL (reference log-probs, policy update),
   differentiable, each distinct prompt computed once per batch and shared by its GRPO group, the
   responses in length buckets.

@@ -2,7 +2,7 @@
 
 Sampling goes through ``model.generate`` (transformers keeps the KV cache, top-p and EOS
 handling) or, for Llama-family models, through the fused decoder in :mod:`rewardlab.models.fast`
-(the same computation, ~1.5× the tokens/s on the testbed policy; ``SamplingConfig.engine``).
+(the same computation, 1.3–1.5× the tokens/s on the testbed policy; ``SamplingConfig.engine``).
 Log-probabilities are then computed in one teacher-forced forward pass per micro-batch, which is
 exactly what the PPO/GRPO loss later recomputes, so the ratio at the first update is 1 up to float
 error.
