@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rewardlab.models.loading import ModelConfig
-from rewardlab.rl.rollout import ENGINES, SamplingConfig
+from rewardlab.rl.rollout import SamplingConfig, check_engine
 from rewardlab.rl.sft import DataConfig
 
 
@@ -156,8 +156,7 @@ class RLConfig:
             raise ValueError("rl: value.kind must be separate or shared")
         if self.ratio not in ("token", "sequence"):
             raise ValueError("rl: ratio must be token or sequence")
-        if self.engine not in ENGINES:
-            raise ValueError(f"rl: engine must be {' | '.join(ENGINES)}, got {self.engine!r}")
+        check_engine(self.engine, "rl: engine")
         if self.steps < 1 or self.prompts_per_step < 1 or self.minibatch_size < 1:
             raise ValueError("rl: steps, prompts_per_step and minibatch_size must be >= 1")
 

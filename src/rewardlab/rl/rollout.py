@@ -22,6 +22,12 @@ import torch.nn.functional as F
 ENGINES = ("auto", "fast", "hf")
 
 
+def check_engine(engine: str, what: str) -> None:
+    """Raise ValueError naming the setting ``what`` unless ``engine`` is one of :data:`ENGINES`."""
+    if engine not in ENGINES:
+        raise ValueError(f"{what} must be one of {' | '.join(ENGINES)}, got {engine!r}")
+
+
 @dataclass
 class SamplingConfig:
     """How responses are sampled."""
@@ -42,8 +48,7 @@ class SamplingConfig:
     where supported, else hf)."""
 
     def __post_init__(self):
-        if self.engine not in ENGINES:
-            raise ValueError(f"sampling.engine must be one of {' | '.join(ENGINES)}, got {self.engine!r}")
+        check_engine(self.engine, "sampling.engine")
 
 
 @dataclass
@@ -220,8 +225,7 @@ def use_fast_engine(model, engine: str, use_cache: bool = True, sampling: bool =
     from rewardlab.models.fast import fast_path_unsupported, generation_config_extras
 
     what = "sampling.engine" if sampling else "engine"
-    if engine not in ENGINES:
-        raise ValueError(f"{what} must be one of {' | '.join(ENGINES)}, got {engine!r}")
+    check_engine(engine, what)
     if engine == "hf" or not use_cache:
         if engine == "fast":
             raise ValueError(f"{what}=fast always uses a KV cache (use_cache=False needs engine=hf)")
