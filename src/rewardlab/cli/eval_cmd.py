@@ -60,20 +60,29 @@ def load_policy(model: str, device: str = "auto", dtype: str = "auto",
         raise DataError(model, f"cannot load model: {str(e).splitlines()[0]}") from None
 
 
-def prompt_function(tokenizer, template: Optional[str], chat: bool):
-    """The prompt function for ``--prompt-template`` / ``--chat`` (None: ``question + "\\n"``)."""
-    from rewardlab.eval.evaluate import chat_prompt_fn, template_prompt_fn
+# the prompt options of eval, sample, label and bon (the same meaning as data.prompt_template,
+# data.chat and data.system_prompt in the SFT and RL configs)
+PROMPT_TEMPLATE_OPTION = typer.Option(None, "--prompt-template",
+                                      help="Prompt with {question} (default: question + newline).")
+CHAT_OPTION = typer.Option(False, "--chat", help="Wrap questions in the tokenizer's chat template.")
+SYSTEM_OPTION = typer.Option(None, "--system", help="With --chat: a system message.")
+
+
+def prompt_function(tokenizer, template: Optional[str], chat: bool, system: Optional[str] = None):
+    """The prompt function for ``--prompt-template`` / ``--chat`` / ``--system`` (default:
+    ``question + "\\n"``); a literal ``\\n`` in the template is a newline."""
+    from rewardlab.rl.sft import DataConfig, make_prompt_fn
 
     if template and chat:
         raise typer.BadParameter("use --prompt-template or --chat, not both")
-    if chat:
-        return chat_prompt_fn(tokenizer)
-    if template:
-        try:
-            return template_prompt_fn(template.replace("\\n", "\n"))
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
-    return None
+    if system is not None and not chat:
+        raise typer.BadParameter("--system needs --chat")
+    data = DataConfig(prompt_template=template.replace("\\n", "\n") if template else None,
+                      chat=chat, system_prompt=system)
+    try:
+        return make_prompt_fn(data, tokenizer)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def default_max_new_tokens(dataset: str) -> int:
@@ -109,9 +118,9 @@ def register(app: typer.Typer) -> None:
               seed: int = typer.Option(0, "--seed", help="Sampling seed."),
               style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math (default: "
                                                   "math for math500, else gsm8k)."),
-              prompt_template: Optional[str] = typer.Option(
-                  None, "--prompt-template", help="Prompt with {question} (default: question + newline)."),
-              chat: bool = typer.Option(False, "--chat", help="Wrap questions in the chat template."),
+              prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+              chat: bool = CHAT_OPTION,
+              system: Optional[str] = SYSTEM_OPTION,
               device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
               dtype: str = typer.Option("auto", "--dtype", help="float32 | bfloat16 | auto."),
               trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
@@ -130,7 +139,7 @@ def register(app: typer.Typer) -> None:
             policy, tok, problems, style=style, greedy=True, k=k, temperature=temperature,
             top_p=top_p, max_new_tokens=max_new_tokens or default_max_new_tokens(dataset),
             batch_size=batch_size, seed=seed,
-            prompt_fn=prompt_function(tok, prompt_template, chat))
+            prompt_fn=prompt_function(tok, prompt_template, chat, system))
         write_jsonl(out / "predictions.jsonl", rows)
         write_json(out / "summary.json", {**summary, "model": model, "dataset": dataset,
                                           "split": split, "seed": seed})

@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rewardlab.cli.eval_cmd import (check_model_ref, default_max_new_tokens, infer_style,
-                                    load_policy, load_problems)
+from rewardlab.cli.eval_cmd import (CHAT_OPTION, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
+                                    check_model_ref, default_max_new_tokens, infer_style,
+                                    load_policy, load_problems, prompt_function)
 
 console = Console()
 
@@ -24,8 +25,9 @@ def step_split_for(style: str) -> str:
 
 def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Optional[int],
             n: int, temperature: float, max_new_tokens: Optional[int], seed: int, style: str,
-            device: str):
-    """Sample and grade ``n`` responses per problem; returns ``(rows, policy, tokenizer)``."""
+            device: str, prompt: tuple = (None, False, None)):
+    """Sample and grade ``n`` responses per problem; returns ``(rows, policy, tokenizer)``.
+    ``prompt``: (--prompt-template, --chat, --system)."""
     from rewardlab.rewards.pipeline import sample_responses
     from rewardlab.rl.rollout import SamplingConfig
 
@@ -33,10 +35,11 @@ def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Op
         raise typer.BadParameter("--temperature must be > 0 to sample")
     problems = load_problems(dataset, split, data, limit)
     policy, tok = load_policy(model, device)
+    prompt_fn = prompt_function(tok, *prompt)
     cfg = SamplingConfig(n=n, temperature=temperature,
                          max_new_tokens=max_new_tokens or default_max_new_tokens(dataset))
     rows = sample_responses(policy, tok, problems, n, cfg, seed=seed, style=style,
-                            step_split=step_split_for(style))
+                            prompt_fn=prompt_fn, step_split=step_split_for(style))
     return rows, policy, tok
 
 
@@ -77,6 +80,9 @@ def register(app: typer.Typer) -> None:
                                                             help="Longest response."),
                seed: int = typer.Option(0, "--seed", help="Sampling seed."),
                style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math."),
+               prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+               chat: bool = CHAT_OPTION,
+               system: Optional[str] = SYSTEM_OPTION,
                device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
                out: Path = typer.Option(Path("samples.jsonl"), "--out", help="Output JSONL.")) -> None:
         """Sample responses from a policy, split into steps and graded (no step labels)."""
@@ -84,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
         style = infer_style(dataset, style)
         rows, _, _ = _sample(model, dataset, split, data, limit, n, temperature, max_new_tokens,
-                             seed, style, device)
+                             seed, style, device, (prompt_template, chat, system))
         write_jsonl(out, rows)
         acc = sum(r["outcome"] for r in rows) / max(len(rows), 1)
         console.print(f"wrote {len(rows)} samples ({acc:.3f} correct) to {escape(str(out))}")
@@ -112,6 +118,9 @@ def register(app: typer.Typer) -> None:
               judge_yes: str = typer.Option(" Yes", "--judge-yes", help="Judge's 'correct' token."),
               judge_no: str = typer.Option(" No", "--judge-no", help="Judge's 'wrong' token."),
               judge_chat: bool = typer.Option(False, "--judge-chat", help="Use the chat template."),
+              prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+              chat: bool = CHAT_OPTION,
+              system: Optional[str] = SYSTEM_OPTION,
               device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
               out: Path = typer.Option(Path("rm.jsonl"), "--out", help="Labelled rows (JSONL)."),
               pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write BT pairs."),
@@ -130,7 +139,8 @@ def register(app: typer.Typer) -> None:
             rows = read_samples(input_)
         elif model is not None:
             rows, policy, tok = _sample(model, dataset, split, data, limit, n, temperature,
-                                        max_new_tokens, seed, style, device)
+                                        max_new_tokens, seed, style, device,
+                                        (prompt_template, chat, system))
         else:
             raise typer.BadParameter("give --input samples.jsonl, or --model to sample first")
         needs_policy = method == "mc" or (method == "judge" and judge_model is None)
@@ -169,6 +179,9 @@ def register(app: typer.Typer) -> None:
                                                          help="Longest response."),
             seed: int = typer.Option(0, "--seed", help="Sampling / subset seed."),
             style: Optional[str] = typer.Option(None, "--style", help="gsm8k | math."),
+            prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+            chat: bool = CHAT_OPTION,
+            system: Optional[str] = SYSTEM_OPTION,
             device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
             out: Path = typer.Option(Path("runs/bon"), "--out", help="Folder for bon.json/png.")
             ) -> None:
@@ -184,8 +197,13 @@ def register(app: typer.Typer) -> None:
             if not Path(p).is_dir():
                 raise DataError(p, "reward-model directory not found")
         check_model_ref(policy)
+        tok = None
+        if chat:  # the chat template is the policy tokenizer's
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(policy)
+        prompt_fn = prompt_function(tok, prompt_template, chat, system)
         problems = load_problems(dataset, split, data, limit)
-        res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style,
+        res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style, prompt_fn=prompt_fn,
                       temperature=temperature,
                       max_new_tokens=max_new_tokens or default_max_new_tokens(dataset), seed=seed,
                       n_trials=n_trials, out=out, device=device, step_split=step_split_for(style))

@@ -159,6 +159,7 @@ class RLConfig:
         check_engine(self.engine, "rl: engine")
         if self.steps < 1 or self.prompts_per_step < 1 or self.minibatch_size < 1:
             raise ValueError("rl: steps, prompts_per_step and minibatch_size must be >= 1")
+        self.data.validate()
 
     def advantage_name(self) -> str:
         return self.advantage or ("gae" if self.algo == "ppo" else "grpo_outcome")

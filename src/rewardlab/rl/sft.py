@@ -1,6 +1,7 @@
 """Supervised fine-tuning: problem → reference solution, loss on solution tokens only.
 
-Each example is ``prompt = question + "\\n"`` followed by ``solution + EOS``; labels are -100 on
+Each example is a prompt (``question + "\\n"``, or ``data.prompt_template`` / the tokenizer's chat
+template with ``data.chat``) followed by ``solution + EOS``; labels are -100 on
 prompt tokens and padding. AdamW with linear warm-up and cosine decay, gradient accumulation and
 clipping, periodic greedy evaluation, TensorBoard + JSONL metrics, and HF-format checkpoints that
 resume exactly (the data order is a pure function of ``seed`` and the step).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -35,6 +37,22 @@ class DataConfig:
     """Testbed: number of held-out problems; other datasets: evaluation limit."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
     """Testbed difficulty knobs."""
+    prompt_template: str | None = None
+    """The policy's prompt, with ``{question}`` where the question goes (e.g.
+    ``"Question: {question}\\nAnswer:"``); None: ``question + "\\n"``."""
+    chat: bool = False
+    """Wrap each question in the tokenizer's chat template (HF chat models), ending with the
+    assistant turn's generation prompt."""
+    system_prompt: str | None = None
+    """With ``chat``: a system message before the question."""
+
+    def validate(self) -> None:
+        if self.prompt_template is not None and "{question}" not in self.prompt_template:
+            raise ValueError("data.prompt_template must contain {question}")
+        if self.chat and self.prompt_template is not None:
+            raise ValueError("set data.chat or data.prompt_template, not both")
+        if self.system_prompt is not None and not self.chat:
+            raise ValueError("data.system_prompt needs data.chat=true")
 
 
 @dataclass
@@ -58,7 +76,9 @@ class SFTConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_len: int = 96
-    """Longest training sequence, in tokens (longer examples are truncated)."""
+    """Longest training sequence, in tokens (longer examples are truncated; those cut before their
+    solution starts are left out, with a warning). The default fits the testbed; GSM8K with a
+    chat template needs ~1024."""
     eval_every: int = 200
     """Greedy accuracy on the held-out set every N steps (0: only at the end)."""
     save_every: int = 200
@@ -75,11 +95,29 @@ class SFTConfig:
             raise ValueError("sft: max_steps, batch_size and grad_accum must be >= 1")
         if self.lr <= 0:
             raise ValueError("sft: lr must be > 0")
+        self.data.validate()
 
 
 def prompt_of(problem: Problem) -> str:
-    """The policy's prompt for a problem (testbed and GSM8K alike)."""
+    """rewardlab's default prompt for a problem (testbed and GSM8K alike): ``question + "\\n"``."""
     return problem.question + "\n"
+
+
+def make_prompt_fn(data: DataConfig, tokenizer) -> Callable[[Problem], str]:
+    """The policy's prompt function for a run: the tokenizer's chat template when ``data.chat``
+    (with ``data.system_prompt``), ``data.prompt_template`` when set, else :func:`prompt_of`.
+    SFT, RL rollouts and their held-out evaluations all use it, so a policy is trained and
+    evaluated on the prompts it will be sampled with."""
+    from rewardlab.eval.evaluate import chat_prompt_fn, template_prompt_fn
+
+    if data.chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat prompts need a tokenizer with a chat template, and this one has "
+                             "none (use a prompt template instead)")
+        return chat_prompt_fn(tokenizer, data.system_prompt)
+    if data.prompt_template is not None:
+        return template_prompt_fn(data.prompt_template)
+    return prompt_of
 
 
 def encode_example(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
@@ -89,6 +127,22 @@ def encode_example(tokenizer, prompt: str, response: str, max_len: int) -> tuple
     ids = (p + r)[:max_len]
     labels = ([-100] * len(p) + r)[:max_len]
     return ids, labels
+
+
+def keep_trainable(examples: list[tuple[list[int], list[int]]], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """The examples that keep at least one solution token after truncation to ``max_len`` (the
+    others would add nothing to the loss, and a batch of only such examples gives a NaN loss).
+    Raises ValueError when none is left; warns with the count when some are dropped."""
+    kept = [e for e in examples if any(t != -100 for t in e[1])]
+    if not kept:
+        raise ValueError(f"sft: max_len={max_len} tokens cuts every example before its solution "
+                         "starts; raise max_len (e.g. --set max_len=1024 for GSM8K chat prompts)")
+    if len(kept) < len(examples):
+        import warnings
+        warnings.warn(f"sft: {len(examples) - len(kept)} of {len(examples)} examples are longer than "
+                      f"max_len={max_len} tokens before their solution starts and are left out",
+                      stacklevel=2)
+    return kept
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -180,7 +234,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     else:
         model, tok = build_model(cfg.model, out, cfg.seed)
     device = next(model.parameters()).device
-    examples = [encode_example(tok, prompt_of(p), p.solution, cfg.max_len) for p in train]
+    prompt_fn = make_prompt_fn(cfg.data, tok)
+    examples = keep_trainable([encode_example(tok, prompt_fn(p), p.solution, cfg.max_len) for p in train],
+                              cfg.max_len)
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio))
@@ -213,7 +269,7 @@ def train_sft(cfg: SFTConfig) -> dict:
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 logger.log(done, last)
             if test and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                ev = evaluate_greedy(model, tok, test, cfg.data.dataset)
+                ev = evaluate_greedy(model, tok, test, cfg.data.dataset, prompt_fn)
                 logger.log(done, ev)
                 last.update(ev)
                 model.train()
@@ -236,13 +292,14 @@ def train_sft(cfg: SFTConfig) -> dict:
     return last
 
 
-def evaluate_greedy(model, tok, problems: list[Problem], dataset: str = "testbed") -> dict:
+def evaluate_greedy(model, tok, problems: list[Problem], dataset: str = "testbed",
+                    prompt_fn: Callable[[Problem], str] | None = None) -> dict:
     """Greedy accuracy (+ testbed diagnostics) on ``problems``, keys prefixed ``eval/``."""
     from rewardlab.eval.evaluate import evaluate_policy
 
     style = "math" if dataset == "math500" else "gsm8k"
     summary, _ = evaluate_policy(model, tok, problems, style=style, greedy=True, k=0,
-                                 max_new_tokens=_max_new_tokens(problems))
+                                 max_new_tokens=_max_new_tokens(problems), prompt_fn=prompt_fn)
     return {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
 
 

@@ -20,7 +20,7 @@ from rewardlab.data.problem import Problem
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.rollout import (RolloutBatch, forward_logprobs, generate_rollouts, logprobs_with_grad,
                                   position_ids_from_mask, response_logprobs)
-from rewardlab.rl.sft import load_problems, prompt_of
+from rewardlab.rl.sft import load_problems, make_prompt_fn
 
 
 def adaptive_kl_coef(coef: float, observed_kl: float, target: float, n_steps: int, horizon: int) -> float:
@@ -75,6 +75,7 @@ class RLTrainer:
         self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
         src = self.ckpt or pc.name_or_path
         self.policy, self.tok = load_model_and_tokenizer(src, pc.dtype, pc.device, pc.trust_remote_code)
+        self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         from rewardlab.rl.rollout import use_fast_engine
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
         if cfg.kl.coef != 0 or cfg.kl.adaptive:
@@ -138,7 +139,7 @@ class RLTrainer:
         cfg = self.cfg
         idx = prompt_batch_indices(len(self.train_set), cfg.prompts_per_step, step, cfg.seed)
         problems = [self.train_set[i] for i in idx]
-        batch = generate_rollouts(self.policy, self.tok, [prompt_of(p) for p in problems],
+        batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
                                   cfg.sampling, seed=cfg.seed * 1_000_003 + step,
                                   compute_logprobs=not self.on_policy_single_update(len(idx)))
         return problems, batch
@@ -307,7 +308,7 @@ class RLTrainer:
         summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
                                         greedy=True, k=k, temperature=self.cfg.sampling.temperature or 1.0,
                                         max_new_tokens=self.cfg.sampling.max_new_tokens,
-                                        seed=self.cfg.seed)
+                                        seed=self.cfg.seed, prompt_fn=self.prompt_fn)
         self.policy.train()
         self._last_eval_rows = rows
         return {f"eval/{key}": v for key, v in summary.items() if isinstance(v, (int, float))}
