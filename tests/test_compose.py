@@ -137,6 +137,17 @@ def test_step_char_ends():
     assert step_char_ends("") == [] and step_char_ends("\n\n") == []
 
 
+@pytest.mark.parametrize("sep", ["\n", "\n\n"])
+def test_step_texts_are_the_steps_step_char_ends_delimits(sep):
+    from rewardlab.rewards.steps import step_texts
+    text = "  a = 1 \n\n\nb = 2\n \n\n#### 3\n\n"
+    steps, ends = step_texts(text, sep), step_char_ends(text, sep)
+    assert len(steps) == len(ends) > 0
+    assert all(text[e - len(s):e] == s for s, e in zip(steps, ends))
+    assert step_texts(text, "\n") == ["a = 1", "b = 2", "#### 3"]
+    assert step_texts(text, "\n\n") == ["a = 1", "b = 2", "#### 3"] and step_texts("", sep) == []
+
+
 def test_char_span_core_by_hand():
     # tokens: "a" " =" " 1" ".\n" "b" " =" " 2" "\n\n" "####" " 3"
     toks = ["a", " =", " 1", ".\n", "b", " =", " 2", "\n\n", "####", " 3"]

@@ -111,3 +111,27 @@ def test_zero_kl_coef_needs_no_reference_model(tmp_path, tiny_policy, problems_d
     assert res_free["actor/grad_norm"] > 0  # it did train
     for a, b in zip(free.policy.parameters(), weighted.policy.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("style, rewarded", [("gsm8k", [0.0, 1.0]), ("math", [1.0, 0.0])])
+def test_data_style_picks_how_responses_are_graded(tmp_path, tiny_policy, problems_dir, style, rewarded):
+    """data.style=math grades the last \\boxed{}; gsm8k the text after ####, else the last number."""
+    from rewardlab.data.problem import Problem
+    from rewardlab.rl.rollout import RolloutBatch
+
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, style,
+                        ["algo=grpo", "kl.coef=0", f"data.style={style}"]))
+    prob = Problem(id="q", question="What is 2 + 3?", answer="5", solution="#### 5", source="x")
+    texts = ["So it is \\boxed{5}.\n\nCheck: 7", "2 + 3 = 5\n#### 5"]
+    ids = torch.tensor([tr.tok(t, add_special_tokens=False)["input_ids"][:6] for t in texts])
+    batch = RolloutBatch(prompt_ids=torch.ones(2, 3, dtype=torch.long), prompt_mask=torch.ones(2, 3),
+                         response_ids=ids, response_mask=torch.ones_like(ids), texts=texts,
+                         prompt_index=[0, 0], finished=torch.ones(2, dtype=torch.bool))
+    sb = tr.score([prob], batch)
+    assert sb.token_rewards.sum(1).tolist() == rewarded
+    assert sb.metrics["response/steps"] == (1.5 if style == "math" else 2.0)   # paragraphs vs lines
+
+
+def test_bad_data_style_is_rejected(tmp_path, tiny_policy, problems_dir):
+    with pytest.raises(ValueError, match="data.style must be gsm8k or math"):
+        _cfg(tmp_path, tiny_policy, problems_dir, "bad", ["data.style=latex"])

@@ -56,6 +56,14 @@ def step_char_ends(text: str, separator: str = "\n") -> list[int]:
     return ends
 
 
+def step_texts(text: str, separator: str = "\n") -> list[str]:
+    """The steps whose ends :func:`step_char_ends` gives: the non-empty ``separator``-split pieces
+    of ``text``, stripped (so the PRM scores exactly the steps whose last tokens get its rewards)."""
+    if not separator:
+        raise ValueError("separator must be a non-empty string")
+    return [piece.strip() for piece in text.split(separator) if piece.strip()]
+
+
 def step_ends_from_char_spans(char_ends: Sequence[int], step_char_ends: Sequence[int]) -> list[int]:
     """t_end(k) for every step from cumulative token character ends (pure core, no tokenizer).
 

@@ -45,6 +45,10 @@ class DataConfig:
     assistant turn's generation prompt."""
     system_prompt: str | None = None
     """With ``chat``: a system message before the question."""
+    style: str | None = None
+    """How responses are graded and split into steps: gsm8k (the answer after ``####``, else the
+    last number; one step per line) | math (the last ``\\boxed{}``; steps are blank-line
+    paragraphs). None: math for math500, else gsm8k."""
 
     def validate(self) -> None:
         if self.prompt_template is not None and "{question}" not in self.prompt_template:
@@ -53,6 +57,12 @@ class DataConfig:
             raise ValueError("set data.chat or data.prompt_template, not both")
         if self.system_prompt is not None and not self.chat:
             raise ValueError("data.system_prompt needs data.chat=true")
+        if self.style not in (None, "gsm8k", "math"):
+            raise ValueError(f"data.style must be gsm8k or math, got {self.style!r}")
+
+    def answer_style(self) -> str:
+        """``style``, or the dataset's: math for math500, gsm8k otherwise."""
+        return self.style or ("math" if self.dataset == "math500" else "gsm8k")
 
 
 @dataclass
@@ -269,7 +279,7 @@ def train_sft(cfg: SFTConfig) -> dict:
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 logger.log(done, last)
             if test and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                ev = evaluate_greedy(model, tok, test, cfg.data.dataset, prompt_fn)
+                ev = evaluate_greedy(model, tok, test, cfg.data.answer_style(), prompt_fn)
                 logger.log(done, ev)
                 last.update(ev)
                 model.train()
@@ -292,12 +302,12 @@ def train_sft(cfg: SFTConfig) -> dict:
     return last
 
 
-def evaluate_greedy(model, tok, problems: list[Problem], dataset: str = "testbed",
+def evaluate_greedy(model, tok, problems: list[Problem], style: str = "gsm8k",
                     prompt_fn: Callable[[Problem], str] | None = None) -> dict:
-    """Greedy accuracy (+ testbed diagnostics) on ``problems``, keys prefixed ``eval/``."""
+    """Greedy accuracy (+ testbed diagnostics) on ``problems``, keys prefixed ``eval/``; answers
+    graded in ``style`` (gsm8k | math)."""
     from rewardlab.eval.evaluate import evaluate_policy
 
-    style = "math" if dataset == "math500" else "gsm8k"
     summary, _ = evaluate_policy(model, tok, problems, style=style, greedy=True, k=0,
                                  max_new_tokens=_max_new_tokens(problems), prompt_fn=prompt_fn)
     return {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}

@@ -69,7 +69,10 @@ class RLTrainer:
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
         if not self.train_set:
             raise ValueError("rl: no training problems (set data.train_path or data.dataset)")
-        self.style = "math" if cfg.data.dataset == "math500" else "gsm8k"
+        self.style = cfg.data.answer_style()
+        # steps: lines (GSM8K, testbed) or blank-line paragraphs (MATH), the same split for the
+        # PRM's inputs and for the token positions where its rewards go
+        self.step_sep = "\n\n" if self.style == "math" else "\n"
         self.testbed = all(p.source == "testbed" for p in self.train_set[:50])
         pc = cfg.policy
         self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
@@ -147,10 +150,10 @@ class RLTrainer:
     @torch.no_grad()
     def score(self, problems: list[Problem], batch: RolloutBatch) -> ScoredBatch:
         """Rewards, reference log-probs, values and advantages for a rollout batch."""
-        from rewardlab.data.testbed import diagnostics, split_solution_steps
+        from rewardlab.data.testbed import diagnostics
         from rewardlab.grading import grade
         from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl_penalty
-        from rewardlab.rewards.steps import batch_step_end_positions
+        from rewardlab.rewards.steps import batch_step_end_positions, step_texts
         from rewardlab.rl.advantages import ADVANTAGES, AdvantageInputs, gae, whiten
 
         cfg = self.cfg
@@ -162,7 +165,7 @@ class RLTrainer:
         if cfg.reward.success:
             success = torch.where(correct.bool(), torch.tensor(cfg.reward.correct_reward),
                                   torch.tensor(cfg.reward.incorrect_reward))
-        steps = [split_solution_steps(t) for t in batch.texts]
+        steps = [step_texts(t, self.step_sep) for t in batch.texts]
         questions = [p.question for p in probs]
         step_scores: list[list[float]] = [[] for _ in range(B)]
         if self.prm is not None:
@@ -172,7 +175,8 @@ class RLTrainer:
             orm = torch.tensor([r.score for r in self.orm.score(questions, steps)], dtype=torch.float)
         step_ends: list[list[int]] = [[] for _ in range(B)]
         if self.prm is not None:  # the tokens where each step ends (only process rewards use them)
-            step_ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok)
+            step_ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok,
+                                                 separator=self.step_sep)
             for i in range(B):  # the PRM and the step mapper must agree on K
                 k = min(len(step_ends[i]), len(step_scores[i]))
                 step_ends[i], step_scores[i] = step_ends[i][:k], step_scores[i][:k]
