@@ -47,8 +47,14 @@ def _scramble(model):
     return model
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("kind", ["testbed", "qwen2", "llama_bias"])
-def test_greedy_tokens_match_transformers_generate(tiny_policy, kind):
+def test_greedy_tokens_match_transformers_generate(tiny_policy, kind, split, monkeypatch):
+    # split: the decoding step's projections as one bmm over weight blocks (from 16 rows by
+    # default; forced here at any row count). testbed: q/k/v, o, gate/up and down split; qwen2:
+    # q/k/v not (biases, grouped-query attention); llama_bias: nothing (biases everywhere)
+    import rewardlab.models.fast as fast_mod
+    monkeypatch.setattr(fast_mod, "SPLIT_MATMUL_MIN_ROWS", 1 if split else 10**9)
     model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
     if kind != "testbed":
         model = _random_model(kind, len(tok))
