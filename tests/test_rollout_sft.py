@@ -81,3 +81,20 @@ def test_sft_lowers_loss(tmp_path):
     from rewardlab.training import read_metrics
     losses = [r["sft/loss"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl") if "sft/loss" in r]
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_token_logprobs_by_hand_and_entropy_without_grad():
+    from rewardlab.rl.rollout import token_logprobs
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    labels = torch.tensor([[0, 4, 2], [1, 1, 3]])
+    lp, ent = token_logprobs(logits, labels, temperature=2.0, return_entropy=True)
+    p = torch.softmax(logits.detach() / 2.0, -1)
+    assert torch.allclose(lp, p.gather(-1, labels[..., None]).squeeze(-1).log(), atol=1e-6)
+    assert torch.allclose(ent, -(p * p.log()).sum(-1), atol=1e-6) and ent.requires_grad
+    lp2, ent2 = token_logprobs(logits, labels, temperature=2.0, return_entropy=True, entropy_grad=False)
+    assert not ent2.requires_grad and torch.equal(ent2, ent.detach()) and torch.equal(lp2, lp)
+    # entropy_coef = 0: leaving the entropy out of the graph gives the very same gradient
+    with_zero = torch.autograd.grad(lp.sum() - 0.0 * ent.sum(), logits)[0]
+    without = torch.autograd.grad(lp2.sum(), logits)[0]
+    assert torch.equal(with_zero, without)

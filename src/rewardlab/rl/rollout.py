@@ -115,25 +115,30 @@ def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 
 def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, n_response: int,
-                      temperature: float = 1.0, return_entropy: bool = False):
+                      temperature: float = 1.0, return_entropy: bool = False, entropy_grad: bool = True):
     """log π(y_t | x, y_<t) = log_softmax(z_{t-1} / τ)[y_t] for the last ``n_response`` tokens.
 
     logits (B, P+T, V) of a teacher-forced pass over input_ids (B, P+T); returns (B, T) log-probs
     and, when asked, the (B, T) entropies of the same distributions (else None)."""
     return token_logprobs(logits[:, -n_response - 1:-1, :], input_ids[:, -n_response:], temperature,
-                          return_entropy)
+                          return_entropy, entropy_grad)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-                   return_entropy: bool = False):
+                   return_entropy: bool = False, entropy_grad: bool = True):
     """log_softmax(z_t / τ)[y_t] for logits (B, T, V) aligned with the labels y (B, T) they
-    predict; and the entropies −Σ_v p_v log p_v (B, T) when asked (else None)."""
+    predict; and the entropies −Σ_v p_v log p_v (B, T) when asked (else None). With
+    ``entropy_grad=False`` the entropies are computed without gradient (for logging only: the
+    backward pass then skips them)."""
     logits = logits.float()
     if temperature and temperature != 1.0:
         logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     lp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)          # (B, T)
-    ent = -(logp_all.exp() * logp_all).sum(-1) if return_entropy else None
+    ent = None
+    if return_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = -(logp_all.exp() * logp_all).sum(-1)
     return lp, ent
 
 
@@ -143,7 +148,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temperature: float = 1.0,
-                       return_entropy: bool = False, fast: bool = False):
+                       return_entropy: bool = False, fast: bool = False, entropy_grad: bool = True):
     """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient.
 
     ``fast``: the logits come from :func:`rewardlab.models.fast.response_logits`, which runs each
@@ -152,10 +157,11 @@ def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temper
     if fast:
         from rewardlab.models.fast import response_logits
         logits = response_logits(model, input_ids, attention_mask, n_response)   # (B, T, V)
-        return token_logprobs(logits, input_ids[:, -n_response:], temperature, return_entropy)
+        return token_logprobs(logits, input_ids[:, -n_response:], temperature, return_entropy,
+                              entropy_grad)
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask)).logits   # (B, P+T, V)
-    return response_logprobs(logits, input_ids, n_response, temperature, return_entropy)
+    return response_logprobs(logits, input_ids, n_response, temperature, return_entropy, entropy_grad)
 
 
 @torch.no_grad()

@@ -257,6 +257,7 @@ class RLTrainer:
         self.policy.train()
         agg: dict[str, list[float]] = {}
         g = torch.Generator().manual_seed(cfg.seed * 31 + int(sb.metrics.get("_step", 0)))
+        ent_grad = cfg.entropy_coef != 0  # else the entropy is only logged: no backward through it
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=g)
             for s in range(0, B, cfg.minibatch_size):
@@ -267,12 +268,13 @@ class RLTrainer:
                                       position_ids=position_ids_from_mask(att[mb]),
                                       output_hidden_states=True)
                     logp, ent = response_logprobs(out.logits, input_ids[mb], T,
-                                                  cfg.sampling.temperature or 1.0, return_entropy=True)
+                                                  cfg.sampling.temperature or 1.0, return_entropy=True,
+                                                  entropy_grad=ent_grad)
                     hidden = out.hidden_states[-1]
                 else:
                     logp, ent = logprobs_with_grad(self.policy, input_ids[mb], att[mb], T,
                                                    cfg.sampling.temperature or 1.0, return_entropy=True,
-                                                   fast=self.fast_policy)
+                                                   fast=self.fast_policy, entropy_grad=ent_grad)
                 mmask = mask[mb]
                 old_logp = sb.old_logp[mb] if sb.old_logp is not None else logp.detach()
                 if sb.old_logp is None and sb.ref_logp is not None:
@@ -281,7 +283,7 @@ class RLTrainer:
                 pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[mb], mmask,
                                          clip_eps=cfg.clip_eps, ratio=cfg.ratio)
                 entropy = masked_mean(ent, mmask)
-                loss = pl - cfg.entropy_coef * entropy
+                loss = pl - cfg.entropy_coef * entropy if ent_grad else pl
                 metrics = dict(pm)
                 metrics["actor/entropy"] = entropy.item()
                 metrics["actor/pg_loss"] = pl.item()
