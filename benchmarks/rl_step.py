@@ -27,9 +27,10 @@ The two are interleaved: rewardlab's step k runs inside TRL's ``on_step_end`` of
 not counted in TRL's time), so both see the same load from whatever else runs on the machine.
 Both run ``warmup + steps`` steps; the first ``warmup`` are dropped and the mean of the rest is
 reported, with the ratio rewardlab / TRL. Goal: ratio ≤ 0.5. Phase columns: *rollout* =
-sampling (rewardlab: + the no-grad pass for the old log-probs, which TRL skips when
-``num_iterations=1``); *score* = rewards, reference log-probs, advantages (and, for rewardlab,
-the testbed hacking diagnostics); *update* = the rest of the step.
+sampling (neither side runs a separate pass for the old log-probs here: one epoch of one
+minibatch is on-policy, so both take them from the update's own forward pass); *score* =
+rewards, reference log-probs, advantages (and, for rewardlab, the testbed hacking diagnostics);
+*update* = the rest of the step.
 
 Run: ``python benchmarks/rl_step.py [--prompts 16] [--n 4] [--max-new-tokens 48] [--steps 3]``.
 The defaults fit the testbed's short answers; ``--prompts 8 --n 8 --max-new-tokens 512 --beta 0``
