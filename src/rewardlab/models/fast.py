@@ -433,11 +433,16 @@ SPLIT_MATMUL_MIN_ROWS = 16
 
 class _SplitWeights:
     """Per layer, the decoding step's projection weights laid out for :func:`_split_linear`:
-    (k, in, out/k) blocks of Wᵀ, k = 3 for q/k/v (equal head counts), 2 for the others."""
+    (k, in, out/k) blocks of Wᵀ, k = 3 for q/k/v (equal head counts), 2 for the others. On the
+    CPU only (a GPU runs one ``F.linear`` on all its cores already): elsewhere every block is None."""
 
     def __init__(self, W: _Weights):
         self.layers = []
+        cpu = W.embed.device.type == "cpu"
         for L in W.layers:
+            if not cpu:
+                self.layers.append(dict(qkv=None, gu=None, o=None, down=None))
+                continue
             def blocks(w, k):
                 return w.detach().t().reshape(w.shape[1], k, w.shape[0] // k).permute(1, 0, 2).contiguous()
             qkv_k = 3 if W.n_kv == W.n_heads else None
