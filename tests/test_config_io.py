@@ -82,3 +82,31 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
         write_jsonl(out, rows())
     assert [json.loads(x) for x in out.read_text().splitlines()] == [{"a": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["o.jsonl"]
+
+
+def test_describe_config_round_trips_with_field_help(tmp_path):
+    from rewardlab.config import describe_config, field_docs
+    from rewardlab.rl.sft import SFTConfig
+    assert field_docs(RLConfig)["lr"].startswith("Policy learning rate")
+    cfg = load_config(RLConfig, "configs/gsm8k_grpo_chat.yaml",
+                      ["seed=7", "reward.prm.refine=clip", 'data.system_prompt="a: b # c"'])
+    text = describe_config(cfg)
+    assert "# Policy learning rate" in text and "  # With ``chat``: a system message" in text
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    assert load_config(RLConfig, p) == cfg
+    sft = load_config(SFTConfig, None, ["max_len=333", "data.style=math"])
+    p.write_text(describe_config(sft))
+    assert load_config(SFTConfig, p) == sft
+
+
+def test_print_config_prints_and_trains_nothing(tmp_path, capsys):
+    from rewardlab.cli.main import main
+    out = tmp_path / "never"
+    assert main(["rl", "--config", "configs/grpo_outcome.yaml", "--set", f"out={out}",
+                 "--set", "kl.coef=0.3", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "algo: grpo" in text and "coef: 0.3" in text and "# Policy learning rate" in text
+    assert not out.exists()
+    assert main(["sft", "--out", str(out), "--print-config"]) == 0
+    assert f"out: {out}" in capsys.readouterr().out and not out.exists()

@@ -166,6 +166,44 @@ def _deep_update(base: dict, new: dict, cls: Any = None, where: str = "") -> Non
             base[k] = v
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring-style comment of each field of dataclass ``cls`` (the string literal on the
+    lines after ``name: type = default``), read from its source with :mod:`ast`; {} without source."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return {}
+    docs = {}
+    for a, b in zip(node.body, node.body[1:]):
+        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+            docs[a.target.id] = inspect.cleandoc(b.value.value)
+    return docs
+
+
+def describe_config(cfg: Any, indent: int = 0) -> str:
+    """``cfg`` as YAML with each field's help text as comments above it: what
+    ``--print-config`` shows. Reading it back (``load_config(cls, path)``) gives ``cfg`` again."""
+    docs = field_docs(type(cfg))
+    pad = " " * indent
+    lines = []
+    for f in dataclasses.fields(cfg):
+        for line in docs.get(f.name, "").splitlines():
+            lines.append(f"{pad}# {line}".rstrip())
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(describe_config(value, indent + 2))
+        else:
+            dumped = yaml.safe_dump({f.name: value}, sort_keys=False, default_flow_style=False, width=1000)
+            lines.extend(pad + ln for ln in dumped.rstrip("\n").splitlines())
+    return "\n".join(lines)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     from rewardlab.io import write_text
     write_text(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

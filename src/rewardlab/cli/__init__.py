@@ -1,1 +1,14 @@
+"""Options shared by the commands that take a typed config (``rl``, ``sft``, ``train-rm``)."""
 
+from __future__ import annotations
+
+import typer
+
+PRINT_CONFIG_OPTION = typer.Option(
+    False, "--print-config", help="Print the resolved config (YAML, each field with its help) and exit.")
+
+
+def print_config(cfg) -> None:
+    """The resolved config as :func:`rewardlab.config.describe_config` writes it, to stdout."""
+    from rewardlab.config import describe_config
+    typer.echo(describe_config(cfg))

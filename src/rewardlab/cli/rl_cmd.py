@@ -6,12 +6,15 @@ from typing import Optional
 
 import typer
 
+from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
+
 
 def register(app: typer.Typer) -> None:
     @app.command("rl")
     def rl(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RLConfig)."),
            set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set reward.prm.refine=clip"),
-           out: Optional[str] = typer.Option(None, "--out", help="Run directory.")) -> None:
+           out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
+           show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Train a policy with RL (see configs/ for the shipped reward designs)."""
         from rich.console import Console
         from rich.table import Table
@@ -22,6 +25,8 @@ def register(app: typer.Typer) -> None:
 
         ov = list(set_) + ([f"out={out}"] if out else [])
         cfg = load_config(RLConfig, config, ov)
+        if show_config:
+            return print_config(cfg)
         from pathlib import Path
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.out) / "config.yaml")

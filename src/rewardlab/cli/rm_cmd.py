@@ -10,6 +10,8 @@ import json
 from typing import Annotated, Optional
 
 import typer
+
+from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
 from rich.console import Console
 
 console = Console()
@@ -29,6 +31,7 @@ def train_rm(
     config: Annotated[Str, typer.Option(help="YAML file of RMTrainConfig fields.")] = None,
     set_: Annotated[Strs, typer.Option("--set", help="Override a field: key=value (repeatable).")
                     ] = None,
+    show_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train an ORM, PRM or Bradley–Terry reward model.
 
@@ -45,6 +48,8 @@ def train_rm(
         if value:
             overrides.append(f"{key}={json.dumps(list(value))}")
     cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
+    if show_config:
+        return print_config(cfg)
     metrics = train_reward_model(cfg)
     keys = [k for k in metrics if k.startswith("eval/")] + ["rm/final_loss", "rm/steps"]
     console.print(f"[bold]train-rm[/] {cfg.objective} → {cfg.out}")

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
+
 
 def register(app: typer.Typer) -> None:
     @app.command("sft")
@@ -14,7 +16,8 @@ def register(app: typer.Typer) -> None:
             out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
             model: Optional[str] = typer.Option(None, "--model", help="Hub id, local dir or 'testbed'."),
             dataset: Optional[str] = typer.Option(None, "--dataset", help="testbed | gsm8k | file.jsonl"),
-            max_steps: Optional[int] = typer.Option(None, "--max-steps")) -> None:
+            max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+            show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Fine-tune a policy on problem → reference solution (loss on solution tokens only)."""
         from rich.console import Console
 
@@ -27,5 +30,7 @@ def register(app: typer.Typer) -> None:
             if val is not None:
                 ov.append(f"{key}={val}")
         cfg = load_config(SFTConfig, config, ov)
+        if show_config:
+            return print_config(cfg)
         res = train_sft(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
