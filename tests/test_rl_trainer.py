@@ -135,3 +135,23 @@ def test_data_style_picks_how_responses_are_graded(tmp_path, tiny_policy, proble
 def test_bad_data_style_is_rejected(tmp_path, tiny_policy, problems_dir):
     with pytest.raises(ValueError, match="data.style must be gsm8k or math"):
         _cfg(tmp_path, tiny_policy, problems_dir, "bad", ["data.style=latex"])
+
+
+@pytest.mark.parametrize("extra", [
+    ["algo=grpo", "kl.in_reward=false", "kl.estimator=k3"],   # old log-probs from the update
+    ["algo=ppo"],                                              # old log-prob pass, separate critic
+    ["algo=ppo", "value.kind=shared", "ppo_epochs=2"],
+])
+def test_micro_batches_give_the_minibatch_update(tmp_path, tiny_policy, problems_dir, extra):
+    """micro_batch_size: the minibatch's gradient accumulated over passes of 3, 3 and 2 responses
+    (different token counts, so an unweighted mean of the passes would differ)."""
+    common = ["steps=1", "minibatch_size=8", "entropy_coef=0.01", "seed=5", *extra]  # B = 4 × 2
+    whole = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "whole", common))
+    micro = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "micro", [*common, "micro_batch_size=3"]))
+    res_w, res_m = whole.train(), micro.train()
+    keys = ["actor/grad_norm", "actor/pg_loss", "actor/entropy", "kl/ref"]
+    keys += ["critic/vf_loss"] if "algo=ppo" in extra else []
+    for k in keys:
+        assert res_m[k] == pytest.approx(res_w[k], rel=1e-4, abs=1e-7), k
+    for a, b in zip(whole.policy.parameters(), micro.policy.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -109,6 +109,11 @@ class RLConfig:
     """Passes over each rollout batch."""
     minibatch_size: int = 128
     """Responses per optimizer step (128 = the whole default batch: one on-policy update)."""
+    micro_batch_size: int | None = None
+    """Responses per forward/backward pass (gradients accumulate over the passes of a minibatch,
+    each weighted by its share of the minibatch's tokens, so the update is the minibatch's), and
+    per reference / value pass. None: the whole minibatch. Set it on a GPU when B × T × vocab
+    logits do not fit (e.g. 8 for a 150k-token vocabulary and 512-token answers)."""
     lr: float = 2e-5
     """Policy learning rate (testbed: 2e-5 improves held-out accuracy steadily; 1e-4 and above
     overfits each batch and lowers it)."""
@@ -159,6 +164,8 @@ class RLConfig:
         check_engine(self.engine, "rl: engine")
         if self.steps < 1 or self.prompts_per_step < 1 or self.minibatch_size < 1:
             raise ValueError("rl: steps, prompts_per_step and minibatch_size must be >= 1")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError("rl: micro_batch_size must be >= 1 (or null: the whole minibatch)")
         self.data.validate()
 
     def advantage_name(self) -> str:

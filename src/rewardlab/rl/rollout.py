@@ -167,8 +167,10 @@ def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temper
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,
                       seed: int | None = None, compute_logprobs: bool = True,
-                      use_cache: bool = True, show_progress: bool = False) -> RolloutBatch:
-    """Sample ``cfg.n`` responses for every prompt (see the module docstring for the layout)."""
+                      use_cache: bool = True, show_progress: bool = False,
+                      logprob_rows: int = 64) -> RolloutBatch:
+    """Sample ``cfg.n`` responses for every prompt (see the module docstring for the layout);
+    with ``compute_logprobs``, their log-probs in passes of ``logprob_rows`` rows."""
     cfg = cfg or SamplingConfig()
     if cfg.n < 1 or cfg.max_new_tokens < 1:
         raise ValueError("sampling: n and max_new_tokens must be >= 1")
@@ -220,7 +222,7 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     if compute_logprobs:
         batch.logprobs = forward_logprobs(model, batch.input_ids, batch.attention_mask,
                                           resp.shape[1], temperature=cfg.temperature or 1.0,
-                                          fast=fast) * mask
+                                          micro_batch=logprob_rows, fast=fast) * mask
     return batch
 
 

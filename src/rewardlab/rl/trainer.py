@@ -97,6 +97,8 @@ class RLTrainer:
         # per step for the testbed policy on the CPU, where the loop is torch's default)
         self.opt = torch.optim.AdamW(params, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
         self.kl_coef = cfg.kl.coef
+        # rows per no-grad log-prob pass (old and reference log-probs): micro_batch_size, else 64
+        self.pass_rows = cfg.micro_batch_size or 64
         self.start_step = 0
         if self.ckpt is not None:
             from rewardlab.training import load_trainer_state
@@ -146,7 +148,8 @@ class RLTrainer:
         problems = [self.train_set[i] for i in idx]
         batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
                                   cfg.sampling, seed=cfg.seed * 1_000_003 + step,
-                                  compute_logprobs=not self.on_policy_single_update(len(idx)))
+                                  compute_logprobs=not self.on_policy_single_update(len(idx)),
+                                  logprob_rows=self.pass_rows)
         return problems, batch
 
     @torch.no_grad()
@@ -193,20 +196,25 @@ class RLTrainer:
         if self.ref is not None:
             ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
                                         temperature=cfg.sampling.temperature or 1.0,
-                                        fast=self.fast_ref) * mask
+                                        micro_batch=self.pass_rows, fast=self.fast_ref) * mask
             if old_logp is not None:
                 kl = kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask
         if cfg.kl.in_reward and kl is not None:
             rewards = add_kl_to_rewards(rewards, kl, self.kl_coef, mask)
         values = None
         if self.value is not None:
-            hidden = None
-            if cfg.value.kind == "shared":
-                out = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  position_ids=position_ids_from_mask(batch.attention_mask),
-                                  output_hidden_states=True)
-                hidden = out.hidden_states[-1]
-            values = self.values_of(batch.input_ids, batch.attention_mask, T, hidden) * mask
+            parts = []
+            ids_all, att_all = batch.input_ids, batch.attention_mask
+            rows = cfg.micro_batch_size or B
+            for s in range(0, B, rows):
+                ids, att = ids_all[s:s + rows], att_all[s:s + rows]
+                hidden = None
+                if cfg.value.kind == "shared":
+                    out = self.policy(input_ids=ids, attention_mask=att,
+                                      position_ids=position_ids_from_mask(att), output_hidden_states=True)
+                    hidden = out.hidden_states[-1]
+                parts.append(self.values_of(ids, att, T, hidden))
+            values = torch.cat(parts) * mask
         seq_reward = (rewards * mask).sum(1)
         name = cfg.advantage_name()
         returns = None
@@ -247,65 +255,90 @@ class RLTrainer:
         return ScoredBatch(batch, old_logp, ref_logp, values, rewards, advantages * mask, returns, m)
 
     def update(self, sb: ScoredBatch) -> dict:
-        """``ppo_epochs`` passes of minibatch updates with the clipped losses."""
-        from rewardlab.rewards.compose import kl_penalty
-        from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
-
+        """``ppo_epochs`` passes of minibatch updates with the clipped losses; each minibatch in
+        forward/backward passes of ``micro_batch_size`` rows whose gradients add up to the
+        minibatch's (each pass's token-mean losses weighted by its share of the tokens)."""
         cfg = self.cfg
         b = sb.rollout
-        B, T = b.response_ids.shape
-        input_ids, att = b.input_ids, b.attention_mask
+        B = len(b)
         mask = b.response_mask.float()
         self.policy.train()
         agg: dict[str, list[float]] = {}
         g = torch.Generator().manual_seed(cfg.seed * 31 + int(sb.metrics.get("_step", 0)))
-        ent_grad = cfg.entropy_coef != 0  # else the entropy is only logged: no backward through it
+        params = [p for grp in self.opt.param_groups for p in grp["params"]]
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=g)
             for s in range(0, B, cfg.minibatch_size):
                 mb = perm[s:s + cfg.minibatch_size]
-                hidden = None
-                if self.value is not None and cfg.value.kind == "shared":
-                    out = self.policy(input_ids=input_ids[mb], attention_mask=att[mb],
-                                      position_ids=position_ids_from_mask(att[mb]),
-                                      output_hidden_states=True)
-                    logp, ent = response_logprobs(out.logits, input_ids[mb], T,
-                                                  cfg.sampling.temperature or 1.0, return_entropy=True,
-                                                  entropy_grad=ent_grad)
-                    hidden = out.hidden_states[-1]
-                else:
-                    logp, ent = logprobs_with_grad(self.policy, input_ids[mb], att[mb], T,
-                                                   cfg.sampling.temperature or 1.0, return_entropy=True,
-                                                   fast=self.fast_policy, entropy_grad=ent_grad)
-                mmask = mask[mb]
-                old_logp = sb.old_logp[mb] if sb.old_logp is not None else logp.detach()
-                if sb.old_logp is None and sb.ref_logp is not None:
-                    kl_ref = kl_penalty(old_logp, sb.ref_logp[mb], cfg.kl.estimator) * mmask
-                    agg.setdefault("kl/ref", []).append(kl_ref.sum(1).mean().item())
-                pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[mb], mmask,
-                                         clip_eps=cfg.clip_eps, ratio=cfg.ratio)
-                entropy = masked_mean(ent, mmask)
-                loss = pl - cfg.entropy_coef * entropy if ent_grad else pl
-                metrics = dict(pm)
-                metrics["actor/entropy"] = entropy.item()
-                metrics["actor/pg_loss"] = pl.item()
-                if not cfg.kl.in_reward and sb.ref_logp is not None:
-                    kll, km = kl_loss(logp, sb.ref_logp[mb], mmask, kind=cfg.kl.estimator)
-                    loss = loss + self.kl_coef * kll
-                    metrics.update(km)
-                if self.value is not None:
-                    v = self.values_of(input_ids[mb], att[mb], T, hidden)
-                    vl, vm = value_loss(v, sb.values[mb], sb.returns[mb], mmask, clip_eps=cfg.value.clip_eps)
-                    loss = loss + cfg.value.coef * vl
-                    metrics.update(vm)
+                micro = cfg.micro_batch_size or len(mb)
+                parts = [mb[i:i + micro] for i in range(0, len(mb), micro)]
+                n_tok = mask[mb].sum().clamp(min=1)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for grp in self.opt.param_groups for p in grp["params"]]
+                metrics: dict[str, float] = {}
+                for rows in parts:
+                    loss, pm, row_m = self._micro_loss(sb, rows)
+                    if len(parts) == 1:
+                        loss.backward()
+                        metrics, row_metrics = pm, row_m
+                        continue
+                    w = float(mask[rows].sum() / n_tok)          # token share: token-mean losses
+                    (loss * w).backward()
+                    for k, v in pm.items():
+                        metrics[k] = metrics.get(k, 0.0) + w * v
+                    for k, v in row_m.items():               # per-response means: row share
+                        metrics[k] = metrics.get(k, 0.0) + v * len(rows) / len(mb)
+                if len(parts) == 1:
+                    metrics = {**metrics, **row_metrics}
                 metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 self.opt.step()
                 for k, v in metrics.items():
                     agg.setdefault(k, []).append(float(v))
         return {k: sum(v) / len(v) for k, v in agg.items()}
+
+    def _micro_loss(self, sb: ScoredBatch, rows: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
+        """The loss of responses ``rows`` (token means over them), its token-mean metrics, and
+        its per-response metrics (``kl/ref`` when the update supplies the old log-probs)."""
+        from rewardlab.rewards.compose import kl_penalty
+        from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
+
+        cfg = self.cfg
+        b = sb.rollout
+        T = b.response_ids.shape[1]
+        input_ids, att = b.input_ids[rows], b.attention_mask[rows]
+        mmask = b.response_mask[rows].float()
+        ent_grad = cfg.entropy_coef != 0  # else the entropy is only logged: no backward through it
+        hidden = None
+        if self.value is not None and cfg.value.kind == "shared":
+            out = self.policy(input_ids=input_ids, attention_mask=att,
+                              position_ids=position_ids_from_mask(att), output_hidden_states=True)
+            logp, ent = response_logprobs(out.logits, input_ids, T, cfg.sampling.temperature or 1.0,
+                                          return_entropy=True, entropy_grad=ent_grad)
+            hidden = out.hidden_states[-1]
+        else:
+            logp, ent = logprobs_with_grad(self.policy, input_ids, att, T, cfg.sampling.temperature or 1.0,
+                                           return_entropy=True, fast=self.fast_policy, entropy_grad=ent_grad)
+        row_metrics = {}
+        old_logp = sb.old_logp[rows] if sb.old_logp is not None else logp.detach()
+        if sb.old_logp is None and sb.ref_logp is not None:
+            kl_ref = kl_penalty(old_logp, sb.ref_logp[rows], cfg.kl.estimator) * mmask
+            row_metrics["kl/ref"] = kl_ref.sum(1).mean().item()
+        pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[rows], mmask,
+                                 clip_eps=cfg.clip_eps, ratio=cfg.ratio)
+        entropy = masked_mean(ent, mmask)
+        loss = pl - cfg.entropy_coef * entropy if ent_grad else pl
+        metrics = dict(pm)
+        metrics["actor/entropy"] = entropy.item()
+        metrics["actor/pg_loss"] = pl.item()
+        if not cfg.kl.in_reward and sb.ref_logp is not None:
+            kll, km = kl_loss(logp, sb.ref_logp[rows], mmask, kind=cfg.kl.estimator)
+            loss = loss + self.kl_coef * kll
+            metrics.update(km)
+        if self.value is not None:
+            v = self.values_of(input_ids, att, T, hidden)
+            vl, vm = value_loss(v, sb.values[rows], sb.returns[rows], mmask, clip_eps=cfg.value.clip_eps)
+            loss = loss + cfg.value.coef * vl
+            metrics.update(vm)
+        return loss, metrics, row_metrics
 
     # ------------------------------------------------------------------ evaluation / loop
     def evaluate(self, k: int = 0) -> dict:
