@@ -277,18 +277,12 @@ class RLTrainer:
                 metrics: dict[str, float] = {}
                 for rows in parts:
                     loss, pm, row_m = self._micro_loss(sb, rows)
-                    if len(parts) == 1:
-                        loss.backward()
-                        metrics, row_metrics = pm, row_m
-                        continue
-                    w = float(mask[rows].sum() / n_tok)          # token share: token-mean losses
-                    (loss * w).backward()
-                    for k, v in pm.items():
+                    w = 1.0 if len(parts) == 1 else float(mask[rows].sum() / n_tok)  # token share
+                    (loss if w == 1.0 else loss * w).backward()
+                    for k, v in pm.items():                   # token means: token share
                         metrics[k] = metrics.get(k, 0.0) + w * v
-                    for k, v in row_m.items():               # per-response means: row share
-                        metrics[k] = metrics.get(k, 0.0) + v * len(rows) / len(mb)
-                if len(parts) == 1:
-                    metrics = {**metrics, **row_metrics}
+                    for k, v in row_m.items():                # per-response means: row share
+                        metrics[k] = metrics.get(k, 0.0) + v * (len(rows) / len(mb))
                 metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 self.opt.step()
                 for k, v in metrics.items():
