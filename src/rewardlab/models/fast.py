@@ -443,14 +443,18 @@ class _SplitWeights:
             if not cpu:
                 self.layers.append(dict(qkv=None, gu=None, o=None, down=None))
                 continue
-            def blocks(w, k):
-                return w.detach().t().reshape(w.shape[1], k, w.shape[0] // k).permute(1, 0, 2).contiguous()
+            blocks = _column_blocks
             qkv_k = 3 if W.n_kv == W.n_heads else None
             self.layers.append(dict(
                 qkv=blocks(L["qkv"], qkv_k) if qkv_k and L["qkv_b"] is None else None,
                 gu=blocks(L["gu"], 2) if L["gu_b"] is None else None,
                 o=blocks(L["o"], 2) if L["o_b"] is None and L["o"].shape[0] % 2 == 0 else None,
                 down=blocks(L["down"], 2) if L["down_b"] is None and L["down"].shape[0] % 2 == 0 else None))
+
+
+def _column_blocks(w: torch.Tensor, k: int) -> torch.Tensor:
+    """Wᵀ (in, out) of a Linear weight W (out, in) as k column blocks (k, in, out/k)."""
+    return w.detach().t().reshape(w.shape[1], k, w.shape[0] // k).permute(1, 0, 2).contiguous()
 
 
 def _split_linear(h: torch.Tensor, blocks: torch.Tensor | None, w: torch.Tensor,
