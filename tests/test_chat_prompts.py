@@ -65,6 +65,33 @@ def test_prompt_fn_default_template_and_chat(chat_model):
     assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3
 
 
+def test_plain_prompts_get_the_bos_token_a_tokenizer_adds_by_default(chat_model, tiny_policy):
+    """Llama/Mistral-style tokenizers put BOS before every text; rewardlab tokenizes prompts
+    without special tokens, so the prompt text carries it (once). Chat templates write their own."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from rewardlab.models.loading import load_model_and_tokenizer
+    from rewardlab.rl.sft import adds_bos
+
+    tok = AutoTokenizer.from_pretrained(str(chat_model))
+    assert not adds_bos(tok)
+    tok.bos_token = "<|endoftext|>"
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)])
+    assert adds_bos(tok)
+    p = _problem()
+    for data in (DataConfig(), DataConfig(prompt_template="Q: {question}\nA:")):
+        prompt = make_prompt_fn(data, tok)(p)
+        assert prompt.startswith("<|endoftext|>") and p.question in prompt
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert ids[0] == bos and ids.count(bos) == 1
+    assert not make_prompt_fn(DataConfig(chat=True), tok)(p).startswith("<|endoftext|>")
+    _, testbed_tok = load_model_and_tokenizer(tiny_policy)
+    assert not adds_bos(testbed_tok) and make_prompt_fn(DataConfig(), testbed_tok) is prompt_of
+
+
 @pytest.mark.parametrize("data, message", [
     (dict(prompt_template="Solve:"), "must contain {question}"),
     (dict(prompt_template="{question}", chat=True), "not both"),

@@ -197,11 +197,9 @@ def register(app: typer.Typer) -> None:
             if not Path(p).is_dir():
                 raise DataError(p, "reward-model directory not found")
         check_model_ref(policy)
-        tok = None
-        if chat:  # the chat template is the policy tokenizer's
-            from transformers import AutoTokenizer
-            tok = AutoTokenizer.from_pretrained(policy)
-        prompt_fn = prompt_function(tok, prompt_template, chat, system)
+        from rewardlab.models.loading import load_tokenizer
+        # the policy's tokenizer decides the prompt's chat template and BOS token
+        prompt_fn = prompt_function(load_tokenizer(policy), prompt_template, chat, system)
         problems = load_problems(dataset, split, data, limit)
         res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style, prompt_fn=prompt_fn,
                       temperature=temperature,

@@ -113,11 +113,25 @@ def prompt_of(problem: Problem) -> str:
     return problem.question + "\n"
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts its BOS token before a text by default (Llama and Mistral
+    tokenizers do; Qwen's and the testbed's do not)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if tokenizer is None or bos is None:
+        return False
+    ids = tokenizer("1", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
 def make_prompt_fn(data: DataConfig, tokenizer) -> Callable[[Problem], str]:
     """The policy's prompt function for a run: the tokenizer's chat template when ``data.chat``
     (with ``data.system_prompt``), ``data.prompt_template`` when set, else :func:`prompt_of`.
     SFT, RL rollouts and their held-out evaluations all use it, so a policy is trained and
-    evaluated on the prompts it will be sampled with."""
+    evaluated on the prompts it will be sampled with.
+
+    rewardlab tokenizes prompts without adding special tokens (a chat template writes its own),
+    so for a tokenizer that :func:`adds_bos` the plain and template prompts start with the BOS
+    token's text, as the model saw in pre-training."""
     from rewardlab.eval.evaluate import chat_prompt_fn, template_prompt_fn
 
     if data.chat:
@@ -125,9 +139,11 @@ def make_prompt_fn(data: DataConfig, tokenizer) -> Callable[[Problem], str]:
             raise ValueError("chat prompts need a tokenizer with a chat template, and this one has "
                              "none (use a prompt template instead)")
         return chat_prompt_fn(tokenizer, data.system_prompt)
-    if data.prompt_template is not None:
-        return template_prompt_fn(data.prompt_template)
-    return prompt_of
+    fn = template_prompt_fn(data.prompt_template) if data.prompt_template is not None else prompt_of
+    if adds_bos(tokenizer):
+        bos = tokenizer.bos_token
+        return lambda p: bos + fn(p)
+    return fn
 
 
 def encode_example(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
