@@ -56,6 +56,22 @@ def test_mc_labeler_batches_all_prefixes_in_one_call(monkeypatch):
         assert h_row == [1.0] * len(steps)
 
 
+def test_mc_labeler_continues_in_the_policy_prompt(monkeypatch):
+    """prompt_fn (e.g. a chat template): every prefix prompt is that prompt + the steps so far."""
+    items = _items(2)
+    seen = []
+
+    def stub(model, tok, prompts, cfg, seed=None, compute_logprobs=True, **kw):
+        seen.extend(prompts)
+        return type("B", (), {"texts": ["#### -1"] * (len(prompts) * cfg.n)})()
+
+    monkeypatch.setattr(rollout, "generate_rollouts", stub)
+    MCLabeler(None, None, n=2, prompt_fn=lambda p: f"<user>{p.question}</user>\n").label_batch(items)
+    want = [f"<user>{q}</user>\n" + "\n".join(s[:k]) + "\n" for q, s, _ in items for k in range(1, len(s))]
+    assert seen == want
+    assert prefix_prompt("q", ["a", "b"], 1) == "q\na\n"    # default: question + newline
+
+
 def test_mc_labeler_tiny_model(tiny_policy):
     model, tok = load_model_and_tokenizer(tiny_policy)
     items = _items(2)

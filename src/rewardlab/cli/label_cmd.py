@@ -45,7 +45,8 @@ def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Op
 
 def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: int, soft: bool,
                   style: str, max_new_tokens: int, temperature: float, seed: int,
-                  judge_yes: str, judge_no: str, judge_chat: bool, device: str):
+                  judge_yes: str, judge_no: str, judge_chat: bool, device: str,
+                  prompt: tuple = (None, False, None)):
     from rewardlab.rewards.labeling import get_labeler
 
     kwargs: dict = {}
@@ -53,7 +54,8 @@ def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: in
         if policy is None:
             raise typer.BadParameter("--method mc needs --model (the policy that completes prefixes)")
         kwargs = dict(model=policy, tokenizer=tok, n=mc_n, soft=soft, style=style,
-                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+                      max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                      prompt_fn=prompt_function(tok, *prompt))  # completions in the policy's prompt
     elif method == "judge":
         if judge_model is None and policy is None:
             raise typer.BadParameter("--method judge needs --judge-model (or --model)")
@@ -148,7 +150,8 @@ def register(app: typer.Typer) -> None:
             policy, tok = load_policy(model, device)
         labeler = _make_labeler(method, policy, tok, judge_model, mc_n, soft, style,
                                 max_new_tokens or default_max_new_tokens(dataset), temperature,
-                                seed, judge_yes, judge_no, judge_chat, device)
+                                seed, judge_yes, judge_no, judge_chat, device,
+                                (prompt_template, chat, system))
         rows = label_rows(rows, labeler)
         write_jsonl(out, rows)
         msg = f"wrote {len(rows)} labelled rows to {escape(str(out))}"

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from rewardlab.data.problem import Problem
+
 Item = tuple[str, Sequence[str], str]  # (question, steps, gold)
 
 LABELERS: dict[str, Callable[..., "Labeler"]] = {}
@@ -68,10 +70,10 @@ class OracleLabeler(Labeler):
         return [float(x) for x in labels]
 
 
-def prefix_prompt(question: str, steps: Sequence[str], k: int) -> str:
-    """The prompt that continues a solution after its first ``k`` steps:
-    ``question + "\\n" + "\\n".join(steps[:k]) + "\\n"``."""
-    return question + "\n" + "\n".join(steps[:k]) + "\n"
+def prefix_prompt(question: str, steps: Sequence[str], k: int, prompt: str | None = None) -> str:
+    """The prompt that continues a solution after its first ``k`` steps: the policy's
+    ``prompt`` for the question (default ``question + "\\n"``) + ``"\\n".join(steps[:k]) + "\\n"``."""
+    return (question + "\n" if prompt is None else prompt) + "\n".join(steps[:k]) + "\n"
 
 
 @register_labeler("mc")
@@ -89,7 +91,8 @@ class MCLabeler(Labeler):
 
     def __init__(self, model, tokenizer, n: int = 8, max_new_tokens: int = 48,
                  temperature: float = 1.0, top_p: float = 1.0, soft: bool = False,
-                 style: str = "gsm8k", batch_size: int = 256, seed: int = 0):
+                 style: str = "gsm8k", batch_size: int = 256, seed: int = 0,
+                 prompt_fn: Callable[[Problem], str] | None = None):
         if n < 1:
             raise ValueError("mc labeller: n must be >= 1")
         if temperature <= 0:
@@ -97,6 +100,7 @@ class MCLabeler(Labeler):
         self.model, self.tokenizer = model, tokenizer
         self.n, self.max_new_tokens, self.temperature, self.top_p = n, max_new_tokens, temperature, top_p
         self.soft, self.style, self.batch_size, self.seed = soft, style, batch_size, seed
+        self.prompt_fn = prompt_fn  # the policy's prompt (e.g. its chat template); None: question + "\n"
 
     def estimates(self, items: Sequence[Item]) -> list[list[float]]:
         """Soft labels (fraction of correct completions) of every step of every item."""
@@ -105,9 +109,11 @@ class MCLabeler(Labeler):
 
         grader = Grader(self.style)
         prompts, where = [], []  # where[r] = (item, step) of prompt r
-        for i, (q, steps, _) in enumerate(items):
+        for i, (q, steps, gold) in enumerate(items):
+            head = None if self.prompt_fn is None else self.prompt_fn(
+                Problem(id="", question=q, solution="", answer=gold, source=""))
             for k in range(1, len(steps)):  # the last step is graded directly
-                prompts.append(prefix_prompt(q, steps, k))
+                prompts.append(prefix_prompt(q, steps, k, head))
                 where.append((i, k - 1))
         out = [[0.0] * len(steps) for _, steps, _ in items]
         for i, (_, steps, gold) in enumerate(items):
