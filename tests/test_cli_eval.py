@@ -91,3 +91,14 @@ def test_cli_bon(tiny_policy, tiny_rms, problems_file, tmp_path, capsys):
     rc = main(["bon", "--policy", str(tiny_policy), "--orm", str(tmp_path / "nope"),
                "--data", str(problems_file), "--out", str(out)])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["eval", "bon"])
+def test_cli_model_directory_without_model_files_exit_2(tmp_path, problems_file, capsys, cmd):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flag = "--model" if cmd == "eval" else "--policy"
+    assert main([cmd, flag, str(empty), "--data", str(problems_file), "--out", str(tmp_path / "o")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert str(empty) in err and "cannotload" in err
+    assert not (tmp_path / "o").exists()

@@ -56,7 +56,7 @@ def load_policy(model: str, device: str = "auto", dtype: str = "auto",
     check_model_ref(model)
     try:
         return load_model_and_tokenizer(model, dtype, device, trust_remote_code)
-    except OSError as e:  # missing directory, missing files, unknown hub id (offline)
+    except (OSError, ValueError) as e:  # missing files, no usable tokenizer, unknown hub id (offline)
         raise DataError(model, f"cannot load model: {str(e).splitlines()[0]}") from None
 
 

@@ -201,8 +201,11 @@ def register(app: typer.Typer) -> None:
                 raise DataError(p, "reward-model directory not found")
         check_model_ref(policy)
         from rewardlab.models.loading import load_tokenizer
-        # the policy's tokenizer decides the prompt's chat template and BOS token
-        prompt_fn = prompt_function(load_tokenizer(policy), prompt_template, chat, system)
+        try:  # the policy's tokenizer decides the prompt's chat template and BOS token
+            tok = load_tokenizer(policy)
+        except (OSError, ValueError) as e:   # no tokenizer files, unknown hub id (offline)
+            raise DataError(policy, f"cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+        prompt_fn = prompt_function(tok, prompt_template, chat, system)
         problems = load_problems(dataset, split, data, limit)
         res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style, prompt_fn=prompt_fn,
                       temperature=temperature,
