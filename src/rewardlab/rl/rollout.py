@@ -97,19 +97,22 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[tor
     return mask, finished
 
 
-@torch.no_grad()
 def forward_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
                      temperature: float = 1.0, micro_batch: int = 64,
                      return_entropy: bool = False, fast: bool = False):
     """log π(y_t | x, y_<t) for the last ``n_response`` positions, (B, T); no gradient.
-    ``fast``: through :func:`rewardlab.models.fast.response_logits` (see :func:`logprobs_with_grad`)."""
+    ``fast``: through :func:`rewardlab.models.fast.response_logits` (see :func:`logprobs_with_grad`).
+
+    Runs in ``torch.inference_mode`` (no autograd bookkeeping per op); the results are ordinary
+    tensors, usable in a later loss."""
     outs, ents = [], []
-    for s in range(0, input_ids.shape[0], micro_batch):
-        lp, ent = logprobs_with_grad(model, input_ids[s:s + micro_batch],
-                                     attention_mask[s:s + micro_batch], n_response, temperature,
-                                     return_entropy, fast=fast)
-        outs.append(lp)
-        ents.append(ent)
+    with torch.inference_mode():
+        for s in range(0, input_ids.shape[0], micro_batch):
+            lp, ent = logprobs_with_grad(model, input_ids[s:s + micro_batch],
+                                         attention_mask[s:s + micro_batch], n_response, temperature,
+                                         return_entropy, fast=fast)
+            outs.append(lp)
+            ents.append(ent)
     lp = torch.cat(outs)
     return (lp, torch.cat(ents)) if return_entropy else lp
 
