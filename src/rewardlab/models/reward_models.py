@@ -153,13 +153,14 @@ class RewardModel(nn.Module):
     # -- scoring ----------------------------------------------------------------------------
     aggregate = staticmethod(aggregate)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(self, questions: list[str], steps: list[list[str]], batch_size: int = 64
               ) -> list[ScoreResult]:
         """Score solutions (``steps[i]`` = the steps of solution i, no trailing newlines).
 
         Rows are length-sorted into batches of ``batch_size``; results come back in input order.
-        No gradient; the model is put in eval mode for the call."""
+        No gradient (inference mode: the results are Python floats); the model is put in eval
+        mode for the call."""
         if len(questions) != len(steps):
             raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
         if batch_size < 1:
