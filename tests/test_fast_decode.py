@@ -267,3 +267,20 @@ def test_min_new_tokens_matches_generate(tiny_policy):
     assert not (got[:, :6] == eos).any()
     model.generation_config.min_new_tokens = 6
     assert use_fast_engine(model, "auto")
+
+
+def test_sampling_and_logprob_outputs_can_enter_autograd(tiny_policy):
+    """fast_generate and forward_logprobs run in inference mode; what they return must still be
+    usable in a later loss (inference tensors cannot be saved for backward)."""
+    from rewardlab.rl.rollout import forward_logprobs
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    out = fast_generate(model, enc["input_ids"], enc["attention_mask"], 6, tok.eos_token_id,
+                        tok.pad_token_id, temperature=1.0)
+    lp = forward_logprobs(model, torch.cat([enc["input_ids"], out], 1),
+                          torch.cat([enc["attention_mask"], torch.ones_like(out)], 1), 6, fast=True)
+    assert not out.is_inference() and not lp.is_inference()
+    w = torch.randn(len(tok), 3, requires_grad=True)
+    (torch.nn.functional.embedding(out, w).sum() * torch.exp(lp).sum()).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
