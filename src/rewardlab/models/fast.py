@@ -168,6 +168,19 @@ def _no_cache(i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, t
     return k, v
 
 
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as x·cos + roll(x, d/2)·ŝin (ŝin from :func:`_rope_table`)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
+
+
+def _split_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, H: int, Hkv: int):
+    """q, k, v from the fused projection laid out (N, H + 2·n_kv, S, d), RoPE applied to the
+    queries and keys at once."""
+    qk, v = qkv.split([H + Hkv, Hkv], dim=1)
+    q, k = _rope(qk, cos, sin).split([H, Hkv], dim=1)
+    return q, k, v
+
+
 def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                     attn_mask: torch.Tensor, kv=_no_cache) -> torch.Tensor:
     """Run every decoder layer on x (B, S, hidden) whose RoPE angles are cos/sin (B, 1, S, d).
@@ -184,9 +197,7 @@ def _layers_forward(W: _Weights, x: torch.Tensor, cos: torch.Tensor, sin: torch.
     for i, L in enumerate(W.layers):
         h = _rms_norm(x, L["n1"], L["eps1"])
         qkv = F.linear(h, L["qkv"], L["qkv_b"]).view(B, S, H + 2 * Hkv, d).transpose(1, 2)
-        qk, v = qkv.split([H + Hkv, Hkv], dim=1)
-        qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)   # RoPE on queries and keys at once
-        q, k = qk.split([H, Hkv], dim=1)
+        q, k, v = _split_qkv(qkv, cos, sin, H, Hkv)
         k, v = kv(i, k, v)
         a = _attention(q, k, v, bias)
         x = x + F.linear(a.transpose(1, 2).reshape(B, S, H * d), L["o"], L["o_b"])
@@ -453,13 +464,13 @@ class _SplitWeights:
             if not cpu:
                 self.layers.append(dict(qkv=None, gu=None, o=None, down=None))
                 continue
-            blocks = _column_blocks
-            qkv_k = 3 if W.n_kv == W.n_heads else None
+            mha = W.n_kv == W.n_heads
             self.layers.append(dict(
-                qkv=blocks(L["qkv"], qkv_k) if qkv_k and L["qkv_b"] is None else None,
-                gu=blocks(L["gu"], 2) if L["gu_b"] is None else None,
-                o=blocks(L["o"], 2) if L["o_b"] is None and L["o"].shape[0] % 2 == 0 else None,
-                down=blocks(L["down"], 2) if L["down_b"] is None and L["down"].shape[0] % 2 == 0 else None))
+                qkv=_column_blocks(L["qkv"], 3) if mha and L["qkv_b"] is None else None,
+                gu=_column_blocks(L["gu"], 2) if L["gu_b"] is None else None,
+                o=_column_blocks(L["o"], 2) if L["o_b"] is None and L["o"].shape[0] % 2 == 0 else None,
+                down=(_column_blocks(L["down"], 2)
+                      if L["down_b"] is None and L["down"].shape[0] % 2 == 0 else None)))
 
 
 def _column_blocks(w: torch.Tensor, k: int) -> torch.Tensor:
@@ -468,12 +479,14 @@ def _column_blocks(w: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _split_linear(h: torch.Tensor, blocks: torch.Tensor | None, w: torch.Tensor,
-                  b: torch.Tensor | None) -> torch.Tensor:
+                  b: torch.Tensor | None, merge: bool = False) -> torch.Tensor:
     """h·Wᵀ (+ b) for h (R, in): one ``bmm`` over the k column blocks of Wᵀ (k, in, out/k), giving
-    (k, R, out/k), when there are ≥ ``SPLIT_MATMUL_MIN_ROWS`` rows; else ``F.linear`` (R, out)."""
+    (k, R, out/k) — or (R, out) with ``merge`` — when there are ≥ ``SPLIT_MATMUL_MIN_ROWS`` rows;
+    else ``F.linear`` (R, out)."""
     if blocks is None or h.shape[0] < SPLIT_MATMUL_MIN_ROWS:
         return F.linear(h, w, b)
-    return torch.bmm(h.expand(blocks.shape[0], -1, -1), blocks)
+    y = torch.bmm(h.expand(blocks.shape[0], -1, -1), blocks)
+    return y.transpose(0, 1).reshape(h.shape[0], -1) if merge else y
 
 
 def _decode_layers(W: _Weights, SW: _SplitWeights, x: torch.Tensor, cos: torch.Tensor,
@@ -488,23 +501,17 @@ def _decode_layers(W: _Weights, SW: _SplitWeights, x: torch.Tensor, cos: torch.T
         h = _rms_norm(x, L["n1"], L["eps1"])
         qkv = _split_linear(h, S["qkv"], L["qkv"], L["qkv_b"])
         if qkv.dim() == 3:                       # (3, R, H·d): q, k, v blocks
-            qk = qkv[:2].view(2, R, H, 1, d)
-            qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)
+            qk = _rope(qkv[:2].view(2, R, H, 1, d), cos, sin)
             q, k, v = qk[0], qk[1], qkv[2].view(R, Hkv, 1, d)
         else:                                    # (R, (H + 2·n_kv)·d)
-            qkv = qkv.view(R, H + 2 * Hkv, 1, d)
-            qk, v = qkv.split([H + Hkv, Hkv], dim=1)
-            qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)
-            q, k = qk.split([H, Hkv], dim=1)
+            q, k, v = _split_qkv(qkv.view(R, H + 2 * Hkv, 1, d), cos, sin, H, Hkv)
         k, v = cache(i, k, v)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=Hkv != H).reshape(R, H * d)
-        o = _split_linear(a, S["o"], L["o"], L["o_b"])
-        x = x + (o if o.dim() == 2 else o.transpose(0, 1).reshape(R, -1))
+        x = x + _split_linear(a, S["o"], L["o"], L["o_b"], merge=True)
         h = _rms_norm(x, L["n2"], L["eps2"])
         gu = _split_linear(h, S["gu"], L["gu"], L["gu_b"])
         gate, up = (gu[0], gu[1]) if gu.dim() == 3 else gu.chunk(2, dim=-1)
-        dn = _split_linear(F.silu(gate) * up, S["down"], L["down"], L["down_b"])
-        x = x + (dn if dn.dim() == 2 else dn.transpose(0, 1).reshape(R, -1))
+        x = x + _split_linear(F.silu(gate) * up, S["down"], L["down"], L["down_b"], merge=True)
     return x
 
 
