@@ -71,15 +71,13 @@ SYSTEM_OPTION = typer.Option(None, "--system", help="With --chat: a system messa
 def prompt_function(tokenizer, template: Optional[str], chat: bool, system: Optional[str] = None):
     """The prompt function for ``--prompt-template`` / ``--chat`` / ``--system`` (default:
     ``question + "\\n"``); a literal ``\\n`` in the template is a newline."""
-    from rewardlab.rl.sft import DataConfig, make_prompt_fn
+    from rewardlab.rl.sft import DataConfig, check_prompt_settings, make_prompt_fn
 
-    if template and chat:
-        raise typer.BadParameter("use --prompt-template or --chat, not both")
-    if system is not None and not chat:
-        raise typer.BadParameter("--system needs --chat")
     data = DataConfig(prompt_template=template.replace("\\n", "\n") if template else None,
                       chat=chat, system_prompt=system)
     try:
+        check_prompt_settings(data.prompt_template, chat, system,
+                              names=("--prompt-template", "--chat", "--system"))
         return make_prompt_fn(data, tokenizer)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -51,18 +51,26 @@ class DataConfig:
     paragraphs). None: math for math500, else gsm8k."""
 
     def validate(self) -> None:
-        if self.prompt_template is not None and "{question}" not in self.prompt_template:
-            raise ValueError("data.prompt_template must contain {question}")
-        if self.chat and self.prompt_template is not None:
-            raise ValueError("set data.chat or data.prompt_template, not both")
-        if self.system_prompt is not None and not self.chat:
-            raise ValueError("data.system_prompt needs data.chat=true")
+        check_prompt_settings(self.prompt_template, self.chat, self.system_prompt)
         if self.style not in (None, "gsm8k", "math"):
             raise ValueError(f"data.style must be gsm8k or math, got {self.style!r}")
 
     def answer_style(self) -> str:
         """``style``, or the dataset's: math for math500, gsm8k otherwise."""
         return self.style or ("math" if self.dataset == "math500" else "gsm8k")
+
+
+def check_prompt_settings(template: str | None, chat: bool, system: str | None,
+                          names=("data.prompt_template", "data.chat=true", "data.system_prompt")) -> None:
+    """Raise ValueError, naming the settings by ``names`` (template, chat, system), for a template
+    without ``{question}``, a template together with chat, or a system prompt without chat."""
+    t, c, sys_ = names
+    if template is not None and "{question}" not in template:
+        raise ValueError(f"{t} must contain {{question}}")
+    if chat and template is not None:
+        raise ValueError(f"set {c} or {t}, not both")
+    if system is not None and not chat:
+        raise ValueError(f"{sys_} needs {c}")
 
 
 @dataclass
