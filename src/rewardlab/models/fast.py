@@ -28,6 +28,8 @@ transformers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -344,14 +346,15 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 
 
 def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                  eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+                  eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 1.0,
                   top_p: float = 1.0, compact_below: float = 0.75,
                   min_new_tokens: int = 0) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` tokens after LEFT-padded prompts (B, P).
 
     Returns the response ids (B, T), T ≤ max_new_tokens: after a row's EOS it holds
     ``pad_token_id``; generation stops early once every row has produced EOS (as
-    ``model.generate`` does). Prompts must be left-padded: every row's last column is a real
+    ``model.generate`` does). ``eos_token_id`` is one id or several (any of them ends a row, as
+    a list in ``generate``), or None (rows run to ``max_new_tokens``). Prompts must be left-padded: every row's last column is a real
     token. EOS cannot be drawn before ``min_new_tokens`` tokens (as ``generate``'s
     ``min_new_tokens``).
 
@@ -372,7 +375,7 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 
 def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                   eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+                   eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 1.0,
                    top_p: float = 1.0, compact_below: float = 0.75,
                    min_new_tokens: int = 0) -> torch.Tensor:
     """:func:`fast_generate`'s body (run in inference mode)."""
@@ -385,8 +388,8 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         raise ValueError("fast_generate: prompts must be left-padded (a row ends in padding)")
     if max_new_tokens < 1:
         raise ValueError("fast_generate: max_new_tokens must be >= 1")
-    if eos_token_id is None:
-        eos_token_id = -1  # never produced: every row runs to max_new_tokens
+    eos_ids = [] if eos_token_id is None else (
+        [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id])
     W = _Weights(model)
     B, P = input_ids.shape
     dev = input_ids.device
@@ -409,15 +412,17 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         cache.k[i][:, :, :P] = k[inverse]
         cache.v[i][:, :, :P] = v[inverse]
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    banned = [i for i in eos_ids if 0 <= i < logits.shape[-1]]   # EOS ids masked before min_new_tokens
+    eos_t = torch.tensor(eos_ids, dtype=torch.long, device=dev)
     n = 0
     for t in range(max_new_tokens):
-        if t < min_new_tokens and 0 <= eos_token_id < logits.shape[-1]:
-            logits[:, eos_token_id] = float("-inf")
+        if t < min_new_tokens and banned:
+            logits[:, banned] = float("-inf")
         tok = sample_next(logits, temperature, top_p, None if u is None else u[:, t])
         tok = tok.masked_fill_(done, pad_token_id)
         live_out[:, t] = tok
         n = t + 1
-        done = done | (tok == eos_token_id)
+        done = done | (tok == eos_ids[0] if len(eos_ids) == 1 else torch.isin(tok, eos_t))
         n_live = len(rows) - int(done.sum())
         if t == max_new_tokens - 1 or n_live == 0:
             break

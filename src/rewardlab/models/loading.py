@@ -82,8 +82,27 @@ def load_model_and_tokenizer(name_or_path: str | Path, dtype: str = "auto", devi
     model.to(dev)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
-        model.generation_config.eos_token_id = tok.eos_token_id
+        ids = stop_token_ids(model, tok)
+        model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else (ids or None)
     return model, tok
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a response: the tokenizer's EOS first, then every id in the model's
+    ``generation_config.eos_token_id`` (an int or a list), without repeats.
+
+    Chat models often end a turn with a token other than the tokenizer's EOS and list both in
+    their generation config (Llama-3-Instruct: ``<|eot_id|>`` and ``<|end_of_text|>``; Gemma-it:
+    ``<end_of_turn>`` and ``<eos>``): sampling stops at any of them, and the response mask, the
+    success reward and the ORM score end at the first one, as ``model.generate`` does."""
+    ids: list[int] = []
+    gc = getattr(model, "generation_config", None)
+    extra = getattr(gc, "eos_token_id", None)
+    extra = [] if extra is None else ([extra] if isinstance(extra, int) else list(extra))
+    for i in [getattr(tokenizer, "eos_token_id", None), *extra]:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
 
 
 TESTBED_SIZES = {

@@ -13,10 +13,13 @@ Layout (shape vocabulary B, P, T): prompts are LEFT-padded to P; responses are R
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from rewardlab.models.loading import stop_token_ids
 
 
 ENGINES = ("auto", "fast", "hf")
@@ -86,9 +89,15 @@ class RolloutBatch:
             None if self.logprobs is None else self.logprobs[idx_t], dict(self.meta))
 
 
-def response_mask_from_ids(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask 1 up to and including the first EOS (all ones where no EOS). Returns (mask, finished)."""
-    is_eos = response_ids == eos_id                                  # (B, T)
+def response_mask_from_ids(response_ids: torch.Tensor,
+                           eos_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask 1 up to and including the first EOS (all ones where no EOS). Returns (mask, finished).
+    ``eos_id``: one id, or several (the first of any of them ends the response)."""
+    if isinstance(eos_id, int):
+        is_eos = response_ids == eos_id                              # (B, T)
+    else:
+        is_eos = torch.isin(response_ids, torch.tensor(list(eos_id), dtype=response_ids.dtype,
+                                                       device=response_ids.device))
     finished = is_eos.any(dim=1)
     first = torch.where(finished, is_eos.float().argmax(dim=1),
                         torch.full_like(finished, response_ids.shape[1] - 1, dtype=torch.long))
@@ -190,6 +199,8 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         from rich.progress import track
         rng = track(rng, description="sampling")
     fast = use_fast_engine(model, cfg.engine, use_cache)
+    stop = stop_token_ids(model, tokenizer)
+    eos = stop[0] if len(stop) == 1 else (stop or None)
     min_new = getattr(getattr(model, "generation_config", None), "min_new_tokens", None)
     for s in rng:
         idx = rows[s:s + cfg.batch_size]
@@ -199,13 +210,13 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
             from rewardlab.models.fast import fast_generate
 
             resp = fast_generate(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens,
-                                 tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                 eos, tokenizer.pad_token_id,
                                  temperature=cfg.temperature, top_p=cfg.top_p,
                                  min_new_tokens=min_new or 0)
             chunks.append((enc["input_ids"], enc["attention_mask"], resp))
             continue
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
                           use_cache=use_cache)
         if not greedy:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
@@ -218,9 +229,9 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     resp = _pad_stack([c[2] for c in chunks], tokenizer.pad_token_id, left=False)
     if resp.shape[1] == 0:
         raise RuntimeError("generation returned no tokens")
-    mask, finished = response_mask_from_ids(resp, tokenizer.eos_token_id)
+    mask, finished = response_mask_from_ids(resp, stop)
     resp = torch.where(mask.bool(), resp, torch.full_like(resp, tokenizer.pad_token_id))
-    texts = decode_responses(tokenizer, resp, mask)
+    texts = decode_responses(tokenizer, resp, mask, finished)
     batch = RolloutBatch(prompt_ids, prompt_mask, resp, mask, texts, rows, finished)
     if compute_logprobs:
         batch.logprobs = forward_logprobs(model, batch.input_ids, batch.attention_mask,
@@ -247,8 +258,15 @@ def use_fast_engine(model, engine: str, use_cache: bool = True, sampling: bool =
     return reason is None
 
 
-def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    lens = mask.sum(1).tolist()
+def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor,
+                     finished: torch.Tensor | None = None) -> list[str]:
+    """The text of each response's masked tokens, special tokens skipped; with ``finished``
+    (B,) bool, a finished row's last masked token (its stop token, which need not be a special
+    token) is left out too."""
+    lens = mask.sum(1)
+    if finished is not None:
+        lens = lens - finished.long()
+    lens = lens.tolist()
     return [tokenizer.decode(r[:n].tolist(), skip_special_tokens=True)
             for r, n in zip(response_ids, lens)]
 
