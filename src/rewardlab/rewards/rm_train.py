@@ -105,6 +105,9 @@ class RMTrainConfig:
     eval_batch_size: int = 64
     dtype: str = "float32"
     """float32 | bfloat16 | float16 | auto."""
+    mixed_precision: bool = True
+    """With dtype bfloat16: float32 weights and optimizer state, passes under bfloat16 autocast
+    (false: train the bfloat16 weights themselves; see ``ModelConfig.mixed_precision``)."""
     device: str = "auto"
     trust_remote_code: bool = False
     resume: bool = True
@@ -357,14 +360,14 @@ def evaluate_reward_model(rm: RewardModel, rows: list, preference: bool = False,
 # The loop
 
 
-def _build_or_resume(cfg: RMTrainConfig, out: Path):
+def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str):
     from rewardlab.models.loading import make_testbed_policy
     from rewardlab.models.reward_models import build_reward_model, load_reward_model
     from rewardlab.training import latest_checkpoint
 
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
-        rm = load_reward_model(ckpt, cfg.device, dtype=cfg.dtype,
+        rm = load_reward_model(ckpt, cfg.device, dtype=dtype,
                                trust_remote_code=cfg.trust_remote_code)
         want, got = cfg.spec().to_json(), rm.spec.to_json()
         if want != got:
@@ -375,7 +378,7 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path):
     if base == "testbed":
         base = str(make_testbed_policy(out / "init", size=cfg.size, seed=cfg.seed))
     try:
-        rm = build_reward_model(base, cfg.spec(), cfg.device, cfg.dtype,
+        rm = build_reward_model(base, cfg.spec(), cfg.device, dtype,
                                 trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
     except OSError as e:  # not a directory with a model, nor a hub id we can reach
         raise ConfigError(f"rm: cannot load the base model {base!r}: {e}") from None
@@ -388,6 +391,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
 
     from rewardlab.config import save_config
     from rewardlab.io import write_json
+    from rewardlab.models.loading import training_precision
     from rewardlab.training import (MetricsLogger, load_trainer_state, make_optimizer,
                                     quiet_transformers, save_checkpoint, seed_everything,
                                     warmup_cosine)
@@ -406,7 +410,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
         train_rows, eval_rows = rows, read_rm_rows(cfg.eval_data, cfg.kind, cfg.preference)
     else:
         train_rows, eval_rows = split_rows(rows, cfg.eval_split, cfg.seed)
-    rm, ckpt = _build_or_resume(cfg, out)
+    prec = training_precision(cfg.dtype, cfg.device, cfg.mixed_precision)
+    rm, ckpt = _build_or_resume(cfg, out, prec.storage)
     device = rm.device
     items, skipped = encode_rows(rm, train_rows, cfg)
     if not items:
@@ -438,7 +443,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                                     cfg.seed)
                 batch = {k: v.to(device) for k, v in
                          objective.collate(rm, [items[i] for i in idx], cfg).items()}
-                loss, m = objective.loss(rm, batch, cfg)
+                with prec.autocast():
+                    loss, m = objective.loss(rm, batch, cfg)
                 (loss / cfg.grad_accum).backward()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
@@ -454,10 +460,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                 save_checkpoint(out, done, rm, None, opt, sched, extra={"total_steps": total})
             bar.update(task, completed=done, info=f"loss {sums['rm/loss']:.4f}")
     finished = stop == total
-    ev = evaluate_reward_model(rm, eval_rows, cfg.preference, cfg.eval_batch_size)
-    if eval_rows:
-        ev["eval/loss"] = objective_loss(rm, encode_rows(rm, eval_rows, cfg)[0], cfg,
-                                         cfg.eval_batch_size)
+    with prec.autocast():
+        ev = evaluate_reward_model(rm, eval_rows, cfg.preference, cfg.eval_batch_size)
+        if eval_rows:
+            ev["eval/loss"] = objective_loss(rm, encode_rows(rm, eval_rows, cfg)[0], cfg,
+                                             cfg.eval_batch_size)
     if ev:
         logger.log(stop, ev)
     logger.close()

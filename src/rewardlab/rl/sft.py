@@ -235,14 +235,16 @@ def load_problems(data: DataConfig, seed: int, out_dir: Path | None = None) -> t
     return train, test
 
 
-def build_model(cfg_model: ModelConfig, out_dir: Path, seed: int):
-    """Load the configured policy; ``testbed`` creates a fresh random one under ``out_dir``."""
+def build_model(cfg_model: ModelConfig, out_dir: Path, seed: int, dtype: str | None = None):
+    """Load the configured policy (in ``dtype``, default ``cfg_model.dtype``); ``testbed`` creates
+    a fresh random one under ``out_dir``."""
     from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
 
     path = cfg_model.name_or_path
     if path == "testbed":
         path = str(make_testbed_policy(out_dir / "init", size=cfg_model.size, seed=seed))
-    return load_model_and_tokenizer(path, cfg_model.dtype, cfg_model.device, cfg_model.trust_remote_code)
+    return load_model_and_tokenizer(path, dtype or cfg_model.dtype, cfg_model.device,
+                                    cfg_model.trust_remote_code)
 
 
 def train_sft(cfg: SFTConfig) -> dict:
@@ -262,11 +264,13 @@ def train_sft(cfg: SFTConfig) -> dict:
     if not train:
         raise ValueError(f"sft: no training problems for dataset {cfg.data.dataset!r}")
     ckpt = latest_checkpoint(out) if cfg.resume else None
+    from rewardlab.models.loading import load_model_and_tokenizer, training_precision
+    # float32 weights + bfloat16 autocast for bfloat16 runs (ModelConfig.mixed_precision)
+    prec = training_precision(cfg.model.dtype, cfg.model.device, cfg.model.mixed_precision)
     if ckpt is not None:
-        from rewardlab.models.loading import load_model_and_tokenizer
-        model, tok = load_model_and_tokenizer(ckpt, cfg.model.dtype, cfg.model.device)
+        model, tok = load_model_and_tokenizer(ckpt, prec.storage, cfg.model.device)
     else:
-        model, tok = build_model(cfg.model, out, cfg.seed)
+        model, tok = build_model(cfg.model, out, cfg.seed, prec.storage)
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)
     examples = keep_trainable([encode_example(tok, prompt_fn(p), p.solution, cfg.max_len) for p in train],
@@ -291,7 +295,8 @@ def train_sft(cfg: SFTConfig) -> dict:
             for micro in range(cfg.grad_accum):
                 idx = batch_indices(len(examples), cfg.batch_size, step, micro, cfg.grad_accum, cfg.seed)
                 batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
-                loss = sft_loss(model, batch) / cfg.grad_accum
+                with prec.autocast():
+                    loss = sft_loss(model, batch) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -303,7 +308,8 @@ def train_sft(cfg: SFTConfig) -> dict:
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 logger.log(done, last)
             if test and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
-                ev = evaluate_greedy(model, tok, test, cfg.data.answer_style(), prompt_fn)
+                with prec.autocast():
+                    ev = evaluate_greedy(model, tok, test, cfg.data.answer_style(), prompt_fn)
                 logger.log(done, ev)
                 last.update(ev)
                 model.train()

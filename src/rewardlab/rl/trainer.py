@@ -9,6 +9,7 @@ The math lives in pure functions (``rewardlab.rewards.refine/compose``,
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -53,11 +54,21 @@ class ScoredBatch:
     metrics: dict
 
 
+def _in_precision(method):
+    """Run a trainer phase in the policy's precision context (bfloat16 autocast in mixed
+    precision, else nothing): sampling, scoring, the update and evaluation alike."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.prec.autocast():
+            return method(self, *args, **kwargs)
+    return run
+
+
 class RLTrainer:
     """PPO / GRPO with dense step rewards. ``RLTrainer(cfg).train()`` runs and returns metrics."""
 
     def __init__(self, cfg: RLConfig):
-        from rewardlab.models.loading import load_model_and_tokenizer
+        from rewardlab.models.loading import load_model_and_tokenizer, training_precision
         from rewardlab.training import latest_checkpoint, quiet_transformers, seed_everything
 
         quiet_transformers()
@@ -77,12 +88,16 @@ class RLTrainer:
         pc = cfg.policy
         self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
         src = self.ckpt or pc.name_or_path
-        self.policy, self.tok = load_model_and_tokenizer(src, pc.dtype, pc.device, pc.trust_remote_code)
+        # bfloat16 runs keep float32 weights and autocast their passes (ModelConfig.mixed_precision);
+        # the reference model is stored like the policy, so the two agree exactly at step 0
+        self.prec = training_precision(pc.dtype, pc.device, pc.mixed_precision)
+        self.policy, self.tok = load_model_and_tokenizer(src, self.prec.storage, pc.device, pc.trust_remote_code)
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         from rewardlab.rl.rollout import use_fast_engine
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
         if cfg.kl.coef != 0 or cfg.kl.adaptive:
-            self.ref, _ = load_model_and_tokenizer(pc.name_or_path, pc.dtype, pc.device, pc.trust_remote_code)
+            self.ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage, pc.device,
+                                                   pc.trust_remote_code)
             self.ref.eval().requires_grad_(False)
         self.fast_ref = self.ref is not None and use_fast_engine(self.ref, cfg.engine, sampling=False)
         self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
@@ -141,6 +156,7 @@ class RLTrainer:
             return self.value(hidden)[:, -n_resp - 1:-1]
         return self.value(input_ids, attention_mask)[:, -n_resp - 1:-1]
 
+    @_in_precision
     def rollout(self, step: int) -> tuple[list[Problem], RolloutBatch]:
         """The prompts of RL step ``step`` (a function of seed and step) and their samples."""
         cfg = self.cfg
@@ -152,6 +168,7 @@ class RLTrainer:
                                   logprob_rows=self.pass_rows)
         return problems, batch
 
+    @_in_precision
     @torch.no_grad()
     def score(self, problems: list[Problem], batch: RolloutBatch) -> ScoredBatch:
         """Rewards, reference log-probs, values and advantages for a rollout batch."""
@@ -254,6 +271,7 @@ class RLTrainer:
             m["hack/step_acc"] = sum(d["step_acc"] for d in ds) / B
         return ScoredBatch(batch, old_logp, ref_logp, values, rewards, advantages * mask, returns, m)
 
+    @_in_precision
     def update(self, sb: ScoredBatch) -> dict:
         """``ppo_epochs`` passes of minibatch updates with the clipped losses; each minibatch in
         forward/backward passes of ``micro_batch_size`` rows whose gradients add up to the
@@ -335,6 +353,7 @@ class RLTrainer:
         return loss, metrics, row_metrics
 
     # ------------------------------------------------------------------ evaluation / loop
+    @_in_precision
     def evaluate(self, k: int = 0) -> dict:
         from rewardlab.eval.evaluate import evaluate_policy
 
