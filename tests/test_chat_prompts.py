@@ -137,10 +137,11 @@ def test_sft_then_rl_on_gsm8k_with_chat_prompts(tmp_path, chat_model, monkeypatc
                and s.endswith("<|im_end|>\n<|im_start|>assistant\n") for s in seen[:50])
     assert "eval/accuracy" in sft and sft["sft/final_loss"] == sft["sft/final_loss"]   # not NaN
 
-    # the shipped GSM8K chat config, scaled down to the tiny model on the CPU
+    # the shipped GSM8K chat config, scaled down to the tiny model on the CPU, in the precision
+    # `dtype: auto` gives on a GPU: float32 weights, bfloat16 autocast
     cfg = load_config(RLConfig, "configs/gsm8k_grpo_chat.yaml", [
         f"out={tmp_path / 'rl'}", f"policy.name_or_path={tmp_path / 'sft' / 'final'}",
-        "policy.device=cpu", "policy.dtype=float32", "data.n_test=3",
+        "policy.device=cpu", "policy.dtype=bfloat16", "data.n_test=3",
         "steps=1", "prompts_per_step=2", "sampling.n=2", "sampling.max_new_tokens=8",
         "minibatch_size=4", "progress=false",
         "entropy_coef=0.01"])  # a gradient even when every sample gets the same reward
@@ -156,8 +157,10 @@ def test_sft_then_rl_on_gsm8k_with_chat_prompts(tmp_path, chat_model, monkeypatc
     rows = [json.loads(x) for x in (tmp_path / "rl" / "eval_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     from rewardlab.eval.evaluate import evaluate_policy   # the held-out greedy answers: chat prompts
-    _, again = evaluate_policy(tr.policy, tr.tok, tr.test_set, greedy=True, k=0, max_new_tokens=8,
-                               prompt_fn=tr.prompt_fn)
+    assert tr.prec.compute == torch.bfloat16 and next(tr.policy.parameters()).dtype == torch.float32
+    with tr.prec.autocast():
+        _, again = evaluate_policy(tr.policy, tr.tok, tr.test_set, greedy=True, k=0,
+                                   max_new_tokens=8, prompt_fn=tr.prompt_fn)
     assert [r["response"] for r in again] == [r["response"] for r in rows]
 
 
