@@ -204,8 +204,13 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     min_new = getattr(getattr(model, "generation_config", None), "min_new_tokens", None)
     for s in rng:
         idx = rows[s:s + cfg.batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
+        # each distinct prompt tokenized once (a prompt repeats n times), then one row per sample
+        distinct = list(dict.fromkeys(idx))
+        enc = tokenizer([prompts[i] for i in distinct], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+        slot = {i: j for j, i in enumerate(distinct)}
+        where = torch.tensor([slot[i] for i in idx])
+        enc = {k: v[where].to(device) for k, v in enc.items()}
         if fast and bool(enc["attention_mask"][:, -1].all()):  # left-padded prompts
             from rewardlab.models.fast import fast_generate
 
