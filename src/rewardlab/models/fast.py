@@ -354,9 +354,9 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     Returns the response ids (B, T), T ≤ max_new_tokens: after a row's EOS it holds
     ``pad_token_id``; generation stops early once every row has produced EOS (as
     ``model.generate`` does). ``eos_token_id`` is one id or several (any of them ends a row, as
-    a list in ``generate``), or None (rows run to ``max_new_tokens``). Prompts must be left-padded: every row's last column is a real
-    token. EOS cannot be drawn before ``min_new_tokens`` tokens (as ``generate``'s
-    ``min_new_tokens``).
+    a list in ``generate``), or None (rows run to ``max_new_tokens``). Prompts must be
+    left-padded: every row's last column is a real token. No EOS id can be drawn before
+    ``min_new_tokens`` tokens (as ``generate``'s ``min_new_tokens``).
 
     Randomness: one uniform per (row, step), drawn up front from torch's global generator
     (:func:`sample_next`), so the samples depend on the seed only, not on the two speed-ups:
