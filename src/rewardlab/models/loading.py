@@ -26,7 +26,8 @@ class ModelConfig:
     """A hub id, a local directory saved with ``save_pretrained``, or ``testbed`` (a fresh
     random-initialised testbed policy is created under the run directory)."""
     dtype: str = "auto"
-    """float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that supports it, else float32)."""
+    """float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that supports it, else float32).
+    Training runs bfloat16 as the autocast dtype over float32 weights (``mixed_precision``)."""
     device: str = "auto"
     """cpu | cuda | cuda:N | auto."""
     trust_remote_code: bool = False
