@@ -59,8 +59,12 @@ def test_mixed_precision_rl_step_moves_float32_weights_that_pure_bfloat16_loses(
     assert all(p.dtype == torch.float32 for p in tr.policy.parameters())
     assert all(p.dtype == torch.float32 for p in tr.ref.parameters())
     seen = _lm_head_dtypes(tr.policy)
+    with torch.no_grad():   # a critic that says something (its head starts at zero)
+        tr.value.head.weight.normal_(0, 0.1)
     problems, batch = tr.rollout(0)
     sb = tr.score(problems, batch)
+    # values stay float32 under autocast: GAE differences of bfloat16 values would be blurred
+    assert (sb.values != sb.values.bfloat16().float()).any()
     assert float(sb.advantages.abs().sum()) > 0   # something to learn from
     um = tr.update(sb)
     # the reference is stored and run like the policy: the same numbers before the first update

@@ -18,6 +18,13 @@ from rewardlab.rl.rollout import position_ids_from_mask
 HEAD_FILE = "value_head.safetensors"
 
 
+def _float32_head(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """head(h) (B, L, hidden) → (B, L) in float32, also under bfloat16 autocast (mixed precision):
+    GAE takes differences of neighbouring values, which bfloat16's 8-bit mantissa would blur."""
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        return head(h.float()).squeeze(-1)
+
+
 class ValueModel(nn.Module):
     """V(x, y_<=t) for every position t: backbone hidden state → Linear(h, 1)."""
 
@@ -51,7 +58,7 @@ class ValueModel(nn.Module):
         """(B, L) → values (B, L)."""
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        return self.head(h.float()).squeeze(-1)
+        return _float32_head(self.head, h)
 
 
 class SharedValueHead(nn.Module):
@@ -64,7 +71,7 @@ class SharedValueHead(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden.float()).squeeze(-1)
+        return _float32_head(self.head, hidden)
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
