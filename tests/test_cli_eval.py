@@ -93,6 +93,29 @@ def test_cli_bon(tiny_policy, tiny_rms, problems_file, tmp_path, capsys):
     assert rc == 2 and "not found" in capsys.readouterr().err
 
 
+def test_cli_bon_with_a_plain_causal_lm_as_prm(tiny_policy, problems_file, tmp_path, capsys):
+    # --prm-tag: any causal LM scores steps as an LM-head PRM (Math-Shepherd style)
+    from rewardlab.models.reward_models import RMSpec, load_reward_model
+    from rewardlab.data.datasets import split_steps
+
+    out = tmp_path / "bon_tag"
+    args = ["bon", "--policy", str(tiny_policy), "--prm", str(tiny_policy), "--data",
+            str(problems_file), "--max-n", "2", "--limit", "2", "--n-trials", "2",
+            "--max-new-tokens", "6", "--device", "cpu", "--out", str(out)]
+    assert main(args + ["--prm-tag", " ки"]) == 0
+    res = json.loads((out / "bon.json").read_text())
+    assert {"prm-product", "prm-min", "prm-last"} <= set(res["table"])
+    rows = read_jsonl(out / "samples.jsonl")
+    rm = load_reward_model(tiny_policy, device="cpu", spec=RMSpec(tag=" ки"))
+    question = {p["id"]: p["question"] for p in read_jsonl(problems_file)}
+    row = rows[0]
+    [direct] = rm.score([question[row["id"]]], [split_steps(row["responses"][0], "lines")])
+    assert row["scores"]["prm-product"][0] == pytest.approx(direct.score, abs=1e-6)
+    assert main(args) == 2            # without the tag a plain LM is not a reward model
+    assert "--prm-tag" in _flat(capsys.readouterr().err)
+    assert main(args + ["--prm-tag", ""]) == 2
+
+
 @pytest.mark.parametrize("cmd", ["eval", "bon"])
 def test_cli_model_directory_without_model_files_exit_2(tmp_path, problems_file, capsys, cmd):
     empty = tmp_path / "empty"

@@ -57,6 +57,25 @@ def test_train_rm_then_score(tmp_path, tiny_policy, capsys):
     assert "2 solutions" in capsys.readouterr().out
 
 
+def test_score_with_a_plain_causal_lm_as_prm(tmp_path, tiny_policy, capsys):
+    from rewardlab.models.reward_models import RMSpec, load_reward_model
+
+    q = "sam has 3 apples . buys 4 more . how many apples ?"
+    sols = _write(tmp_path / "sols.jsonl", [{"question": q, "steps": ["3 + 4 = 7", "#### 7"]}])
+    scored = tmp_path / "scores.jsonl"
+    args = ["score", "--rm", str(tiny_policy), "--input", str(sols), "--out", str(scored),
+            "--device", "cpu"]
+    assert main(args + ["--prm-tag", " ки"]) == 0
+    [row] = [json.loads(line) for line in scored.read_text().splitlines()]
+    [direct] = load_reward_model(tiny_policy, device="cpu", spec=RMSpec(tag=" ки")).score(
+        [q], [["3 + 4 = 7", "#### 7"]])
+    assert row["step_scores"] == pytest.approx(direct.step_scores, abs=1e-6)
+    capsys.readouterr()
+    assert main(args) == 2                       # a plain LM without the tag: how to use one
+    assert "--prm-tag" in "".join(capsys.readouterr().err.split())
+    assert main(args + ["--prm-tag", ""]) == 2   # an empty tag is a usage error
+
+
 def test_bad_input_exits_2_naming_file_and_line(tmp_path, tiny_policy, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q", "steps": ["#### 1"], "step_labels": [1]})

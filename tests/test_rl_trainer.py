@@ -155,3 +155,31 @@ def test_micro_batches_give_the_minibatch_update(tmp_path, tiny_policy, problems
         assert res_m[k] == pytest.approx(res_w[k], rel=1e-4, abs=1e-7), k
     for a, b in zip(whole.policy.parameters(), micro.policy.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_plain_causal_lm_as_lm_head_prm_by_its_step_tag(tmp_path, tiny_policy, problems_dir):
+    # Math-Shepherd style: any causal LM, a step tag after every step, P('+') vs P('-') there
+    from rewardlab.io import DataError
+    from rewardlab.models.reward_models import RMSpec, load_reward_model
+
+    prm = ["reward.prm.alpha=1.0", "reward.prm.refine=clip", "steps=1"]
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "tagged",
+                        [f"reward.prm.path={tiny_policy}", 'reward.prm.tag=" ки"', *prm]))
+    assert tr.prm.spec.tag == " ки" and tr.prm.spec.form == "lm"
+    problems, batch = tr.rollout(0)
+    sb = tr.score(problems, batch)
+    direct = load_reward_model(tiny_policy, device="cpu", spec=RMSpec(tag=" ки"))
+    from rewardlab.rewards.steps import step_texts
+    steps = [step_texts(t, tr.step_sep) for t in batch.texts]
+    want = [r.step_scores for r in direct.score([problems[i].question for i in batch.prompt_index], steps)]
+    flat = [s for sc in want for s in sc]
+    assert flat and sb.metrics["reward/prm_step_mean"] == pytest.approx(sum(flat) / len(flat), abs=1e-6)
+    # without the tag, a plain LM is not a reward model: the error says how to use one
+    with pytest.raises(DataError, match="reward.prm.tag"):
+        RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "untagged",
+                       [f"reward.prm.path={tiny_policy}", *prm]))
+    for bad, msg in (("reward.prm.tag=''", "non-empty step tag"),
+                     ("reward.prm.bad_token=+", "must differ")):
+        with pytest.raises(ValueError, match=msg):
+            _cfg(tmp_path, tiny_policy, problems_dir, "bad",
+                 [f"reward.prm.path={tiny_policy}", 'reward.prm.tag=" ки"', bad, *prm]).validate()

@@ -66,6 +66,18 @@ PROMPT_TEMPLATE_OPTION = typer.Option(None, "--prompt-template",
                                       help="Prompt with {question} (default: question + newline).")
 CHAT_OPTION = typer.Option(False, "--chat", help="Wrap questions in the tokenizer's chat template.")
 SYSTEM_OPTION = typer.Option(None, "--system", help="With --chat: a system message.")
+PRM_TAG_HELP = ("Read the PRM as a plain causal LM with this step tag after every step, scoring "
+                "P('+') against P('-') at each tag (Math-Shepherd: ' ки'); it may then be a hub id.")
+PRM_TAG_OPTION = typer.Option(None, "--prm-tag", help=PRM_TAG_HELP)
+
+
+def tag_spec(tag: str):
+    """``--prm-tag``: the LM-head PRM spec, or a usage error (exit 2) for a bad tag."""
+    from rewardlab.models.reward_models import lm_prm_spec
+    try:
+        return lm_prm_spec(tag)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--prm-tag") from None
 
 
 def prompt_function(tokenizer, template: Optional[str], chat: bool, system: Optional[str] = None):

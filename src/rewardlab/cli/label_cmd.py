@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rewardlab.cli.eval_cmd import (CHAT_OPTION, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
-                                    check_model_ref, default_max_new_tokens, infer_style,
-                                    load_policy, load_problems, prompt_function)
+from rewardlab.cli.eval_cmd import (CHAT_OPTION, PRM_TAG_OPTION, PROMPT_TEMPLATE_OPTION,
+                                    SYSTEM_OPTION, check_model_ref, default_max_new_tokens,
+                                    infer_style, load_policy, load_problems, prompt_function,
+                                    tag_spec)
 
 console = Console()
 
@@ -168,7 +169,9 @@ def register(app: typer.Typer) -> None:
     @app.command("bon")
     def bon(policy: str = typer.Option(..., "--policy", help="Policy directory or hub id."),
             orm: Optional[str] = typer.Option(None, "--orm", help="ORM directory."),
-            prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory."),
+            prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory (with --prm-tag: "
+                                              "any causal LM, directory or hub id)."),
+            prm_tag: Optional[str] = PRM_TAG_OPTION,
             bt: Optional[str] = typer.Option(None, "--bt", help="Bradley–Terry RM directory."),
             dataset: str = typer.Option("testbed", "--dataset",
                                         help="testbed | gsm8k | math500 | file.jsonl | hub id"),
@@ -196,9 +199,16 @@ def register(app: typer.Typer) -> None:
         if temperature <= 0:
             raise typer.BadParameter("--temperature must be > 0 for best-of-N")
         rm_paths = {k: v for k, v in (("orm", orm), ("prm", prm), ("bt", bt)) if v}
-        for p in rm_paths.values():
-            if not Path(p).is_dir():
-                raise DataError(p, "reward-model directory not found")
+        rm_specs = {}
+        if prm_tag is not None:
+            if not prm:
+                raise typer.BadParameter("--prm-tag needs --prm")
+            rm_specs["prm"] = tag_spec(prm_tag)
+            check_model_ref(prm)
+        from rewardlab.models.reward_models import saved_reward_model_dir
+        for name, p in rm_paths.items():
+            if name not in rm_specs:
+                saved_reward_model_dir(p)   # a saved reward model, checked before any sampling
         check_model_ref(policy)
         from rewardlab.models.loading import load_tokenizer
         try:  # the policy's tokenizer decides the prompt's chat template and BOS token
@@ -210,6 +220,7 @@ def register(app: typer.Typer) -> None:
         res = run_bon(policy, problems, rm_paths, max_n=max_n, style=style, prompt_fn=prompt_fn,
                       temperature=temperature,
                       max_new_tokens=max_new_tokens or default_max_new_tokens(dataset), seed=seed,
-                      n_trials=n_trials, out=out, device=device, step_split=step_split_for(style))
+                      n_trials=n_trials, out=out, device=device, step_split=step_split_for(style),
+                      rm_specs=rm_specs)
         console.print(bon_table(res["table"]))
         console.print(f"wrote {escape(str(out / 'bon.json'))} and bon.png")

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
+from rewardlab.cli.eval_cmd import PRM_TAG_HELP, check_model_ref, tag_spec
 from rich.console import Console
 
 console = Console()
@@ -59,7 +60,8 @@ def train_rm(
 
 
 def score(
-    rm: Annotated[str, typer.Option("--rm", help="Reward-model directory (from train-rm).")],
+    rm: Annotated[str, typer.Option("--rm", help="Reward-model directory (from train-rm; with "
+                                    "--prm-tag, any causal LM: directory or hub id).")],
     input_path: Annotated[str, typer.Option(
         "--input", help="Solutions JSONL: {question, steps} or {question, response}.")],
     out: Annotated[str, typer.Option(help="Output JSONL: input rows + step_scores and score.")],
@@ -67,6 +69,7 @@ def score(
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
     aggregation: Annotated[Str, typer.Option(
         help="PRM: product | min | last (default: the model's).")] = None,
+    prm_tag: Annotated[Str, typer.Option("--prm-tag", help=PRM_TAG_HELP)] = None,
 ) -> None:
     """Score solutions with a reward model and write step_scores and score per row."""
     from rewardlab.rewards.scoring import read_solution_rows, score_file
@@ -77,8 +80,12 @@ def score(
     from rewardlab.models.rm_losses import AGGREGATIONS
     from rewardlab.training import quiet_transformers
 
+    spec = None
+    if prm_tag is not None:
+        spec = tag_spec(prm_tag)
+        check_model_ref(rm)
     quiet_transformers()
-    model = load_reward_model(rm, device=device)
+    model = load_reward_model(rm, device=device, spec=spec)
     if aggregation is not None:
         if aggregation not in AGGREGATIONS:
             raise typer.BadParameter(f"use one of {list(AGGREGATIONS)}",

@@ -116,10 +116,12 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
             n_trials: int = 16, out: str | os.PathLike | None = None,
             aggregations: Sequence[str] = ("product", "min", "last"), step_split: str = "lines",
             prompt_fn: Callable[[Problem], str] | None = None, device: str = "auto",
-            rm_batch_size: int = 64) -> dict:
+            rm_batch_size: int = 64, rm_specs: Mapping[str, object] | None = None) -> dict:
     """Sample ``max_n`` responses per problem from the policy once, score them with every reward
     model once (``rm_paths``: ``{name: path}``; a PRM gives ``name-product``, ``name-min``,
-    ``name-last``), and compute the :func:`best_of_n` table.
+    ``name-last``), and compute the :func:`best_of_n` table. ``rm_specs`` (``{name: RMSpec}``)
+    loads that reward model as the spec says instead of from its saved spec, e.g. a plain causal
+    LM as an LM-head PRM.
 
     With ``out``: writes ``bon.json`` (the table and the run's settings), ``bon.png`` (accuracy
     against N) and ``samples.jsonl`` (responses, correctness, scores). Returns the bon.json dict.
@@ -150,7 +152,7 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
     flat_steps = [split_steps(t, step_split) for t in batch.texts]
     flat_scores: dict[str, list[float]] = {}
     for name, path in rm_paths.items():
-        rm = load_reward_model(path, device=device)
+        rm = load_reward_model(path, device=device, spec=(rm_specs or {}).get(name))
         flat_scores.update(score_samples(rm, flat_q, flat_steps, name, aggregations, rm_batch_size))
         del rm
         if torch.cuda.is_available():

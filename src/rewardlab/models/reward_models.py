@@ -355,6 +355,32 @@ def build_reward_model(base: str | Path, spec: RMSpec, device: str = "auto", dty
     return RM_CLASSES[spec.kind](backbone, tok, spec, head)
 
 
+def lm_prm_spec(tag: str, good_token: str = "+", bad_token: str = "-") -> RMSpec:
+    """The spec that reads a plain causal LM as an LM-head PRM (Math-Shepherd: ``tag=" ки"``):
+    ``tag`` after every step, p_k = P(good_token) against P(bad_token) at the k-th tag.
+    Raises ValueError for an empty tag or equal label tokens."""
+    spec = RMSpec(kind="prm", form="lm", tag=tag, good_token=good_token, bad_token=bad_token)
+    spec.validate()
+    return spec
+
+
+def saved_reward_model_dir(path: str | Path) -> Path:
+    """The directory holding a reward model saved by rewardlab: ``path`` or, for a ``train-rm``
+    run directory, ``path/final``. Raises DataError for anything else (before any model loads)."""
+    from rewardlab.io import DataError
+
+    p = Path(path)
+    for d in (p, p / "final"):
+        if (d / SPEC_FILE).exists():
+            return d
+    if not p.is_dir():
+        raise DataError(p, "reward-model directory not found")
+    raise DataError(p, f"not a rewardlab reward model (no {SPEC_FILE}); train one with "
+                       "`rewardlab train-rm`, or use a plain causal LM as an LM-head PRM by "
+                       "giving its step tag (rl: reward.prm.tag; bon: --prm-tag; library: "
+                       "spec=RMSpec(tag=...))")
+
+
 def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "auto",
                       spec: RMSpec | None = None, trust_remote_code: bool = False) -> RewardModel:
     """Reload a reward model saved by :meth:`RewardModel.save_pretrained` (``from_pretrained``
@@ -367,12 +393,8 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
     from rewardlab.models.loading import load_model_and_tokenizer
 
     p = Path(path)
-    if spec is None and not (p / SPEC_FILE).exists() and (p / "final" / SPEC_FILE).exists():
-        p = p / "final"
     if spec is None:
-        if not (p / SPEC_FILE).exists():
-            raise DataError(p, f"not a rewardlab reward model (no {SPEC_FILE}); train one with "
-                               "`rewardlab train-rm`, or pass spec= for a plain causal LM")
+        p = saved_reward_model_dir(p)
         try:
             spec = RMSpec.from_json(json.loads((p / SPEC_FILE).read_text()))
         except (ValueError, KeyError, TypeError) as e:

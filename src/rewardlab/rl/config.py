@@ -17,7 +17,15 @@ class PRMRewardConfig:
     """The process reward: α · refine(PRM step scores) at each step's last token."""
 
     path: str | None = None
-    """Directory of a PRM saved by ``rewardlab train-rm --kind prm``; None switches it off."""
+    """Directory of a PRM saved by ``rewardlab train-rm --kind prm`` (or, with ``tag``, any causal
+    LM: directory or hub id); None switches it off."""
+    tag: str | None = None
+    """Set to use a plain causal LM as an LM-head PRM: ``tag`` goes after every step and the step
+    score is P(good_token) against P(bad_token) at the tag (Math-Shepherd: tag ' ки', '+' / '-')."""
+    good_token: str = "+"
+    """With ``tag``: the label token of a good step."""
+    bad_token: str = "-"
+    """With ``tag``: the label token of a bad step."""
     alpha: float = 1.0
     """Weight α of the PRM term."""
     refine: str = "none"
@@ -26,6 +34,14 @@ class PRMRewardConfig:
     """Clip threshold η: c_k = min(r_k − η, 0)."""
     exclude_last: bool = True
     """Delta: leave the final (answer) step out; the success reward judges it."""
+
+    def spec(self):
+        """The :class:`RMSpec` of an LM-head PRM built from ``tag`` (None without a tag: the
+        spec saved with the PRM is used). Raises ValueError for an empty tag or equal tokens."""
+        if self.tag is None:
+            return None
+        from rewardlab.models.reward_models import lm_prm_spec
+        return lm_prm_spec(self.tag, self.good_token, self.bad_token)
 
 
 @dataclass
@@ -151,6 +167,11 @@ class RLConfig:
         if self.reward.prm.refine not in ("none", "clip", "delta", "clip_delta", "normed"):
             raise ValueError(f"rl: reward.prm.refine={self.reward.prm.refine!r}; use none | clip | "
                              "delta | clip_delta | normed")
+        if self.reward.prm.tag is not None:
+            try:   # a non-empty tag, two different label tokens
+                self.reward.prm.spec()
+            except ValueError as e:
+                raise ValueError(f"rl: reward.prm: {e}") from None
         if not (self.reward.success or self.reward.prm.path or self.reward.orm.path):
             raise ValueError("rl: no reward is on; set reward.success=true or a PRM/ORM path")
         if self.advantage_name() == "grpo_process" and not self.reward.prm.path:

@@ -103,7 +103,7 @@ class RLTrainer:
         self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
         self.device = next(self.policy.parameters()).device
         self.value = self._build_value(src)
-        self.prm = self._load_rm(cfg.reward.prm.path)
+        self.prm = self._load_rm(cfg.reward.prm.path, cfg.reward.prm.spec())
         self.orm = self._load_rm(cfg.reward.orm.path)
         params = [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr}]
         if self.value is not None:
@@ -143,11 +143,11 @@ class RLTrainer:
             self.cfg.value.init or self.cfg.policy.name_or_path)
         return ValueModel.from_pretrained(init).to(self.device)
 
-    def _load_rm(self, path):
+    def _load_rm(self, path, spec=None):
         if not path:
             return None
         from rewardlab.models.reward_models import load_reward_model
-        return load_reward_model(path, device=str(self.device))
+        return load_reward_model(path, device=str(self.device), spec=spec)
 
     # ------------------------------------------------------------------ one step
     def values_of(self, input_ids, attention_mask, n_resp: int, hidden=None) -> torch.Tensor:
