@@ -63,11 +63,13 @@ def test_ppo_updates_every_policy_and_value_parameter(tmp_path, tiny_policy, pro
     assert list((tmp_path / "ppo" / "tb").iterdir())
 
 
-def test_rl_resume_is_exact(tmp_path, tiny_policy, problems_dir):
-    full = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "full", ["steps=3"]))
-    part = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "part", ["steps=3", "stop_at=1"]))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])   # bfloat16: mixed precision
+def test_rl_resume_is_exact(tmp_path, tiny_policy, problems_dir, dtype):
+    d = [f"policy.dtype={dtype}"]
+    full = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "full", ["steps=3", *d]))
+    part = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "part", ["steps=3", "stop_at=1", *d]))
     assert part["rl/stopped_at"] == 1
-    resumed = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "part", ["steps=3"]))
+    resumed = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "part", ["steps=3", *d]))
     for k in ("reward/total", "actor/pg_loss", "critic/vf_loss", "kl/ref"):
         assert resumed[k] == pytest.approx(full[k], abs=1e-5), k
     from rewardlab.models.loading import load_model_and_tokenizer
