@@ -111,3 +111,16 @@ def test_mixed_precision_reward_model_training(tmp_path, tiny_policy):
     with pytest.raises(ValueError, match="loss scaling"):
         train_reward_model(rm_cfg(tmp_path, tiny_policy, data, kind="prm", dtype="float16",
                                   out=str(tmp_path / "fp16")))
+
+
+@pytest.mark.parametrize("spec", ["lm_prm", "head_prm", "orm"])
+def test_reward_model_logits_stay_float32_under_autocast(tiny_policy, spec):
+    # scores feed Clip / Delta differences and best-of-N rankings: bfloat16 logits keep ~3 digits
+    from rewardlab.models.reward_models import RMSpec, build_reward_model
+    spec = {"lm_prm": RMSpec(), "head_prm": RMSpec(form="head"), "orm": RMSpec(kind="orm")}[spec]
+    rm = build_reward_model(tiny_policy, spec, device="cpu", seed=0)
+    enc = rm.encode("sam has 3 apples . buys 4 more . how many apples ?", ["3 + 4 = 7", "#### 7"])
+    ids = torch.tensor([enc.input_ids])
+    with training_precision("bfloat16", "cpu").autocast():
+        z = (rm.pair_logits if spec.kind == "prm" else rm.token_logits)(ids, torch.ones_like(ids))
+    assert z.dtype == torch.float32 and (z != z.bfloat16().float()).any()

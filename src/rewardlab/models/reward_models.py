@@ -144,7 +144,10 @@ class RewardModel(nn.Module):
         return out.last_hidden_state
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h.to(self.head.weight.dtype))
+        # in the head's own dtype also under bfloat16 autocast (mixed precision): scores are
+        # compared and refined (Clip/Delta differences), where bfloat16 keeps ~3 digits
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.head(h.to(self.head.weight.dtype))
 
     # -- text -------------------------------------------------------------------------------
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
@@ -269,7 +272,8 @@ class ProcessRM(RewardModel):
         unembed = self.backbone.get_output_embeddings()
         idx = torch.tensor([self.bad_id, self.good_id], device=h.device)
         w = unembed.weight[idx]                                            # (2, H)
-        z = h.float() @ w.float().T                                        # (B, L, 2)
+        with torch.autocast(device_type=h.device.type, enabled=False):     # float32, as _head
+            z = h.float() @ w.float().T                                    # (B, L, 2)
         if getattr(unembed, "bias", None) is not None:
             z = z + unembed.bias[idx].float()
         cap = getattr(self.backbone.config, "final_logit_softcapping", None)
