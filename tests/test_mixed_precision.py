@@ -124,3 +124,28 @@ def test_reward_model_logits_stay_float32_under_autocast(tiny_policy, spec):
     with training_precision("bfloat16", "cpu").autocast():
         z = (rm.pair_logits if spec.kind == "prm" else rm.token_logits)(ids, torch.ones_like(ids))
     assert z.dtype == torch.float32 and (z != z.bfloat16().float()).any()
+
+
+def test_bfloat16_kv_cache_under_autocast_samples_the_same_tokens(tiny_policy, monkeypatch):
+    # attention reads K/V in bfloat16 under autocast anyway: storing them so changes no token
+    from rewardlab.models import fast
+    from rewardlab.models.loading import load_model_and_tokenizer
+    from test_fast_decode import PROMPTS, _scramble
+
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    _scramble(model).eval()
+    enc = tok(PROMPTS * 5, return_tensors="pt", padding=True, add_special_tokens=False)
+    w = model.model.embed_tokens.weight
+    assert fast._kv_dtype(w) == torch.float32
+
+    def run(temperature):
+        torch.manual_seed(0)
+        with training_precision("bfloat16", "cpu").autocast():
+            return fast.fast_generate(model, enc["input_ids"], enc["attention_mask"], 24, None,
+                                      tok.pad_token_id, temperature)
+    with training_precision("bfloat16", "cpu").autocast():
+        assert fast._kv_dtype(w) == torch.bfloat16
+    half = run(0.0), run(1.0)
+    monkeypatch.setattr(fast, "_kv_dtype", lambda weight: weight.dtype)   # a float32 cache
+    full = run(0.0), run(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(half, full))

@@ -241,6 +241,16 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
     return torch.bmm(scores.softmax(-1), v.reshape(B * H, K, d)).view(B, H, S, d)
 
 
+def _kv_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The KV cache's dtype: the autocast dtype where autocast is on (mixed precision: attention
+    reads K/V in bfloat16 anyway, so storing them so is the same numbers at half the memory,
+    without a cast of the whole cache at every step), else the weights' dtype."""
+    dev = weight.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return weight.dtype
+
+
 class _Cache:
     """Preallocated per-layer K/V (B, n_kv, C, d); new keys are written at columns [start, start+S)."""
 
@@ -401,13 +411,14 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     SW = _SplitWeights(W)
     # additive attention bias per row and key column: 0 where a query may attend, -inf elsewhere
     # (generated columns open one per step)
-    bias = torch.full((B, C), float("-inf"), dtype=W.embed.dtype, device=dev)
+    kv_dtype = _kv_dtype(W.embed)
+    bias = torch.full((B, C), float("-inf"), dtype=kv_dtype, device=dev)
     bias[:, :P].masked_fill_(attention_mask.bool(), 0.0)
     pos = attention_mask.long().sum(1) - 1      # position of each row's last prompt token
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     live_out = out                           # the rows still in the batch (out itself until compaction)
     rows = torch.arange(B, device=dev)       # the output row of each sequence still in the batch
-    cache = _Cache(W, B, C, W.embed)         # each row gets its prompt's K/V
+    cache = _Cache(W, B, C, W.embed.new_empty(0, dtype=kv_dtype))   # each row gets its prompt's K/V
     for i, (k, v) in enumerate(kept):
         cache.k[i][:, :, :P] = k[inverse]
         cache.v[i][:, :, :P] = v[inverse]
