@@ -3,10 +3,10 @@
 One RL step = sample ``n`` responses for each of ``prompts_per_step`` prompts, grade them
 (success reward), reference log-probs, group-normalised advantages, and one optimizer step on
 the whole batch (PPO-clip surrogate + β·KL(k3) in the loss, token-mean aggregation). Both sides get
-the same testbed "small" policy (random init by default; ``--sft-steps`` first teaches it the
-answer format so responses end with EOS), the same prompt set, ``prompts × n``, the same
-``max_new_tokens``, learning rate, β, clip ε, optimizer (AdamW β=(0.9, 0.95), no weight decay,
-grad clip 1.0) and float32.
+the same testbed "small" policy (after ``--sft-steps`` SFT steps, 200 by default, which teach it
+the answer format so that responses end with EOS, as in a real run; 0 keeps the random init), the
+same prompt set, ``prompts × n``, the same ``max_new_tokens``, learning rate, β, clip ε, optimizer
+(AdamW β=(0.9, 0.95), no weight decay, grad clip 1.0) and float32.
 
 - rewardlab: :class:`rewardlab.rl.trainer.RLTrainer` with ``algo=grpo``,
   ``advantage=grpo_outcome``, ``kl.in_reward=false``, ``kl.estimator=k3``, ``ppo_epochs=1`` and
@@ -32,13 +32,18 @@ minibatch is on-policy, so both take them from the update's own forward pass); *
 rewards, reference log-probs, advantages (and, for rewardlab, the testbed hacking diagnostics);
 *update* = the rest of the step.
 
-Run: ``python benchmarks/rl_step.py [--prompts 16] [--n 4] [--max-new-tokens 48] [--steps 3]``.
-The defaults fit the testbed's short answers; ``--prompts 8 --n 8 --max-new-tokens 512 --beta 0``
-uses TRL's ``GRPOConfig`` defaults for the group size, response cap and β.
+Run: ``python benchmarks/rl_step.py [--prompts 32] [--n 4] [--max-new-tokens 48] [--sft-steps 200]``.
+The defaults time the RL step that ``make demo`` and the shipped testbed configs run: 32 prompts
+× 4 samples (``DemoBudget.rl_prompts`` × ``rl_n``), at most 48 new tokens
+(``SamplingConfig.max_new_tokens``), from a policy that has been through SFT (its answers are
+~25 tokens long, like the demo's SFT policy's). ``--prompts 8 --n 8 --max-new-tokens 512 --beta 0``
+uses TRL's ``GRPOConfig`` defaults for the group size, response cap and β. ``--sft-steps 0
+--prompts 16`` was the default before: a random-init policy, whose rows rarely end before the cap.
 Needs the ``bench`` extra (``pip install -e .[bench]``, TRL ≥ 1.0; checked with 1.0.0 and 1.16.0); without it, or if TRL fails on
 this setup, the script says what failed and still reports rewardlab's time (exit 0).
-The default settings take about a minute on 2 CPU cores (OpenMP threads wait passively, see
-below); times depend on what else runs on the machine, so compare only ratios from one run.
+The default settings take about 1.5 minutes on 2 CPU cores, 50 s of it for the SFT (OpenMP
+threads wait passively, see below). Times depend on what else runs on the machine, so compare only
+ratios from one run.
 """
 
 from __future__ import annotations
@@ -223,15 +228,22 @@ def main(argv: list[str] | None = None) -> dict:
     from rewardlab.data.testbed import TestbedConfig, make_splits
     from rewardlab.io import write_jsonl
 
+    from rewardlab.demo import DemoBudget
+    from rewardlab.rl.rollout import SamplingConfig
+
+    # defaults: the RL step of the demo's runs (`make demo`) and of the shipped testbed configs
+    demo = DemoBudget()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=16, help="Prompts per step.")
-    ap.add_argument("--n", type=int, default=4, help="Samples per prompt (GRPO group size).")
-    ap.add_argument("--max-new-tokens", type=int, default=48, help="Longest response, in tokens.")
+    ap.add_argument("--prompts", type=int, default=demo.rl_prompts, help="Prompts per step.")
+    ap.add_argument("--n", type=int, default=demo.rl_n, help="Samples per prompt (GRPO group size).")
+    ap.add_argument("--max-new-tokens", type=int, default=SamplingConfig().max_new_tokens,
+                    help="Longest response, in tokens.")
     ap.add_argument("--steps", type=int, default=8, help="Timed steps (after the warm-up).")
     ap.add_argument("--warmup", type=int, default=1, help="Untimed first steps.")
     ap.add_argument("--size", default="small", help="Testbed policy size.")
-    ap.add_argument("--sft-steps", type=int, default=0,
-                    help="SFT steps before RL (0: random init; responses then rarely end before the cap).")
+    ap.add_argument("--sft-steps", type=int, default=200,
+                    help="SFT steps before RL, as RL starts from an SFT policy (0: random init, "
+                         "whose responses rarely end before the cap).")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--beta", type=float, default=0.1, help="KL coefficient (rewardlab kl.coef, TRL beta).")
     ap.add_argument("--threads", type=int, default=2, help="torch threads.")
