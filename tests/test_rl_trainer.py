@@ -185,3 +185,24 @@ def test_plain_causal_lm_as_lm_head_prm_by_its_step_tag(tmp_path, tiny_policy, p
         with pytest.raises(ValueError, match=msg):
             _cfg(tmp_path, tiny_policy, problems_dir, "bad",
                  [f"reward.prm.path={tiny_policy}", 'reward.prm.tag=" ки"', bad, *prm]).validate()
+
+
+@pytest.mark.parametrize("extra,rows", [([], 8), (["micro_batch_size=2"], 2)])
+def test_reference_pass_rows_follow_the_update_passes(tmp_path, tiny_policy, problems_dir,
+                                                      monkeypatch, extra, rows):
+    # no-grad passes take as many rows as the update's passes with gradient (which need more
+    # memory): the whole minibatch unless micro_batch_size says otherwise
+    import rewardlab.rl.trainer as trainer_mod
+    seen = []
+    real = trainer_mod.forward_logprobs
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["micro_batch"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(trainer_mod, "forward_logprobs", spy)
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, f"rows{rows}",
+                        ["algo=grpo", "advantage=grpo_outcome", "kl.in_reward=false",
+                         "minibatch_size=8", *extra]))
+    problems, batch = tr.rollout(0)
+    tr.score(problems, batch)
+    assert seen == [rows]

@@ -112,8 +112,9 @@ class RLTrainer:
         # per step for the testbed policy on the CPU, where the loop is torch's default)
         self.opt = torch.optim.AdamW(params, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
         self.kl_coef = cfg.kl.coef
-        # rows per no-grad log-prob pass (old and reference log-probs): micro_batch_size, else 64
-        self.pass_rows = cfg.micro_batch_size or 64
+        # rows per no-grad log-prob pass (old and reference log-probs): as many as the update's
+        # passes with gradient, which need more memory (micro_batch_size, else the minibatch)
+        self.pass_rows = cfg.micro_batch_size or cfg.minibatch_size
         self.start_step = 0
         if self.ckpt is not None:
             from rewardlab.training import load_trainer_state
