@@ -433,7 +433,7 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         tok = tok.masked_fill_(done, pad_token_id)
         live_out[:, t] = tok
         n = t + 1
-        done = done | (tok == eos_ids[0] if len(eos_ids) == 1 else torch.isin(tok, eos_t))
+        done = done | torch.isin(tok, eos_t)
         n_live = len(rows) - int(done.sum())
         if t == max_new_tokens - 1 or n_live == 0:
             break

@@ -93,11 +93,9 @@ def response_mask_from_ids(response_ids: torch.Tensor,
                            eos_id: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask 1 up to and including the first EOS (all ones where no EOS). Returns (mask, finished).
     ``eos_id``: one id, or several (the first of any of them ends the response)."""
-    if isinstance(eos_id, int):
-        is_eos = response_ids == eos_id                              # (B, T)
-    else:
-        is_eos = torch.isin(response_ids, torch.tensor(list(eos_id), dtype=response_ids.dtype,
-                                                       device=response_ids.device))
+    ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    is_eos = torch.isin(response_ids, torch.tensor(ids, dtype=response_ids.dtype,
+                                                   device=response_ids.device))   # (B, T)
     finished = is_eos.any(dim=1)
     first = torch.where(finished, is_eos.float().argmax(dim=1),
                         torch.full_like(finished, response_ids.shape[1] - 1, dtype=torch.long))
