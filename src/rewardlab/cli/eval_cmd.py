@@ -71,13 +71,16 @@ PRM_TAG_HELP = ("Read the PRM as a plain causal LM with this step tag after ever
 PRM_TAG_OPTION = typer.Option(None, "--prm-tag", help=PRM_TAG_HELP)
 
 
-def tag_spec(tag: str):
-    """``--prm-tag``: the LM-head PRM spec, or a usage error (exit 2) for a bad tag."""
+def tag_spec(tag: str, model_ref: str):
+    """``--prm-tag``: the LM-head PRM spec for ``model_ref`` (a directory or hub id), or exit 2
+    for a bad tag or a model reference that is neither."""
     from rewardlab.models.reward_models import lm_prm_spec
     try:
-        return lm_prm_spec(tag)
+        spec = lm_prm_spec(tag)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--prm-tag") from None
+    check_model_ref(model_ref)
+    return spec
 
 
 def prompt_function(tokenizer, template: Optional[str], chat: bool, system: Optional[str] = None):

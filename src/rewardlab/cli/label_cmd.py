@@ -203,8 +203,7 @@ def register(app: typer.Typer) -> None:
         if prm_tag is not None:
             if not prm:
                 raise typer.BadParameter("--prm-tag needs --prm")
-            rm_specs["prm"] = tag_spec(prm_tag)
-            check_model_ref(prm)
+            rm_specs["prm"] = tag_spec(prm_tag, prm)
         from rewardlab.models.reward_models import saved_reward_model_dir
         for name, p in rm_paths.items():
             if name not in rm_specs:

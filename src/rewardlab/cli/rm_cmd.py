@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
-from rewardlab.cli.eval_cmd import PRM_TAG_HELP, check_model_ref, tag_spec
+from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
 from rich.console import Console
 
 console = Console()
@@ -82,8 +82,7 @@ def score(
 
     spec = None
     if prm_tag is not None:
-        spec = tag_spec(prm_tag)
-        check_model_ref(rm)
+        spec = tag_spec(prm_tag, rm)
     quiet_transformers()
     model = load_reward_model(rm, device=device, spec=spec)
     if aggregation is not None:
