@@ -58,6 +58,13 @@ class Precision:
         return torch.autocast(device_type=self.device_type, dtype=self.compute)
 
 
+def full_precision(like: torch.Tensor):
+    """A context without autocast on ``like``'s device: the small heads whose outputs are compared
+    or differenced (values for GAE, reward scores for Clip/Delta and best-of-N) compute in their
+    own dtype also under bfloat16 autocast, which would keep ~3 significant digits."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
+
+
 def training_precision(dtype: str, device: str = "auto", mixed: bool = True) -> Precision:
     """float32 weights + bfloat16 autocast for a bfloat16 run with ``mixed`` (see
     :attr:`ModelConfig.mixed_precision`), else ``dtype`` as it is. float16 with ``mixed`` is

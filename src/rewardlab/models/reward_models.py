@@ -38,6 +38,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from rewardlab.models.loading import full_precision
 from rewardlab.models.rm_losses import (AGGREGATIONS, aggregate, last_token_index,
                                         position_ids_from_mask, step_probs)
 from rewardlab.rewards.rm_data import (Encoded, collate_orm, collate_prm, encode_plain,
@@ -144,9 +145,7 @@ class RewardModel(nn.Module):
         return out.last_hidden_state
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        # in the head's own dtype also under bfloat16 autocast (mixed precision): scores are
-        # compared and refined (Clip/Delta differences), where bfloat16 keeps ~3 digits
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with full_precision(h):   # the head's own dtype, also under bfloat16 autocast
             return self.head(h.to(self.head.weight.dtype))
 
     # -- text -------------------------------------------------------------------------------
@@ -272,7 +271,7 @@ class ProcessRM(RewardModel):
         unembed = self.backbone.get_output_embeddings()
         idx = torch.tensor([self.bad_id, self.good_id], device=h.device)
         w = unembed.weight[idx]                                            # (2, H)
-        with torch.autocast(device_type=h.device.type, enabled=False):     # float32, as _head
+        with full_precision(h):                                            # float32, as _head
             z = h.float() @ w.float().T                                    # (B, L, 2)
         if getattr(unembed, "bias", None) is not None:
             z = z + unembed.bias[idx].float()

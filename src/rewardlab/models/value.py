@@ -13,15 +13,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rewardlab.models.loading import full_precision
 from rewardlab.rl.rollout import position_ids_from_mask
 
 HEAD_FILE = "value_head.safetensors"
 
 
 def _float32_head(head: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    """head(h) (B, L, hidden) → (B, L) in float32, also under bfloat16 autocast (mixed precision):
-    GAE takes differences of neighbouring values, which bfloat16's 8-bit mantissa would blur."""
-    with torch.autocast(device_type=h.device.type, enabled=False):
+    """head(h) (B, L, hidden) → (B, L) in float32, also under bfloat16 autocast (GAE takes
+    differences of neighbouring values)."""
+    with full_precision(h):
         return head(h.float()).squeeze(-1)
 
 
