@@ -26,7 +26,7 @@ def build_prm(hidden: int, layers: int, seed: int = 0):
 
     from rewardlab.data.testbed import build_tokenizer
     from rewardlab.models.loading import testbed_model_config
-    from rewardlab.models.reward_models import ProcessRM, RMSpec
+    from rewardlab.reward_models.models import ProcessRM, RMSpec
 
     tok = build_tokenizer()
     cfg = testbed_model_config(len(tok), "small", max_positions=512, tok=tok)
@@ -63,8 +63,8 @@ def score_one_pass(rm, questions, steps) -> list[list[float]]:
 def score_per_prefix(rm, questions, steps) -> list[list[float]]:
     """Reference: for every k, one batched forward over the k-step prefixes, reading the last
     tag of each row."""
-    from rewardlab.models.rm_losses import step_probs
-    from rewardlab.rewards.rm_data import collate_prm
+    from rewardlab.reward_models.losses import step_probs
+    from rewardlab.reward_models.data import collate_prm
 
     out: list[list[float]] = [[] for _ in questions]
     for k in range(1, max(len(s) for s in steps) + 1):
@@ -102,7 +102,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rewardlab.training import quiet_transformers
+    from rewardlab.training.engine import quiet_transformers
     quiet_transformers()
 
     rm = build_prm(args.hidden, args.layers)

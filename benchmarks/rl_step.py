@@ -72,7 +72,8 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def make_policy(out_dir: Path, size: str, seed: int, sft_steps: int, problems) -> Path:
     """The testbed policy, optionally after a few SFT steps so that responses end with EOS."""
     from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
-    from rewardlab.rl.sft import collate, encode_example, prompt_of, sft_loss
+    from rewardlab.sft.trainer import collate, encode_example, sft_loss
+    from rewardlab.data.prompts import default_prompt
 
     init = make_testbed_policy(out_dir / "init", size=size, seed=seed)
     if sft_steps <= 0:
@@ -83,7 +84,7 @@ def make_policy(out_dir: Path, size: str, seed: int, sft_steps: int, problems) -
     model.train()
     for _ in range(sft_steps):
         idx = torch.randint(len(problems), (64,), generator=g).tolist()
-        ex = [encode_example(tok, prompt_of(problems[i]), problems[i].solution, 96) for i in idx]
+        ex = [encode_example(tok, default_prompt(problems[i]), problems[i].solution, 96) for i in idx]
         loss = sft_loss(model, collate(ex, tok.pad_token_id))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -152,7 +153,7 @@ def bench_trl(policy: Path, problems, run_dir: Path, args, between_steps=None) -
     from trl import GRPOConfig, GRPOTrainer
 
     from rewardlab.grading import grade
-    from rewardlab.rl.sft import prompt_of
+    from rewardlab.data.prompts import default_prompt
 
     B = args.prompts * args.n
     total = args.warmup + args.steps
@@ -184,7 +185,7 @@ def bench_trl(policy: Path, problems, run_dir: Path, args, between_steps=None) -
     # enough rows that the sampler never wraps around within the run
     n_rows = max(len(problems), args.prompts * total)
     rows = [problems[i % len(problems)] for i in range(n_rows)]
-    ds = datasets.Dataset.from_dict({"prompt": [prompt_of(p) for p in rows],
+    ds = datasets.Dataset.from_dict({"prompt": [default_prompt(p) for p in rows],
                                      "answer": [p.answer for p in rows]})
     tok = AutoTokenizer.from_pretrained(str(policy))
     model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rewardlab.io import write_jsonl
 
     from rewardlab.demo import DemoBudget
-    from rewardlab.rl.rollout import SamplingConfig
+    from rewardlab.models.sampling import SamplingConfig
 
     # defaults: the RL step of the demo's runs (`make demo`) and of the shipped testbed configs
     demo = DemoBudget()

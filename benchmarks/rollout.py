@@ -3,7 +3,7 @@
 Four ways to produce B responses of exactly T new tokens from the testbed "small" policy
 (random init; EOS is suppressed until T tokens via ``generation_config.min_new_tokens``):
 
-- ``rollout (KV cache + logprobs)``: :func:`rewardlab.rl.rollout.generate_rollouts`, i.e. what
+- ``rollout (KV cache + logprobs)``: :func:`rewardlab.models.sampling.generate_rollouts`, i.e. what
   the RL trainers call, with its default ``engine=auto``: the fused decoder of
   :mod:`rewardlab.models.fast` (preallocated KV cache), then one teacher-forced pass for log-probs;
 - ``rollout, engine=hf``: the same call sampling through ``model.generate`` (transformers'
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rewardlab.data.testbed import generate_problems
     from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
-    from rewardlab.rl.rollout import SamplingConfig, generate_rollouts
+    from rewardlab.models.sampling import SamplingConfig, generate_rollouts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64, help="Sequences per call (B).")

@@ -5,7 +5,7 @@ from rewardlab.data.testbed import generate_problems
 from rewardlab.eval.bon import best_of_n, bon_table, default_ns, run_bon, score_samples
 from rewardlab.eval.evaluate import pass_at_k
 from rewardlab.eval.plots import plot_bon, plot_curves
-from rewardlab.models.reward_models import ScoreResult
+from rewardlab.reward_models.models import ScoreResult
 
 
 def _setup(n_problems=6, m=8, seed=0):
@@ -88,7 +88,7 @@ def test_plots_written(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_rms(tiny_policy, tmp_path_factory):
     """Untrained ORM and PRM on the tiny policy, saved like trained ones."""
-    from rewardlab.models.reward_models import RMSpec, build_reward_model
+    from rewardlab.reward_models.models import RMSpec, build_reward_model
 
     root = tmp_path_factory.mktemp("rms")
     out = {}

@@ -11,7 +11,8 @@ import torch
 from rewardlab.config import load_config
 from rewardlab.data.problem import Problem
 from rewardlab.rl.config import RLConfig
-from rewardlab.rl.sft import DataConfig, SFTConfig, make_prompt_fn, prompt_of
+from rewardlab.sft.trainer import DataConfig, SFTConfig, make_prompt_fn
+from rewardlab.data.prompts import default_prompt
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -55,7 +56,7 @@ def test_prompt_fn_default_template_and_chat(chat_model):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(chat_model))
     p = _problem()
-    assert make_prompt_fn(DataConfig(), tok) is prompt_of
+    assert make_prompt_fn(DataConfig(), tok) is default_prompt
     assert make_prompt_fn(DataConfig(prompt_template="Q: {question}\nA:"), tok)(p) == "Q: What is 2 + 3?\nA:"
     chat = make_prompt_fn(DataConfig(chat=True, system_prompt="Reason step by step."), tok)(p)
     assert chat == ("<|im_start|>system\nReason step by step.<|im_end|>\n"
@@ -72,7 +73,7 @@ def test_plain_prompts_get_the_bos_token_a_tokenizer_adds_by_default(chat_model,
     from transformers import AutoTokenizer
 
     from rewardlab.models.loading import load_model_and_tokenizer
-    from rewardlab.rl.sft import adds_bos
+    from rewardlab.data.prompts import adds_bos
 
     tok = AutoTokenizer.from_pretrained(str(chat_model))
     assert not adds_bos(tok)
@@ -89,7 +90,7 @@ def test_plain_prompts_get_the_bos_token_a_tokenizer_adds_by_default(chat_model,
         assert ids[0] == bos and ids.count(bos) == 1
     assert not make_prompt_fn(DataConfig(chat=True), tok)(p).startswith("<|endoftext|>")
     _, testbed_tok = load_model_and_tokenizer(tiny_policy)
-    assert not adds_bos(testbed_tok) and make_prompt_fn(DataConfig(), testbed_tok) is prompt_of
+    assert not adds_bos(testbed_tok) and make_prompt_fn(DataConfig(), testbed_tok) is default_prompt
 
 
 @pytest.mark.parametrize("data, message", [
@@ -115,8 +116,8 @@ def test_chat_needs_a_chat_template(tiny_policy):
 def test_sft_then_rl_on_gsm8k_with_chat_prompts(tmp_path, chat_model, monkeypatch):
     """SFT trains on chat-formatted prompts; the RL rollouts and the held-out evaluation use
     the same prompts."""
-    import rewardlab.rl.sft as sft_mod
-    from rewardlab.rl.sft import train_sft
+    import rewardlab.sft.trainer as sft_mod
+    from rewardlab.sft.trainer import train_sft
     from rewardlab.rl.trainer import RLTrainer
 
     seen = []
@@ -165,7 +166,7 @@ def test_sft_then_rl_on_gsm8k_with_chat_prompts(tmp_path, chat_model, monkeypatc
 
 
 def test_sft_rejects_max_len_that_leaves_no_solution_tokens(tmp_path, chat_model):
-    from rewardlab.rl.sft import train_sft
+    from rewardlab.sft.trainer import train_sft
     cfg = load_config(SFTConfig, None, [
         f"out={tmp_path / 'sft'}", f"model.name_or_path={chat_model}", "model.device=cpu",
         "data.dataset=gsm8k", "data.chat=true", "max_steps=1", "max_len=16", "progress=false"])
@@ -175,7 +176,7 @@ def test_sft_rejects_max_len_that_leaves_no_solution_tokens(tmp_path, chat_model
 
 
 def test_keep_trainable_drops_examples_without_solution_tokens():
-    from rewardlab.rl.sft import keep_trainable
+    from rewardlab.sft.trainer import keep_trainable
     full, cut = ([1, 2, 3], [-100, -100, 3]), ([1, 2], [-100, -100])
     with pytest.warns(UserWarning, match="1 of 2 examples"):
         assert keep_trainable([full, cut], 3) == [full]

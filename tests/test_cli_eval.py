@@ -95,7 +95,7 @@ def test_cli_bon(tiny_policy, tiny_rms, problems_file, tmp_path, capsys):
 
 def test_cli_bon_with_a_plain_causal_lm_as_prm(tiny_policy, problems_file, tmp_path, capsys):
     # --prm-tag: any causal LM scores steps as an LM-head PRM (Math-Shepherd style)
-    from rewardlab.models.reward_models import RMSpec, load_reward_model
+    from rewardlab.reward_models.models import RMSpec, load_reward_model
     from rewardlab.data.datasets import split_steps
 
     out = tmp_path / "bon_tag"

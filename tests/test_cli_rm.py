@@ -9,7 +9,7 @@ import pytest
 
 from rewardlab.cli.main import main
 from rewardlab.data.testbed import generate_problems, oracle_label
-from rewardlab.models.reward_models import RMSpec, build_reward_model
+from rewardlab.reward_models.models import RMSpec, build_reward_model
 
 
 def _prm_rows(n=12):
@@ -58,7 +58,7 @@ def test_train_rm_then_score(tmp_path, tiny_policy, capsys):
 
 
 def test_score_with_a_plain_causal_lm_as_prm(tmp_path, tiny_policy, capsys):
-    from rewardlab.models.reward_models import RMSpec, load_reward_model
+    from rewardlab.reward_models.models import RMSpec, load_reward_model
 
     q = "sam has 3 apples . buys 4 more . how many apples ?"
     sols = _write(tmp_path / "sols.jsonl", [{"question": q, "steps": ["3 + 4 = 7", "#### 7"]}])

@@ -139,7 +139,7 @@ def test_step_char_ends():
 
 @pytest.mark.parametrize("sep", ["\n", "\n\n"])
 def test_step_texts_are_the_steps_step_char_ends_delimits(sep):
-    from rewardlab.rewards.steps import step_texts
+    from rewardlab.data.steps import step_texts
     text = "  a = 1 \n\n\nb = 2\n \n\n#### 3\n\n"
     steps, ends = step_texts(text, sep), step_char_ends(text, sep)
     assert len(steps) == len(ends) > 0

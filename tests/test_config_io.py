@@ -86,7 +86,7 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
 
 def test_describe_config_round_trips_with_field_help(tmp_path):
     from rewardlab.config import describe_config, field_docs
-    from rewardlab.rl.sft import SFTConfig
+    from rewardlab.sft.trainer import SFTConfig
     assert field_docs(RLConfig)["lr"].startswith("Policy learning rate")
     cfg = load_config(RLConfig, "configs/gsm8k_grpo_chat.yaml",
                       ["seed=7", "reward.prm.refine=clip", 'data.system_prompt="a: b # c"'])

@@ -2,11 +2,11 @@ from math import comb
 
 import pytest
 
-import rewardlab.rl.rollout as rollout
+import rewardlab.eval.evaluate as rollout  # the module whose sampler the test replaces
 from rewardlab.data.problem import Problem
 from rewardlab.data.testbed import generate_problems
-from rewardlab.eval.evaluate import (evaluate_policy, evaluate_responses, majority_vote, pass_at_k,
-                                     template_prompt_fn)
+from rewardlab.eval.evaluate import evaluate_policy, evaluate_responses, majority_vote, pass_at_k
+from rewardlab.data.prompts import template_prompt_fn
 from rewardlab.models.loading import load_model_and_tokenizer
 
 

@@ -6,7 +6,7 @@ import torch
 from rewardlab.models.fast import (fast_generate, fast_path_unsupported, generation_config_extras,
                                    sample_next, top_p_filter)
 from rewardlab.models.loading import load_model_and_tokenizer
-from rewardlab.rl.rollout import SamplingConfig, generate_rollouts, use_fast_engine
+from rewardlab.models.sampling import SamplingConfig, generate_rollouts, use_fast_engine
 
 PROMPTS = ["tom has 3 apples . buys 4 more .", "ann has 12 pens .",
            "max has 5 apples . buys 8 more . loses 8 . gives 2 away .", "bob has 9 ."]
@@ -205,7 +205,7 @@ def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind
     use matmuls, long ones scaled_dot_product_attention)."""
     from rewardlab.models import fast
     from rewardlab.models.fast import response_logits
-    from rewardlab.rl.rollout import position_ids_from_mask
+    from rewardlab.models.sampling import position_ids_from_mask
 
     if attention == "sdpa":
         monkeypatch.setattr(fast, "MANUAL_ATTENTION_MAX_SCORES", 0)
@@ -272,7 +272,7 @@ def test_min_new_tokens_matches_generate(tiny_policy):
 def test_sampling_and_logprob_outputs_can_enter_autograd(tiny_policy):
     """fast_generate and forward_logprobs run in inference mode; what they return must still be
     usable in a later loss (inference tensors cannot be saved for backward)."""
-    from rewardlab.rl.rollout import forward_logprobs
+    from rewardlab.models.sampling import forward_logprobs
     model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
     enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)

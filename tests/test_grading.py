@@ -8,16 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from rewardlab.grading import (
-    check_calc_annotations,
-    extract_answer,
-    grade,
-    is_equiv,
-    normalize_answer,
-    parse_expr,
-    step_arithmetic_ok,
-    strip_calc_annotations,
-)
+from rewardlab.grading import check_calc_annotations, extract_answer, grade, is_equiv, normalize_answer, parse_expr, step_arithmetic_ok
+from rewardlab.data.datasets import strip_calc_annotations
 from rewardlab.grading import symbolic
 
 

@@ -2,13 +2,13 @@ import json
 
 import pytest
 
-import rewardlab.rl.rollout as rollout
+import rewardlab.reward_models.labeling as rollout  # the module whose sampler the test replaces
 from rewardlab.data.testbed import generate_problems
 from rewardlab.io import DataError
 from rewardlab.models.loading import load_model_and_tokenizer
-from rewardlab.rewards.labeling import (JudgeLabeler, Labeler, MCLabeler, get_labeler, prefix_prompt,
+from rewardlab.reward_models.labeling import (JudgeLabeler, Labeler, MCLabeler, get_labeler, prefix_prompt,
                                         register_labeler)
-from rewardlab.rewards.pipeline import (make_pairs, make_step_pairs, read_samples,
+from rewardlab.reward_models.pipeline import (make_pairs, make_step_pairs, read_samples,
                                         sample_and_label)
 
 Q = "sam has 3 apples . buys 4 more . loses 2 . how many apples ?"
@@ -103,7 +103,7 @@ def test_judge_labeler_plumbing(tiny_policy):
 
 
 def test_sample_and_label_rows(tiny_policy):
-    from rewardlab.rl.rollout import SamplingConfig
+    from rewardlab.models.sampling import SamplingConfig
 
     model, tok = load_model_and_tokenizer(tiny_policy)
     probs = generate_problems(n=3, seed=7)

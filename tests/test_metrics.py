@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from rewardlab.eval.metrics import auroc, ece, f1_at, pairwise_accuracy
+from rewardlab.stats import auroc, ece, f1_at, pairwise_accuracy
 
 
 def _auroc_by_pairs(scores, labels):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rewardlab.models.loading import training_precision
-from rewardlab.rl.sft import train_sft
+from rewardlab.sft.trainer import train_sft
 from rewardlab.rl.trainer import RLTrainer
 
 from test_rl_trainer import _cfg, problems_dir  # noqa: F401  (problems_dir: fixture)
@@ -100,8 +100,8 @@ def test_mixed_precision_sft_and_resume_keep_float32_weights(tmp_path):
 
 def test_mixed_precision_reward_model_training(tmp_path, tiny_policy):
     from test_rm_train import _cfg as rm_cfg, write_step_rows
-    from rewardlab.models.reward_models import load_reward_model
-    from rewardlab.rewards.rm_train import train_reward_model
+    from rewardlab.reward_models.models import load_reward_model
+    from rewardlab.reward_models.train import train_reward_model
 
     data = write_step_rows(tmp_path / "prm.jsonl")
     m = train_reward_model(rm_cfg(tmp_path, tiny_policy, data, kind="prm", dtype="bfloat16"))
@@ -116,7 +116,7 @@ def test_mixed_precision_reward_model_training(tmp_path, tiny_policy):
 @pytest.mark.parametrize("spec", ["lm_prm", "head_prm", "orm"])
 def test_reward_model_logits_stay_float32_under_autocast(tiny_policy, spec):
     # scores feed Clip / Delta differences and best-of-N rankings: bfloat16 logits keep ~3 digits
-    from rewardlab.models.reward_models import RMSpec, build_reward_model
+    from rewardlab.reward_models.models import RMSpec, build_reward_model
     spec = {"lm_prm": RMSpec(), "head_prm": RMSpec(form="head"), "orm": RMSpec(kind="orm")}[spec]
     rm = build_reward_model(tiny_policy, spec, device="cpu", seed=0)
     enc = rm.encode("sam has 3 apples . buys 4 more . how many apples ?", ["3 + 4 = 7", "#### 7"])

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from rewardlab.io import DataError
-from rewardlab.models.reward_models import (RMSpec, ScoreResult, build_reward_model,
+from rewardlab.reward_models.models import (RMSpec, ScoreResult, build_reward_model,
                                             load_reward_model)
-from rewardlab.models.rm_losses import (aggregate, bt_loss, last_token_index, orm_bce_loss,
-                                        prm_ce_loss, step_logit, step_probs)
-from rewardlab.rewards import rm_data
-from rewardlab.rewards.rm_data import collate_prm, encode_prm, resolve_token_id
+from rewardlab.reward_models.losses import aggregate, bt_loss, orm_bce_loss, prm_ce_loss, step_logit, step_probs
+from rewardlab.models.batching import last_token_index
+from rewardlab.reward_models import data as rm_data
+from rewardlab.reward_models.data import collate_prm, encode_prm, resolve_token_id
 
 Q1 = "sam has 3 apples . buys 4 more . loses 2 . how many apples ?"
 Q2 = "eva has 5 coins . gets 3 times as many . how many coins ?"
@@ -207,7 +207,7 @@ def _one_step(rm, loss):
 
 @pytest.mark.parametrize("kind,form", [("orm", "lm"), ("bt", "lm"), ("prm", "head"), ("prm", "lm")])
 def test_every_head_parameter_changes_after_a_step(tiny_policy, kind, form):
-    from rewardlab.rewards.rm_data import collate_orm, collate_pairs
+    from rewardlab.reward_models.data import collate_orm, collate_pairs
 
     rm = _rm(tiny_policy, kind=kind, form=form)
     rm.train()

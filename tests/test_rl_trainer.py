@@ -8,7 +8,12 @@ import torch
 from rewardlab.config import load_config
 from rewardlab.io import write_jsonl
 from rewardlab.rl.config import RLConfig
-from rewardlab.rl.trainer import RLTrainer, adaptive_kl_coef, prompt_batch_indices, train_rl
+from rewardlab.rl.trainer import RLTrainer, adaptive_kl_coef, train_rl
+from rewardlab.training.engine import epoch_batch
+
+
+def prompt_batch_indices(n, per_step, step, seed):
+    return epoch_batch(n, per_step, step, seed, seed_stride=7_919)  # the RL trainer's prompt stream
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def test_zero_kl_coef_needs_no_reference_model(tmp_path, tiny_policy, problems_d
 def test_data_style_picks_how_responses_are_graded(tmp_path, tiny_policy, problems_dir, style, rewarded):
     """data.style=math grades the last \\boxed{}; gsm8k the text after ####, else the last number."""
     from rewardlab.data.problem import Problem
-    from rewardlab.rl.rollout import RolloutBatch
+    from rewardlab.models.sampling import RolloutBatch
 
     tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, style,
                         ["algo=grpo", "kl.coef=0", f"data.style={style}"]))
@@ -162,7 +167,7 @@ def test_micro_batches_give_the_minibatch_update(tmp_path, tiny_policy, problems
 def test_plain_causal_lm_as_lm_head_prm_by_its_step_tag(tmp_path, tiny_policy, problems_dir):
     # Math-Shepherd style: any causal LM, a step tag after every step, P('+') vs P('-') there
     from rewardlab.io import DataError
-    from rewardlab.models.reward_models import RMSpec, load_reward_model
+    from rewardlab.reward_models.models import RMSpec, load_reward_model
 
     prm = ["reward.prm.alpha=1.0", "reward.prm.refine=clip", "steps=1"]
     tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "tagged",
@@ -171,7 +176,7 @@ def test_plain_causal_lm_as_lm_head_prm_by_its_step_tag(tmp_path, tiny_policy, p
     problems, batch = tr.rollout(0)
     sb = tr.score(problems, batch)
     direct = load_reward_model(tiny_policy, device="cpu", spec=RMSpec(tag=" ки"))
-    from rewardlab.rewards.steps import step_texts
+    from rewardlab.data.steps import step_texts
     steps = [step_texts(t, tr.step_sep) for t in batch.texts]
     want = [r.step_scores for r in direct.score([problems[i].question for i in batch.prompt_index], steps)]
     flat = [s for sc in want for s in sc]

@@ -8,11 +8,11 @@ import pytest
 
 from rewardlab.data.testbed import generate_problems, oracle_label
 from rewardlab.io import DataError
-from rewardlab.models.reward_models import build_reward_model, load_reward_model
-from rewardlab.rewards.rm_data import read_rm_rows
-from rewardlab.rewards.rm_train import (RMTrainConfig, encode_rows, objective_loss, split_rows,
+from rewardlab.reward_models.models import build_reward_model, load_reward_model
+from rewardlab.reward_models.data import read_rm_rows
+from rewardlab.reward_models.train import (RMTrainConfig, encode_rows, objective_loss, split_rows,
                                         train_reward_model)
-from rewardlab.training import read_metrics
+from rewardlab.training.metrics import read_metrics
 
 
 def _corrupt(rng, steps):

@@ -2,8 +2,8 @@ import torch
 
 from rewardlab.data.testbed import generate_problems
 from rewardlab.models.loading import load_model_and_tokenizer
-from rewardlab.rl.rollout import SamplingConfig, forward_logprobs, generate_rollouts, response_mask_from_ids
-from rewardlab.rl.sft import SFTConfig, collate, encode_example, train_sft
+from rewardlab.models.sampling import SamplingConfig, forward_logprobs, generate_rollouts, response_mask_from_ids
+from rewardlab.sft.trainer import SFTConfig, collate, encode_example, train_sft
 
 
 def test_load_policy_settles_padding(tiny_policy):
@@ -63,7 +63,7 @@ def test_sft_resume_matches_uninterrupted_run(tmp_path):
     assert part["sft/stopped_at"] == 3
     resumed = train_sft(_sft_cfg(tmp_path, "b"))
     assert abs(resumed["sft/final_loss"] - full["sft/final_loss"]) < 1e-6
-    from rewardlab.training import read_metrics
+    from rewardlab.training.metrics import read_metrics
     steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "sft/loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]
     # the final model reloads through from_pretrained and is the same
@@ -78,13 +78,13 @@ def test_sft_lowers_loss(tmp_path):
     cfg.max_steps = 30
     cfg.save_every = 0
     train_sft(cfg)
-    from rewardlab.training import read_metrics
+    from rewardlab.training.metrics import read_metrics
     losses = [r["sft/loss"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl") if "sft/loss" in r]
     assert losses[-1] < 0.6 * losses[0]
 
 
 def test_token_logprobs_by_hand_and_entropy_without_grad():
-    from rewardlab.rl.rollout import token_logprobs
+    from rewardlab.models.sampling import token_logprobs
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 5, requires_grad=True)
     labels = torch.tensor([[0, 4, 2], [1, 1, 3]])

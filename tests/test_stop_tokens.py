@@ -6,7 +6,7 @@ import torch
 
 from rewardlab.models.fast import fast_generate
 from rewardlab.models.loading import load_model_and_tokenizer, stop_token_ids
-from rewardlab.rl.rollout import SamplingConfig, generate_rollouts, response_mask_from_ids
+from rewardlab.models.sampling import SamplingConfig, generate_rollouts, response_mask_from_ids
 
 from test_fast_decode import PROMPTS, _hf_greedy, _scramble
 

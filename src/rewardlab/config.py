@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rewardlab.io import write_text
+
+
 T = TypeVar("T")
 
 
@@ -205,5 +208,4 @@ def describe_config(cfg: Any, indent: int = 0) -> str:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from rewardlab.io import write_text
     write_text(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -22,7 +22,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewardlab.config import apply_overrides, from_dict, load_config
+from rewardlab.data.datasets import load_dataset_by_name
+from rewardlab.eval.bon import run_bon
+from rewardlab.eval.evaluate import evaluate_policy
+from rewardlab.eval.report import write_report
+from rewardlab.io import write_json, write_jsonl
+from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.models.sampling import SamplingConfig
+from rewardlab.reward_models.labeling import get_labeler
+from rewardlab.reward_models.pipeline import sample_and_label
+from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
 from rewardlab.rl.config import RLConfig
+from rewardlab.rl.trainer import train_rl
+from rewardlab.sft.trainer import SFTConfig, train_sft
+from rewardlab.training.engine import quiet_transformers
+
 
 # name -> (description, dotted overrides on RLConfig)
 DESIGNS: dict[str, tuple[str, list[str]]] = {
@@ -91,7 +106,6 @@ def budget_with(quick: bool, overrides: list[str]) -> DemoBudget:
     ValueError names an unknown key, a value of the wrong type or one out of range."""
     import dataclasses
 
-    from rewardlab.config import apply_overrides, from_dict
 
     data = dataclasses.asdict(QUICK if quick else DemoBudget())
     apply_overrides(data, overrides)
@@ -123,7 +137,6 @@ def _done(path: Path) -> bool:
 
 def _sft_run(cfg: DemoConfig, out: Path, steps: int, what: str, log) -> Path:
     """The testbed SFT recipe for ``steps`` steps into ``out`` (cached)."""
-    from rewardlab.rl.sft import SFTConfig, train_sft
 
     if _done(out / "sft_summary.json") and _done(out / "final"):
         log(f"{what}: cached")
@@ -154,10 +167,6 @@ def stage_rm_backbone(cfg: DemoConfig, sft_dir: Path, log) -> Path:
 
 def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
     """The starting point's row of the table: the SFT policy, evaluated like the RL policies."""
-    from rewardlab.data.datasets import load_dataset_by_name
-    from rewardlab.eval.evaluate import evaluate_policy
-    from rewardlab.io import write_json
-    from rewardlab.models.loading import load_model_and_tokenizer
 
     path = sft_dir / "eval_summary.json"
     if _done(path):
@@ -172,13 +181,6 @@ def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
 
 
 def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
-    from rewardlab.data.datasets import load_dataset_by_name
-    from rewardlab.io import write_json, write_jsonl
-    from rewardlab.models.loading import load_model_and_tokenizer
-    from rewardlab.rewards.labeling import get_labeler
-    from rewardlab.rewards.pipeline import sample_and_label
-    from rewardlab.rewards.rm_train import RMTrainConfig
-    from rewardlab.rl.rollout import SamplingConfig
 
     b = cfg.budget
     out = Path(cfg.out) / "rm"
@@ -225,8 +227,6 @@ def _cores() -> int:
 
 
 def _train_rm_job(rc) -> dict:
-    from rewardlab.rewards.rm_train import train_reward_model
-    from rewardlab.training import quiet_transformers
 
     quiet_transformers()
     return train_reward_model(rc)
@@ -255,8 +255,6 @@ def _set_threads(n: int) -> None:
 
 
 def stage_bon(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> Path:
-    from rewardlab.data.datasets import load_dataset_by_name
-    from rewardlab.eval.bon import run_bon
 
     out = Path(cfg.out) / "bon"
     if _done(out / "bon.json"):
@@ -271,7 +269,6 @@ def stage_bon(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> Path:
 
 
 def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Path) -> RLConfig:
-    from rewardlab.config import load_config
 
     b = cfg.budget
     ov = list(DESIGNS[design][1]) + [
@@ -309,8 +306,6 @@ def _run_rl_job(rc: RLConfig) -> tuple[str, dict]:
     other jobs have finished."""
     import torch
 
-    from rewardlab.rl.trainer import train_rl
-    from rewardlab.training import quiet_transformers
 
     quiet_transformers()
     with _ACTIVE.get_lock():
@@ -350,7 +345,6 @@ def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, lis
 
     t0 = time.time()
     if cfg.workers <= 1 or len(pending) <= 1:
-        from rewardlab.rl.trainer import train_rl
         for rc in pending:
             report(rc.out, train_rl(rc), t0)
         return runs
@@ -373,8 +367,6 @@ def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, lis
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Run (or continue) every stage; returns the results dict written to results.json."""
-    from rewardlab.eval.report import write_report
-    from rewardlab.training import quiet_transformers
 
     quiet_transformers()
     if cfg.quick:

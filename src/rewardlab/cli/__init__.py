@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from rewardlab.config import describe_config
+
+
 PRINT_CONFIG_OPTION = typer.Option(
     False, "--print-config", help="Print the resolved config (YAML, each field with its help) and exit.")
 
 
 def print_config(cfg) -> None:
     """The resolved config as :func:`rewardlab.config.describe_config` writes it, to stdout."""
-    from rewardlab.config import describe_config
     typer.echo(describe_config(cfg))

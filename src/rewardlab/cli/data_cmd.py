@@ -10,6 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from rewardlab.config import ConfigError
+from rewardlab.data.datasets import load_dataset_by_name
+from rewardlab.data.testbed import generate_problems, TestbedConfig
+from rewardlab.grading import STYLES
+from rewardlab.grading.predictions import accuracy, default_style, grade_predictions
+from rewardlab.io import write_jsonl
+
 
 console = Console()
 
@@ -20,7 +26,6 @@ def _show(name: str, split: str, n: int, path: Optional[str]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from rewardlab.data.datasets import load_dataset_by_name
 
     problems = load_dataset_by_name(name, split, path=path, limit=n)
     for p in problems:  # dataset text goes in as Text, never as markup ("[/asy]" in MATH)
@@ -38,8 +43,6 @@ def _show(name: str, split: str, n: int, path: Optional[str]) -> None:
 def _testbed(n: int, out: Path, seed: int, min_steps: Optional[int], max_steps: Optional[int],
              max_operand: Optional[int]) -> None:
     """Generate testbed problems and write them as ``Problem.to_dict()`` rows."""
-    from rewardlab.data.testbed import TestbedConfig, generate_problems
-    from rewardlab.io import write_jsonl
 
     knobs = {"min_steps": min_steps, "max_steps": max_steps, "max_operand": max_operand}
     cfg = TestbedConfig(**{k: v for k, v in knobs.items() if v is not None})
@@ -54,10 +57,6 @@ def _testbed(n: int, out: Path, seed: int, min_steps: Optional[int], max_steps: 
 def _grade(dataset: str, predictions: Path, split: str, out: Optional[Path], pred_field: str,
            style: Optional[str], path: Optional[str]) -> None:
     """Grade a predictions file, print accuracy, write per-row results atomically."""
-    from rewardlab.data.datasets import load_dataset_by_name
-    from rewardlab.grading import STYLES
-    from rewardlab.grading.predictions import accuracy, default_style, grade_predictions
-    from rewardlab.io import write_jsonl
 
     style = style or default_style(dataset)
     if style not in STYLES:

@@ -6,6 +6,10 @@ from typing import Optional
 
 import typer
 
+from rewardlab.config import ConfigError, load_config
+from rewardlab.demo import budget_with, DemoConfig, DESIGNS, run_demo
+from rewardlab.rl.config import RLConfig
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
@@ -25,7 +29,6 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.markdown import Markdown
 
-        from rewardlab.demo import DESIGNS, DemoConfig, budget_with, run_demo
 
         if seeds < 1 or seeds > 20:
             raise typer.BadParameter("--seeds must be between 1 and 20")
@@ -43,8 +46,6 @@ def register(app: typer.Typer) -> None:
             cfg.budget.rl_steps = rl_steps
         cfg.rl_overrides = list(rl_set or [])
         if cfg.rl_overrides:  # fail before any stage runs, naming the bad override
-            from rewardlab.config import ConfigError, load_config
-            from rewardlab.rl.config import RLConfig
             try:
                 load_config(RLConfig, None, cfg.rl_overrides)
             except ConfigError as e:

@@ -9,13 +9,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from rewardlab.data.config import DataConfig, make_prompt_fn
+from rewardlab.data.datasets import load_dataset_by_name
+from rewardlab.data.prompts import check_prompt_settings
+from rewardlab.eval.evaluate import evaluate_policy
+from rewardlab.grading import STYLES
+from rewardlab.grading.predictions import default_style
+from rewardlab.io import DataError, write_json, write_jsonl
+from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.reward_models.models import lm_prm_spec
+
+
 console = Console()
 
 
 def infer_style(dataset: str, style: Optional[str] = None) -> str:
     """The answer style: ``--style`` when given, else math for MATH-like datasets, else gsm8k."""
-    from rewardlab.grading import STYLES
-    from rewardlab.grading.predictions import default_style
 
     style = style or default_style(dataset)
     if style not in STYLES:
@@ -25,8 +34,6 @@ def infer_style(dataset: str, style: Optional[str] = None) -> str:
 
 def load_problems(dataset: str, split: str, data: Optional[str], limit: Optional[int]):
     """Problems of ``dataset`` (``--data`` is the file of a testbed or custom dataset)."""
-    from rewardlab.data.datasets import load_dataset_by_name
-    from rewardlab.io import DataError
 
     problems = load_dataset_by_name(dataset, split, path=data, limit=limit)
     if not problems:
@@ -36,7 +43,6 @@ def load_problems(dataset: str, split: str, data: Optional[str], limit: Optional
 
 def check_model_ref(ref: str) -> None:
     """A model reference must be an existing directory or look like a hub id (``org/name``)."""
-    from rewardlab.io import DataError
 
     p = Path(ref).expanduser()
     if p.exists():
@@ -50,8 +56,6 @@ def check_model_ref(ref: str) -> None:
 def load_policy(model: str, device: str = "auto", dtype: str = "auto",
                 trust_remote_code: bool = False):
     """``(model, tokenizer)``; a directory or hub id that cannot be loaded is bad input."""
-    from rewardlab.io import DataError
-    from rewardlab.models.loading import load_model_and_tokenizer
 
     check_model_ref(model)
     try:
@@ -74,7 +78,6 @@ PRM_TAG_OPTION = typer.Option(None, "--prm-tag", help=PRM_TAG_HELP)
 def tag_spec(tag: str, model_ref: str):
     """``--prm-tag``: the LM-head PRM spec for ``model_ref`` (a directory or hub id), or exit 2
     for a bad tag or a model reference that is neither."""
-    from rewardlab.models.reward_models import lm_prm_spec
     try:
         spec = lm_prm_spec(tag)
     except ValueError as e:
@@ -86,7 +89,6 @@ def tag_spec(tag: str, model_ref: str):
 def prompt_function(tokenizer, template: Optional[str], chat: bool, system: Optional[str] = None):
     """The prompt function for ``--prompt-template`` / ``--chat`` / ``--system`` (default:
     ``question + "\\n"``); a literal ``\\n`` in the template is a newline."""
-    from rewardlab.rl.sft import DataConfig, check_prompt_settings, make_prompt_fn
 
     data = DataConfig(prompt_template=template.replace("\\n", "\n") if template else None,
                       chat=chat, system_prompt=system)
@@ -140,8 +142,6 @@ def register(app: typer.Typer) -> None:
               out: Path = typer.Option(Path("runs/eval"), "--out",
                                        help="Folder for predictions.jsonl and summary.json.")) -> None:
         """Evaluate a policy: greedy accuracy, maj@k, pass@1..k, testbed diagnostics."""
-        from rewardlab.eval.evaluate import evaluate_policy
-        from rewardlab.io import write_json, write_jsonl
 
         style = infer_style(dataset, style)
         if k > 0 and temperature <= 0:

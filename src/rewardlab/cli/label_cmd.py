@@ -9,10 +9,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rewardlab.cli.eval_cmd import (CHAT_OPTION, PRM_TAG_OPTION, PROMPT_TEMPLATE_OPTION,
-                                    SYSTEM_OPTION, check_model_ref, default_max_new_tokens,
-                                    infer_style, load_policy, load_problems, prompt_function,
+from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_new_tokens,
+                                    infer_style, load_policy, load_problems, PRM_TAG_OPTION,
+                                    prompt_function, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
                                     tag_spec)
+from rewardlab.eval.bon import bon_table, run_bon
+from rewardlab.io import DataError, write_jsonl
+from rewardlab.models.loading import load_tokenizer
+from rewardlab.models.sampling import SamplingConfig
+from rewardlab.reward_models.labeling import get_labeler
+from rewardlab.reward_models.models import saved_reward_model_dir
+from rewardlab.reward_models.pipeline import (label_rows, make_pairs, make_step_pairs,
+                                              read_samples, sample_responses)
+
 
 console = Console()
 
@@ -29,8 +38,6 @@ def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Op
             device: str, prompt: tuple = (None, False, None)):
     """Sample and grade ``n`` responses per problem; returns ``(rows, policy, tokenizer)``.
     ``prompt``: (--prompt-template, --chat, --system)."""
-    from rewardlab.rewards.pipeline import sample_responses
-    from rewardlab.rl.rollout import SamplingConfig
 
     if temperature <= 0:
         raise typer.BadParameter("--temperature must be > 0 to sample")
@@ -48,7 +55,6 @@ def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: in
                   style: str, max_new_tokens: int, temperature: float, seed: int,
                   judge_yes: str, judge_no: str, judge_chat: bool, device: str,
                   prompt: tuple = (None, False, None)):
-    from rewardlab.rewards.labeling import get_labeler
 
     kwargs: dict = {}
     if method == "mc":
@@ -89,7 +95,6 @@ def register(app: typer.Typer) -> None:
                device: str = typer.Option("auto", "--device", help="cpu | cuda | auto."),
                out: Path = typer.Option(Path("samples.jsonl"), "--out", help="Output JSONL.")) -> None:
         """Sample responses from a policy, split into steps and graded (no step labels)."""
-        from rewardlab.io import write_jsonl
 
         style = infer_style(dataset, style)
         rows, _, _ = _sample(model, dataset, split, data, limit, n, temperature, max_new_tokens,
@@ -131,8 +136,6 @@ def register(app: typer.Typer) -> None:
                                                         help="Also write step-preference pairs.")
               ) -> None:
         """Label the steps of sampled responses (oracle | Monte-Carlo | LLM judge)."""
-        from rewardlab.io import write_jsonl
-        from rewardlab.rewards.pipeline import label_rows, make_pairs, make_step_pairs, read_samples
 
         style = infer_style(dataset, style)
         if method not in METHODS:
@@ -192,8 +195,6 @@ def register(app: typer.Typer) -> None:
             out: Path = typer.Option(Path("runs/bon"), "--out", help="Folder for bon.json/png.")
             ) -> None:
         """Best-of-N accuracy of each reward model against majority vote and random choice."""
-        from rewardlab.eval.bon import bon_table, run_bon
-        from rewardlab.io import DataError
 
         style = infer_style(dataset, style)
         if temperature <= 0:
@@ -204,12 +205,10 @@ def register(app: typer.Typer) -> None:
             if not prm:
                 raise typer.BadParameter("--prm-tag needs --prm")
             rm_specs["prm"] = tag_spec(prm_tag, prm)
-        from rewardlab.models.reward_models import saved_reward_model_dir
         for name, p in rm_paths.items():
             if name not in rm_specs:
                 saved_reward_model_dir(p)   # a saved reward model, checked before any sampling
         check_model_ref(policy)
-        from rewardlab.models.loading import load_tokenizer
         try:  # the policy's tokenizer decides the prompt's chat template and BOS token
             tok = load_tokenizer(policy)
         except (OSError, ValueError) as e:   # no tokenizer files, unknown hub id (offline)

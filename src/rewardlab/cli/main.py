@@ -9,6 +9,10 @@ import importlib
 import os
 import sys
 
+from rewardlab.config import ConfigError
+from rewardlab.io import DataError
+
+
 # Idle OpenMP threads spin by default; on a busy 2-core machine that slows tiny models 5-10x.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -16,8 +20,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rewardlab.config import ConfigError
-from rewardlab.io import DataError
 
 COMMAND_MODULES = ["data_cmd", "sft_cmd", "eval_cmd", "label_cmd", "rm_cmd", "rl_cmd", "demo_cmd"]
 

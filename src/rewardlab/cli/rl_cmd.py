@@ -6,7 +6,10 @@ from typing import Optional
 
 import typer
 
-from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
+from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.config import load_config, save_config
+from rewardlab.rl.config import RLConfig
+from rewardlab.rl.trainer import train_rl
 
 
 def register(app: typer.Typer) -> None:
@@ -19,9 +22,6 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from rewardlab.config import load_config, save_config
-        from rewardlab.rl.config import RLConfig
-        from rewardlab.rl.trainer import train_rl
 
         ov = list(set_) + ([f"out={out}"] if out else [])
         cfg = load_config(RLConfig, config, ov)

@@ -1,7 +1,7 @@
 """Reward-model commands: ``rewardlab train-rm`` and ``rewardlab score``.
 
-Thin wrappers over :func:`rewardlab.rewards.rm_train.train_reward_model` and
-:func:`rewardlab.rewards.scoring.score_file`.
+Thin wrappers over :func:`rewardlab.reward_models.train.train_reward_model` and
+:func:`rewardlab.reward_models.scoring.score_file`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
-from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
 from rich.console import Console
+
+from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
+from rewardlab.config import load_config
+from rewardlab.reward_models.losses import AGGREGATIONS
+from rewardlab.reward_models.models import load_reward_model
+from rewardlab.reward_models.scoring import read_solution_rows, score_file
+from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
+from rewardlab.training.engine import quiet_transformers
+
 
 console = Console()
 
@@ -38,8 +46,6 @@ def train_rm(
 
     Every field of RMTrainConfig can be set; precedence: defaults < --config < the options
     above < --set."""
-    from rewardlab.config import load_config
-    from rewardlab.rewards.rm_train import RMTrainConfig, train_reward_model
 
     overrides = []
     for key, value in (("kind", kind), ("base", base), ("out", out), ("form", form)):
@@ -72,13 +78,9 @@ def score(
     prm_tag: Annotated[Str, typer.Option("--prm-tag", help=PRM_TAG_HELP)] = None,
 ) -> None:
     """Score solutions with a reward model and write step_scores and score per row."""
-    from rewardlab.rewards.scoring import read_solution_rows, score_file
 
     read_solution_rows(input_path)  # fail on bad input before importing torch and the model
 
-    from rewardlab.models.reward_models import load_reward_model
-    from rewardlab.models.rm_losses import AGGREGATIONS
-    from rewardlab.training import quiet_transformers
 
     spec = None
     if prm_tag is not None:

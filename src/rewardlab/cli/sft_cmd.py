@@ -6,7 +6,9 @@ from typing import Optional
 
 import typer
 
-from rewardlab.cli import PRINT_CONFIG_OPTION, print_config
+from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.config import load_config
+from rewardlab.sft.trainer import SFTConfig, train_sft
 
 
 def register(app: typer.Typer) -> None:
@@ -21,8 +23,6 @@ def register(app: typer.Typer) -> None:
         """Fine-tune a policy on problem → reference solution (loss on solution tokens only)."""
         from rich.console import Console
 
-        from rewardlab.config import load_config
-        from rewardlab.rl.sft import SFTConfig, train_sft
 
         ov = list(set_)
         for key, val in (("out", out), ("model.name_or_path", model), ("data.dataset", dataset),

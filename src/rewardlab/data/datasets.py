@@ -9,21 +9,22 @@ directory and from this package. A hub dataset id (``"openai/gsm8k"``) goes thro
 
 from __future__ import annotations
 
+
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from rewardlab.data.problem import Problem
-from rewardlab.grading.calc import strip_calc_annotations
+from rewardlab.data.steps import split_steps
 from rewardlab.io import DataError, iter_jsonl
 
+
 DATA_DIR_ENV = "REWARDLAB_DATA_DIR"
-STEP_SPLITS = ("lines", "blank")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-__all__ = ["find_data_dir", "split_steps", "strip_calc_annotations", "load_gsm8k", "load_math500",
-           "load_jsonl", "load_testbed", "load_dataset_by_name", "DATASET_NAMES", "STEP_SPLITS"]
+__all__ = ["find_data_dir", "strip_calc_annotations", "load_gsm8k", "load_math500",
+           "load_jsonl", "load_testbed", "load_dataset_by_name", "DATASET_NAMES"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,38 +102,6 @@ def _rows(path: str | os.PathLike, split: str, config: str | None, types: dict[s
 
 # ---------------------------------------------------------------------------------------------
 # steps
-
-
-def _merge_asy(parts: list[str]) -> list[str]:
-    """Re-join paragraphs that a blank line split inside an ``[asy]...[/asy]`` figure (MATH)."""
-    out: list[str] = []
-    open_asy = False
-    for part in parts:
-        if open_asy:
-            out[-1] += "\n\n" + part
-        else:
-            out.append(part)
-        open_asy = out[-1].count("[asy]") > out[-1].count("[/asy]")
-    return out
-
-
-def split_steps(solution: str, step_split: str = "lines") -> list[str]:
-    """Split a solution into stripped, non-empty steps.
-
-    ``"lines"``: one step per line (GSM8K, testbed); ``"blank"``: blank-line-separated paragraphs
-    (MATH); any other string is a regular expression to split on.
-    """
-    if step_split == "lines":
-        parts = solution.splitlines()
-    elif step_split == "blank":
-        parts = _merge_asy(re.split(r"\n[ \t]*\n", solution))
-    else:
-        try:
-            parts = re.split(step_split, solution)
-        except re.error as e:
-            raise ValueError(f"step_split {step_split!r} is neither {STEP_SPLITS} nor a valid "
-                             f"regular expression: {e}") from None
-    return [p.strip() for p in parts if p and p.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,3 +253,11 @@ def _load_jsonl_file(path: str | os.PathLike, limit: int | None) -> list[Problem
     return load_jsonl(path, id_field="id" if "id" in first else None,
                       solution_field="solution" if "solution" in first else None,
                       source=Path(path).stem, limit=limit)
+
+
+_ANNOTATION_STRIP_RE = re.compile(r"<<[^<>]*>>")
+
+
+def strip_calc_annotations(text: str) -> str:
+    """Remove GSM8K calculator annotations: ``"16-3=<<16-3=13>>13"`` → ``"16-3=13"``."""
+    return _ANNOTATION_STRIP_RE.sub("", text)

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rewardlab.data.problem import Problem
+from rewardlab.data.steps import step_texts
+
 
 NAMES = ["sam", "ann", "tom", "eva", "max", "lia"]
 ITEMS = ["apples", "coins", "cards", "pens", "eggs", "books"]
@@ -221,11 +223,6 @@ def question_numbers(question: str) -> list[int]:
     return [int(x) for x in _NUM_RE.findall(question)]
 
 
-def split_solution_steps(text: str) -> list[str]:
-    """A testbed/GSM8K-style solution's steps: its non-empty lines."""
-    return [ln.strip() for ln in text.split("\n") if ln.strip()]
-
-
 def oracle_label(question: str, solution: str, gold: str) -> OracleResult:
     """Label every step of ``solution`` (see the module docstring for the rules)."""
     given = question_numbers(question)
@@ -234,7 +231,7 @@ def oracle_label(question: str, solution: str, gold: str) -> OracleResult:
     seen_texts: list[str] = []
     answer: str | None = None
     # producers[i] = (operand values) for correct computation step i
-    for raw in split_solution_steps(solution):
+    for raw in step_texts(solution):
         norm = " ".join(raw.split())
         repeated = norm in seen_texts
         seen_texts.append(norm)

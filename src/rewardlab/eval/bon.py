@@ -18,7 +18,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from rewardlab.data.problem import Problem
-from rewardlab.eval.evaluate import Grader, default_prompt, majority_vote
+from rewardlab.data.prompts import default_prompt
+from rewardlab.data.steps import split_steps
+from rewardlab.eval.evaluate import majority_vote
+from rewardlab.eval.plots import plot_bon
+from rewardlab.grading.grader import Grader
+from rewardlab.io import write_json, write_jsonl
+from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.models.sampling import generate_rollouts, SamplingConfig
+from rewardlab.reward_models.models import load_reward_model
 
 
 def default_ns(max_n: int) -> list[int]:
@@ -128,10 +136,6 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
     """
     import torch
 
-    from rewardlab.data.datasets import split_steps
-    from rewardlab.models.loading import load_model_and_tokenizer
-    from rewardlab.models.reward_models import load_reward_model
-    from rewardlab.rl.rollout import SamplingConfig, generate_rollouts
 
     if not problems:
         raise ValueError("run_bon: no problems")
@@ -167,8 +171,6 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
               "temperature": temperature, "policy": str(policy_path),
               "reward_models": {k: str(v) for k, v in rm_paths.items()}}
     if out is not None:
-        from rewardlab.eval.plots import plot_bon
-        from rewardlab.io import write_json, write_jsonl
 
         out_dir = Path(out)
         write_jsonl(out_dir / "samples.jsonl", (

@@ -7,11 +7,15 @@ is a pure function of the responses (:func:`evaluate_responses`), so it is teste
 
 from __future__ import annotations
 
+
 from collections import Counter
 from typing import Callable, Sequence
 
 from rewardlab.data.problem import Problem
-from rewardlab.grading import extract_answer, is_equiv
+from rewardlab.data.prompts import default_prompt
+from rewardlab.data.testbed import diagnostics
+from rewardlab.grading.grader import Grader
+from rewardlab.models.sampling import generate_rollouts, SamplingConfig
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,54 +44,6 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
     counts = Counter(keys)
     best = max(counts.values())
     return next(a for a in keys if counts[a] == best)
-
-
-def default_prompt(problem: Problem) -> str:
-    """rewardlab's prompt format: ``question + "\\n"``."""
-    return problem.question + "\n"
-
-
-def template_prompt_fn(template: str) -> Callable[[Problem], str]:
-    """A prompt function from a template holding ``{question}`` (plain replacement, so braces
-    elsewhere in the template or the question are left alone)."""
-    if "{question}" not in template:
-        raise ValueError("prompt template must contain {question}")
-    return lambda p: template.replace("{question}", p.question)
-
-
-def chat_prompt_fn(tokenizer, system: str | None = None) -> Callable[[Problem], str]:
-    """A prompt function that wraps the question in the tokenizer's chat template (HF chat
-    models), ending with the generation prompt of the assistant turn."""
-    def fn(p: Problem) -> str:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": p.question}]
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    return fn
-
-
-class Grader:
-    """``rewardlab.grading.grade`` with ``is_equiv`` memoised on (answer, gold): many samples of
-    one problem share an answer, and the symbolic stage is costly."""
-
-    def __init__(self, style: str = "gsm8k"):
-        self.style = style
-        self._cache: dict[tuple[str, str], bool] = {}
-
-    def answer(self, response: str) -> str | None:
-        return extract_answer(response, self.style)
-
-    def equiv(self, pred: str | None, gold: str) -> bool:
-        if pred is None:
-            return False
-        key = (pred, gold)
-        if key not in self._cache:
-            self._cache[key] = bool(is_equiv(pred, gold))
-        return self._cache[key]
-
-    def __call__(self, response: str, gold: str) -> tuple[str | None, bool]:
-        """``(extracted answer, correct)`` of one response."""
-        pred = self.answer(response)
-        return pred, self.equiv(pred, gold)
 
 
 def _is_testbed(problems: Sequence[Problem], flag: bool | None) -> bool:
@@ -128,7 +84,6 @@ def evaluate_responses(problems: Sequence[Problem], responses: Sequence[str] | N
             if response_tokens is not None:
                 row["response_tokens"] = int(response_tokens[i])
             if testbed:
-                from rewardlab.data.testbed import diagnostics
                 d = diagnostics(p.question, responses[i], p.answer)
                 row.update({k: d[k] for k in ("n_steps", "repeated_frac", "unnecessary_frac",
                                               "step_acc")})
@@ -182,7 +137,6 @@ def evaluate_policy(model, tokenizer, problems: Sequence[Problem], style: str = 
     response_tokens, [n_steps, repeated_frac, unnecessary_frac, step_acc],
     [sample_answers, sample_correct, n_correct, maj_pred, maj_correct]}``.
     """
-    from rewardlab.rl.rollout import SamplingConfig, generate_rollouts
 
     if not greedy and k <= 0:
         raise ValueError("evaluate: greedy=False needs k > 0 samples")

@@ -7,8 +7,10 @@ import math
 import statistics
 from pathlib import Path
 
+from rewardlab.eval.plots import plot_curves
 from rewardlab.io import write_json, write_text
-from rewardlab.training import read_metrics
+from rewardlab.training.metrics import read_metrics
+
 
 # column -> (metric key in a run's final metrics, format)
 COLUMNS = {
@@ -90,7 +92,6 @@ def markdown_table(table: dict[str, dict], descriptions: dict[str, str], baselin
 
 def training_curves(runs: dict[str, list[Path]], out: Path) -> list[Path]:
     """One PNG per curve: the seed-mean of a metric against the RL step, one line per design."""
-    from rewardlab.eval.plots import plot_curves
 
     paths = []
     for name, key in CURVES.items():

@@ -6,20 +6,10 @@
 - the symbolic stage's worker processes — :mod:`rewardlab.grading.symbolic`
 """
 
-from rewardlab.grading.answers import (
-    STYLES,
-    extract_answer,
-    grade,
-    is_equiv,
-    last_boxed,
-    normalize_answer,
-)
-from rewardlab.grading.calc import (
-    check_calc_annotations,
-    parse_expr,
-    step_arithmetic_ok,
-    strip_calc_annotations,
-)
+from rewardlab.grading.answers import (extract_answer, grade, is_equiv, last_boxed,
+                                       normalize_answer, STYLES)
+from rewardlab.grading.calc import check_calc_annotations, parse_expr, step_arithmetic_ok
+
 
 __all__ = [
     "STYLES",
@@ -31,5 +21,4 @@ __all__ = [
     "parse_expr",
     "check_calc_annotations",
     "step_arithmetic_ok",
-    "strip_calc_annotations",
 ]

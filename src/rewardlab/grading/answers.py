@@ -20,6 +20,7 @@ from fractions import Fraction
 from rewardlab.grading.calc import to_number
 from rewardlab.grading.symbolic import symbolic_equiv
 
+
 logger = logging.getLogger(__name__)
 
 MAX_ANSWER_CHARS = 5000  # longer answers are only compared verbatim

@@ -34,7 +34,6 @@ _TOKEN_RE = re.compile(r"""
     | (?P<op>\*\*|[-+*/^%()×÷])
     )""", re.VERBOSE)
 _ANNOTATION_RE = re.compile(r"<<([^<>]*?)=([^<>=]*)>>")
-_ANNOTATION_STRIP_RE = re.compile(r"<<[^<>]*>>")
 _NUMBER_RE = re.compile(r"^\s*(-?)\s*\$?\s*((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
 
 
@@ -311,9 +310,6 @@ def step_arithmetic_ok(step_text: str) -> bool | None:
     return all(checked)
 
 
-def strip_calc_annotations(text: str) -> str:
-    """Remove GSM8K calculator annotations: ``"16-3=<<16-3=13>>13"`` → ``"16-3=13"``."""
-    return _ANNOTATION_STRIP_RE.sub("", text)
 
 
 def to_number(s: str) -> Fraction | None:
@@ -324,7 +320,7 @@ def to_number(s: str) -> Fraction | None:
         return None
 
 
-__all__ = ["parse_expr", "check_calc_annotations", "step_arithmetic_ok", "strip_calc_annotations",
+__all__ = ["parse_expr", "check_calc_annotations", "step_arithmetic_ok", 
            "values_match", "to_number",
            "MAX_EXPONENT", "MAX_DEPTH"]
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from rewardlab.data.testbed import build_tokenizer
+
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -178,7 +181,6 @@ def make_testbed_policy(out_dir: str | Path, size: str = "small", seed: int = 0)
     """Create a random-initialised testbed policy + tokenizer and save both in HF format."""
     from transformers import AutoModelForCausalLM
 
-    from rewardlab.data.testbed import build_tokenizer
 
     out = Path(out_dir)
     tok = build_tokenizer()

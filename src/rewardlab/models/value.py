@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rewardlab.models.batching import position_ids_from_mask
 from rewardlab.models.loading import full_precision
-from rewardlab.rl.rollout import position_ids_from_mask
+
 
 HEAD_FILE = "value_head.safetensors"
 

@@ -19,8 +19,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from rewardlab.models.batching import last_token_index
 from rewardlab.registry import Registry
-from rewardlab.rewards.refine import REFINERS, normed
+from rewardlab.rewards.refine import normed, REFINERS
+
 
 # ---------------------------------------------------------------------------------------------
 # Refinement of a whole batch: one uniform signature
@@ -84,15 +86,15 @@ def refine_batch(name: str, step_rewards: Sequence[Sequence[float]], eta: float 
 # ---------------------------------------------------------------------------------------------
 # Placement
 
-def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of the last position where response_mask (B, T) is 1; a row without any real
-    token raises ValueError (it cannot carry a reward)."""
-    mask = response_mask.bool()
-    if not mask.any(dim=1).all():
-        bad = (~mask.any(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(f"rows {bad} have no response tokens (response_mask all 0)")
-    T = mask.shape[1]
-    return T - 1 - mask.flip(1).long().argmax(dim=1)                   # (B,)
+
+def _last_response_token(response_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last response token; a row without any real token raises
+    ValueError (it cannot carry a reward)."""
+    empty = ~response_mask.bool().any(dim=1)
+    if empty.any():
+        raise ValueError(f"rows {empty.nonzero().flatten().tolist()} have no response tokens "
+                         "(response_mask all 0)")
+    return last_token_index(response_mask)
 
 
 def place_at_step_ends(step_values: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
@@ -102,7 +104,7 @@ def place_at_step_ends(step_values: Sequence[Sequence[float]], step_ends: Sequen
     if len(step_values) != B or len(step_ends) != B:
         raise ValueError(f"got {len(step_values)} step-value and {len(step_ends)} step-end lists "
                          f"for a batch of {B}")
-    last = last_token_index(response_mask).tolist()
+    last = _last_response_token(response_mask).tolist()
     rows, cols, vals = [], [], []
     for b, (values, ends) in enumerate(zip(step_values, step_ends)):
         if len(values) != len(ends):
@@ -140,7 +142,7 @@ def build_token_rewards(step_rewards: Sequence[Sequence[float]], step_ends: Sequ
     refined = refine_batch(refine, step_rewards, eta, exclude_last, group_ids)
     weighted = [[alpha * x for x in r] for r in refined]
     rewards = place_at_step_ends(weighted, step_ends, response_mask)     # (B, T)
-    last = last_token_index(response_mask)                               # (B,)
+    last = _last_response_token(response_mask)                           # (B,)
     rows = torch.arange(B, device=rewards.device)
     for outcome, coef, name in ((success, 1.0, "success"), (orm, beta, "orm")):
         if outcome is None:

@@ -36,6 +36,7 @@ import torch
 
 from rewardlab.registry import Registry
 
+
 StepRewards = Union[Sequence[float], torch.Tensor]
 """One response's K step rewards: a Python sequence of numbers or a 1-D tensor (K,)."""
 

@@ -34,37 +34,17 @@ Special tokens (EOS, padding) decode to nothing, so they never end a step.
 
 from __future__ import annotations
 
+
 import bisect
 import os
 from typing import Callable, Sequence
 
 import torch
 
+from rewardlab.data.steps import step_char_ends
+
+
 Decoder = Callable[[list[list[int]]], list[str]]
-
-
-def _step_pieces(text: str, separator: str):
-    """(start offset, piece) of every non-empty ``separator``-split piece of ``text`` (a piece of
-    only whitespace is not a step)."""
-    if not separator:
-        raise ValueError("separator must be a non-empty string")
-    pos = 0
-    for piece in text.split(separator):
-        if piece.strip():
-            yield pos, piece
-        pos += len(piece) + len(separator)
-
-
-def step_char_ends(text: str, separator: str = "\n") -> list[int]:
-    """Exclusive end offset in ``text`` of every non-empty step (``separator``-split pieces with
-    trailing whitespace excluded; whitespace-only pieces are not steps)."""
-    return [pos + len(piece.rstrip()) for pos, piece in _step_pieces(text, separator)]
-
-
-def step_texts(text: str, separator: str = "\n") -> list[str]:
-    """The steps whose ends :func:`step_char_ends` gives: the non-empty ``separator``-split pieces
-    of ``text``, stripped (so the PRM scores exactly the steps whose last tokens get its rewards)."""
-    return [piece.strip() for _, piece in _step_pieces(text, separator)]
 
 
 def step_ends_from_char_spans(char_ends: Sequence[int], step_char_ends: Sequence[int]) -> list[int]:

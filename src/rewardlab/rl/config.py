@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rewardlab.data.config import DataConfig
 from rewardlab.models.loading import ModelConfig
-from rewardlab.rl.rollout import SamplingConfig, check_engine
-from rewardlab.rl.sft import DataConfig
+from rewardlab.models.sampling import check_engine, SamplingConfig
+from rewardlab.reward_models.models import lm_prm_spec
 
 
 @dataclass
@@ -40,7 +41,6 @@ class PRMRewardConfig:
         spec saved with the PRM is used). Raises ValueError for an empty tag or equal tokens."""
         if self.tag is None:
             return None
-        from rewardlab.models.reward_models import lm_prm_spec
         return lm_prm_spec(self.tag, self.good_token, self.bad_token)
 
 

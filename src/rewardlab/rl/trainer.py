@@ -9,19 +9,34 @@ The math lives in pure functions (``rewardlab.rewards.refine/compose``,
 
 from __future__ import annotations
 
+
 import functools
-import time
 from dataclasses import dataclass
 from typing import Callable
 from pathlib import Path
 
 import torch
 
+from rewardlab.data.config import load_problems, make_prompt_fn
 from rewardlab.data.problem import Problem
+from rewardlab.data.steps import step_texts
+from rewardlab.data.testbed import diagnostics
+from rewardlab.eval.evaluate import evaluate_policy
+from rewardlab.grading import grade
+from rewardlab.io import write_jsonl
+from rewardlab.models.batching import position_ids_from_mask
+from rewardlab.models.loading import load_model_and_tokenizer, training_precision
+from rewardlab.models.sampling import (forward_logprobs, generate_rollouts, logprobs_with_grad,
+                                       response_logprobs, RolloutBatch, use_fast_engine)
+from rewardlab.models.value import SharedValueHead, ValueModel
+from rewardlab.reward_models.models import load_reward_model
+from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl_penalty
+from rewardlab.rewards.steps import batch_step_end_positions
+from rewardlab.rl.advantages import AdvantageInputs, ADVANTAGES, gae, whiten
 from rewardlab.rl.config import RLConfig
-from rewardlab.rl.rollout import (RolloutBatch, forward_logprobs, generate_rollouts, logprobs_with_grad,
-                                  position_ids_from_mask, response_logprobs)
-from rewardlab.rl.sft import load_problems, make_prompt_fn
+from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
+from rewardlab.training.checkpoint import seed_everything
+from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 
 
 def adaptive_kl_coef(coef: float, observed_kl: float, target: float, n_steps: int, horizon: int) -> float:
@@ -29,15 +44,6 @@ def adaptive_kl_coef(coef: float, observed_kl: float, target: float, n_steps: in
     e = clip(KL/target − 1, −0.2, 0.2);  coef ← coef · (1 + e · n / horizon)."""
     err = max(-0.2, min(0.2, observed_kl / target - 1.0))
     return coef * (1.0 + err * n_steps / horizon)
-
-
-def prompt_batch_indices(n_problems: int, per_step: int, step: int, seed: int) -> list[int]:
-    """Prompt indices for RL step ``step``: a pure function of seed and step (exact resume)."""
-    per_epoch = max(1, n_problems // per_step)
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 7_919 + epoch)
-    perm = torch.randperm(n_problems, generator=g)
-    return perm[pos * per_step:(pos + 1) * per_step].tolist()
 
 
 @dataclass
@@ -68,14 +74,12 @@ class RLTrainer:
     """PPO / GRPO with dense step rewards. ``RLTrainer(cfg).train()`` runs and returns metrics."""
 
     def __init__(self, cfg: RLConfig):
-        from rewardlab.models.loading import load_model_and_tokenizer, training_precision
-        from rewardlab.training import latest_checkpoint, quiet_transformers, seed_everything
 
         quiet_transformers()
         cfg.validate()
         self.cfg = cfg
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.engine = Engine(cfg.out, cfg.algo, resume=cfg.resume, progress=cfg.progress)
+        self.out = self.engine.out
         seed_everything(cfg.seed)
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
         if not self.train_set:
@@ -86,14 +90,13 @@ class RLTrainer:
         self.step_sep = "\n\n" if self.style == "math" else "\n"
         self.testbed = all(p.source == "testbed" for p in self.train_set[:50])
         pc = cfg.policy
-        self.ckpt = latest_checkpoint(self.out) if cfg.resume else None
+        self.ckpt = self.engine.checkpoint
         src = self.ckpt or pc.name_or_path
         # bfloat16 runs keep float32 weights and autocast their passes (ModelConfig.mixed_precision);
         # the reference model is stored like the policy, so the two agree exactly at step 0
         self.prec = training_precision(pc.dtype, pc.device, pc.mixed_precision)
         self.policy, self.tok = load_model_and_tokenizer(src, self.prec.storage, pc.device, pc.trust_remote_code)
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
-        from rewardlab.rl.rollout import use_fast_engine
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
         if cfg.kl.coef != 0 or cfg.kl.adaptive:
             self.ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage, pc.device,
@@ -115,12 +118,9 @@ class RLTrainer:
         # rows per no-grad log-prob pass (old and reference log-probs): as many as the update's
         # passes with gradient, which need more memory (micro_batch_size, else the minibatch)
         self.pass_rows = cfg.micro_batch_size or cfg.minibatch_size
-        self.start_step = 0
-        if self.ckpt is not None:
-            from rewardlab.training import load_trainer_state
-            st = load_trainer_state(self.ckpt, self.opt)
-            self.start_step = st["step"]
-            self.kl_coef = st["extra"].get("kl_coef", self.kl_coef)
+        extra = self.engine.restore(self.opt)
+        self.start_step = self.engine.start
+        self.kl_coef = extra.get("kl_coef", self.kl_coef)
 
     def on_policy_single_update(self, n_prompts: int) -> bool:
         """One epoch, one minibatch and no KL in the reward: π_old = π at the update, so the
@@ -131,7 +131,6 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _build_value(self, src):
-        from rewardlab.models.value import SharedValueHead, ValueModel
 
         if not self.cfg.uses_critic:
             return None
@@ -147,7 +146,6 @@ class RLTrainer:
     def _load_rm(self, path, spec=None):
         if not path:
             return None
-        from rewardlab.models.reward_models import load_reward_model
         return load_reward_model(path, device=str(self.device), spec=spec)
 
     # ------------------------------------------------------------------ one step
@@ -161,7 +159,7 @@ class RLTrainer:
     def rollout(self, step: int) -> tuple[list[Problem], RolloutBatch]:
         """The prompts of RL step ``step`` (a function of seed and step) and their samples."""
         cfg = self.cfg
-        idx = prompt_batch_indices(len(self.train_set), cfg.prompts_per_step, step, cfg.seed)
+        idx = epoch_batch(len(self.train_set), cfg.prompts_per_step, step, cfg.seed, seed_stride=7_919)
         problems = [self.train_set[i] for i in idx]
         batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
                                   cfg.sampling, seed=cfg.seed * 1_000_003 + step,
@@ -173,11 +171,6 @@ class RLTrainer:
     @torch.no_grad()
     def score(self, problems: list[Problem], batch: RolloutBatch) -> ScoredBatch:
         """Rewards, reference log-probs, values and advantages for a rollout batch."""
-        from rewardlab.data.testbed import diagnostics
-        from rewardlab.grading import grade
-        from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl_penalty
-        from rewardlab.rewards.steps import batch_step_end_positions, step_texts
-        from rewardlab.rl.advantages import ADVANTAGES, AdvantageInputs, gae, whiten
 
         cfg = self.cfg
         mask = batch.response_mask.float()
@@ -311,8 +304,6 @@ class RLTrainer:
     def _micro_loss(self, sb: ScoredBatch, rows: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         """The loss of responses ``rows`` (token means over them), its token-mean metrics, and
         its per-response metrics (``kl/ref`` when the update supplies the old log-probs)."""
-        from rewardlab.rewards.compose import kl_penalty
-        from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
 
         cfg = self.cfg
         b = sb.rollout
@@ -356,7 +347,6 @@ class RLTrainer:
     # ------------------------------------------------------------------ evaluation / loop
     @_in_precision
     def evaluate(self, k: int = 0) -> dict:
-        from rewardlab.eval.evaluate import evaluate_policy
 
         if not self.test_set:
             return {}
@@ -369,31 +359,20 @@ class RLTrainer:
         return {f"eval/{key}": v for key, v in summary.items() if isinstance(v, (int, float))}
 
     def save(self, step: int) -> None:
-        from rewardlab.training import save_checkpoint
         models = {"value": self.value} if self.value is not None else None
-        save_checkpoint(self.out, step, self.policy, self.tok, self.opt, extra={"kl_coef": self.kl_coef},
-                        models=models)
+        self.engine.save(step, self.policy, self.tok, self.opt, extra={"kl_coef": self.kl_coef},
+                         models=models)
 
     def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
         """Run (or resume) the loop to ``cfg.steps``; ``on_step(step, metrics)`` is called after
         every optimizer step (e.g. to change the thread count when parallel jobs finish)."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from rewardlab.io import write_json, write_jsonl
-        from rewardlab.training import MetricsLogger
 
-        cfg = self.cfg
-        logger = MetricsLogger(self.out)
-        if self.start_step:
-            logger.truncate_after(self.start_step)
-        t0 = time.time()
+        cfg, eng = self.cfg, self.engine
         last: dict = {}
-        with Progress(TextColumn(f"[bold]{cfg.algo}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                      disable=not cfg.progress) as bar:
-            task = bar.add_task("rl", total=cfg.steps, completed=self.start_step, info="")
+        with eng.progress_bar(cfg.steps) as bar:
             if self.start_step == 0 and cfg.eval_every:
-                logger.log(0, self.evaluate())
+                eng.log(0, self.evaluate())
             for step in range(self.start_step, cfg.steps):
                 problems, batch = self.rollout(step)
                 sb = self.score(problems, batch)
@@ -409,28 +388,24 @@ class RLTrainer:
                     metrics.update(self.evaluate())
                 if done == cfg.steps:
                     metrics.update(self.evaluate(k=cfg.eval_k))
-                logger.log(done, metrics)
+                eng.log(done, metrics)
                 last = metrics
                 if on_step is not None:
                     on_step(done, metrics)
-                if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                if eng.due(done, cfg.save_every, cfg.steps):
                     self.save(done)
                 if cfg.stop_at and cfg.stop_at <= done < cfg.steps:
                     self.save(done)
-                    logger.close()
+                    eng.close()
                     return {**last, "rl/stopped_at": done}
-                bar.update(task, completed=done,
-                           info=f"succ {metrics['reward/success']:.2f} steps {metrics['response/steps']:.2f}"
-                           + (f" acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""))
-        logger.close()
-        final = self.out / "final"
-        self.policy.save_pretrained(str(final))
-        self.tok.save_pretrained(str(final))
+                bar(done, f"succ {metrics['reward/success']:.2f} steps {metrics['response/steps']:.2f}"
+                    + (f" acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""))
+        eng.close()
+        eng.save_final(self.policy, self.tok)
         if getattr(self, "_last_eval_rows", None) is not None:
             write_jsonl(self.out / "eval_predictions.jsonl", self._last_eval_rows)
-        last["rl/wall_s"] = time.time() - t0
-        write_json(self.out / "rl_summary.json", last)
-        return last
+        last["rl/wall_s"] = eng.wall_s
+        return eng.summary("rl_summary.json", last)
 
 
 def train_rl(cfg: RLConfig, on_step: Callable[[int, dict], None] | None = None) -> dict:

@@ -13,12 +13,16 @@ Layout (shape vocabulary B, P, T): prompts are LEFT-padded to P; responses are R
 
 from __future__ import annotations
 
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from rewardlab.models.batching import pad_stack, position_ids_from_mask
+from rewardlab.models.fast import (fast_generate, fast_path_unsupported, generation_config_extras,
+                                   response_logits)
 from rewardlab.models.loading import stop_token_ids
 
 
@@ -152,11 +156,6 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     return lp, ent
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that follow the attention mask, so left padding does not shift them."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temperature: float = 1.0,
                        return_entropy: bool = False, fast: bool = False, entropy_grad: bool = True):
     """Teacher-forced response log-probs (and entropies) for one micro-batch, with gradient.
@@ -165,7 +164,6 @@ def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temper
     distinct prompt once and shares its keys/values with the rows that repeat it (the same
     numbers as ``model(...)``, fewer FLOPs when prompts repeat, as in GRPO groups)."""
     if fast:
-        from rewardlab.models.fast import response_logits
         logits = response_logits(model, input_ids, attention_mask, n_response)   # (B, T, V)
         return token_logprobs(logits, input_ids[:, -n_response:], temperature, return_entropy,
                               entropy_grad)
@@ -210,7 +208,6 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         where = torch.tensor([slot[i] for i in idx])
         enc = {k: v[where].to(device) for k, v in enc.items()}
         if fast and bool(enc["attention_mask"][:, -1].all()):  # left-padded prompts
-            from rewardlab.models.fast import fast_generate
 
             resp = fast_generate(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens,
                                  eos, tokenizer.pad_token_id,
@@ -227,9 +224,9 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         chunks.append((enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]))
     if was_training:
         model.train()
-    prompt_ids = _pad_stack([c[0] for c in chunks], tokenizer.pad_token_id, left=True)
-    prompt_mask = _pad_stack([c[1] for c in chunks], 0, left=True)
-    resp = _pad_stack([c[2] for c in chunks], tokenizer.pad_token_id, left=False)
+    prompt_ids = pad_stack([c[0] for c in chunks], tokenizer.pad_token_id, left=True)
+    prompt_mask = pad_stack([c[1] for c in chunks], 0, left=True)
+    resp = pad_stack([c[2] for c in chunks], tokenizer.pad_token_id, left=False)
     if resp.shape[1] == 0:
         raise RuntimeError("generation returned no tokens")
     mask, finished = response_mask_from_ids(resp, stop)
@@ -247,7 +244,6 @@ def use_fast_engine(model, engine: str, use_cache: bool = True, sampling: bool =
     """Whether ``engine`` (auto | fast | hf) runs ``model`` through :mod:`rewardlab.models.fast`:
     only where that is exactly what transformers would compute (a supported architecture and, for
     ``sampling``, no extra logits processors in the model's generation config)."""
-    from rewardlab.models.fast import fast_path_unsupported, generation_config_extras
 
     what = "sampling.engine" if sampling else "engine"
     check_engine(engine, what)
@@ -274,13 +270,3 @@ def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor,
             for r, n in zip(response_ids, lens)]
 
 
-def _pad_stack(ts: list[torch.Tensor], pad: int, left: bool) -> torch.Tensor:
-    width = max(t.shape[1] for t in ts)
-    out = []
-    for t in ts:
-        extra = width - t.shape[1]
-        if extra:
-            fill = torch.full((t.shape[0], extra), pad, dtype=t.dtype, device=t.device)
-            t = torch.cat([fill, t] if left else [t, fill], dim=1)
-        out.append(t)
-    return torch.cat(out, dim=0)

@@ -36,6 +36,7 @@ True
 
 from __future__ import annotations
 
+
 import math
 import os
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from typing import Iterable, Sequence
 import torch
 
 from rewardlab.io import DataError, iter_jsonl
+from rewardlab.models.batching import pad_ids
+
 
 IGNORE = -100.0
 
@@ -143,24 +146,6 @@ def _count_prompt_tokens(tokenizer, question: str, ids: list[int], offsets) -> i
 
 # --------------------------------------------------------------------------------------------
 # Collation (shape vocabulary: B rows, L padded length)
-
-
-def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right"
-            ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Pad to (B, L). Returns (input_ids, attention_mask, shift) where ``shift[b]`` is the
-    number of pad tokens put before row b (0 for right padding)."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-    width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    shift = []
-    for b, s in enumerate(seqs):
-        off = width - len(s) if padding_side == "left" else 0
-        ids[b, off:off + len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[b, off:off + len(s)] = 1
-        shift.append(off)
-    return ids, mask, shift
 
 
 def collate_prm(encs: Sequence[Encoded], step_labels: Sequence[Sequence[float]] | None,

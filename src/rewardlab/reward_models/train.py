@@ -5,7 +5,7 @@ Bradley–Terry, with one thin loop.
 
 Each objective (``orm``, ``prm``, ``prm_pref``, ``bt``) is a registry entry of three functions —
 encode a row, collate rows into a batch, and the loss ``(rm, batch, cfg) -> (loss, metrics)`` —
-whose math lives in :mod:`rewardlab.models.rm_losses`. The loop is AdamW with linear warm-up and
+whose math lives in :mod:`rewardlab.reward_models.losses`. The loop is AdamW with linear warm-up and
 cosine decay, gradient accumulation and clipping, a rich progress bar, TensorBoard + JSONL
 metrics (``<out>/tb``, ``<out>/metrics.jsonl``) and HF-format checkpoints under
 ``<out>/checkpoints`` that resume exactly: the data order is a pure function of the seed and the
@@ -17,22 +17,28 @@ accuracy (BT and PRM step preferences). The trained model lands in ``<out>/final
 
 from __future__ import annotations
 
+
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
 
-from rewardlab.config import ConfigError
+from rewardlab.config import ConfigError, save_config
 from rewardlab.io import DataError
-from rewardlab.models.reward_models import RMSpec, RewardModel
-from rewardlab.models.rm_losses import (bt_loss, orm_bce_loss, prm_ce_loss, step_logit,
-                                        step_probs)
-from rewardlab.rewards.rm_data import (PairRow, collate_orm, collate_pairs, collate_prm,
-                                       read_rm_rows)
+from rewardlab.models.loading import make_testbed_policy, training_precision
+from rewardlab.reward_models.data import (collate_orm, collate_pairs, collate_prm, PairRow,
+                                          read_rm_rows)
+from rewardlab.reward_models.losses import (bt_loss, orm_bce_loss, prm_ce_loss, step_logit,
+                                            step_probs)
+from rewardlab.reward_models.models import (build_reward_model, load_reward_model, RewardModel,
+                                            RMSpec)
+from rewardlab.stats import auroc, ece, f1_at, pairwise_accuracy
+from rewardlab.training.checkpoint import seed_everything
+from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
+from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
 @dataclass
@@ -52,7 +58,7 @@ class RMTrainConfig:
     size: str = "tiny"
     """Testbed backbone size (tiny | small | base) when ``base`` is ``testbed``."""
     data: list[str] = field(default_factory=list)
-    """Training JSONL file(s) (row formats in rewardlab.rewards.rm_data)."""
+    """Training JSONL file(s) (row formats in rewardlab.reward_models.data)."""
     eval_data: list[str] = field(default_factory=list)
     """Held-out JSONL file(s); when empty, ``eval_split`` of ``data`` is held out."""
     eval_split: float = 0.1
@@ -260,16 +266,6 @@ def encode_rows(rm: RewardModel, rows: list, cfg: RMTrainConfig) -> tuple[list[t
     return items, skipped
 
 
-def batch_indices(n: int, batch_size: int, k: int, seed: int) -> list[int]:
-    """Row indices of global micro-batch ``k``: epoch e = k // per_epoch uses a fresh
-    permutation drawn from (seed, e), so the order is a pure function of seed and step."""
-    per_epoch = math.ceil(n / batch_size)
-    epoch, pos = divmod(k, per_epoch)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
-
-
 def total_steps(n: int, cfg: RMTrainConfig) -> int:
     """Optimizer steps of the whole run: ``max_steps`` when set, else
     ceil(epochs · ceil(n / batch_size) / grad_accum)."""
@@ -324,7 +320,6 @@ def evaluate_reward_model(rm: RewardModel, rows: list, preference: bool = False,
     aggregated score when outcomes are given. ORM: eval/outcome_auroc, eval/outcome_ece,
     eval/outcome_f1. BT and PRM step preferences: eval/pair_acc. Soft labels count as
     positive when ≥ 0.5 for AUROC/F1; ECE uses them as they are."""
-    from rewardlab.eval.metrics import auroc, ece, f1_at, pairwise_accuracy
 
     if not rows:
         return {}
@@ -360,12 +355,7 @@ def evaluate_reward_model(rm: RewardModel, rows: list, preference: bool = False,
 # The loop
 
 
-def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str):
-    from rewardlab.models.loading import make_testbed_policy
-    from rewardlab.models.reward_models import build_reward_model, load_reward_model
-    from rewardlab.training import latest_checkpoint
-
-    ckpt = latest_checkpoint(out) if cfg.resume else None
+def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | None):
     if ckpt is not None:
         rm = load_reward_model(ckpt, cfg.device, dtype=dtype,
                                trust_remote_code=cfg.trust_remote_code)
@@ -387,23 +377,13 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str):
 
 def train_reward_model(cfg: RMTrainConfig) -> dict:
     """Train (or resume) a reward model; returns the final metrics (see the module docstring)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from rewardlab.config import save_config
-    from rewardlab.io import write_json
-    from rewardlab.models.loading import training_precision
-    from rewardlab.training import (MetricsLogger, load_trainer_state, make_optimizer,
-                                    quiet_transformers, save_checkpoint, seed_everything,
-                                    warmup_cosine)
-
     quiet_transformers()
     cfg.validate()
     if not cfg.data:
         raise ConfigError("rm: no training data; set data (JSONL files, row formats in "
-                          "rewardlab.rewards.rm_data)")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")   # the run records how it was made
+                          "rewardlab.reward_models.data)")
+    eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard)
+    save_config(cfg, eng.out / "config.yaml")   # the run records how it was made
     seed_everything(cfg.seed)
     rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
     if cfg.eval_data:
@@ -411,7 +391,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     else:
         train_rows, eval_rows = split_rows(rows, cfg.eval_split, cfg.seed)
     prec = training_precision(cfg.dtype, cfg.device, cfg.mixed_precision)
-    rm, ckpt = _build_or_resume(cfg, out, prec.storage)
+    rm, _ = _build_or_resume(cfg, eng.out, prec.storage, eng.checkpoint)
     device = rm.device
     items, skipped = encode_rows(rm, train_rows, cfg)
     if not items:
@@ -424,23 +404,15 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     opt = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total, warmup, cfg.min_lr_ratio))
-    logger = MetricsLogger(out, tensorboard=cfg.tensorboard)
-    start = 0
-    if ckpt is not None:
-        start = load_trainer_state(ckpt, opt, sched)["step"]
-        logger.truncate_after(start)
+    eng.restore(opt, sched)
     rm.train()
     last: dict[str, float] = {}
-    t0 = time.time()
-    with Progress(TextColumn(f"[bold]train-rm {cfg.objective}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                  TimeRemainingColumn(), disable=not cfg.progress) as bar:
-        task = bar.add_task("rm", total=stop, completed=start, info="")
-        for step in range(start, stop):
+    with eng.progress_bar(stop, f"train-rm {cfg.objective}") as bar:
+        for step in range(eng.start, stop):
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                idx = batch_indices(len(items), cfg.batch_size, step * cfg.grad_accum + micro,
-                                    cfg.seed)
+                idx = epoch_batch(len(items), cfg.batch_size, step * cfg.grad_accum + micro,
+                                  cfg.seed, partial_last=True)
                 batch = {k: v.to(device) for k, v in
                          objective.collate(rm, [items[i] for i in idx], cfg).items()}
                 with prec.autocast():
@@ -448,17 +420,14 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                 (loss / cfg.grad_accum).backward()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-            gnorm = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.grad_clip or float("inf"))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            gnorm = clip_and_step(rm.parameters(), opt, cfg.grad_clip or float("inf"), sched)
             done = step + 1
-            last = {**sums, "rm/grad_norm": float(gnorm), "rm/lr": sched.get_last_lr()[0]}
-            if done % cfg.log_every == 0 or done == stop:
-                logger.log(done, last)
-            if (cfg.save_every and done % cfg.save_every == 0) or done == stop:
-                save_checkpoint(out, done, rm, None, opt, sched, extra={"total_steps": total})
-            bar.update(task, completed=done, info=f"loss {sums['rm/loss']:.4f}")
+            last = {**sums, "rm/grad_norm": gnorm, "rm/lr": sched.get_last_lr()[0]}
+            if eng.due(done, cfg.log_every, stop):
+                eng.log(done, last)
+            if eng.due(done, cfg.save_every, stop):
+                eng.save(done, rm, None, opt, sched, extra={"total_steps": total})
+            bar(done, f"loss {sums['rm/loss']:.4f}")
     finished = stop == total
     with prec.autocast():
         ev = evaluate_reward_model(rm, eval_rows, cfg.preference, cfg.eval_batch_size)
@@ -466,13 +435,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
             ev["eval/loss"] = objective_loss(rm, encode_rows(rm, eval_rows, cfg)[0], cfg,
                                              cfg.eval_batch_size)
     if ev:
-        logger.log(stop, ev)
-    logger.close()
+        eng.log(stop, ev)
+    eng.close()
     if finished:
-        rm.save_pretrained(out / "final")
-    summary = {**last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),
-               "rm/steps": float(stop), "rm/total_steps": float(total),
-               "rm/finished": float(finished), "rm/n_train": float(len(items)),
-               "rm/skipped_long": float(skipped), "rm/wall_s": time.time() - t0}
-    write_json(out / "rm_summary.json", summary)
-    return summary
+        rm.save_pretrained(eng.out / "final")
+    return eng.summary("rm_summary.json", {
+        **last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),
+        "rm/steps": float(stop), "rm/total_steps": float(total), "rm/finished": float(finished),
+        "rm/n_train": float(len(items)), "rm/skipped_long": float(skipped), "rm/wall_s": eng.wall_s})

@@ -8,7 +8,7 @@ head of our own, read from the backbone's last hidden states h (B, L, H):
 - ``bt``   (:class:`BradleyTerryRM`): the same scalar head; score = the raw scalar r at the last
   token. Trained with −log σ(r_c − r_r − m) + c·(r_c + r_r)².
 - ``prm``  (:class:`ProcessRM`): a step tag after every step (layout in
-  :mod:`rewardlab.rewards.rm_data`); at each tag, pair logits z = (z_bad, z_good) are read and
+  :mod:`rewardlab.reward_models.data`); at each tag, pair logits z = (z_bad, z_good) are read and
   p_k = softmax(z)[1] = P('+'). Form ``lm`` (Math-Shepherd, seed blog): z = the LM logits of the
   label tokens ('-', '+'), i.e. h·W_U[[bad, good]]ᵀ — no new parameters. Form ``head``
   (Qwen2.5-Math-PRM, TRL PRMTrainer): z = a 2-class token-classification head ``nn.Linear(H, 2)``.
@@ -38,11 +38,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rewardlab.models.loading import full_precision
-from rewardlab.models.rm_losses import (AGGREGATIONS, aggregate, last_token_index,
-                                        position_ids_from_mask, step_probs)
-from rewardlab.rewards.rm_data import (Encoded, collate_orm, collate_prm, encode_plain,
-                                       encode_prm, resolve_token_id)
+from rewardlab.io import DataError, write_json
+from rewardlab.models.batching import last_token_index, position_ids_from_mask
+from rewardlab.models.loading import full_precision, load_model_and_tokenizer
+from rewardlab.reward_models.data import (collate_orm, collate_prm, encode_plain, encode_prm,
+                                          Encoded, resolve_token_id)
+from rewardlab.reward_models.losses import aggregate, AGGREGATIONS, step_probs
+
 
 SPEC_FILE = "rewardlab_rm.json"
 HEAD_FILE = "rm_head.safetensors"
@@ -189,7 +191,6 @@ class RewardModel(nn.Module):
         """Backbone + tokenizer in HF format, the head in safetensors, the spec as JSON."""
         from safetensors.torch import save_file
 
-        from rewardlab.io import write_json
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -339,7 +340,6 @@ def build_reward_model(base: str | Path, spec: RMSpec, device: str = "auto", dty
     For a PRM the step tag (and, in LM-head form, the label tokens) must be single tokens; with
     ``add_missing_tokens`` those that are not are added as special tokens and the embeddings are
     resized (the seed blog's ``<|prm_label|>``)."""
-    from rewardlab.models.loading import load_model_and_tokenizer
 
     spec.validate()
     backbone, tok = load_model_and_tokenizer(base, dtype, device, trust_remote_code)
@@ -370,7 +370,6 @@ def lm_prm_spec(tag: str, good_token: str = "+", bad_token: str = "-") -> RMSpec
 def saved_reward_model_dir(path: str | Path) -> Path:
     """The directory holding a reward model saved by rewardlab: ``path`` or, for a ``train-rm``
     run directory, ``path/final``. Raises DataError for anything else (before any model loads)."""
-    from rewardlab.io import DataError
 
     p = Path(path)
     for d in (p, p / "final"):
@@ -392,8 +391,6 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
     (e.g. Math-Shepherd: ``RMSpec(tag=" ки")``)."""
     from safetensors.torch import load_file
 
-    from rewardlab.io import DataError
-    from rewardlab.models.loading import load_model_and_tokenizer
 
     p = Path(path)
     if spec is None:

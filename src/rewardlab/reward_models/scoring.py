@@ -11,12 +11,9 @@ import math
 import os
 from pathlib import Path
 
+from rewardlab.data.steps import step_texts
 from rewardlab.io import DataError, iter_jsonl, write_jsonl
-
-
-def response_steps(response: str) -> list[str]:
-    """A response's steps: its non-empty lines, stripped (testbed / GSM8K layout)."""
-    return [ln.strip() for ln in response.split("\n") if ln.strip()]
+from rewardlab.reward_models.models import load_reward_model, RewardModel
 
 
 def read_solution_rows(path: str | os.PathLike) -> tuple[list[dict], list[list[str]]]:
@@ -32,7 +29,7 @@ def read_solution_rows(path: str | os.PathLike) -> tuple[list[dict], list[list[s
                                           "string", line, "steps")
             steps.append(list(r["steps"]))
         elif r.get("response") is not None:
-            steps.append(response_steps(r["response"]))
+            steps.append(step_texts(r["response"]))
         else:
             raise DataError(path, "a row needs 'steps' (a list of strings) or 'response' "
                                   "(a string)", line, "steps")
@@ -45,7 +42,6 @@ def score_file(rm, input_path: str | os.PathLike, out_path: str | os.PathLike,
     """Score every solution of ``input_path`` with reward model ``rm`` (a RewardModel, or a
     directory to load it from) and write the rows with ``step_scores`` and ``score`` to
     ``out_path`` (atomically). Returns a summary: n, kind, mean/min/max score, mean steps."""
-    from rewardlab.models.reward_models import RewardModel, load_reward_model
 
     rows, steps = read_solution_rows(input_path)
     if not isinstance(rm, RewardModel):

@@ -23,17 +23,8 @@ IGNORE = -100.0
 AGGREGATIONS = ("product", "min", "last")
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last non-padding position of each row, (B,), for left or right padding.
-
-    idx_b = max{t : mask_bt = 1} (0 for an all-padding row)."""
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * pos[None, :]).argmax(dim=1)
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them (B, L)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def step_probs(pair_logits: torch.Tensor) -> torch.Tensor:

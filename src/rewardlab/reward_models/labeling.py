@@ -20,6 +20,10 @@ from typing import Callable, Sequence
 import torch
 
 from rewardlab.data.problem import Problem
+from rewardlab.data.testbed import oracle_label
+from rewardlab.grading.grader import Grader
+from rewardlab.models.sampling import generate_rollouts, SamplingConfig
+
 
 Item = tuple[str, Sequence[str], str]  # (question, steps, gold)
 
@@ -62,7 +66,6 @@ class OracleLabeler(Labeler):
     0.0 otherwise; the final ``####`` step is 1.0 when its answer equals ``gold``."""
 
     def label_steps(self, question: str, steps: Sequence[str], gold: str) -> list[float]:
-        from rewardlab.data.testbed import oracle_label
 
         if any("\n" in s or not s.strip() for s in steps):
             raise ValueError("oracle labeller: every step must be one non-empty line")
@@ -104,8 +107,6 @@ class MCLabeler(Labeler):
 
     def estimates(self, items: Sequence[Item]) -> list[list[float]]:
         """Soft labels (fraction of correct completions) of every step of every item."""
-        from rewardlab.eval.evaluate import Grader
-        from rewardlab.rl.rollout import SamplingConfig, generate_rollouts
 
         grader = Grader(self.style)
         prompts, where = [], []  # where[r] = (item, step) of prompt r

@@ -6,7 +6,7 @@ A reward-model row (one sampled response)::
      "steps": [str], "step_labels": [float], "outcome": 1 if the answer is correct else 0}
 
 ``steps`` are the response's non-empty lines (the final ``#### x`` line is a step);
-``step_labels`` come from a labeller of :mod:`rewardlab.rewards.labeling`. Rows whose response
+``step_labels`` come from a labeller of :mod:`rewardlab.reward_models.labeling`. Rows whose response
 has no step at all are dropped (nothing to score).
 
 From rows: Bradley–Terry rows ``{"question", "chosen": [steps], "rejected": [steps]}`` (a correct
@@ -24,10 +24,13 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from rewardlab.data.problem import Problem
-from rewardlab.data.datasets import split_steps
+from rewardlab.data.prompts import default_prompt
+from rewardlab.data.steps import split_steps
+from rewardlab.grading.grader import Grader
 from rewardlab.io import DataError, iter_jsonl
-from rewardlab.rewards.labeling import Labeler
-from rewardlab.rl.rollout import SamplingConfig
+from rewardlab.models.sampling import generate_rollouts, SamplingConfig
+from rewardlab.reward_models.labeling import Labeler
+
 
 SAMPLE_FIELDS = {"question": str, "gold": str, "steps": list}
 
@@ -39,8 +42,6 @@ def sample_responses(model, tokenizer, problems: Sequence[Problem], n_per_proble
     """``n_per_problem`` sampled responses per problem (one ``generate_rollouts`` call), graded;
     rows as in the module docstring, without ``step_labels``. ``step_split``: how a response
     splits into steps (:func:`rewardlab.data.datasets.split_steps`; "blank" for MATH)."""
-    from rewardlab.eval.evaluate import Grader, default_prompt
-    from rewardlab.rl.rollout import generate_rollouts
 
     cfg = dataclasses.replace(sampling or SamplingConfig(), n=n_per_problem)
     prompt_fn = prompt_fn or default_prompt

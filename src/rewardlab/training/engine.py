@@ -1,0 +1,147 @@
+"""The loop plumbing every trainer shares (SFT, reward models, RL): batch order, the optimizer
+step, output directory, exact resume, metrics log and progress bar.
+
+A trainer is a thin loop over :class:`Engine`::
+
+    eng = Engine(out, "sft", total_steps, resume=cfg.resume, progress=cfg.progress)
+    ...build the model from eng.checkpoint or from scratch, then the optimizer...
+    start = eng.restore(opt, sched)                # 0, or the checkpoint's step (RNG restored)
+    with eng.progress_bar(start) as bar:
+        for step in range(start, total):
+            ...forward / backward...
+            gnorm = eng.optimizer_step(params, opt, sched, grad_clip)
+            eng.log(step + 1, metrics); eng.save(step + 1, model, tok, opt, sched)
+            bar(step + 1, info)
+    eng.finish(model, tok, "sft_summary.json", summary)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rewardlab.io import write_json
+from rewardlab.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rewardlab.training.metrics import MetricsLogger
+
+
+def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int = 100_003,
+                partial_last: bool = False) -> list[int]:
+    """Indices of batch ``k`` of a stream of epochs over ``n`` items: a pure function of the seed
+    and position, so resuming needs no sampler state.
+
+    Epoch e = k // per_epoch is the permutation drawn from the seed ``seed · seed_stride + e``;
+    per_epoch = ⌈n / batch_size⌉ when ``partial_last`` (the epoch's last batch may be short),
+    else max(1, ⌊n / batch_size⌋) (the permutation's tail is dropped)."""
+    per_epoch = math.ceil(n / batch_size) if partial_last else max(1, n // batch_size)
+    epoch, pos = divmod(k, per_epoch)
+    g = torch.Generator().manual_seed(seed * seed_stride + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
+
+
+def clip_and_step(params, optimizer, grad_clip: float, scheduler=None) -> float:
+    """Clip the global gradient norm to ``grad_clip`` (``inf``: measure only), take the optimizer
+    (and scheduler) step and clear the gradients. Returns the norm before clipping."""
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(gnorm)
+
+
+class Engine:
+    """One training run's plumbing: its directory, exact resume, metrics log, progress bar and
+    checkpoints. The trainer owns the model, the optimizer and the math; the engine owns where
+    they are saved, when, and how a run continues after an interruption.
+
+    ``checkpoint`` is the latest complete checkpoint in ``out`` when ``resume`` is set (else
+    None); build the model from it, then call :meth:`restore` with the optimizer (and scheduler)."""
+
+    def __init__(self, out: str | Path, name: str, *, resume: bool = True, progress: bool = True,
+                 tensorboard: bool = True):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.show_progress = progress
+        self.tensorboard = tensorboard
+        self.checkpoint: Path | None = latest_checkpoint(self.out) if resume else None
+        self.start = 0
+        self.logger: MetricsLogger | None = None
+        self.t0 = time.time()
+
+    def restore(self, optimizer=None, scheduler=None) -> dict:
+        """Open the metrics log. On resume, load the optimizer, scheduler and every RNG state
+        from :attr:`checkpoint`, set :attr:`start` to its step and drop log rows logged after it.
+        Returns the checkpoint's ``extra`` dict ({} for a fresh run)."""
+        self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
+        self.t0 = time.time()   # wall_s counts the loop, not the set-up
+        if self.checkpoint is None:
+            return {}
+        state = load_trainer_state(self.checkpoint, optimizer, scheduler)
+        self.start = state["step"]
+        self.logger.truncate_after(self.start)
+        return state.get("extra") or {}
+
+    @staticmethod
+    def due(done: int, every: int, last: int) -> bool:
+        """True every ``every`` steps (0: never) and at the ``last`` step."""
+        return bool(every and done % every == 0) or done == last
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.logger.log(step, metrics)
+
+    @contextmanager
+    def progress_bar(self, total: int, label: str | None = None) -> Iterator[Callable[..., None]]:
+        """A rich progress bar from :attr:`start` to ``total``; yields ``update(done, info="")``."""
+        with Progress(TextColumn(f"[bold]{label or self.name}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                      TimeRemainingColumn(), disable=not self.show_progress) as bar:
+            task = bar.add_task(self.name, total=total, completed=self.start, info="")
+            yield lambda done, info="": bar.update(task, completed=done, info=info)
+
+    def save(self, step: int, model, tokenizer=None, optimizer=None, scheduler=None,
+             extra: dict | None = None, models: dict | None = None) -> Path:
+        """A resumable checkpoint of ``step`` (see :func:`save_checkpoint`)."""
+        return save_checkpoint(self.out, step, model, tokenizer, optimizer, scheduler, extra=extra,
+                               models=models)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def save_final(self, model, tokenizer=None) -> Path:
+        """The trained model (and tokenizer) in Hugging Face format under ``<out>/final``."""
+        final = self.out / "final"
+        model.save_pretrained(str(final))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(final))
+        return final
+
+    def summary(self, filename: str, metrics: dict) -> dict:
+        """Write the run's closing metrics to ``<out>/<filename>`` (atomically); returns them."""
+        write_json(self.out / filename, metrics)
+        return metrics
+
+    @property
+    def wall_s(self) -> float:
+        return time.time() - self.t0
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and info logs (rewardlab shows its own)."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - older versions
+        pass
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
