@@ -229,3 +229,74 @@ def test_registry_errors():
         compute_advantages("rloo", x)
     with pytest.raises(ValueError, match="valid: gae, grpo_outcome"):
         compute_advantages("ppo", x)
+
+
+# =============================================================================================
+# All-equal groups: exactly zero advantage (issue 14)
+
+def _non_dyadic_values(G):
+    """Values whose float32 mean over G copies is not exact with a float32 sum (0.1, 1/3, …)."""
+    return [0.1, 1 / 3, 0.7, -2.3, 0.123456789, 0.1 * G + 0.05]
+
+
+@pytest.mark.parametrize("G", range(2, 65))
+def test_all_equal_group_gets_exactly_zero_advantage(G):
+    mask = torch.ones(G, 3)
+    for v in _non_dyadic_values(G):
+        R = torch.full((G,), v, dtype=torch.float32)          # float32 inputs, as the trainer's
+        for fn in (grpo_outcome, dr_grpo, rloo):
+            assert torch.equal(fn(R, G, mask), torch.zeros(G, 3)), (fn.__name__, v)
+        # grpo_process: Python floats (doubles) and float32 values, ragged step counts
+        steps = [[v] * (1 + i % 3) for i in range(G)]
+        ends = [list(range(len(r))) for r in steps]
+        assert torch.equal(grpo_process(steps, ends, G, mask), torch.zeros(G, 3)), v
+        steps32 = [[float(torch.tensor(v, dtype=torch.float32))] * 2 for _ in range(G)]
+        assert torch.equal(grpo_process(steps32, [[0, 2]] * G, G, mask), torch.zeros(G, 3))
+        # whitening over the batch: every advantage equal → 0
+        assert torch.equal(whiten(torch.full((G, 3), v), mask), torch.zeros(G, 3))
+
+
+def test_all_equal_groups_next_to_others_and_groups_of_one():
+    # groups (by id): a = {0.1} × 3, b = {1, 2}, c = {0.3} alone, d = {0.7} × 6
+    ids = ["a", "b", "a", "c", "b", "a"] + ["d"] * 6
+    R = torch.tensor([0.1, 1.0, 0.1, 0.3, 2.0, 0.1] + [0.7] * 6)
+    mask = torch.ones(12, 2)
+    A = grpo_outcome(R, ids, mask)[:, 0]
+    s = math.sqrt(0.5) + NORM_EPS                                     # b: mean 1.5, std √½
+    want = [0.0, -0.5 / s, 0.0, 0.0, 0.5 / s, 0.0] + [0.0] * 6
+    assert A.tolist() == pytest.approx(want, abs=1e-6)
+    assert (A[[0, 2, 3, 5, 6, 7, 8, 9, 10, 11]] == 0).all()           # exactly
+    # every group of one: 0 (TRL's convention; verl's loop would give R)
+    for fn in (grpo_outcome, dr_grpo, rloo):
+        assert torch.equal(fn(R, list(range(12)), mask), torch.zeros(12, 2))
+    # grpo_process normalises a group's step rewards jointly: one response of one step → 0
+    assert torch.equal(grpo_process([[0.1], [0.2], [0.3]], [[0], [1], [1]], 1, torch.ones(3, 2)),
+                       torch.zeros(3, 2))
+
+
+def test_group_stats_are_float64_and_exact():
+    from rewardlab.rl.advantages import group_stats
+    x = torch.full((12,), 0.1, dtype=torch.float32)
+    mean, std, n = group_stats(x, torch.zeros(12, dtype=torch.long))
+    assert mean.dtype == torch.float64 and (x.double() - mean == 0).all() and (std == 0).all()
+    # the plain float32 mean of these twelve values is one rounding step off (the bug)
+    assert x.mean() != x[0] or x.sum() / 12 != x[0]
+    # a non-equal group still gets the textbook values: {1, 2, 4}: mean 7/3, var (16/9+1/9+25/9)/2
+    mean, std, n = group_stats(torch.tensor([1.0, 2.0, 4.0]), torch.zeros(3, dtype=torch.long))
+    assert mean[0].item() == pytest.approx(7 / 3, abs=1e-12)
+    assert std[0].item() == pytest.approx(math.sqrt(21 / 9), abs=1e-12) and n.tolist() == [3, 3, 3]
+
+
+def test_norm_eps_is_where_trl_puts_its_epsilon():
+    # TRL: (R − mean)/(std + 1e-4); group {1, 0}: mean ½, unbiased std √½
+    mask = torch.ones(2, 1)
+    A = grpo_outcome(torch.tensor([1.0, 0.0]), 2, mask, eps=1e-4)
+    assert A[:, 0].tolist() == pytest.approx([0.5 / (math.sqrt(0.5) + 1e-4),
+                                              -0.5 / (math.sqrt(0.5) + 1e-4)], abs=1e-7)
+    x = AdvantageInputs(mask=mask, scores=torch.tensor([1.0, 0.0]), group_ids=2, norm_eps=1e-4,
+                        step_rewards=[[1.0], [0.0]], step_ends=[[0], [0]])
+    assert torch.equal(compute_advantages("grpo_outcome", x), A)
+    # grpo_process: the same ε on r̃ (one step each: r̃ = ±½/(√½ + ε))
+    assert torch.allclose(compute_advantages("grpo_process", x), A.float(), atol=1e-7)
+    default = grpo_outcome(torch.tensor([1.0, 0.0]), 2, mask)
+    assert default[0, 0].item() == pytest.approx(0.5 / (math.sqrt(0.5) + 1e-6), abs=1e-7)

@@ -110,3 +110,49 @@ def test_print_config_prints_and_trains_nothing(tmp_path, capsys):
     assert not out.exists()
     assert main(["sft", "--out", str(out), "--print-config"]) == 0
     assert f"out: {out}" in capsys.readouterr().out and not out.exists()
+
+
+@pytest.mark.parametrize("ov,field,choices", [
+    (["advantage=grpo"], "advantage", "gae | grpo_outcome | grpo_process | dr_grpo | rloo"),
+    (["loss_agg=mean"], "loss_agg", "token-mean | seq-mean-token-sum | seq-mean-token-mean | "
+                                    "seq-mean-token-sum-norm"),
+    (["ratio=seq"], "ratio", "token | sequence"),
+    (["kl.estimator=k4"], "kl.estimator", "k1 | k2 | k3"),
+])
+def test_unknown_names_fail_at_load_naming_field_and_choices(tmp_path, ov, field, choices):
+    with pytest.raises(ValueError) as e:
+        load_config(RLConfig, None, ov)
+    assert f"{field}=" in str(e.value) and choices in str(e.value)
+    key, value = ov[0].split("=")                                    # the same from a YAML file
+    p = tmp_path / "c.yaml"
+    p.write_text(f"kl:\n  estimator: {value}\n" if key == "kl.estimator" else f"{key}: {value}\n")
+    with pytest.raises(ValueError, match=field):
+        load_config(RLConfig, p)
+
+
+@pytest.mark.parametrize("ov,want", [
+    ([], "token-mean"),
+    (["algo=grpo"], "token-mean"),
+    (["algo=grpo", "advantage=dr_grpo"], "seq-mean-token-sum-norm"),
+    (["algo=grpo", "ratio=sequence"], "seq-mean-token-mean"),
+    (["algo=grpo", "advantage=dr_grpo", "ratio=sequence"], "seq-mean-token-sum-norm"),
+    (["algo=grpo", "advantage=dr_grpo", "loss_agg=token-mean"], "token-mean"),
+    (["algo=grpo", "ratio=sequence", "loss_agg=seq-mean-token-sum"], "seq-mean-token-sum"),
+])
+def test_loss_agg_follows_the_papers_unless_set(ov, want):
+    assert load_config(RLConfig, None, ov).loss_agg_name() == want
+
+
+def test_convention_fields_load_and_print():
+    from rewardlab.config import describe_config
+    cfg = load_config(RLConfig, None, ["clip_eps_high=0.28", "kl.clamp=10", "norm_eps=1e-4",
+                                       "loss_agg=seq-mean-token-mean"])
+    assert (cfg.clip_eps_high, cfg.kl.clamp, cfg.norm_eps) == (0.28, 10.0, 1e-4)
+    default = load_config(RLConfig)
+    assert default.clip_eps_high is None and default.kl.clamp is None and default.norm_eps == 1e-6
+    text = describe_config(default)
+    for line in ("loss_agg: null", "clip_eps_high: null", "norm_eps: 1.0e-06", "  clamp: null"):
+        assert line in text, line
+    for bad in ("clip_eps_high=-0.1", "kl.clamp=0", "norm_eps=-1"):
+        with pytest.raises(ValueError, match=bad.split("=")[0].split(".")[-1]):
+            load_config(RLConfig, None, [bad])

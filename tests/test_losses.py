@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rewardlab.rl.losses import (LOSS_AGGREGATIONS, RATIOS, aggregate_loss, entropy_from_logits,
-                                 kl_loss, logprobs_from_logits, masked_mean, ppo_policy_loss,
-                                 value_loss)
+from rewardlab.rl.losses import (LOSS_AGGREGATIONS, RATIOS, aggregate_loss, agg_units,
+                                 entropy_from_logits, kl_loss, logprobs_from_logits, masked_mean,
+                                 ppo_policy_loss, value_loss)
 
 MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
 
@@ -125,6 +125,91 @@ def test_aggregations_by_hand():
         aggregate_loss(loss_mat, MASK, "sum")
 
 
+AGGS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+
+
+def test_aggregations_by_hand_with_an_empty_row_and_the_dr_grpo_constant():
+    # rows: [1, 2, 3 | pad], [4, 6 | pad pad], [empty], [5 | pad pad pad]; 6 tokens, 3 responses
+    loss_mat = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 6.0, 99.0, 99.0], [99.0] * 4,
+                             [5.0, 99.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    want = {"token-mean": 21 / 6,                                    # Σ 21 over 6 tokens
+            "seq-mean-token-mean": (2.0 + 5.0 + 5.0) / 3,            # token means 2, 5, 5
+            "seq-mean-token-sum": (6.0 + 10.0 + 5.0) / 3,            # token sums 6, 10, 5
+            "seq-mean-token-sum-norm": 21 / (3 * 10)}                # Σ / (B'·L), L = 10
+    for agg, v in want.items():
+        assert aggregate_loss(loss_mat, mask, agg, norm_len=10).item() == pytest.approx(v), agg
+    assert aggregate_loss(loss_mat, mask, "seq-mean-token-sum-norm").item() == \
+        pytest.approx(21 / (3 * 4))                                  # no constant: padded width
+    assert [agg_units(mask, a).item() for a in AGGS] == [6, 3, 3, 3]
+    with pytest.raises(ValueError, match="valid: token-mean"):
+        agg_units(mask, "sum")
+
+
+def test_dr_grpo_loss_does_not_depend_on_the_padded_width():
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([3, 1, 5])
+    logp = torch.randn(3, 5, generator=g) * 0.1
+    old = logp + torch.randn(3, 5, generator=g) * 0.1
+    A = torch.randn(3, 1, generator=g).expand(3, 5)
+    out = {}
+    for width in (5, 9, 16):                                         # the same rows, more padding
+        pad = width - 5
+        lp = torch.cat([logp, torch.full((3, pad), 3.0)], 1).requires_grad_(True)
+        mask = (torch.arange(width)[None] < lengths[:, None]).long()
+        args = (lp, torch.cat([old, torch.full((3, pad), -2.0)], 1),
+                torch.cat([A, torch.full((3, pad), 7.0)], 1), mask)
+        loss, _ = ppo_policy_loss(*args, agg="seq-mean-token-sum-norm", norm_len=48)
+        (grad,) = torch.autograd.grad(loss, lp)
+        fallback, _ = ppo_policy_loss(*args, agg="seq-mean-token-sum-norm")  # ÷ width
+        out[width] = (loss.item(), grad[:, :5], fallback.item())
+    assert out[5][0] == pytest.approx(out[9][0], abs=1e-7) == pytest.approx(out[16][0], abs=1e-7)
+    assert torch.allclose(out[5][1], out[16][1], atol=1e-8)
+    assert out[5][2] != pytest.approx(out[16][2])                    # why the constant matters
+    # by hand: ρ = 1 at π_old = π → L_it = −A_i, so the loss is −Σ_i |o_i| A_i / (3 · 48)
+    lp = old.clone().requires_grad_(True)
+    mask = (torch.arange(5)[None] < lengths[:, None]).long()
+    loss, _ = ppo_policy_loss(lp, old, A, mask, agg="seq-mean-token-sum-norm", norm_len=48)
+    assert loss.item() == pytest.approx(-(lengths * A[:, 0]).sum().item() / (3 * 48), abs=1e-7)
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_micro_batches_weighted_by_agg_units_give_the_batch_loss(agg):
+    # the trainer's accumulation: Σ_parts loss(part) · units(part)/units(batch) = loss(batch)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.tensor([4, 1, 6, 2, 2, 3, 0])          # 11 and 7 tokens; one empty row
+    mask = (torch.arange(6)[None] < lengths[:, None]).long()
+    logp = (torch.randn(7, 6, generator=g) * 0.1).requires_grad_(True)
+    old = logp.detach() + torch.randn(7, 6, generator=g) * 0.2
+    A = torch.randn(7, 6, generator=g)
+    full, _ = ppo_policy_loss(logp, old, A, mask, agg=agg, norm_len=8)
+    (g_full,) = torch.autograd.grad(full, logp)
+    total = 0.0
+    for rows in ([0, 1, 2], [3, 4, 5], [6]):
+        part, _ = ppo_policy_loss(logp[rows], old[rows], A[rows], mask[rows], agg=agg, norm_len=8)
+        total = total + part * (agg_units(mask[rows], agg) / agg_units(mask, agg))
+    (g_micro,) = torch.autograd.grad(total, logp)
+    assert total.item() == pytest.approx(full.item(), rel=1e-6)
+    assert torch.allclose(g_micro, g_full, rtol=1e-5, atol=1e-7)
+    if agg != "token-mean":   # token shares (the old weighting) would not add up here
+        tok = sum(ppo_policy_loss(logp[r], old[r], A[r], mask[r], agg=agg, norm_len=8)[0].item()
+                  * mask[r].sum().item() / mask.sum().item() for r in ([0, 1, 2], [3, 4, 5]))
+        assert tok != pytest.approx(full.item(), abs=1e-4)
+
+
+def test_clip_higher_by_hand():
+    # token 0: ρ = 1.5, A = 1 → clip at 1 + ε_high; token 1: ρ = 0.5, A = −1 → clip at 1 − ε
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))
+    A = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    loss, m = ppo_policy_loss(logp, torch.zeros(1, 2), A, mask, clip_eps=0.2)
+    assert loss.item() == pytest.approx((-1.2 + 0.8) / 2) and m["actor/clipfrac"] == 1.0
+    loss, m = ppo_policy_loss(logp, torch.zeros(1, 2), A, mask, clip_eps=0.2, clip_eps_high=0.28)
+    assert loss.item() == pytest.approx((-1.28 + 0.8) / 2)
+    loss, m = ppo_policy_loss(logp, torch.zeros(1, 2), A, mask, clip_eps=0.2, clip_eps_high=0.6)
+    assert loss.item() == pytest.approx((-1.5 + 0.8) / 2) and m["actor/clipfrac"] == 0.5
+
+
 def test_gspo_uses_length_normalised_sequence_ratio():
     # row 0: log ratios 0.1, 0.3, (pad) → s_0 = exp(0.2); row 1: 0.4, −0.2 → s_1 = exp(0.1)
     old = torch.zeros(2, 4)
@@ -198,3 +283,20 @@ def test_kl_loss_k3_by_hand():
     assert m["actor/kl_loss"] == pytest.approx(loss.item())
     loss1, _ = kl_loss(logp, ref, mask, kind="k1")
     assert loss1.item() == pytest.approx(math.log(2) / 2, abs=1e-6)
+
+
+def test_kl_loss_clamp_and_aggregation():
+    # k3 at log π_ref − log π = 5: e⁵ − 5 − 1 ≈ 142.41 → 10 with clamp=10 (verl's low_var_kl)
+    logp = torch.tensor([[0.0, 0.0, 0.0]])
+    ref = torch.tensor([[5.0, math.log(0.5), 9.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    k3_1 = 0.5 - math.log(0.5) - 1
+    loss, _ = kl_loss(logp, ref, mask)
+    assert loss.item() == pytest.approx((math.exp(5) - 6 + k3_1) / 2, rel=1e-6)
+    loss, m = kl_loss(logp, ref, mask, clamp=10.0)
+    assert loss.item() == pytest.approx((10 + k3_1) / 2, rel=1e-6)
+    loss, _ = kl_loss(logp, ref, mask, clamp=10.0, agg="seq-mean-token-sum-norm", norm_len=4)
+    assert loss.item() == pytest.approx((10 + k3_1) / 4, rel=1e-6)
+    # k1 is signed: the clamp bounds it on both sides
+    loss, _ = kl_loss(logp, ref, mask, kind="k1", clamp=1.0)
+    assert loss.item() == pytest.approx((-1.0 + -math.log(0.5)) / 2, rel=1e-6)

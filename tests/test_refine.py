@@ -167,3 +167,20 @@ def test_padding_a_solution_with_extra_good_steps_never_pays_after_refinement():
         assert sum(refine("clip", padded, ETA)) <= sum(refine("clip", r, ETA)) + 1e-12
         assert math.isclose(sum(refine("delta", padded)), padded[0]) and \
             math.isclose(sum(refine("delta", r)), r[0])
+
+
+@pytest.mark.parametrize("n", range(2, 65))
+def test_normed_all_equal_is_exactly_zero(n):
+    # 0.1 (and 1/3, 0.7) are not dyadic: a plain mean of n copies can be a rounding step off
+    for v in (0.1, 1 / 3, 0.7, -2.3):
+        assert normed([v] * n) == [0.0] * n
+        nested = normed([[v] * (1 + i % 2) for i in range(n)])
+        assert all(x == 0.0 for r in nested for x in r)
+        t = normed(torch.full((n,), v, dtype=torch.float32))
+        assert t.dtype == torch.float32 and torch.equal(t, torch.zeros(n))
+
+
+def test_normed_eps():
+    # {1, 2, 3}: mean 2, unbiased std 1; TRL's ε = 1e-4
+    assert normed([1.0, 2.0, 3.0], eps=1e-4) == approx([-1 / 1.0001, 0.0, 1 / 1.0001])
+    assert normed([[1.0], [2.0, 3.0]], eps=0.5) == [approx([-1 / 1.5]), approx([0.0, 1 / 1.5])]

@@ -164,6 +164,41 @@ def test_micro_batches_give_the_minibatch_update(tmp_path, tiny_policy, problems
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def _update_gradients(tr):
+    """Train ``tr`` one step; the accumulated gradient of every parameter before the step."""
+    grads, step = [], tr.opt.step
+
+    def spy(*args, **kwargs):
+        grads.extend(p.grad.clone() for grp in tr.opt.param_groups for p in grp["params"])
+        return step(*args, **kwargs)
+    tr.opt.step = spy
+    return tr.train(), grads
+
+
+@pytest.mark.parametrize("extra", [
+    ["algo=grpo", "advantage=dr_grpo", "kl.in_reward=false", "kl.estimator=k3"],  # token-sum-norm
+    ["algo=grpo", "ratio=sequence", "kl.in_reward=false", "kl.estimator=k3"],     # GSPO: seq-mean
+    ["algo=ppo", "loss_agg=seq-mean-token-sum"],    # policy by responses, value loss by tokens
+])
+def test_micro_batches_give_the_minibatch_gradient_for_sequence_aggregations(
+        tmp_path, tiny_policy, problems_dir, extra):
+    """Sequence-level loss_agg: passes of 3, 3 and 2 responses weighted by their share of the
+    responses (B'·L for token-sum-norm) give the minibatch's gradient. Seed 0: responses of 9
+    to 16 tokens, so token shares (the token-mean weighting) would be ~1 % off. The gradient is
+    compared, not the parameters after AdamW, whose first step turns float32 rounding in
+    gradient entries near its ε (~1e-8) into parameter differences of up to 2·lr."""
+    common = ["steps=1", "minibatch_size=8", "entropy_coef=0.01", "seed=0", *extra]
+    res_w, g_w = _update_gradients(RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "whole", common)))
+    res_m, g_m = _update_gradients(RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "micro",
+                                                  [*common, "micro_batch_size=3"])))
+    keys = ["actor/grad_norm", "actor/pg_loss", "actor/entropy", "actor/clipfrac"]
+    keys += ["critic/vf_loss"] if "algo=ppo" in extra else ["actor/kl_loss"]
+    for k in keys:
+        assert res_m[k] == pytest.approx(res_w[k], rel=1e-4, abs=1e-7), k
+    scale = max(g.abs().max().item() for g in g_w)
+    assert max((a - b).abs().max().item() for a, b in zip(g_w, g_m)) <= 1e-4 * scale
+
+
 def test_plain_causal_lm_as_lm_head_prm_by_its_step_tag(tmp_path, tiny_policy, problems_dir):
     # Math-Shepherd style: any causal LM, a step tag after every step, P('+') vs P('-') there
     from rewardlab.io import DataError
@@ -211,3 +246,32 @@ def test_reference_pass_rows_follow_the_update_passes(tmp_path, tiny_policy, pro
     problems, batch = tr.rollout(0)
     tr.score(problems, batch)
     assert seen == [rows]
+
+
+@pytest.mark.parametrize("extra,agg,eps_high,clamp", [
+    (["algo=grpo"], "token-mean", None, None),
+    (["algo=grpo", "advantage=dr_grpo", "clip_eps_high=0.28"], "seq-mean-token-sum-norm", 0.28, None),
+    (["algo=grpo", "ratio=sequence", "kl.clamp=10"], "seq-mean-token-mean", None, 10.0),
+    (["algo=grpo", "advantage=dr_grpo", "loss_agg=token-mean"], "token-mean", None, None),
+])
+def test_update_uses_the_configured_aggregation_and_clip_bounds(tmp_path, tiny_policy, problems_dir,
+                                                                monkeypatch, extra, agg, eps_high, clamp):
+    import rewardlab.rl.trainer as losses  # the trainer module, where the loss functions are called
+    seen = {}
+
+    def spy(name, real):
+        def fn(*args, **kwargs):
+            seen.setdefault(name, []).append(kwargs)
+            return real(*args, **kwargs)
+        return fn
+    monkeypatch.setattr(losses, "ppo_policy_loss", spy("pg", losses.ppo_policy_loss))
+    monkeypatch.setattr(losses, "kl_loss", spy("kl", losses.kl_loss))
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "agg",
+                        ["steps=1", "kl.in_reward=false", "minibatch_size=8", *extra]))
+    tr.update(tr.score(*tr.rollout(0)))
+    pg, kl = seen["pg"][0], seen["kl"][0]
+    assert (pg["agg"], pg["norm_len"], pg["clip_eps"], pg["clip_eps_high"]) == (agg, 16, 0.2, eps_high)
+    assert (kl["agg"], kl["norm_len"], kl["clamp"]) == (agg, 16, clamp)   # max_new_tokens = 16
+    # the KL in the reward and in kl/ref: k1 = log π − log π_ref = −20, 20, 0.5 per token
+    k = tr._kl(torch.tensor([[0.0, 0.0, 0.5]]), torch.tensor([[20.0, -20.0, 0.0]]))
+    assert k.tolist() == ([[-10.0, 10.0, 0.5]] if clamp else [[-20.0, 20.0, 0.5]])

@@ -2,4 +2,5 @@
 
 from rewardlab.cli.main import main
 
+
 raise SystemExit(main())

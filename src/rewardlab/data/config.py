@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.data.problem import Problem
-from rewardlab.data.prompts import (adds_bos, chat_prompt_fn, check_prompt_settings, default_prompt,
-                                     template_prompt_fn)
+from rewardlab.data.prompts import (adds_bos, chat_prompt_fn, check_prompt_settings,
+                                    default_prompt, template_prompt_fn)
 from rewardlab.data.testbed import make_splits, TestbedConfig
 from rewardlab.io import write_jsonl
 

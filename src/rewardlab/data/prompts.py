@@ -12,7 +12,6 @@ from typing import Callable
 from rewardlab.data.problem import Problem
 
 
-
 def default_prompt(problem: Problem) -> str:
     """rewardlab's prompt format: ``question + "\\n"``."""
     return problem.question + "\n"

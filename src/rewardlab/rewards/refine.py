@@ -9,7 +9,8 @@ hacking). The refinements bound the return:
 - Delta: d_k = r_k − r_{k+1}, d_K = r_K   Σ_{j≥k} d_j = r_k telescopes: bounded, K-independent;
 - Clip-Delta: Delta applied to the clipped rewards;
 - PR-Normed: (r − mean)/(std + 1e-6) over all step rewards of a group (DeepSeekMath process
-  supervision, arXiv 2402.03300 §4.1.3).
+  supervision, arXiv 2402.03300 §4.1.3); unbiased std, statistics exact (an all-equal group
+  gets 0).
 
 Every function takes one response's K step rewards as a Python sequence (returns a list of
 floats) or a 1-D tensor (K,) (returns a tensor of the same dtype, differentiable). Empty in →
@@ -74,12 +75,21 @@ def _apply(core: Callable[[torch.Tensor], torch.Tensor], r: StepRewards) -> Step
 
 def zscore(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """x̃ = (x − mean x)/(std x + ε) over all elements, std the unbiased sample std (n − 1),
-    as DeepSeekMath and TRL use; a single element has std 0 (so x̃ = 0); empty → empty."""
+    as DeepSeekMath, TRL and verl use, ε outside the square root; a single element has std 0
+    (so x̃ = 0); empty → empty.
+
+    Exact for equal values: the statistics are taken in float64 about the first element,
+    mean = x_0 + mean(x − x_0), so all-equal x gives x − mean = 0 and x̃ = 0 exactly (a plain
+    float32 or even float64 mean of equal non-dyadic values can be off by a rounding step,
+    which divided by a std of the same size is far from 0). Returned in x's dtype."""
     if x.numel() == 0:
         return x.clone()
-    mean = x.mean()
-    std = x.std() if x.numel() > 1 else torch.zeros_like(mean)
-    return (x - mean) / (std + eps)
+    x64 = x.double()
+    d = x64 - x64.flatten()[0].detach()
+    centered = d - d.mean()
+    std = centered.square().sum().div(x.numel() - 1).sqrt() if x.numel() > 1 \
+        else torch.zeros_like(centered.sum())
+    return (centered / (std + eps)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,16 +124,18 @@ def _is_nested(r_group) -> bool:
                for x in r_group)
 
 
-def normed(r_group):
-    """PR-Normed: r̃ = (r − mean)/(std + 1e-6) over ALL step rewards of a group jointly
-    (DeepSeekMath process supervision, arXiv 2402.03300 §4.1.3; Gao et al.'s "PR-Normed").
+def normed(r_group, eps: float = NORM_EPS):
+    """PR-Normed: r̃ = (r − mean)/(std + ε) over ALL step rewards of a group jointly, ε = 1e-6
+    by default (DeepSeekMath process supervision, arXiv 2402.03300 §4.1.3; Gao et al.'s
+    "PR-Normed"). Statistics by :func:`zscore`: float64, exact, so a group whose step rewards
+    are all equal gets exactly 0.
 
     ``r_group`` is either the G responses' step-reward lists/tensors ``[[r_1..r_K1], ...]``
     (returns the same nesting, each element list → list of floats, tensor → tensor) or one flat
     sequence / 1-D tensor of step rewards (returns a list / tensor). std is the unbiased sample
     std; a group holding one step reward in all gets 0."""
     if not _is_nested(r_group):
-        return _apply(zscore, r_group)
+        return _apply(lambda x: zscore(x, eps), r_group)
     rows = list(r_group)
     as_tensors = [torch.as_tensor(x, dtype=torch.float64) if not isinstance(x, torch.Tensor)
                   else (x if x.is_floating_point() else x.float()) for x in rows]
@@ -132,7 +144,7 @@ def normed(r_group):
             raise ValueError(f"each response's step rewards must be 1-D, got {tuple(x.shape)}")
     dtype = functools.reduce(torch.promote_types, (x.dtype for x in as_tensors))
     flat = torch.cat([x.to(dtype) for x in as_tensors])                 # (ΣK,)
-    pieces = torch.split(zscore(flat), [x.numel() for x in as_tensors])
+    pieces = torch.split(zscore(flat, eps), [x.numel() for x in as_tensors])
     return [p.to(src.dtype) if isinstance(src, torch.Tensor) else p.tolist()
             for p, src in zip(pieces, rows)]
 

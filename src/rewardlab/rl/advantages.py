@@ -7,7 +7,14 @@ returns (B, T) advantages that are 0 where the mask is 0.
 Groups: ``group_ids`` is either (B,) per-row ids (any hashable values; rows with equal ids are
 the G responses to one prompt) or an int G, meaning rows i·G .. i·G+G−1 form a group (the
 rollout's prompt-major order). Group statistics use the unbiased sample std (n − 1), as
-DeepSeekMath and TRL do; a group of one response has std 0, so its advantage is 0.
+DeepSeekMath, TRL and verl do; a group of one response has std 0, so its advantage is 0 (as in
+TRL; verl's loop sets mean 0, std 1 for it, i.e. A = R).
+
+Exactness: group (and batch) statistics are taken in float64 on values shifted by the group's
+first member, mean = x_ref + mean(x − x_ref), so a group whose values are all equal gets
+R − mean = 0 and std = 0 exactly, hence advantage exactly 0, whatever G and whatever the values
+(a float32 mean of G equal non-dyadic values is off by a rounding step, and that step divided by
+a std of the same size gave |A| ≈ 0.1–0.5). See docs/rl_conventions.md for every convention.
 
 Every estimator is also registered in ``ADVANTAGES`` under one signature,
 ``fn(inputs: AdvantageInputs) -> Tensor (B, T)``.
@@ -57,16 +64,23 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
            eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean)/sqrt(var + ε) with mean and unbiased var over positions where mask is 1;
-    ``shift_mean=False`` adds the mean back (scale only). 0 where the mask is 0."""
+    """(x − mean)/sqrt(var + ε) with mean and unbiased var (n − 1) over positions where mask is 1
+    (ε = 1e-8 as TRL's and verl's masked_whiten); ``shift_mean=False`` adds the mean back (scale
+    only). 0 where the mask is 0. Statistics in float64 about the first selected value, so equal
+    values whiten to exactly 0; returned in x's dtype."""
     m = mask.bool()
-    mean = masked_mean(x, m)
+    x64 = x.double()
+    sel = x64[m]
+    ref = sel[0].detach() if sel.numel() else x64.new_zeros(())
+    d = x64 - ref
+    mean_d = masked_mean(d, m)
+    centered = d - mean_d
     n = m.sum()
-    var = masked_mean((x - mean) ** 2, m) * (n / (n - 1).clamp(min=1))
-    out = (x - mean) * torch.rsqrt(var + eps)
+    var = masked_mean(centered ** 2, m) * (n / (n - 1).clamp(min=1))
+    out = centered * torch.rsqrt(var + eps)
     if not shift_mean:
-        out = out + mean
-    return torch.where(m, out, torch.zeros_like(out))
+        out = out + (ref + mean_d)
+    return torch.where(m, out, torch.zeros_like(out)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,13 +96,22 @@ def group_index(group_ids, B: int, device=None) -> torch.Tensor:
 
 def group_stats(x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                               torch.Tensor]:
-    """Per-row (mean, std, count) of x (B,) over its group; std unbiased (n − 1), 0 for n = 1."""
+    """Per-row (mean, std, count) of x (B,) over its group, all float64: mean = x_ref +
+    Σ(x − x_ref)/n with x_ref the group's first member, std = sqrt(Σ(x − mean)²/(n − 1))
+    (unbiased; 0 for n = 1). An all-equal group has x − mean = 0 and std = 0 exactly (use
+    ``x.double() − mean``)."""
     n_groups = int(index.max()) + 1 if index.numel() else 0
-    count = torch.bincount(index, minlength=n_groups).to(x.dtype)               # (n_groups,)
-    mean = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, index, x) / count
-    sq = torch.zeros_like(mean).index_add_(0, index, (x - mean[index]) ** 2)
+    x64 = x.double()
+    B = x64.shape[0]
+    first = torch.full((n_groups,), B, dtype=torch.long, device=x.device).scatter_reduce_(
+        0, index, torch.arange(B, device=x.device), reduce="amin")               # (n_groups,)
+    ref = x64[first]
+    d = x64 - ref[index]                                                         # 0 in equal groups
+    count = torch.bincount(index, minlength=n_groups).to(x64.dtype)             # (n_groups,)
+    mean_d = torch.zeros(n_groups, dtype=x64.dtype, device=x.device).index_add_(0, index, d) / count
+    sq = torch.zeros_like(mean_d).index_add_(0, index, (d - mean_d[index]) ** 2)
     std = (sq / (count - 1).clamp(min=1)).sqrt()
-    return mean[index], std[index], count[index]
+    return (ref + mean_d)[index], std[index], count[index]
 
 
 def _per_token(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -108,24 +131,29 @@ def _scores(scores, mask: torch.Tensor) -> torch.Tensor:
 # Critic-free estimators
 
 @torch.no_grad()
-def grpo_outcome(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
-    """A_i = (R_i − mean_group R)/(std_group R + 1e-6) on every token of response i
+def grpo_outcome(scores: torch.Tensor, group_ids, mask: torch.Tensor,
+                 eps: float = NORM_EPS) -> torch.Tensor:
+    """A_i = (R_i − mean_group R)/(std_group R + ε) on every token of response i
     (GRPO outcome supervision, Shao et al. 2024, DeepSeekMath, arXiv 2402.03300 §4.1.2).
 
-    scores: (B,) sequence rewards R_i; mask (B, T). std is the unbiased sample std."""
+    scores: (B,) sequence rewards R_i; mask (B, T). std is the unbiased sample std (n − 1), ε
+    outside the square root: 1e-6 (verl's; TRL uses 1e-4 — ``RLConfig.norm_eps``). An all-equal
+    group (and a group of one) gets exactly 0; statistics in float64 (:func:`group_stats`)."""
     R = _scores(scores, mask)
     mean, std, _ = group_stats(R, group_index(group_ids, R.shape[0], R.device))
-    return _per_token((R - mean) / (std + NORM_EPS), mask)
+    return _per_token((R.double() - mean) / (std + eps), mask)
 
 
 @torch.no_grad()
 def dr_grpo(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
     """A_i = R_i − mean_group R, no std division (Dr. GRPO, Liu et al. 2025, "Understanding
-    R1-Zero-Like Training", arXiv 2503.20783). Pair it with a length-independent loss
-    aggregation (``agg="seq-mean-token-sum-norm"`` in rewardlab.rl.losses)."""
+    R1-Zero-Like Training", arXiv 2503.20783). Pair it with Dr. GRPO's length-independent
+    aggregation, Σ_it m ℓ / (B·L) with L constant (``agg="seq-mean-token-sum-norm"`` in
+    rewardlab.rl.losses; the trainer's default for this estimator, L = max_new_tokens).
+    An all-equal group gets exactly 0."""
     R = _scores(scores, mask)
     mean, _, _ = group_stats(R, group_index(group_ids, R.shape[0], R.device))
-    return _per_token(R - mean, mask)
+    return _per_token(R.double() - mean, mask)
 
 
 @torch.no_grad()
@@ -135,16 +163,18 @@ def rloo(scores: torch.Tensor, group_ids, mask: torch.Tensor) -> torch.Tensor:
     Kool et al. 2019). A group of one response has no baseline and gets 0."""
     R = _scores(scores, mask)
     mean, _, n = group_stats(R, group_index(group_ids, R.shape[0], R.device))
+    R = R.double()
     A = torch.where(n > 1, n / (n - 1).clamp(min=1) * (R - mean), torch.zeros_like(R))
     return _per_token(A, mask)
 
 
 @torch.no_grad()
 def grpo_process(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
-                 group_ids, mask: torch.Tensor) -> torch.Tensor:
-    """r̃ = (r − mean)/(std + 1e-6) over all step rewards of the group,
-    A_t = Σ_{k: t_end(k) ≥ t} r̃_k
-    (GRPO process supervision, DeepSeekMath, arXiv 2402.03300 §4.1.3).
+                 group_ids, mask: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """r̃ = (r − mean)/(std + ε) over all step rewards of the group (unbiased std, ε = 1e-6 by
+    default), A_t = Σ_{k: t_end(k) ≥ t} r̃_k
+    (GRPO process supervision, DeepSeekMath, arXiv 2402.03300 §4.1.3). Statistics as in
+    :func:`rewardlab.rewards.refine.normed` (float64, exact: an all-equal group gets 0).
 
     step_rewards, step_ends: B lists of K_b values / token indices; mask (B, T). A step whose
     t_end is past the last real token counts as ending on it; tokens after the last step end get
@@ -156,7 +186,8 @@ def grpo_process(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Se
     r_tilde: list[list[float]] = [[] for _ in range(B)]
     for g in sorted(set(index)):
         members = [i for i in range(B) if index[i] == g]
-        for i, r in zip(members, normed([[float(x) for x in step_rewards[i]] for i in members])):
+        for i, r in zip(members, normed([[float(x) for x in step_rewards[i]] for i in members],
+                                            eps=eps)):
             r_tilde[i] = r
     placed = place_at_step_ends(r_tilde, step_ends, mask)                  # (B, T)
     A = placed.flip(1).cumsum(1).flip(1)                                   # Σ over t_end ≥ t
@@ -189,6 +220,8 @@ class AdvantageInputs:
     """Discount γ (gae)."""
     lam: float = 0.95
     """GAE λ (gae)."""
+    norm_eps: float = NORM_EPS
+    """ε in (x − mean)/(std + ε) (grpo_outcome, grpo_process); TRL uses 1e-4."""
 
     def need(self, estimator: str, *fields: str) -> None:
         missing = [f for f in fields if getattr(self, f) is None]
@@ -218,13 +251,13 @@ def _adv_gae(x: AdvantageInputs) -> torch.Tensor:
 @ADVANTAGES.register("grpo_outcome")
 def _adv_grpo_outcome(x: AdvantageInputs) -> torch.Tensor:
     x.need("grpo_outcome", "group_ids")
-    return grpo_outcome(x.sequence_scores("grpo_outcome"), x.group_ids, x.mask)
+    return grpo_outcome(x.sequence_scores("grpo_outcome"), x.group_ids, x.mask, x.norm_eps)
 
 
 @ADVANTAGES.register("grpo_process")
 def _adv_grpo_process(x: AdvantageInputs) -> torch.Tensor:
     x.need("grpo_process", "step_rewards", "step_ends", "group_ids")
-    return grpo_process(x.step_rewards, x.step_ends, x.group_ids, x.mask)
+    return grpo_process(x.step_rewards, x.step_ends, x.group_ids, x.mask, x.norm_eps)
 
 
 @ADVANTAGES.register("dr_grpo")

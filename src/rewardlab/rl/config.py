@@ -11,6 +11,9 @@ from rewardlab.data.config import DataConfig
 from rewardlab.models.loading import ModelConfig
 from rewardlab.models.sampling import check_engine, SamplingConfig
 from rewardlab.reward_models.models import lm_prm_spec
+from rewardlab.rewards.compose import KL_ESTIMATORS
+from rewardlab.rl.advantages import ADVANTAGES
+from rewardlab.rl.losses import LOSS_AGGREGATIONS, RATIOS
 
 
 @dataclass
@@ -76,7 +79,10 @@ class KLConfig:
     in_reward: bool = True
     """True: −coef·KL_t is added to every token's reward (PPO); False: coef·KL in the loss (GRPO)."""
     estimator: str = "k1"
-    """k1 | k3 (SPEC, KL estimators per token)."""
+    """k1 | k2 | k3 (SPEC, KL estimators per token)."""
+    clamp: float | None = None
+    """Clamp each token's KL estimate to [−clamp, clamp] (in the reward and in the loss); null:
+    no clamp (rewardlab's default). verl clamps k3 ("low_var_kl") at 10."""
     adaptive: bool = False
     """Adapt coef towards ``target`` (Ziegler et al. 2019)."""
     target: float = 0.05
@@ -134,9 +140,21 @@ class RLConfig:
     """Policy learning rate (testbed: 2e-5 improves held-out accuracy steadily; 1e-4 and above
     overfits each batch and lowers it)."""
     clip_eps: float = 0.2
-    """PPO clip ε."""
+    """PPO clip ε: ρ is clipped to [1 − clip_eps, 1 + clip_eps_high]."""
+    clip_eps_high: float | None = None
+    """Upper clip ε_high (DAPO's clip-higher, e.g. 0.28); null: the same as clip_eps."""
     ratio: str = "token"
     """token (PPO/GRPO) | sequence (GSPO: length-normalised sequence ratio)."""
+    loss_agg: str | None = None
+    """How the per-token policy loss (and the KL loss and entropy bonus) becomes one number:
+    token-mean (Σ over all response tokens / their count; DAPO) | seq-mean-token-mean (mean over
+    responses of their token mean; GRPO paper, GSPO) | seq-mean-token-sum | seq-mean-token-sum-norm
+    (Σ over all tokens / (B · sampling.max_new_tokens); Dr. GRPO). null: auto —
+    seq-mean-token-sum-norm for advantage dr_grpo, seq-mean-token-mean for ratio sequence,
+    token-mean otherwise (see loss_agg_name()). The value loss is always a token mean."""
+    norm_eps: float = 1e-6
+    """ε in (R − mean)/(std + ε) of the grpo_outcome and grpo_process advantages (verl: 1e-6,
+    TRL: 1e-4). reward.prm.refine=normed always uses 1e-6."""
     engine: str = "auto"
     """Teacher-forced log-prob passes (reference model, policy update): ``fast`` runs Llama,
     Mistral and Qwen2 models through :func:`rewardlab.models.fast.response_logits` (each distinct
@@ -174,14 +192,23 @@ class RLConfig:
                 raise ValueError(f"rl: reward.prm: {e}") from None
         if not (self.reward.success or self.reward.prm.path or self.reward.orm.path):
             raise ValueError("rl: no reward is on; set reward.success=true or a PRM/ORM path")
+        for name, value, registry in (("advantage", self.advantage, ADVANTAGES),
+                                      ("loss_agg", self.loss_agg, LOSS_AGGREGATIONS),
+                                      ("ratio", self.ratio, RATIOS),
+                                      ("kl.estimator", self.kl.estimator, KL_ESTIMATORS)):
+            if value is not None and value not in registry:
+                raise ValueError(f"rl: {name}={value!r} is not one of "
+                                 f"{' | '.join(registry.names())}")
         if self.advantage_name() == "grpo_process" and not self.reward.prm.path:
             raise ValueError("rl: advantage grpo_process needs reward.prm.path")
-        if self.kl.estimator not in ("k1", "k3"):
-            raise ValueError("rl: kl.estimator must be k1 or k3")
         if self.value.kind not in ("separate", "shared"):
             raise ValueError("rl: value.kind must be separate or shared")
-        if self.ratio not in ("token", "sequence"):
-            raise ValueError("rl: ratio must be token or sequence")
+        if self.clip_eps_high is not None and self.clip_eps_high < 0:
+            raise ValueError(f"rl: clip_eps_high must be >= 0 (or null: clip_eps), got {self.clip_eps_high}")
+        if self.kl.clamp is not None and self.kl.clamp <= 0:
+            raise ValueError(f"rl: kl.clamp must be > 0 (or null: no clamp), got {self.kl.clamp}")
+        if self.norm_eps < 0:
+            raise ValueError(f"rl: norm_eps must be >= 0, got {self.norm_eps}")
         check_engine(self.engine, "rl: engine")
         if self.steps < 1 or self.prompts_per_step < 1 or self.minibatch_size < 1:
             raise ValueError("rl: steps, prompts_per_step and minibatch_size must be >= 1")
@@ -191,6 +218,18 @@ class RLConfig:
 
     def advantage_name(self) -> str:
         return self.advantage or ("gae" if self.algo == "ppo" else "grpo_outcome")
+
+    def loss_agg_name(self) -> str:
+        """``loss_agg``, or when null the paper's aggregation for this run: Dr. GRPO's
+        seq-mean-token-sum-norm for advantage dr_grpo, GSPO's seq-mean-token-mean for
+        ratio=sequence (dr_grpo wins when both are set), else token-mean."""
+        if self.loss_agg is not None:
+            return self.loss_agg
+        if self.advantage_name() == "dr_grpo":
+            return "seq-mean-token-sum-norm"
+        if self.ratio == "sequence":
+            return "seq-mean-token-mean"
+        return "token-mean"
 
     @property
     def uses_critic(self) -> bool:

@@ -53,9 +53,19 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss aggregation: fn(loss_mat (B, T), mask (B, T)) -> scalar
+# Loss aggregation: fn(loss_mat (B, T), mask (B, T), norm_len) -> scalar
+#
+# With ℓ_it the per-token loss, m_it the mask, |o_i| = Σ_t m_it and B' the responses with at
+# least one token (empty rows never count):
+#   token-mean               Σ_it m ℓ / Σ_it m                      DAPO, verl's default
+#   seq-mean-token-mean      (1/B') Σ_i (1/|o_i|) Σ_t m ℓ          GRPO paper, GSPO
+#   seq-mean-token-sum       (1/B') Σ_i Σ_t m ℓ
+#   seq-mean-token-sum-norm  (1/B') Σ_i Σ_t m ℓ / L  = Σ_it m ℓ / (B'·L), L a constant
+#                            (max_new_tokens: Dr. GRPO, TRL's loss_type="dr_grpo")
+# AGG_UNITS says what each one averages over, so that micro-batches can be weighted to give the
+# full batch's loss: a micro-batch's weight is its units over the batch's units (agg_units).
 
-LOSS_AGGREGATIONS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = \
+LOSS_AGGREGATIONS: Registry[Callable[[torch.Tensor, torch.Tensor, int | None], torch.Tensor]] = \
     Registry("loss aggregation")
 
 
@@ -65,36 +75,62 @@ def _mean_over_sequences(per_seq: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 
 @LOSS_AGGREGATIONS.register("token-mean")
-def _agg_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over all response tokens of the batch (long responses weigh more; DAPO, verl)."""
+def _agg_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor,
+                    norm_len: int | None = None) -> torch.Tensor:
+    """Σ_it m ℓ / Σ_it m: mean over all response tokens of the batch (long responses weigh
+    more; DAPO, verl's default, TRL's loss_type="dapo")."""
     return masked_mean(loss_mat, mask)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum")
-def _agg_seq_mean_token_sum(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over responses of the sum over their tokens."""
+def _agg_seq_mean_token_sum(loss_mat: torch.Tensor, mask: torch.Tensor,
+                            norm_len: int | None = None) -> torch.Tensor:
+    """(1/B') Σ_i Σ_t m_it ℓ_it: mean over responses of the sum over their tokens."""
     per_seq = torch.where(mask.bool(), loss_mat, torch.zeros_like(loss_mat)).sum(-1)
     return _mean_over_sequences(per_seq, mask)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-mean")
-def _agg_seq_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over responses of the mean over their tokens (the original GRPO objective)."""
+def _agg_seq_mean_token_mean(loss_mat: torch.Tensor, mask: torch.Tensor,
+                             norm_len: int | None = None) -> torch.Tensor:
+    """(1/B') Σ_i (1/|o_i|) Σ_t m_it ℓ_it: mean over responses of the mean over their tokens
+    (the GRPO paper's objective, DeepSeekMath eq. 3; GSPO, arXiv 2507.18071)."""
     return _mean_over_sequences(masked_mean(loss_mat, mask, dim=-1), mask)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
-def _agg_seq_mean_token_sum_norm(loss_mat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over responses of the token sum divided by the constant T (Dr. GRPO, arXiv
-    2503.20783: no per-response length normalisation)."""
+def _agg_seq_mean_token_sum_norm(loss_mat: torch.Tensor, mask: torch.Tensor,
+                                 norm_len: int | None = None) -> torch.Tensor:
+    """(1/B') Σ_i Σ_t m_it ℓ_it / L = Σ_it m ℓ / (B'·L) with L = ``norm_len`` a constant
+    (Dr. GRPO, arXiv 2503.20783: no per-response length normalisation; TRL divides by
+    max_completion_length). Pass the generation budget (``max_new_tokens``), as the trainer
+    does, so the loss of a row does not depend on how wide the batch happens to be padded;
+    ``norm_len=None`` falls back to T = loss_mat.shape[-1], the padded width."""
+    L = loss_mat.shape[-1] if norm_len is None else norm_len
     per_seq = torch.where(mask.bool(), loss_mat, torch.zeros_like(loss_mat)).sum(-1)
-    return _mean_over_sequences(per_seq / loss_mat.shape[-1], mask)
+    return _mean_over_sequences(per_seq / L, mask)
 
 
-def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor,
-                   agg: str = "token-mean") -> torch.Tensor:
-    """Scalar loss from per-token losses (B, T) by ``LOSS_AGGREGATIONS[agg]``."""
-    return LOSS_AGGREGATIONS.get(agg)(loss_mat, mask)
+AGG_UNITS = {"token-mean": "tokens", "seq-mean-token-mean": "sequences",
+             "seq-mean-token-sum": "sequences", "seq-mean-token-sum-norm": "sequences"}
+"""What each aggregation averages over: response tokens, or responses with ≥ 1 token (for
+seq-mean-token-sum-norm the denominator is B'·L with L constant, so B' alone sets the share)."""
+
+
+def agg_units(mask: torch.Tensor, agg: str = "token-mean") -> torch.Tensor:
+    """The denominator count of ``agg`` over ``mask`` (B, T): Σ m for token-mean, the number of
+    rows with a token for the sequence means. A micro-batch whose loss is aggregated by ``agg``
+    and weighted by agg_units(micro)/agg_units(batch) adds up to the batch's loss."""
+    LOSS_AGGREGATIONS.get(agg)                                 # unknown name: the registry error
+    m = mask.bool()
+    return (m.sum() if AGG_UNITS[agg] == "tokens" else m.any(dim=-1).sum()).float()
+
+
+def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
+                   norm_len: int | None = None) -> torch.Tensor:
+    """Scalar loss from per-token losses (B, T) by ``LOSS_AGGREGATIONS[agg]``; ``norm_len`` is
+    Dr. GRPO's constant L (seq-mean-token-sum-norm only)."""
+    return LOSS_AGGREGATIONS.get(agg)(loss_mat, mask, norm_len)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,10 +162,11 @@ def _log_ratio_sequence(logp: torch.Tensor, old_logp: torch.Tensor,
 
 def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None,
-                    ratio: str = "token", agg: str = "token-mean"
+                    ratio: str = "token", agg: str = "token-mean", norm_len: int | None = None
                     ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = −min(ρ A, clip(ρ, 1 − ε, 1 + ε_high) A), aggregated by ``agg`` (PPO, Schulman et al.
-    2017, arXiv 1707.06347; ε_high ≠ ε is DAPO's clip-higher).
+    2017, arXiv 1707.06347; ε_high ≠ ε is DAPO's clip-higher, arXiv 2503.14476; ``None``: ε).
+    ``norm_len``: Dr. GRPO's constant L for ``agg="seq-mean-token-sum-norm"``.
 
     logp, old_logp, advantages, mask: (B, T). ``ratio="token"``: ρ_t = exp(log π − log π_old);
     ``ratio="sequence"``: GSPO's length-normalised sequence ratio (use a small ε there, ~3e-4).
@@ -144,7 +181,7 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     surr1 = rho * A
     surr2 = torch.clamp(rho, 1.0 - clip_eps, 1.0 + eps_high) * A
     pg_losses = -torch.min(surr1, surr2)
-    loss = aggregate_loss(pg_losses, m, agg)
+    loss = aggregate_loss(pg_losses, m, agg, norm_len)
     with torch.no_grad():
         token_log_ratio = torch.where(m, logp - old_logp, torch.zeros_like(logp))
         metrics = {
@@ -191,12 +228,18 @@ def _masked_var(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def kl_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind: str = "k3",
-            agg: str = "token-mean") -> tuple[torch.Tensor, dict[str, float]]:
+            agg: str = "token-mean", norm_len: int | None = None, clamp: float | None = None
+            ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL(π‖π_ref) as a loss term, GRPO-style: the per-token estimator ``kind`` (k3 =
-    π_ref/π − log(π_ref/π) − 1, DeepSeekMath eq. 4; or k1, k2) aggregated by ``agg``.
-    logp, ref_logp, mask: (B, T). Metrics: actor/kl_loss."""
+    π_ref/π − log(π_ref/π) − 1, DeepSeekMath eq. 4; or k1, k2), clamped to [−c, c] when
+    ``clamp`` = c is given (verl clamps k3 at 10; rewardlab does not by default), aggregated by
+    ``agg`` (``norm_len`` as in :func:`aggregate_loss`). logp, ref_logp, mask: (B, T).
+    Metrics: actor/kl_loss."""
     m = mask.bool()
     safe_logp = torch.where(m, logp, torch.zeros_like(logp))
     safe_ref = torch.where(m, ref_logp, torch.zeros_like(ref_logp))
-    loss = aggregate_loss(kl_penalty(safe_logp, safe_ref, kind), m, agg)
+    kl = kl_penalty(safe_logp, safe_ref, kind)
+    if clamp is not None:
+        kl = kl.clamp(-clamp, clamp)
+    loss = aggregate_loss(kl, m, agg, norm_len)
     return loss, {"actor/kl_loss": loss.item()}

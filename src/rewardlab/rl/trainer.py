@@ -34,7 +34,7 @@ from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl
 from rewardlab.rewards.steps import batch_step_end_positions
 from rewardlab.rl.advantages import AdvantageInputs, ADVANTAGES, gae, whiten
 from rewardlab.rl.config import RLConfig
-from rewardlab.rl.losses import kl_loss, masked_mean, ppo_policy_loss, value_loss
+from rewardlab.rl.losses import agg_units, aggregate_loss, kl_loss, masked_mean, ppo_policy_loss, value_loss
 from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 
@@ -209,7 +209,7 @@ class RLTrainer:
                                         temperature=cfg.sampling.temperature or 1.0,
                                         micro_batch=self.pass_rows, fast=self.fast_ref) * mask
             if old_logp is not None:
-                kl = kl_penalty(old_logp, ref_logp, cfg.kl.estimator) * mask
+                kl = self._kl(old_logp, ref_logp) * mask
         if cfg.kl.in_reward and kl is not None:
             rewards = add_kl_to_rewards(rewards, kl, self.kl_coef, mask)
         values = None
@@ -243,7 +243,7 @@ class RLTrainer:
             advantages = ADVANTAGES.get(name)(AdvantageInputs(
                 token_rewards=rewards, values=values, mask=mask, scores=seq_reward,
                 step_rewards=proc, step_ends=step_ends, group_ids=group_ids,
-                gamma=cfg.gamma, lam=cfg.lam))
+                gamma=cfg.gamma, lam=cfg.lam, norm_eps=cfg.norm_eps))
         # diagnostics
         m = {"reward/success": correct.mean().item(),
              "reward/total": seq_reward.mean().item(),
@@ -265,15 +265,29 @@ class RLTrainer:
             m["hack/step_acc"] = sum(d["step_acc"] for d in ds) / B
         return ScoredBatch(batch, old_logp, ref_logp, values, rewards, advantages * mask, returns, m)
 
+    def _kl(self, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+        """Per-token KL estimate ``kl.estimator``, clamped to ±``kl.clamp`` when set (B, T)."""
+        kl = kl_penalty(logp, ref_logp, self.cfg.kl.estimator)
+        return kl if self.cfg.kl.clamp is None else kl.clamp(-self.cfg.kl.clamp, self.cfg.kl.clamp)
+
+    # metrics aggregated like the policy loss (``loss_agg``); every other actor/critic metric is a
+    # token mean
+    _POLICY_AGG_METRICS = ("actor/pg_loss", "actor/kl_loss")
+
     @_in_precision
     def update(self, sb: ScoredBatch) -> dict:
         """``ppo_epochs`` passes of minibatch updates with the clipped losses; each minibatch in
         forward/backward passes of ``micro_batch_size`` rows whose gradients add up to the
-        minibatch's (each pass's token-mean losses weighted by its share of the tokens)."""
+        minibatch's: the policy terms (aggregated by ``loss_agg``) of a pass are weighted by its
+        share of the minibatch's aggregation units (tokens for token-mean, responses for the
+        sequence means, see :func:`rewardlab.rl.losses.agg_units`), the value loss (a token
+        mean) by its share of the tokens."""
+
         cfg = self.cfg
         b = sb.rollout
         B = len(b)
         mask = b.response_mask.float()
+        loss_agg = cfg.loss_agg_name()
         self.policy.train()
         agg: dict[str, list[float]] = {}
         g = torch.Generator().manual_seed(cfg.seed * 31 + int(sb.metrics.get("_step", 0)))
@@ -285,13 +299,22 @@ class RLTrainer:
                 micro = cfg.micro_batch_size or len(mb)
                 parts = [mb[i:i + micro] for i in range(0, len(mb), micro)]
                 n_tok = mask[mb].sum().clamp(min=1)
+                n_pol = agg_units(mask[mb], loss_agg).clamp(min=1)
                 self.opt.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
                 for rows in parts:
-                    loss, pm, row_m = self._micro_loss(sb, rows)
-                    w = 1.0 if len(parts) == 1 else float(mask[rows].sum() / n_tok)  # token share
-                    (loss if w == 1.0 else loss * w).backward()
-                    for k, v in pm.items():                   # token means: token share
+                    pol, val, pm, row_m = self._micro_loss(sb, rows)
+                    w_tok = w_pol = 1.0
+                    if len(parts) > 1:
+                        w_tok = float(mask[rows].sum() / n_tok)                     # token share
+                        w_pol = float(agg_units(mask[rows], loss_agg) / n_pol)    # unit share
+                    loss = pol if val is None else pol + val
+                    if w_pol == w_tok:
+                        (loss if w_tok == 1.0 else loss * w_tok).backward()
+                    else:
+                        (pol * w_pol + (0.0 if val is None else val * w_tok)).backward()
+                    for k, v in pm.items():
+                        w = w_pol if k in self._POLICY_AGG_METRICS else w_tok
                         metrics[k] = metrics.get(k, 0.0) + w * v
                     for k, v in row_m.items():                # per-response means: row share
                         metrics[k] = metrics.get(k, 0.0) + v * (len(rows) / len(mb))
@@ -301,13 +324,17 @@ class RLTrainer:
                     agg.setdefault(k, []).append(float(v))
         return {k: sum(v) / len(v) for k, v in agg.items()}
 
-    def _micro_loss(self, sb: ScoredBatch, rows: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
-        """The loss of responses ``rows`` (token means over them), its token-mean metrics, and
-        its per-response metrics (``kl/ref`` when the update supplies the old log-probs)."""
+    def _micro_loss(self, sb: ScoredBatch, rows: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, dict, dict]:
+        """The losses of responses ``rows``: the policy terms (clipped surrogate, entropy bonus,
+        KL loss; aggregated over the rows by ``loss_agg``), the weighted value loss (token mean;
+        None without a critic), their metrics, and the per-response metrics (``kl/ref`` when the
+        update supplies the old log-probs)."""
 
         cfg = self.cfg
         b = sb.rollout
         T = b.response_ids.shape[1]
+        loss_agg, norm_len = cfg.loss_agg_name(), cfg.sampling.max_new_tokens
         input_ids, att = b.input_ids[rows], b.attention_mask[rows]
         mmask = b.response_mask[rows].float()
         ent_grad = cfg.entropy_coef != 0  # else the entropy is only logged: no backward through it
@@ -324,25 +351,32 @@ class RLTrainer:
         row_metrics = {}
         old_logp = sb.old_logp[rows] if sb.old_logp is not None else logp.detach()
         if sb.old_logp is None and sb.ref_logp is not None:
-            kl_ref = kl_penalty(old_logp, sb.ref_logp[rows], cfg.kl.estimator) * mmask
+            kl_ref = self._kl(old_logp, sb.ref_logp[rows]) * mmask
             row_metrics["kl/ref"] = kl_ref.sum(1).mean().item()
-        pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[rows], mmask,
-                                 clip_eps=cfg.clip_eps, ratio=cfg.ratio)
-        entropy = masked_mean(ent, mmask)
-        loss = pl - cfg.entropy_coef * entropy if ent_grad else pl
+        pl, pm = ppo_policy_loss(logp, old_logp, sb.advantages[rows], mmask, clip_eps=cfg.clip_eps,
+                                 clip_eps_high=cfg.clip_eps_high, ratio=cfg.ratio, agg=loss_agg,
+                                 norm_len=norm_len)
+        entropy = masked_mean(ent, mmask)                    # logged as a token mean
+        if ent_grad:
+            bonus = entropy if loss_agg == "token-mean" else aggregate_loss(ent, mmask, loss_agg, norm_len)
+            loss = pl - cfg.entropy_coef * bonus
+        else:
+            loss = pl
         metrics = dict(pm)
         metrics["actor/entropy"] = entropy.item()
         metrics["actor/pg_loss"] = pl.item()
         if not cfg.kl.in_reward and sb.ref_logp is not None:
-            kll, km = kl_loss(logp, sb.ref_logp[rows], mmask, kind=cfg.kl.estimator)
+            kll, km = kl_loss(logp, sb.ref_logp[rows], mmask, kind=cfg.kl.estimator, agg=loss_agg,
+                              norm_len=norm_len, clamp=cfg.kl.clamp)
             loss = loss + self.kl_coef * kll
             metrics.update(km)
+        vloss = None
         if self.value is not None:
             v = self.values_of(input_ids, att, T, hidden)
             vl, vm = value_loss(v, sb.values[rows], sb.returns[rows], mmask, clip_eps=cfg.value.clip_eps)
-            loss = loss + cfg.value.coef * vl
+            vloss = cfg.value.coef * vl
             metrics.update(vm)
-        return loss, metrics, row_metrics
+        return loss, vloss, metrics, row_metrics
 
     # ------------------------------------------------------------------ evaluation / loop
     @_in_precision
