@@ -8,11 +8,14 @@ like any hub model. Padding side, pad token and EOS are settled once, in
 
 from __future__ import annotations
 
+import os
+
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from rewardlab.data.testbed import build_tokenizer
 
@@ -84,7 +87,12 @@ def training_precision(dtype: str, device: str = "auto", mixed: bool = True) -> 
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: this process's accelerator under ``accelerate launch`` / ``torchrun`` (cuda:<local
+    rank>), else cuda when there is one, else the CPU."""
     if device == "auto":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dev = PartialState(cpu=not torch.cuda.is_available()).device
+            return torch.device("cpu") if dev.type == "cpu" else dev
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

@@ -176,15 +176,21 @@ def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temper
 def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,
                       seed: int | None = None, compute_logprobs: bool = True,
                       use_cache: bool = True, show_progress: bool = False,
-                      logprob_rows: int = 64) -> RolloutBatch:
+                      logprob_rows: int = 64, skip_rows: int = 0) -> RolloutBatch:
     """Sample ``cfg.n`` responses for every prompt (see the module docstring for the layout);
-    with ``compute_logprobs``, their log-probs in passes of ``logprob_rows`` rows."""
+    with ``compute_logprobs``, their log-probs in passes of ``logprob_rows`` rows.
+
+    ``skip_rows``: these prompts are rows ``skip_rows …`` of a larger batch sampled with the same
+    ``seed`` (one process's shard); the fast engine then draws the uniforms those rows get in the
+    whole batch, so a sharded run samples the tokens a one-process run samples."""
     cfg = cfg or SamplingConfig()
     if cfg.n < 1 or cfg.max_new_tokens < 1:
         raise ValueError("sampling: n and max_new_tokens must be >= 1")
     device = next(model.parameters()).device
     if seed is not None:
         torch.manual_seed(seed)
+    if skip_rows and cfg.temperature != 0:   # the fast sampler's (row, step) uniforms of earlier rows
+        torch.rand(skip_rows, cfg.max_new_tokens, device=device)
     rows = [i for i in range(len(prompts)) for _ in range(cfg.n)]
     greedy = cfg.temperature == 0
     was_training = model.training

@@ -28,6 +28,7 @@ import torch
 
 from rewardlab.config import ConfigError, save_config
 from rewardlab.io import DataError
+from rewardlab.models.batching import IGNORE_INDEX
 from rewardlab.models.loading import make_testbed_policy, training_precision
 from rewardlab.reward_models.data import (collate_orm, collate_pairs, collate_prm, PairRow,
                                           read_rm_rows)
@@ -37,6 +38,7 @@ from rewardlab.reward_models.models import (build_reward_model, load_reward_mode
                                             RMSpec)
 from rewardlab.stats import auroc, ece, f1_at, pairwise_accuracy
 from rewardlab.training.checkpoint import seed_everything
+from rewardlab.training.distributed import Dist
 from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
@@ -179,6 +181,14 @@ def register_objective(name: str, obj: Objective) -> None:
     if name in OBJECTIVES:
         raise ValueError(f"RM objective {name!r} is already registered")
     OBJECTIVES[name] = obj
+
+
+def loss_units(batch: dict) -> int:
+    """What an objective's loss averages over: pairs (``read_index`` batches hold chosen then
+    rejected rows), else labelled positions (tokens for the ORM, tags for the PRM)."""
+    if "read_index" in batch:
+        return int(batch["read_index"].shape[0]) // 2
+    return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 def _orm_loss(rm, batch, cfg):
@@ -355,7 +365,7 @@ def evaluate_reward_model(rm: RewardModel, rows: list, preference: bool = False,
 # The loop
 
 
-def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | None):
+def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | None, dist: Dist):
     if ckpt is not None:
         rm = load_reward_model(ckpt, cfg.device, dtype=dtype,
                                trust_remote_code=cfg.trust_remote_code)
@@ -366,7 +376,10 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | Non
         return rm, ckpt
     base = cfg.base
     if base == "testbed":
-        base = str(make_testbed_policy(out / "init", size=cfg.size, seed=cfg.seed))
+        base = str(out / "init")
+        if dist.is_main:   # one process writes the random base, the others load it
+            make_testbed_policy(base, size=cfg.size, seed=cfg.seed)
+        dist.barrier()
     try:
         rm = build_reward_model(base, cfg.spec(), cfg.device, dtype,
                                 trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
@@ -383,6 +396,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
         raise ConfigError("rm: no training data; set data (JSONL files, row formats in "
                           "rewardlab.reward_models.data)")
     eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard)
+    dist = eng.dist
+    dist.check_divides("rm: batch_size", cfg.batch_size)
     save_config(cfg, eng.out / "config.yaml")   # the run records how it was made
     seed_everything(cfg.seed)
     rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
@@ -391,7 +406,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     else:
         train_rows, eval_rows = split_rows(rows, cfg.eval_split, cfg.seed)
     prec = training_precision(cfg.dtype, cfg.device, cfg.mixed_precision)
-    rm, _ = _build_or_resume(cfg, eng.out, prec.storage, eng.checkpoint)
+    rm, _ = _build_or_resume(cfg, eng.out, prec.storage, eng.checkpoint, dist)
     device = rm.device
     items, skipped = encode_rows(rm, train_rows, cfg)
     if not items:
@@ -414,13 +429,18 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                 idx = epoch_batch(len(items), cfg.batch_size, step * cfg.grad_accum + micro,
                                   cfg.seed, partial_last=True)
                 batch = {k: v.to(device) for k, v in
-                         objective.collate(rm, [items[i] for i in idx], cfg).items()}
+                         objective.collate(rm, [items[i] for i in dist.shard(idx)], cfg).items()}
+                share = 1.0   # sharded over processes: this rank's share of the batch's loss units
+                if dist.active:
+                    units = loss_units(batch)
+                    share = units / max(dist.sum(units), 1)
                 with prec.autocast():
                     loss, m = objective.loss(rm, batch, cfg)
-                (loss / cfg.grad_accum).backward()
+                (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()
                 for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-            gnorm = clip_and_step(rm.parameters(), opt, cfg.grad_clip or float("inf"), sched)
+                    sums[k] = sums.get(k, 0.0) + (v if share == 1.0 else v * share) / cfg.grad_accum
+            sums = dist.sum_dict(sums)
+            gnorm = clip_and_step(rm.parameters(), opt, cfg.grad_clip or float("inf"), sched, dist)
             done = step + 1
             last = {**sums, "rm/grad_norm": gnorm, "rm/lr": sched.get_last_lr()[0]}
             if eng.due(done, cfg.log_every, stop):

@@ -63,20 +63,33 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-           eps: float = 1e-8) -> torch.Tensor:
+           eps: float = 1e-8, dist=None) -> torch.Tensor:
     """(x − mean)/sqrt(var + ε) with mean and unbiased var (n − 1) over positions where mask is 1
     (ε = 1e-8 as TRL's and verl's masked_whiten); ``shift_mean=False`` adds the mean back (scale
     only). 0 where the mask is 0. Statistics in float64 about the first selected value, so equal
-    values whiten to exactly 0; returned in x's dtype."""
+    values whiten to exactly 0; returned in x's dtype.
+
+    ``dist`` (a :class:`rewardlab.training.distributed.Dist`): the batch is sharded over
+    processes, and the statistics are those of the whole batch (sums reduced over ranks, the
+    reference value from rank 0)."""
     m = mask.bool()
     x64 = x.double()
     sel = x64[m]
     ref = sel[0].detach() if sel.numel() else x64.new_zeros(())
-    d = x64 - ref
-    mean_d = masked_mean(d, m)
-    centered = d - mean_d
-    n = m.sum()
-    var = masked_mean(centered ** 2, m) * (n / (n - 1).clamp(min=1))
+    if dist is not None and dist.active:
+        ref = dist.broadcast(ref)
+        d = x64 - ref
+        n = dist.sum(m.sum())
+        mean_d = dist.sum(torch.where(m, d, torch.zeros_like(d)).sum()) / n.clamp(min=1)
+        centered = d - mean_d
+        sq = dist.sum(torch.where(m, centered ** 2, torch.zeros_like(d)).sum())
+        var = sq / (n - 1).clamp(min=1)
+    else:
+        d = x64 - ref
+        mean_d = masked_mean(d, m)
+        centered = d - mean_d
+        n = m.sum()
+        var = masked_mean(centered ** 2, m) * (n / (n - 1).clamp(min=1))
     out = centered * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + (ref + mean_d)

@@ -80,6 +80,8 @@ class RLTrainer:
         self.cfg = cfg
         self.engine = Engine(cfg.out, cfg.algo, resume=cfg.resume, progress=cfg.progress)
         self.out = self.engine.out
+        self.dist = self.engine.dist   # prompts are sharded over processes, each group on one rank
+        self.dist.check_divides("rl: prompts_per_step", cfg.prompts_per_step)
         seed_everything(cfg.seed)
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
         if not self.train_set:
@@ -160,11 +162,13 @@ class RLTrainer:
         """The prompts of RL step ``step`` (a function of seed and step) and their samples."""
         cfg = self.cfg
         idx = epoch_batch(len(self.train_set), cfg.prompts_per_step, step, cfg.seed, seed_stride=7_919)
-        problems = [self.train_set[i] for i in idx]
+        on_policy = self.on_policy_single_update(len(idx))
+        lo, hi = self.dist.bounds(len(idx))
+        problems = [self.train_set[i] for i in idx[lo:hi]]
         batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
                                   cfg.sampling, seed=cfg.seed * 1_000_003 + step,
-                                  compute_logprobs=not self.on_policy_single_update(len(idx)),
-                                  logprob_rows=self.pass_rows)
+                                  compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
+                                  skip_rows=lo * cfg.sampling.n)
         return problems, batch
 
     @_in_precision
@@ -232,7 +236,7 @@ class RLTrainer:
         if name == "gae":
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                advantages = whiten(advantages, mask) * mask
+                advantages = whiten(advantages, mask, dist=self.dist) * mask
         else:
             # process supervision: α·PRM per step; the success reward joins the final step
             proc = [[cfg.reward.prm.alpha * s for s in sc] for sc in step_scores]
@@ -263,6 +267,12 @@ class RLTrainer:
             m["hack/repeated_frac"] = sum(d["repeated_frac"] for d in ds) / B
             m["hack/unnecessary_frac"] = sum(d["unnecessary_frac"] for d in ds) / B
             m["hack/step_acc"] = sum(d["step_acc"] for d in ds) / B
+        if self.dist.active:   # means over the whole batch (every rank holds as many rows)
+            m = {k: v / self.dist.world for k, v in self.dist.sum_dict(m).items()}
+            if self.prm is not None:   # a mean over steps, whose count differs between ranks
+                flat = [s for sc in step_scores for s in sc]
+                n = self.dist.sum(float(len(flat)))
+                m["reward/prm_step_mean"] = self.dist.sum(float(sum(flat))) / max(n, 1.0)
         return ScoredBatch(batch, old_logp, ref_logp, values, rewards, advantages * mask, returns, m)
 
     def _kl(self, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -285,7 +295,9 @@ class RLTrainer:
 
         cfg = self.cfg
         b = sb.rollout
-        B = len(b)
+        dist = self.dist
+        B_local = len(b)
+        B, lo = B_local * dist.world, B_local * dist.rank   # the whole batch; this rank's first row
         mask = b.response_mask.float()
         loss_agg = cfg.loss_agg_name()
         self.policy.train()
@@ -296,16 +308,24 @@ class RLTrainer:
             perm = torch.randperm(B, generator=g)
             for s in range(0, B, cfg.minibatch_size):
                 mb = perm[s:s + cfg.minibatch_size]
-                micro = cfg.micro_batch_size or len(mb)
+                n_mb = len(mb)
+                if dist.active:   # this rank's rows of the minibatch, as local indices
+                    mb = mb[(mb >= lo) & (mb < lo + B_local)] - lo
+                micro = cfg.micro_batch_size or max(len(mb), 1)
                 parts = [mb[i:i + micro] for i in range(0, len(mb), micro)]
-                n_tok = mask[mb].sum().clamp(min=1)
-                n_pol = agg_units(mask[mb], loss_agg).clamp(min=1)
+                n_tok = dist.sum(mask[mb].sum()).clamp(min=1)
+                n_pol = dist.sum(agg_units(mask[mb], loss_agg)).clamp(min=1)
+                idle = not parts   # no rows here: one pass at weight 0 keeps the ranks in step
+                if idle:
+                    parts = [torch.zeros(1, dtype=torch.long)]
                 self.opt.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
                 for rows in parts:
                     pol, val, pm, row_m = self._micro_loss(sb, rows)
                     w_tok = w_pol = 1.0
-                    if len(parts) > 1:
+                    if idle:
+                        w_tok = w_pol = 0.0
+                    elif len(parts) > 1 or dist.active:
                         w_tok = float(mask[rows].sum() / n_tok)                     # token share
                         w_pol = float(agg_units(mask[rows], loss_agg) / n_pol)    # unit share
                     loss = pol if val is None else pol + val
@@ -317,7 +337,9 @@ class RLTrainer:
                         w = w_pol if k in self._POLICY_AGG_METRICS else w_tok
                         metrics[k] = metrics.get(k, 0.0) + w * v
                     for k, v in row_m.items():                # per-response means: row share
-                        metrics[k] = metrics.get(k, 0.0) + v * (len(rows) / len(mb))
+                        metrics[k] = metrics.get(k, 0.0) + v * (0.0 if idle else len(rows) / n_mb)
+                dist.sum_grads(params)
+                metrics = dist.sum_dict(metrics)
                 metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
                 self.opt.step()
                 for k, v in metrics.items():
@@ -381,8 +403,8 @@ class RLTrainer:
     # ------------------------------------------------------------------ evaluation / loop
     @_in_precision
     def evaluate(self, k: int = 0) -> dict:
-
-        if not self.test_set:
+        """Held-out accuracy (greedy, plus maj@k / pass@k with ``k``), on the main process only."""
+        if not self.test_set or not self.dist.is_main:
             return {}
         summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
                                         greedy=True, k=k, temperature=self.cfg.sampling.temperature or 1.0,

@@ -22,6 +22,7 @@ from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.models.loading import (load_model_and_tokenizer, make_testbed_policy, ModelConfig,
                                       training_precision)
 from rewardlab.training.checkpoint import seed_everything
+from rewardlab.training.distributed import Dist
 from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
@@ -107,22 +108,36 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": ids_t, "attention_mask": att, "labels": lab_t}
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over response tokens (labels != -100)."""
+def sft_loss(model, batch: dict[str, torch.Tensor], n_tokens: float | None = None) -> torch.Tensor:
+    """Next-token cross-entropy over response tokens (labels != -100): their mean, or, given
+    ``n_tokens`` (the global batch's count when the batch is sharded over processes), their sum
+    divided by it."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits[:, :-1].float()                       # (B, L-1, V)
     target = batch["labels"][:, 1:]                       # (B, L-1)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             target.reshape(-1), ignore_index=-100)
+    if n_tokens is None:
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 target.reshape(-1), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum") / n_tokens
 
 
-def build_model(cfg_model: ModelConfig, out_dir: Path, seed: int, dtype: str | None = None):
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """The number of tokens :func:`sft_loss` averages over."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def build_model(cfg_model: ModelConfig, out_dir: Path, seed: int, dtype: str | None = None,
+                dist: Dist | None = None):
     """Load the configured policy (in ``dtype``, default ``cfg_model.dtype``); ``testbed`` creates
-    a fresh random one under ``out_dir``."""
-
+    a fresh random one under ``out_dir`` (the main process writes it, the others then load it)."""
     path = cfg_model.name_or_path
     if path == "testbed":
-        path = str(make_testbed_policy(out_dir / "init", size=cfg_model.size, seed=seed))
+        path = str(out_dir / "init")
+        if dist is None or dist.is_main:
+            make_testbed_policy(path, size=cfg_model.size, seed=seed)
+        if dist is not None:
+            dist.barrier()
     return load_model_and_tokenizer(path, dtype or cfg_model.dtype, cfg_model.device,
                                     cfg_model.trust_remote_code)
 
@@ -132,8 +147,10 @@ def train_sft(cfg: SFTConfig) -> dict:
     quiet_transformers()
     cfg.validate()
     eng = Engine(cfg.out, "sft", resume=cfg.resume, progress=cfg.progress)
+    dist = eng.dist
+    dist.check_divides("sft: batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
-    train, test = load_problems(cfg.data, cfg.seed, eng.out)
+    train, test = load_problems(cfg.data, cfg.seed, eng.out if dist.is_main else None)
     if not train:
         raise ValueError(f"sft: no training problems for dataset {cfg.data.dataset!r}")
     # float32 weights + bfloat16 autocast for bfloat16 runs (ModelConfig.mixed_precision)
@@ -141,7 +158,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     if eng.checkpoint is not None:
         model, tok = load_model_and_tokenizer(eng.checkpoint, prec.storage, cfg.model.device)
     else:
-        model, tok = build_model(cfg.model, eng.out, cfg.seed, prec.storage)
+        model, tok = build_model(cfg.model, eng.out, cfg.seed, prec.storage, dist)
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)
     examples = keep_trainable([encode_example(tok, prompt_fn(p), p.solution, cfg.max_len) for p in train],
@@ -157,17 +174,21 @@ def train_sft(cfg: SFTConfig) -> dict:
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
                 idx = epoch_batch(len(examples), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
-                batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
+                batch = {k: v.to(device) for k, v in
+                         collate([examples[i] for i in dist.shard(idx)], tok.pad_token_id).items()}
+                # sharded over processes: each rank's token sum over the global token count
+                n_tok = dist.sum(target_tokens(batch)) if dist.active else None
                 with prec.autocast():
-                    loss = sft_loss(model, batch) / cfg.grad_accum
+                    loss = sft_loss(model, batch, n_tok) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
-            gnorm = clip_and_step(model.parameters(), opt, cfg.grad_clip, sched)
+            loss_sum = dist.sum(loss_sum)
+            gnorm = clip_and_step(model.parameters(), opt, cfg.grad_clip, sched, dist)
             done = step + 1
             last = {"sft/loss": loss_sum, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]}
             if eng.due(done, cfg.log_every, cfg.max_steps):
                 eng.log(done, last)
-            if test and eng.due(done, cfg.eval_every, cfg.max_steps):
+            if test and dist.is_main and eng.due(done, cfg.eval_every, cfg.max_steps):
                 with prec.autocast():
                     ev = evaluate_greedy(model, tok, test, cfg.data.answer_style(), prompt_fn)
                 eng.log(done, ev)

@@ -29,6 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rewardlab.io import write_json
 from rewardlab.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rewardlab.training.distributed import Dist
 from rewardlab.training.metrics import MetricsLogger
 
 
@@ -47,9 +48,13 @@ def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int 
     return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
 
 
-def clip_and_step(params, optimizer, grad_clip: float, scheduler=None) -> float:
-    """Clip the global gradient norm to ``grad_clip`` (``inf``: measure only), take the optimizer
-    (and scheduler) step and clear the gradients. Returns the norm before clipping."""
+def clip_and_step(params, optimizer, grad_clip: float, scheduler=None, dist: Dist | None = None) -> float:
+    """Sum the gradients over processes (``dist``; see :mod:`rewardlab.training.distributed`),
+    clip their global norm to ``grad_clip`` (``inf``: measure only), take the optimizer (and
+    scheduler) step and clear the gradients. Returns the norm before clipping."""
+    params = list(params)
+    if dist is not None:
+        dist.sum_grads(params)
     gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     if scheduler is not None:
@@ -64,10 +69,15 @@ class Engine:
     they are saved, when, and how a run continues after an interruption.
 
     ``checkpoint`` is the latest complete checkpoint in ``out`` when ``resume`` is set (else
-    None); build the model from it, then call :meth:`restore` with the optimizer (and scheduler)."""
+    None); build the model from it, then call :meth:`restore` with the optimizer (and scheduler).
+
+    In a multi-process run (:attr:`dist`) every rank resumes from the same checkpoint, and only
+    the main process writes: the metrics log, checkpoints (which record the world size; a run
+    resumes only with the same number of processes), the final model and the summary."""
 
     def __init__(self, out: str | Path, name: str, *, resume: bool = True, progress: bool = True,
                  tensorboard: bool = True):
+        self.dist = Dist()
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -82,14 +92,22 @@ class Engine:
         """Open the metrics log. On resume, load the optimizer, scheduler and every RNG state
         from :attr:`checkpoint`, set :attr:`start` to its step and drop log rows logged after it.
         Returns the checkpoint's ``extra`` dict ({} for a fresh run)."""
-        self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
+        if self.dist.is_main:
+            self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
         self.t0 = time.time()   # wall_s counts the loop, not the set-up
         if self.checkpoint is None:
             return {}
         state = load_trainer_state(self.checkpoint, optimizer, scheduler)
+        extra = state.get("extra") or {}
+        saved_world = int(extra.get("world_size", 1))
+        if saved_world != self.dist.world:
+            raise ValueError(f"{self.checkpoint} was written by a run of {saved_world} process(es); "
+                             f"resume it with {saved_world}, not {self.dist.world} (or start a new "
+                             "run in another out directory)")
         self.start = state["step"]
-        self.logger.truncate_after(self.start)
-        return state.get("extra") or {}
+        if self.logger is not None:
+            self.logger.truncate_after(self.start)
+        return extra
 
     @staticmethod
     def due(done: int, every: int, last: int) -> bool:
@@ -97,22 +115,29 @@ class Engine:
         return bool(every and done % every == 0) or done == last
 
     def log(self, step: int, metrics: dict) -> None:
-        self.logger.log(step, metrics)
+        if self.logger is not None:
+            self.logger.log(step, metrics)
 
     @contextmanager
     def progress_bar(self, total: int, label: str | None = None) -> Iterator[Callable[..., None]]:
         """A rich progress bar from :attr:`start` to ``total``; yields ``update(done, info="")``."""
         with Progress(TextColumn(f"[bold]{label or self.name}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                      TimeRemainingColumn(), disable=not self.show_progress) as bar:
+                      TimeRemainingColumn(), disable=not (self.show_progress and self.dist.is_main)) as bar:
             task = bar.add_task(self.name, total=total, completed=self.start, info="")
             yield lambda done, info="": bar.update(task, completed=done, info=info)
 
     def save(self, step: int, model, tokenizer=None, optimizer=None, scheduler=None,
              extra: dict | None = None, models: dict | None = None) -> Path:
-        """A resumable checkpoint of ``step`` (see :func:`save_checkpoint`)."""
-        return save_checkpoint(self.out, step, model, tokenizer, optimizer, scheduler, extra=extra,
-                               models=models)
+        """A resumable checkpoint of ``step`` (see :func:`save_checkpoint`), written by the main
+        process; the others wait for it."""
+        path = self.out / "checkpoints"
+        if self.dist.is_main:
+            extra = {**(extra or {}), **({"world_size": self.dist.world} if self.dist.active else {})}
+            path = save_checkpoint(self.out, step, model, tokenizer, optimizer, scheduler,
+                                   extra=extra, models=models)
+        self.dist.barrier()
+        return path
 
     def close(self) -> None:
         if self.logger is not None:
@@ -121,14 +146,19 @@ class Engine:
     def save_final(self, model, tokenizer=None) -> Path:
         """The trained model (and tokenizer) in Hugging Face format under ``<out>/final``."""
         final = self.out / "final"
-        model.save_pretrained(str(final))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(final))
+        if self.dist.is_main:
+            model.save_pretrained(str(final))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(final))
+        self.dist.barrier()
         return final
 
     def summary(self, filename: str, metrics: dict) -> dict:
-        """Write the run's closing metrics to ``<out>/<filename>`` (atomically); returns them."""
-        write_json(self.out / filename, metrics)
+        """Write the run's closing metrics to ``<out>/<filename>`` (atomically, main process);
+        returns them."""
+        if self.dist.is_main:
+            write_json(self.out / filename, metrics)
+        self.dist.barrier()
         return metrics
 
     @property
