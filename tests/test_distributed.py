@@ -102,3 +102,21 @@ def test_a_world_size_that_does_not_divide_the_batch_stops_before_any_work(tmp_p
     assert r.returncode != 0
     assert "batch_size = 7 is not divisible by the number of processes (2)" in r.stdout + r.stderr
     assert not (tmp_path / "odd" / "checkpoints").exists() and not (tmp_path / "odd" / "final").exists()
+
+
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_launchers_are_refused_with_a_message(monkeypatch, flag):
+    from rewardlab.training.distributed import Dist
+    monkeypatch.setenv(flag, "true")
+    with pytest.raises(ValueError, match="does not run under"):
+        Dist()
+
+
+def test_one_process_collectives_are_the_identity():
+    import torch
+    from rewardlab.training.distributed import Dist
+    d = Dist()
+    assert (d.rank, d.world, d.active) == (0, 1, False)
+    x = torch.tensor([1.5, 2.0])
+    assert d.sum(x) is x and d.sum(3) == 3 and d.sum_dict({"a": 1.0}) == {"a": 1.0}
+    assert d.shard([1, 2, 3]) == [1, 2, 3] and d.bounds(4) == (0, 4)

@@ -18,6 +18,7 @@ environment ``accelerate launch`` and ``torchrun`` set: gloo on CPUs, NCCL on GP
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
@@ -30,6 +31,11 @@ class Dist:
     trainers need. With one process every collective returns its input."""
 
     def __init__(self):
+        for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+            if os.environ.get(flag, "").lower() in ("1", "true", "yes"):
+                raise ValueError(f"rewardlab does not run under {name} yet: it trains data-parallel "
+                                 "(every process holds the whole model); launch with "
+                                 "configs/accelerate/ddp.yaml or torchrun instead")
         state = PartialState(cpu=not torch.cuda.is_available())
         self.rank = state.process_index
         self.world = state.num_processes
