@@ -45,10 +45,7 @@ from typing import Iterable, Sequence
 import torch
 
 from rewardlab.io import DataError, iter_jsonl
-from rewardlab.models.batching import pad_ids
-
-
-IGNORE = -100.0
+from rewardlab.models.batching import IGNORE_INDEX, pad_ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,10 +148,10 @@ def _count_prompt_tokens(tokenizer, question: str, ids: list[int], offsets) -> i
 def collate_prm(encs: Sequence[Encoded], step_labels: Sequence[Sequence[float]] | None,
                 pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """input_ids / attention_mask (B, L), tag_mask (B, L) bool, and labels (B, L) float:
-    IGNORE everywhere except the tags, where it holds the step's target P('+')."""
+    IGNORE_INDEX everywhere except the tags, where it holds the step's target P('+')."""
     ids, mask, shift = pad_ids([e.input_ids for e in encs], pad_id, padding_side)
     tag_mask = torch.zeros_like(ids, dtype=torch.bool)
-    labels = torch.full(ids.shape, IGNORE, dtype=torch.float32)
+    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.float32)
     for b, e in enumerate(encs):
         pos = [p + shift[b] for p in e.tag_positions]
         tag_mask[b, pos] = True
@@ -168,9 +165,9 @@ def collate_prm(encs: Sequence[Encoded], step_labels: Sequence[Sequence[float]] 
 def collate_orm(encs: Sequence[Encoded], outcomes: Sequence[float] | None, pad_id: int,
                 padding_side: str = "right", last_only: bool = False) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask (B, L) and labels (B, L) float: the outcome on every solution
-    token (or the last token only), IGNORE on the prompt and padding."""
+    token (or the last token only), IGNORE_INDEX on the prompt and padding."""
     ids, mask, shift = pad_ids([e.input_ids for e in encs], pad_id, padding_side)
-    labels = torch.full(ids.shape, IGNORE, dtype=torch.float32)
+    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.float32)
     if outcomes is not None:
         for b, e in enumerate(encs):
             end = shift[b] + len(e.input_ids)

@@ -1,7 +1,7 @@
 """Reward-model math as pure functions (torch only): losses, step probabilities, aggregation.
 
 Shape vocabulary: B batch, L sequence positions, K steps. Label convention shared by every loss
-here: a target of ``-100`` (``IGNORE``) marks a position that carries no label; every other
+here: a target of ``-100`` (``IGNORE_INDEX``) marks a position that carries no label; every other
 target is a probability in [0, 1] (hard labels are 0.0 / 1.0, soft labels anything between).
 
 Two-class "pair" logits ``z = (z_bad, z_good)`` are the PRM's reading at a step tag: for the
@@ -19,12 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100.0
+from rewardlab.models.batching import IGNORE_INDEX
+
 AGGREGATIONS = ("product", "min", "last")
-
-
-
-
 
 
 def step_probs(pair_logits: torch.Tensor) -> torch.Tensor:
@@ -43,9 +40,9 @@ def prm_ce_loss(pair_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
     L = −mean_{tags} [ y log p + (1 − y) log(1 − p) ],  p = softmax(z)[1]
     (Math-Shepherd, arXiv 2312.08935; with y ∈ {0,1} this is the usual 2-way CE on the '+'/'-'
-    logits). ``pair_logits`` (B, L, 2), ``targets`` (B, L) with IGNORE at untagged positions.
+    logits). ``pair_logits`` (B, L, 2), ``targets`` (B, L) with IGNORE_INDEX at untagged positions.
     Returns 0 (with a gradient path) when no position is labelled."""
-    sel = targets != IGNORE                                    # (B, L)
+    sel = targets != IGNORE_INDEX                                    # (B, L)
     if not bool(sel.any()):
         return pair_logits.sum() * 0.0
     logp = F.log_softmax(pair_logits[sel].float(), dim=-1)     # (N, 2)
@@ -58,8 +55,8 @@ def orm_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     labelled positions (every solution token, or only the last one).
 
     L = −mean_{t labelled} [ y log σ(h_t) + (1 − y) log(1 − σ(h_t)) ]  (Cobbe et al. 2021,
-    arXiv 2110.14168). ``logits`` and ``targets`` are (B, L); IGNORE marks unlabelled positions."""
-    sel = targets != IGNORE
+    arXiv 2110.14168). ``logits`` and ``targets`` are (B, L); IGNORE_INDEX marks unlabelled positions."""
+    sel = targets != IGNORE_INDEX
     if not bool(sel.any()):
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[sel].float(), targets[sel].float())
