@@ -208,3 +208,22 @@ def test_truncate_and_augment_rows_are_labelled_exactly():
         assert r["outcome"] == int(res.outcome) == 0
     with pytest.raises(ValueError, match="rate"):
         augment_rows([row], get_labeler("oracle"), corrupt=-1)
+
+
+def test_prm_label_metrics_on_rows(tiny_prm):
+    from rewardlab.eval.prm_eval import prm_label_metrics
+
+    rows = []
+    for r in _pb_rows():
+        res = oracle_label(r["problem"], "\n".join(r["steps"]), "x")
+        rows.append({"id": r["id"], "question": r["problem"], "steps": r["steps"],
+                     "step_labels": [1.0 if k < r["label"] or r["label"] < 0 else 0.0
+                                     for k in range(len(r["steps"]))],
+                     "outcome": int(r["final_answer_correct"])})
+        assert res is not None
+    m = prm_label_metrics(load_reward_model(tiny_prm, device="cpu"), rows)
+    assert m["eval/earliest_error_n_err"] + m["eval/earliest_error_n_correct"] == 3
+    assert 0 < m["eval/earliest_error_threshold"] < 1
+    assert sum(m["bias/count_by_steps"].values()) == 6
+    n_right = sum(r["outcome"] for r in rows)
+    assert (m["bias/n_correct"], m["bias/n_wrong"]) == (n_right, 6 - n_right)

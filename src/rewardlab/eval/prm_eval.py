@@ -254,3 +254,27 @@ def evaluate_prm_on_rows(rm, rows: Sequence[dict], threshold: float | None = Non
               "final_answer_correct": rows[i]["final_answer_correct"], "step_scores": scores[i]}
              for i in test]
     return metrics, preds
+
+
+def prm_label_metrics(rm, rows: Sequence[dict], seed: int = 0, batch_size: int = 64
+                      ) -> dict[str, object]:
+    """Earliest-error and bias metrics of a PRM on step-labelled rows (``id``, ``question``,
+    ``steps``, ``step_labels``, ``outcome``; e.g. the testbed oracle's labels of policy
+    samples on held-out problems). The rows' problems are split in two
+    (:func:`split_by_problem`): the threshold is chosen on one half, the metric reported on the
+    other (``eval/earliest_error_*``); the bias table (:func:`score_bias`, the PRM's own
+    aggregation) covers all rows (``bias/*``)."""
+    if not rows:
+        return {}
+    res = rm.score([r["question"] for r in rows], [list(r["steps"]) for r in rows], batch_size)
+    scores = [list(x.step_scores) for x in res]
+    labels = [first_error(r["step_labels"]) for r in rows]
+    val, test = split_by_problem([str(r.get("id", r["question"])) for r in rows], seed)
+    out: dict[str, object] = {}
+    if val and test:
+        out.update(earliest_error_eval([scores[i] for i in val], [labels[i] for i in val],
+                                       [scores[i] for i in test], [labels[i] for i in test]))
+    outcomes = [r.get("outcome") for r in rows]
+    out.update(score_bias([x.score for x in res], [len(s) for s in scores],
+                          None if any(y is None for y in outcomes) else outcomes))
+    return out
