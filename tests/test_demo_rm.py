@@ -17,7 +17,8 @@ def test_stage_rm_and_bon_on_a_tiny_policy(tmp_path, tiny_policy):
     write_jsonl(sft / "test.jsonl", [p.to_dict() for p in test])
     budget = budget_with(True, ["rm_problems=12", "rm_samples=2", "rm_eval_problems=6",
                                 "rm_steps=2", "bon_problems=3", "bon_max_n=4",
-                                "rm_corrupt=1.0", "rm_truncate=0.5", "rm_temperature=1.3"])
+                                "rm_corrupt=1.0", "rm_truncate=0.5", "rm_temperature=1.3",
+                                "rm_repair=1.0"])
     cfg = DemoConfig(out=str(tmp_path / "demo"), budget=budget, progress=False, workers=1)
     logs = []
     rm_dir = stage_rm(cfg, sft, logs.append, backbone=sft / "final")
@@ -26,7 +27,7 @@ def test_stage_rm_and_bon_on_a_tiny_policy(tmp_path, tiny_policy):
     assert len(keys) == len(rows)                                   # deduplicated
     assert any(r.get("augment") == "truncate" for r in rows)   # (an untrained policy writes
     # no equation to corrupt: corrupt_rows is tested on its own)
-    assert any("corrupted" in line for line in logs)
+    assert any("repaired" in line and "corrupted" in line for line in logs)
     m = json.loads((rm_dir / "prm_metrics.json").read_text())
     for k in ("eval/step_auroc", "eval/earliest_error_f1", "eval/earliest_error_acc_err",
               "eval/earliest_error_acc_correct", "eval/earliest_error_threshold",

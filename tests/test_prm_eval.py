@@ -15,7 +15,7 @@ from rewardlab.io import DataError
 from rewardlab.reward_models.labeling import get_labeler
 from rewardlab.reward_models.models import load_reward_model, RMSpec, build_reward_model
 from rewardlab.reward_models.pipeline import (augment_rows, corrupt_steps, dedupe_rows,
-                                              truncate_steps)
+                                              repair_steps, truncate_steps)
 
 
 def test_first_error_and_prediction():
@@ -227,3 +227,15 @@ def test_prm_label_metrics_on_rows(tiny_prm):
     assert sum(m["bias/count_by_steps"].values()) == 6
     n_right = sum(r["outcome"] for r in rows)
     assert (m["bias/n_correct"], m["bias/n_wrong"]) == (n_right, 6 - n_right)
+
+
+def test_repair_steps_fixes_the_first_wrong_equation():
+    wrong = ["5 + 8 = 13", "13 - 8 = 6", "6 * 2 = 12", "#### 12"]
+    assert repair_steps(wrong) == STEPS
+    assert oracle_label(Q, "\n".join(repair_steps(wrong)), "10").labels == [1, 1, 1, 1]
+    assert repair_steps(STEPS) is None and repair_steps(["#### 1"]) is None
+    row = {"id": "p", "question": Q, "gold": "10", "steps": wrong, "outcome": 0,
+           "step_labels": [1.0, 0.0, 0.0, 0.0]}
+    rows = augment_rows([row], get_labeler("oracle"), repair=1.0)
+    assert [r.get("augment") for r in rows] == [None, "repair"]
+    assert rows[1]["step_labels"] == [1.0] * 4 and rows[1]["outcome"] == 1

@@ -78,6 +78,9 @@ class DemoBudget:
     rm_truncate: float = 0.0
     """Truncated copies per training sample (cut mid-text, relabelled: the malformed tail
     that large N surfaces)."""
+    rm_repair: float = 0.0
+    """Repaired copies per training sample (first wrong equation given its right result,
+    relabelled: positives where the policy is mostly wrong); at most 1."""
     rm_eval_problems: int = 100
     """Held-out (test) problems sampled for the reward models' evaluation rows."""
     rm_backbone_steps: int = 800
@@ -98,7 +101,7 @@ class DemoBudget:
         import dataclasses
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in ("rm_lr", "rm_temperature", "rm_corrupt", "rm_truncate"):
+            if f.name in ("rm_lr", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair"):
                 continue
             low = 0 if f.name in ("eval_every", "rm_backbone_steps") else 1
             if not low <= v <= 10_000_000:
@@ -107,7 +110,7 @@ class DemoBudget:
             raise ValueError(f"budget.rm_lr = {self.rm_lr} is out of range (0..1]")
         if not 0 < self.rm_temperature <= 5.0:
             raise ValueError(f"budget.rm_temperature = {self.rm_temperature} is out of range (0..5]")
-        for name in ("rm_corrupt", "rm_truncate"):
+        for name in ("rm_corrupt", "rm_truncate", "rm_repair"):
             if not 0 <= getattr(self, name) <= 10:
                 raise ValueError(f"budget.{name} = {getattr(self, name)} is out of range [0..10]")
 
@@ -200,8 +203,8 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
     """Reward-model data and the ORM and PRM.
 
     Training rows: ``rm_samples`` policy samples per training problem at ``rm_temperature``,
-    labelled by the oracle, deduplicated, plus ``rm_corrupt`` corrupted and ``rm_truncate``
-    truncated copies per sample (relabelled exactly; the tail that large N surfaces).
+    labelled by the oracle, deduplicated, plus ``rm_repair`` repaired, ``rm_corrupt`` corrupted
+    and ``rm_truncate`` truncated copies per sample (relabelled exactly; the tail that large N surfaces).
     Evaluation rows: the policy's samples (temperature 1) on held-out problems. The PRM's
     metrics add earliest-error identification (threshold chosen on half of the held-out
     problems, reported on the other half) and its score bias (by step count, by correctness)."""
@@ -225,9 +228,11 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
                                 seed=seed, style="gsm8k")
         if split == "train":
             n = len(rows)
-            rows = augment_rows(rows, get_labeler("oracle"), b.rm_corrupt, b.rm_truncate, seed)
+            rows = augment_rows(rows, get_labeler("oracle"), b.rm_corrupt, b.rm_truncate, seed,
+                                repair=b.rm_repair)
             log(f"rm: {n} policy samples, {len(rows)} training rows after deduplication and "
-                f"{b.rm_corrupt:g} corrupted / {b.rm_truncate:g} truncated copies per sample")
+                f"{b.rm_repair:g} repaired / {b.rm_corrupt:g} corrupted / {b.rm_truncate:g} "
+                "truncated copies per sample")
         write_jsonl(path, rows)
         pos = sum(r["outcome"] for r in rows) / max(len(rows), 1)
         log(f"rm: {len(rows)} labelled rows on {split} problems ({pos:.2f} correct)")

@@ -18,7 +18,9 @@ Covering the policy's tail (what best-of-N at large N surfaces): :func:`dedupe_r
 repeated (problem, steps) rows; :func:`corrupt_rows` adds copies of sampled solutions with one
 equation deliberately broken (a wrong result, or a right result from a wrong operand; later steps
 carry the wrong value on, as a policy would) and :func:`truncate_rows` adds responses cut off
-mid-text (malformed last step, usually no answer). Both are relabelled by the labeller (the
+mid-text (malformed last step, usually no answer); :func:`repair_rows` adds copies whose first
+wrong equation gets its right result (positives where the policy is mostly wrong). All are
+relabelled by the labeller (the
 testbed oracle labels them exactly) and graded again, so they enter as labelled negatives
 (and as positives wherever a step is still right). :func:`augment_rows` does all three.
 """
@@ -211,9 +213,15 @@ def corrupt_steps(steps: Sequence[str], rng: random.Random) -> list[str] | None:
         new_c = _calc(a, op, b)
         g[5] = str(b)
     g[7] = str(new_c)
+    return _carry(steps, k, "".join(g), c, new_c)
+
+
+def _carry(steps: Sequence[str], k: int, step_k: str, old: int, new: int) -> list[str]:
+    """``steps`` with step k replaced by ``step_k`` (whose result changed from ``old`` to
+    ``new``): later equations whose first operand is the old result take the new one (and are
+    recomputed), an answer line equal to the old result follows it."""
     out = list(steps)
-    out[k] = "".join(g)
-    old, new = c, new_c
+    out[k] = step_k
     for j in range(k + 1, len(out)):
         mj, aj = _EQ_RE.match(out[j]), _ANS_RE.match(out[j])
         if mj and int(mj.group(2)) == old:
@@ -226,6 +234,24 @@ def corrupt_steps(steps: Sequence[str], rng: random.Random) -> list[str] | None:
         elif aj and int(aj.group(2)) == old:
             out[j] = aj.group(1) + str(new) + aj.group(3)
     return out
+
+
+def repair_steps(steps: Sequence[str], rng: random.Random | None = None) -> list[str] | None:
+    """A copy of ``steps`` whose first equation with wrong arithmetic gets the right result
+    (carried on as in :func:`corrupt_steps`), or None when every equation's arithmetic is right.
+    With :func:`corrupt_steps` this makes minimal pairs — the same step with a right and a wrong
+    result — where the policy's own samples are mostly wrong (e.g. subtraction with a borrow)."""
+    for k, st in enumerate(steps):
+        m = _EQ_RE.match(st)
+        if not m:
+            continue
+        g = list(m.groups())
+        a, op, b, c = int(g[1]), g[3], int(g[5]), int(g[7])
+        right = _calc(a, op, b)
+        if right != c and right >= 0:
+            g[7] = str(right)
+            return _carry(steps, k, "".join(g), c, right)
+    return None
 
 
 def truncate_steps(steps: Sequence[str], rng: random.Random) -> list[str] | None:
@@ -275,6 +301,13 @@ def corrupt_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 1.0, seed
     return _derived(rows, corrupt_steps, rate, labeler, seed, style, "corrupt")
 
 
+def repair_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 1.0, seed: int = 0,
+                style: str = "gsm8k") -> list[dict]:
+    """New labelled rows: :func:`repair_steps` of the rows (``rate`` copies per row, at most one
+    distinct repair each), relabelled and graded (``augment: "repair"``)."""
+    return _derived(rows, repair_steps, min(rate, 1.0), labeler, seed, style, "repair")
+
+
 def truncate_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 0.25, seed: int = 0,
                   style: str = "gsm8k") -> list[dict]:
     """New labelled rows: :func:`truncate_steps` of ``rate`` copies per row, relabelled and
@@ -283,10 +316,12 @@ def truncate_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 0.25, se
 
 
 def augment_rows(rows: Sequence[dict], labeler: Labeler, corrupt: float = 0.0,
-                 truncate: float = 0.0, seed: int = 0, style: str = "gsm8k") -> list[dict]:
-    """Deduplicated ``rows`` plus their corrupted and truncated copies (deduplicated too, and
-    never a copy of a row already there)."""
+                 truncate: float = 0.0, seed: int = 0, style: str = "gsm8k",
+                 repair: float = 0.0) -> list[dict]:
+    """Deduplicated ``rows`` plus their repaired, corrupted and truncated copies (deduplicated
+    too, and never a copy of a row already there)."""
     base = dedupe_rows(rows)
-    extra = corrupt_rows(base, labeler, corrupt, seed, style) if corrupt else []
+    extra = repair_rows(base, labeler, repair, seed + 2, style) if repair else []
+    extra += corrupt_rows(base, labeler, corrupt, seed, style) if corrupt else []
     extra += truncate_rows(base, labeler, truncate, seed + 1, style) if truncate else []
     return dedupe_rows(base + extra)
