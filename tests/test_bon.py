@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from rewardlab.data.testbed import generate_problems
-from rewardlab.eval.bon import best_of_n, bon_table, default_ns, run_bon, score_samples
+from rewardlab.eval.bon import (best_of_n, bon_table, default_ns, run_bon, score_samples,
+                                weighted_vote)
 from rewardlab.eval.evaluate import pass_at_k
 from rewardlab.eval.plots import plot_bon, plot_curves
 from rewardlab.reward_models.models import ScoreResult
@@ -46,6 +47,37 @@ def test_majority_vote_by_hand():
     table = best_of_n(probs, samples, {}, ns=[3], n_trials=4)
     assert table["majority"][3] == 0.5 and table["oracle"][3] == 1.0
     assert table["random"][3] == pytest.approx(0.5)
+
+
+def test_weighted_vote_by_hand():
+    # mass: "7" = 0.1 + 0.2 = 0.3, "9" = 0.9 → 9 although 7 is the majority
+    assert weighted_vote(["7", " 7", "9"], [0.1, 0.2, 0.9]) == "9"
+    assert weighted_vote(["7", "7", "9"], [0.5, 0.5, 0.9]) == "7"            # 1.0 > 0.9
+    assert weighted_vote(["7", "9"], [0.4, 0.4]) == "7"                      # tie: first seen
+    assert weighted_vote([None, "9", "7"], [5.0, 0.1, float("-inf")]) == "9"  # None ignored, -inf = 0
+    assert weighted_vote([None, ""], [1.0, 1.0]) is None
+    with pytest.raises(ValueError, match="negative"):
+        weighted_vote(["1"], [-0.5])
+    with pytest.raises(ValueError, match="2 answers but 1"):
+        weighted_vote(["1", "2"], [1.0])
+
+
+def test_weighted_vote_in_best_of_n_by_hand():
+    probs = generate_problems(n=2, seed=4)
+    g0, g1 = probs[0].answer, probs[1].answer
+    # problem 0: two wrong "999" (low scores) against one right (high score): the vote is right,
+    # majority wrong. Problem 1: right answer once (score 0.3) against "998" twice (0.2 + 0.2):
+    # mass 0.4 > 0.3, the vote is wrong while the argmax is right.
+    samples = [["#### 999", f"#### {g0}", "#### 999"], ["#### 998", f"#### {g1}", "#### 998"]]
+    scores = [[0.1, 0.9, 0.2], [0.2, 0.3, 0.2]]
+    table = best_of_n(probs, samples, {"rm": scores}, ns=[3], n_trials=4, votes=["rm"])
+    assert table["rm-vote"][3] == 0.5 and table["majority"][3] == 0.0
+    assert table["rm"][3] == 1.0
+    # N = 1: the vote picks the one sample, i.e. random
+    t1 = best_of_n(probs, samples, {"rm": scores}, ns=[1], n_trials=8, votes=["rm"])
+    assert t1["rm-vote"][1] == pytest.approx(t1["random"][1])
+    with pytest.raises(ValueError, match="vote scorer 'nope'"):
+        best_of_n(probs, samples, {"rm": scores}, ns=[3], votes=["nope"])
 
 
 def test_best_of_n_rejects_bad_shapes():
@@ -103,8 +135,9 @@ def test_run_bon_real_models(tiny_policy, tiny_rms, tmp_path):
     res = run_bon(tiny_policy, probs, tiny_rms, max_n=4, max_new_tokens=8, n_trials=2,
                   out=tmp_path, device="cpu")
     table = res["table"]
-    assert set(table) == {"orm", "prm-product", "prm-min", "prm-last", "majority", "random",
-                          "oracle"}
+    assert set(table) == {"orm", "prm-product", "prm-min", "prm-last", "orm-vote",
+                          "prm-product-vote", "prm-min-vote", "prm-last-vote", "majority",
+                          "random", "oracle"}
     assert res["ns"] == [1, 2, 4] and all(0 <= v <= 1 for t in table.values() for v in t.values())
     assert (tmp_path / "bon.json").exists() and (tmp_path / "samples.jsonl").exists()
     assert (tmp_path / "bon.png").read_bytes()[:4] == b"\x89PNG"

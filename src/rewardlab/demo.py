@@ -25,13 +25,15 @@ from pathlib import Path
 from rewardlab.config import apply_overrides, from_dict, load_config
 from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.eval.bon import run_bon
+from rewardlab.eval.prm_eval import prm_label_metrics
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.eval.report import write_report
-from rewardlab.io import write_json, write_jsonl
+from rewardlab.io import read_jsonl, write_json, write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.models.sampling import SamplingConfig
 from rewardlab.reward_models.labeling import get_labeler
-from rewardlab.reward_models.pipeline import sample_and_label
+from rewardlab.reward_models.models import load_reward_model
+from rewardlab.reward_models.pipeline import augment_rows, sample_and_label
 from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
@@ -67,6 +69,18 @@ class DemoBudget:
     """Training problems sampled for the reward-model data."""
     rm_samples: int = 4
     """Policy samples per problem for the reward-model data."""
+    rm_temperature: float = 1.0
+    """Sampling temperature of the reward-model training data (the evaluation rows are
+    sampled at 1.0, as the policy samples in RL and best-of-N)."""
+    rm_corrupt: float = 0.0
+    """Corrupted copies per training sample (one equation broken, relabelled by the oracle:
+    hard negatives next to their right twins); fractions draw."""
+    rm_truncate: float = 0.0
+    """Truncated copies per training sample (cut mid-text, relabelled: the malformed tail
+    that large N surfaces)."""
+    rm_repair: float = 0.0
+    """Repaired copies per training sample (first wrong equation given its right result,
+    relabelled: positives where the policy is mostly wrong); at most 1."""
     rm_eval_problems: int = 100
     """Held-out (test) problems sampled for the reward models' evaluation rows."""
     rm_backbone_steps: int = 800
@@ -87,13 +101,18 @@ class DemoBudget:
         import dataclasses
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name == "rm_lr":
+            if f.name in ("rm_lr", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair"):
                 continue
             low = 0 if f.name in ("eval_every", "rm_backbone_steps") else 1
             if not low <= v <= 10_000_000:
                 raise ValueError(f"budget.{f.name} = {v} is out of range ({low}..10000000)")
         if not 0 < self.rm_lr <= 1.0:
             raise ValueError(f"budget.rm_lr = {self.rm_lr} is out of range (0..1]")
+        if not 0 < self.rm_temperature <= 5.0:
+            raise ValueError(f"budget.rm_temperature = {self.rm_temperature} is out of range (0..5]")
+        for name in ("rm_corrupt", "rm_truncate", "rm_repair"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ValueError(f"budget.{name} = {getattr(self, name)} is out of range [0..10]")
 
 
 QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10,
@@ -181,28 +200,42 @@ def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
 
 
 def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
+    """Reward-model data and the ORM and PRM.
 
+    Training rows: ``rm_samples`` policy samples per training problem at ``rm_temperature``,
+    labelled by the oracle, deduplicated, plus ``rm_repair`` repaired, ``rm_corrupt`` corrupted
+    and ``rm_truncate`` truncated copies per sample (relabelled exactly; the tail that large N surfaces).
+    Evaluation rows: the policy's samples (temperature 1) on held-out problems. The PRM's
+    metrics add earliest-error identification (threshold chosen on half of the held-out
+    problems, reported on the other half) and its score bias (by step count, by correctness)."""
     b = cfg.budget
     out = Path(cfg.out) / "rm"
     data, eval_data = out / "samples.jsonl", out / "eval_samples.jsonl"
     # training rows: the policy's samples on training problems; evaluation rows: its samples on
     # held-out (test) problems, so no evaluated solution was seen in training
-    jobs = [(data, "train.jsonl", "train", slice(-b.rm_problems, None), 1),
-            (eval_data, "test.jsonl", "test", slice(b.rm_eval_problems), 2)]
+    jobs = [(data, "train.jsonl", "train", slice(-b.rm_problems, None), 1, b.rm_temperature),
+            (eval_data, "test.jsonl", "test", slice(b.rm_eval_problems), 2, 1.0)]
     model = tok = None
-    for path, fname, split, which, seed in jobs:
+    for path, fname, split, which, seed, temp in jobs:
         if _done(path):
             continue
         if model is None:
             model, tok = load_model_and_tokenizer(sft_dir / "final")
         problems = load_dataset_by_name(str(sft_dir / fname), split)[which]
         rows = sample_and_label(model, tok, problems, b.rm_samples, get_labeler("oracle"),
-                                SamplingConfig(n=b.rm_samples, temperature=1.0, max_new_tokens=48,
+                                SamplingConfig(n=b.rm_samples, temperature=temp, max_new_tokens=48,
                                                batch_size=512),
                                 seed=seed, style="gsm8k")
+        if split == "train":
+            n = len(rows)
+            rows = augment_rows(rows, get_labeler("oracle"), b.rm_corrupt, b.rm_truncate, seed,
+                                repair=b.rm_repair)
+            log(f"rm: {n} policy samples, {len(rows)} training rows after deduplication and "
+                f"{b.rm_repair:g} repaired / {b.rm_corrupt:g} corrupted / {b.rm_truncate:g} "
+                "truncated copies per sample")
         write_jsonl(path, rows)
         pos = sum(r["outcome"] for r in rows) / max(len(rows), 1)
-        log(f"rm: {len(rows)} labelled policy samples on {split} problems ({pos:.2f} correct)")
+        log(f"rm: {len(rows)} labelled rows on {split} problems ({pos:.2f} correct)")
     metrics, todo = {}, []
     for kind in ("orm", "prm"):
         rm_dir = out / kind
@@ -215,10 +248,15 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
                                   lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps,
                                   progress=cfg.progress))
     for rc, res in zip(todo, _map_jobs(_train_rm_job, todo, cfg.workers)):
+        if rc.kind == "prm":
+            prm = load_reward_model(Path(rc.out) / "final", device="cpu")
+            res = {**res, **prm_label_metrics(prm, read_jsonl(eval_data))}
+            del prm
         metrics[rc.kind] = res
         write_json(out / f"{rc.kind}_metrics.json", res)
         log(f"rm: {rc.kind} " + ", ".join(f"{k}={v:.3f}" for k, v in res.items()
-                                          if isinstance(v, float) and ("auroc" in k or "ece" in k)))
+                                          if isinstance(v, float) and ("auroc" in k or "ece" in k
+                                                                       or k.endswith("error_f1"))))
     return out
 
 

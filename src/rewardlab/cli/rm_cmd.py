@@ -1,7 +1,8 @@
-"""Reward-model commands: ``rewardlab train-rm`` and ``rewardlab score``.
+"""Reward-model commands: ``rewardlab train-rm``, ``rewardlab score`` and ``rewardlab eval-prm``.
 
-Thin wrappers over :func:`rewardlab.reward_models.train.train_reward_model` and
-:func:`rewardlab.reward_models.scoring.score_file`.
+Thin wrappers over :func:`rewardlab.reward_models.train.train_reward_model`,
+:func:`rewardlab.reward_models.scoring.score_file` and
+:func:`rewardlab.eval.prm_eval.evaluate_prm_on_rows`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from rich.console import Console
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
 from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
 from rewardlab.config import load_config
+from rewardlab.eval.prm_eval import evaluate_prm_on_rows, read_processbench
+from rewardlab.io import write_json, write_jsonl
 from rewardlab.reward_models.losses import AGGREGATIONS
 from rewardlab.reward_models.models import load_reward_model
 from rewardlab.reward_models.scoring import read_solution_rows, score_file
@@ -99,7 +102,53 @@ def score(
             console.print(f"  {k:<16} {summary[k]:.4f}")
 
 
+def eval_prm(
+    prm: Annotated[str, typer.Option("--prm", help="PRM directory (from train-rm; with "
+                                     "--prm-tag, any causal LM: directory or hub id).")],
+    data: Annotated[str, typer.Option(
+        "--data", help="ProcessBench-format rows {id, problem, steps, final_answer_correct, "
+        "label}: a .jsonl / .json file or a hub id (e.g. Qwen/ProcessBench).")],
+    split: Annotated[Str, typer.Option(help="Hub split (ProcessBench: gsm8k | math | "
+                                       "olympiadbench | omnimath).")] = None,
+    config_name: Annotated[Str, typer.Option("--config-name", help="Hub dataset config.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Fixed step threshold (default: chosen on a validation split).")
+    ] = None,
+    val_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Rows (seeded) that choose the threshold; the rest are scored.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="First N rows.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Solutions per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    prm_tag: Annotated[Str, typer.Option("--prm-tag", help=PRM_TAG_HELP)] = None,
+    out: Annotated[Str, typer.Option(help="Folder for summary.json and predictions.jsonl.")
+                   ] = None,
+) -> None:
+    """Earliest-error identification (ProcessBench): the first step a PRM scores below the
+    threshold against the labelled earliest wrong step; accuracy on erroneous and on correct
+    solutions and their harmonic mean (F1)."""
+
+    rows = read_processbench(data, split, config_name, limit)  # bad input fails before any model
+    if threshold is None and not 0.0 < val_fraction < 1.0:
+        raise typer.BadParameter("must lie strictly between 0 and 1", param_hint="--val-fraction")
+    if threshold is None and len(rows) < 2:
+        raise typer.BadParameter("choosing a threshold needs two rows or more; give --threshold",
+                                 param_hint="--threshold")
+    spec = tag_spec(prm_tag, prm) if prm_tag is not None else None
+    quiet_transformers()
+    model = load_reward_model(prm, device=device, spec=spec)
+    metrics, preds = evaluate_prm_on_rows(model, rows, threshold, val_fraction, seed, batch_size)
+    if out is not None:
+        write_json(f"{out}/summary.json", {**metrics, "prm": prm, "data": data, "split": split})
+        write_jsonl(f"{out}/predictions.jsonl", preds)
+    console.print(f"[bold]eval-prm[/] {prm} on {data}: {int(metrics['eval/n_test'])} solutions")
+    for k, v in metrics.items():
+        console.print(f"  {k:<34} {v:.4f}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train-rm`` and ``score`` to the rewardlab app."""
+    """Add ``train-rm``, ``score`` and ``eval-prm`` to the rewardlab app."""
     app.command("train-rm")(train_rm)
     app.command("score")(score)
+    app.command("eval-prm")(eval_prm)

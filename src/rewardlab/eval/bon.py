@@ -5,6 +5,9 @@ random N-subset, and the accuracy is averaged over problems and ``n_trials`` see
 
 - a scorer (ORM, PRM-product/min/last, BT): the response with the highest score;
 - ``majority``: the most frequent final answer (:func:`rewardlab.eval.evaluate.majority_vote`);
+- ``<scorer>-vote`` (for the scorers named in ``votes``): the reward-weighted majority vote of
+  Math-Shepherd (Wang et al. 2024) and Lightman et al. (2023), :func:`weighted_vote` — the final
+  answer with the largest score mass Σ_{j: answer_j = a} score_j;
 - ``random``: a uniformly random response (its expected accuracy, the subset's mean);
 - ``oracle``: any correct response in the subset, i.e. pass@N — the ceiling of every method.
 """
@@ -38,16 +41,45 @@ def default_ns(max_n: int) -> list[int]:
     return ns + [max_n]
 
 
+def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
+    """The answer with the largest summed weight: argmax_a Σ_{j: answer_j = a} w_j.
+
+    Answers are compared after stripping whitespace; None (no answer) is ignored; a weight that
+    is NaN or infinite counts 0 (an unscored response), a negative weight is an error (use
+    probabilities, not raw Bradley–Terry scores). A tie goes to the answer that occurs first;
+    None when no answer is given. With equal weights this is :func:`majority_vote`."""
+    if len(answers) != len(weights):
+        raise ValueError(f"weighted_vote: {len(answers)} answers but {len(weights)} weights")
+    mass: dict[str, float] = {}
+    for a, w in zip(answers, weights):
+        w = float(w)
+        if not np.isfinite(w):
+            w = 0.0
+        elif w < 0:
+            raise ValueError(f"weighted_vote: negative weight {w}")
+        if a is None or not a.strip():
+            continue
+        key = a.strip()
+        mass[key] = mass.get(key, 0.0) + w
+    if not mass:
+        return None
+    best = max(mass.values())
+    return next(a for a in mass if mass[a] == best)
+
+
 def best_of_n(problems: Sequence[Problem], samples: Sequence[Sequence[str]],
               scores: Mapping[str, Sequence[Sequence[float]]], ns: Sequence[int] | None = None,
               style: str = "gsm8k", n_trials: int = 16, seed: int = 0,
-              grader: Grader | None = None) -> dict[str, dict[int, float]]:
+              grader: Grader | None = None, votes: Sequence[str] = ()
+              ) -> dict[str, dict[int, float]]:
     """Best-of-N accuracy table ``{method: {N: accuracy}}`` (methods in the module docstring).
 
     ``samples[i]``: the M responses to problem i (same M for all); ``scores[name][i][j]``: the
     score of response j of problem i by scorer ``name`` (higher is better; NaN or -inf never
     wins unless every candidate has it). For each N, ``n_trials`` random subsets per problem
-    (drawn with ``seed``; ties go to a random candidate) are averaged.
+    (drawn with ``seed``; ties go to a random candidate) are averaged. ``votes``: scorers (of
+    non-negative scores, e.g. ORM / PRM probabilities) that also get a weighted-vote method
+    ``<name>-vote``.
     """
     P = len(problems)
     if len(samples) != P:
@@ -74,8 +106,18 @@ def best_of_n(problems: Sequence[Problem], samples: Sequence[Sequence[str]],
         if arr.shape != (P, M):
             raise ValueError(f"best_of_n: scores[{name!r}] has shape {arr.shape}, expected {(P, M)}")
         score_arrays[name] = np.where(np.isnan(arr), -np.inf, arr)
+    for name in votes:
+        if name not in score_arrays:
+            raise ValueError(f"best_of_n: vote scorer {name!r} is not among the scores "
+                             f"{sorted(score_arrays)}")
+    # correctness of each distinct (stripped) answer, graded once per problem
+    right = [{a.strip(): grader.equiv(a.strip(), p.answer) for a in ans if a is not None and a.strip()}
+             for ans, p in zip(answers, problems)]
 
-    methods = list(score_arrays) + ["majority", "random", "oracle"]
+    def is_right(i: int, a: str | None) -> bool:
+        return a is not None and right[i].get(a, False)
+
+    methods = list(score_arrays) + [f"{v}-vote" for v in votes] + ["majority", "random", "oracle"]
     table: dict[str, dict[int, float]] = {m: {} for m in methods}
     rng = np.random.default_rng(seed)
     rows = np.arange(P)
@@ -88,7 +130,11 @@ def best_of_n(problems: Sequence[Problem], samples: Sequence[Sequence[str]],
                 pick = np.take_along_axis(arr, idx, axis=1).argmax(axis=1)  # (P,) first max
                 acc[name] += c[rows, pick].mean()
             maj = [majority_vote([answers[i][j] for j in idx[i]]) for i in range(P)]
-            acc["majority"] += np.mean([grader.equiv(m, p.answer) for m, p in zip(maj, problems)])
+            acc["majority"] += np.mean([is_right(i, m) for i, m in enumerate(maj)])
+            for v in votes:
+                w = np.take_along_axis(score_arrays[v], idx, axis=1)       # (P, N)
+                picks = [weighted_vote([answers[i][j] for j in idx[i]], w[i]) for i in range(P)]
+                acc[f"{v}-vote"] += np.mean([is_right(i, a) for i, a in enumerate(picks)])
             acc["random"] += c.mean()
             acc["oracle"] += c.max(axis=1).mean()
         for m in methods:
@@ -124,10 +170,12 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
             n_trials: int = 16, out: str | os.PathLike | None = None,
             aggregations: Sequence[str] = ("product", "min", "last"), step_split: str = "lines",
             prompt_fn: Callable[[Problem], str] | None = None, device: str = "auto",
-            rm_batch_size: int = 64, rm_specs: Mapping[str, object] | None = None) -> dict:
+            rm_batch_size: int = 64, rm_specs: Mapping[str, object] | None = None,
+            weighted_votes: bool = True) -> dict:
     """Sample ``max_n`` responses per problem from the policy once, score them with every reward
     model once (``rm_paths``: ``{name: path}``; a PRM gives ``name-product``, ``name-min``,
-    ``name-last``), and compute the :func:`best_of_n` table. ``rm_specs`` (``{name: RMSpec}``)
+    ``name-last``), and compute the :func:`best_of_n` table (with ``weighted_votes``, also the
+    score-weighted vote of every ORM and PRM scorer, ``<scorer>-vote``). ``rm_specs`` (``{name: RMSpec}``)
     loads that reward model as the spec says instead of from its saved spec, e.g. a plain causal
     LM as an LM-head PRM.
 
@@ -155,9 +203,13 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
     flat_q = [p.question for p in problems for _ in range(max_n)]
     flat_steps = [split_steps(t, step_split) for t in batch.texts]
     flat_scores: dict[str, list[float]] = {}
+    votes: list[str] = []
     for name, path in rm_paths.items():
         rm = load_reward_model(path, device=device, spec=(rm_specs or {}).get(name))
-        flat_scores.update(score_samples(rm, flat_q, flat_steps, name, aggregations, rm_batch_size))
+        got = score_samples(rm, flat_q, flat_steps, name, aggregations, rm_batch_size)
+        flat_scores.update(got)
+        if weighted_votes and rm.kind in ("orm", "prm"):
+            votes += list(got)
         del rm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -165,7 +217,7 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
               for k, v in flat_scores.items()}
 
     grader = Grader(style)
-    table = best_of_n(problems, samples, scores, ns, style, n_trials, seed, grader)
+    table = best_of_n(problems, samples, scores, ns, style, n_trials, seed, grader, votes)
     result = {"table": table, "ns": sorted(next(iter(table.values()))), "max_n": max_n,
               "n_problems": len(problems), "n_trials": n_trials, "seed": seed, "style": style,
               "temperature": temperature, "policy": str(policy_path),

@@ -13,6 +13,16 @@ From rows: Bradley–Terry rows ``{"question", "chosen": [steps], "rejected": [s
 and an incorrect sample of one problem, :func:`make_pairs`) and step-preference rows
 ``{"question", "prefix": [steps], "chosen_step", "rejected_step"}`` (two samples that share a
 prefix and whose next steps have different labels, :func:`make_step_pairs`).
+
+Covering the policy's tail (what best-of-N at large N surfaces): :func:`dedupe_rows` drops
+repeated (problem, steps) rows; :func:`corrupt_rows` adds copies of sampled solutions with one
+equation deliberately broken (a wrong result, or a right result from a wrong operand; later steps
+carry the wrong value on, as a policy would) and :func:`truncate_rows` adds responses cut off
+mid-text (malformed last step, usually no answer); :func:`repair_rows` adds copies whose first
+wrong equation gets its right result (positives where the policy is mostly wrong). All are
+relabelled by the labeller (the
+testbed oracle labels them exactly) and graded again, so they enter as labelled negatives
+(and as positives wherever a step is still right). :func:`augment_rows` does all three.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 from collections import defaultdict
 from typing import Callable, Sequence
 
@@ -157,3 +168,160 @@ def make_step_pairs(rows: Sequence[dict], max_pairs_per_prefix: int | None = Non
 
 def _unique(seqs: list[list[str]]) -> list[tuple[str, ...]]:
     return list(dict.fromkeys(tuple(s) for s in seqs))
+
+
+_EQ_RE = re.compile(r"^(\s*)(-?\d+)(\s*)([+\-*])(\s*)(-?\d+)(\s*=\s*)(-?\d+)(\s*)$")
+_ANS_RE = re.compile(r"^(\s*####\s*)(-?\d+)(\s*)$")
+
+
+def _calc(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def dedupe_rows(rows: Sequence[dict]) -> list[dict]:
+    """``rows`` without repeats: the first row of each (problem id or question, steps)."""
+    seen: set = set()
+    out = []
+    for r in rows:
+        key = (str(r.get("id", r["question"])), tuple(r["steps"]))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def corrupt_steps(steps: Sequence[str], rng: random.Random) -> list[str] | None:
+    """A copy of ``steps`` with one equation ``a op b = c`` (op in + - *) broken, or None when
+    no step is an equation.
+
+    Half the time the result is wrong (c → c + δ, δ ∈ ±{1, 2, 3}, kept ≥ 0); otherwise the
+    second operand is changed (b → b + δ) and the result recomputed from it (right arithmetic on
+    a number the problem never gave). Later equations whose first operand is the old result use
+    the new value (recomputed), and an answer line equal to the old result follows it."""
+    eqs = [k for k, s in enumerate(steps) if _EQ_RE.match(s)]
+    if not eqs:
+        return None
+    k = rng.choice(eqs)
+    m = _EQ_RE.match(steps[k])
+    g = list(m.groups())
+    a, op, b, c = int(g[1]), g[3], int(g[5]), int(g[7])
+    delta = rng.choice([-3, -2, -1, 1, 2, 3])
+    if rng.random() < 0.5 or b + delta < 0:
+        new_c = c + delta if c + delta >= 0 else c + abs(delta)
+    else:
+        b = b + delta
+        new_c = _calc(a, op, b)
+        g[5] = str(b)
+    g[7] = str(new_c)
+    return _carry(steps, k, "".join(g), c, new_c)
+
+
+def _carry(steps: Sequence[str], k: int, step_k: str, old: int, new: int) -> list[str]:
+    """``steps`` with step k replaced by ``step_k`` (whose result changed from ``old`` to
+    ``new``): later equations whose first operand is the old result take the new one (and are
+    recomputed), an answer line equal to the old result follows it."""
+    out = list(steps)
+    out[k] = step_k
+    for j in range(k + 1, len(out)):
+        mj, aj = _EQ_RE.match(out[j]), _ANS_RE.match(out[j])
+        if mj and int(mj.group(2)) == old:
+            gj = list(mj.groups())
+            gj[1] = str(new)
+            nc = _calc(new, gj[3], int(gj[5]))
+            old, new = int(gj[7]), nc
+            gj[7] = str(nc)
+            out[j] = "".join(gj)
+        elif aj and int(aj.group(2)) == old:
+            out[j] = aj.group(1) + str(new) + aj.group(3)
+    return out
+
+
+def repair_steps(steps: Sequence[str], rng: random.Random | None = None) -> list[str] | None:
+    """A copy of ``steps`` whose first equation with wrong arithmetic gets the right result
+    (carried on as in :func:`corrupt_steps`), or None when every equation's arithmetic is right.
+    With :func:`corrupt_steps` this makes minimal pairs — the same step with a right and a wrong
+    result — where the policy's own samples are mostly wrong (e.g. subtraction with a borrow)."""
+    for k, st in enumerate(steps):
+        m = _EQ_RE.match(st)
+        if not m:
+            continue
+        g = list(m.groups())
+        a, op, b, c = int(g[1]), g[3], int(g[5]), int(g[7])
+        right = _calc(a, op, b)
+        if right != c and right >= 0:
+            g[7] = str(right)
+            return _carry(steps, k, "".join(g), c, right)
+    return None
+
+
+def truncate_steps(steps: Sequence[str], rng: random.Random) -> list[str] | None:
+    """The steps of ``"\n".join(steps)`` cut at a random character inside it (a response that
+    stopped mid-text: its last step is usually malformed, its answer missing), or None when
+    nothing is left."""
+    text = "\n".join(steps)
+    if len(text) < 2:
+        return None
+    cut = split_steps(text[:rng.randrange(1, len(text))], "lines")
+    return cut or None
+
+
+def _relabel(rows: list[dict], labeler: Labeler, style: str) -> list[dict]:
+    if not rows:
+        return []
+    grader = Grader(style)
+    out = label_rows(rows, labeler)
+    for r in out:
+        r["answer"], ok = grader("\n".join(r["steps"]), r["gold"])
+        r["outcome"] = int(ok)
+    return out
+
+
+def _derived(rows: Sequence[dict], fn, rate: float, labeler: Labeler, seed: int, style: str,
+             kind: str) -> list[dict]:
+    if rate < 0:
+        raise ValueError(f"{kind}: rate must be >= 0, got {rate}")
+    rng = random.Random(seed)
+    made = []
+    for r in rows:
+        # rate 1.5: one copy of every row, a second copy of half of them
+        copies = int(rate) + (rng.random() < rate - int(rate))
+        for _ in range(copies):
+            steps = fn(r["steps"], rng)
+            if steps is not None and steps != list(r["steps"]):
+                made.append({"id": r.get("id"), "sample": r.get("sample"), "question": r["question"],
+                             "gold": r["gold"], "response": "\n".join(steps), "steps": steps,
+                             "augment": kind})
+    return _relabel(made, labeler, style)
+
+
+def corrupt_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 1.0, seed: int = 0,
+                 style: str = "gsm8k") -> list[dict]:
+    """New labelled rows: :func:`corrupt_steps` of ``rate`` copies per row (a fraction draws
+    with ``seed``), relabelled by ``labeler`` and graded (``augment: "corrupt"``)."""
+    return _derived(rows, corrupt_steps, rate, labeler, seed, style, "corrupt")
+
+
+def repair_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 1.0, seed: int = 0,
+                style: str = "gsm8k") -> list[dict]:
+    """New labelled rows: :func:`repair_steps` of the rows (``rate`` copies per row, at most one
+    distinct repair each), relabelled and graded (``augment: "repair"``)."""
+    return _derived(rows, repair_steps, min(rate, 1.0), labeler, seed, style, "repair")
+
+
+def truncate_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 0.25, seed: int = 0,
+                  style: str = "gsm8k") -> list[dict]:
+    """New labelled rows: :func:`truncate_steps` of ``rate`` copies per row, relabelled and
+    graded (``augment: "truncate"``)."""
+    return _derived(rows, truncate_steps, rate, labeler, seed, style, "truncate")
+
+
+def augment_rows(rows: Sequence[dict], labeler: Labeler, corrupt: float = 0.0,
+                 truncate: float = 0.0, seed: int = 0, style: str = "gsm8k",
+                 repair: float = 0.0) -> list[dict]:
+    """Deduplicated ``rows`` plus their repaired, corrupted and truncated copies (deduplicated
+    too, and never a copy of a row already there)."""
+    base = dedupe_rows(rows)
+    extra = repair_rows(base, labeler, repair, seed + 2, style) if repair else []
+    extra += corrupt_rows(base, labeler, corrupt, seed, style) if corrupt else []
+    extra += truncate_rows(base, labeler, truncate, seed + 1, style) if truncate else []
+    return dedupe_rows(base + extra)

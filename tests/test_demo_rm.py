@@ -1,0 +1,39 @@
+"""The demo's reward-model and best-of-N stages on a tiny policy: augmented training rows,
+earliest-error and bias metrics in prm_metrics.json, weighted votes in the best-of-N table."""
+
+import json
+import shutil
+
+from rewardlab.data.testbed import make_splits
+from rewardlab.demo import budget_with, DemoConfig, stage_bon, stage_rm
+from rewardlab.io import write_jsonl
+
+
+def test_stage_rm_and_bon_on_a_tiny_policy(tmp_path, tiny_policy):
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_policy, sft / "final")
+    train, test = make_splits(n_train=40, n_test=8, seed=3)
+    write_jsonl(sft / "train.jsonl", [p.to_dict() for p in train])
+    write_jsonl(sft / "test.jsonl", [p.to_dict() for p in test])
+    budget = budget_with(True, ["rm_problems=12", "rm_samples=2", "rm_eval_problems=6",
+                                "rm_steps=2", "bon_problems=3", "bon_max_n=4",
+                                "rm_corrupt=1.0", "rm_truncate=0.5", "rm_temperature=1.3",
+                                "rm_repair=1.0"])
+    cfg = DemoConfig(out=str(tmp_path / "demo"), budget=budget, progress=False, workers=1)
+    logs = []
+    rm_dir = stage_rm(cfg, sft, logs.append, backbone=sft / "final")
+    rows = [json.loads(x) for x in (rm_dir / "samples.jsonl").read_text().splitlines()]
+    keys = {(r["id"], tuple(r["steps"])) for r in rows}
+    assert len(keys) == len(rows)                                   # deduplicated
+    assert any(r.get("augment") == "truncate" for r in rows)   # (an untrained policy writes
+    # no equation to corrupt: corrupt_rows is tested on its own)
+    assert any("repaired" in line and "corrupted" in line for line in logs)
+    m = json.loads((rm_dir / "prm_metrics.json").read_text())
+    for k in ("eval/step_auroc", "eval/earliest_error_f1", "eval/earliest_error_acc_err",
+              "eval/earliest_error_acc_correct", "eval/earliest_error_threshold",
+              "bias/score_by_steps", "bias/score_correct", "bias/score_wrong"):
+        assert k in m, k
+    assert 0 < m["eval/earliest_error_threshold"] < 1
+    bon = stage_bon(cfg, sft, rm_dir, print)
+    table = json.loads((bon / "bon.json").read_text())["table"]
+    assert {"orm-vote", "prm-product-vote", "prm-min-vote", "prm-last-vote"} <= set(table)
