@@ -22,11 +22,11 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
-from rewardlab.config import ConfigError, save_config
+from rewardlab.config import check_numbers, ConfigError, save_config
 from rewardlab.io import DataError
 from rewardlab.models.loading import make_testbed_policy, training_precision
 from rewardlab.reward_models.data import (collate_orm, collate_pairs, collate_prm, PairRow,
@@ -44,6 +44,13 @@ from rewardlab.training.schedule import make_optimizer, warmup_cosine
 @dataclass
 class RMTrainConfig:
     """Reward-model training settings."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_split": "[0, 1)", "epochs": "(0, inf)", "max_steps": "[0, inf)", "stop_after": "[0, inf)",
+        "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)", "warmup_ratio": "[0, 1)",
+        "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)", "grad_clip": "[0, inf]",
+        "margin": "[0, inf)", "centering": "[0, inf)", "max_len": "[1, inf)", "save_every": "[0, inf)",
+        "log_every": "[0, inf)", "eval_batch_size": "[1, inf)"}
 
     kind: Literal["orm", "prm", "bt"] = "prm"
     """orm (outcome, BCE) | prm (process, per-step CE) | bt (Bradley–Terry pairs)."""
@@ -85,7 +92,7 @@ class RMTrainConfig:
     """Cosine decay ends at lr × min_lr_ratio."""
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0: no clipping)."""
+    """Clip the global gradient norm to this (0 or inf: no clipping, the norm is only logged)."""
     seed: int = 0
     tag: str = " ки"
     """PRM step tag (Math-Shepherd ' ки', seed blog '<|prm_label|>', Qwen '<extra_0>'); added
@@ -128,21 +135,10 @@ class RMTrainConfig:
             self.data = [self.data]
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("rm: batch_size and grad_accum must be >= 1")
-        if self.max_steps < 0 or self.stop_after < 0:
-            raise ConfigError("rm: max_steps and stop_after must be >= 0")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise ConfigError("rm: epochs and lr must be > 0")
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ConfigError("rm: eval_split must lie in [0, 1)")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError("rm: warmup_ratio must lie in [0, 1)")
+        check_numbers(self)
         if self.preference and self.kind != "prm":
             raise ConfigError("rm: preference=true is for kind=prm (step preferences); for "
                               "solution-level preferences use kind=bt")
-        if self.margin < 0 or self.centering < 0:
-            raise ConfigError("rm: margin and centering must be >= 0")
         try:
             self.spec().validate()
         except ValueError as e:

@@ -318,7 +318,7 @@ class RLTrainer:
                         metrics[k] = metrics.get(k, 0.0) + w * v
                     for k, v in row_m.items():                # per-response means: row share
                         metrics[k] = metrics.get(k, 0.0) + v * (len(rows) / len(mb))
-                metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
                 self.opt.step()
                 for k, v in metrics.items():
                     agg.setdefault(k, []).append(float(v))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
+from rewardlab.config import check_numbers
 from rewardlab.data.config import DataConfig, load_problems, make_prompt_fn
 from rewardlab.data.problem import Problem
 from rewardlab.eval.evaluate import evaluate_policy
@@ -29,6 +30,12 @@ from rewardlab.training.schedule import make_optimizer, warmup_cosine
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning settings."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
+        "warmup_steps": "[0, inf)", "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)",
+        "grad_clip": "[0, inf]", "max_len": "[2, inf)", "eval_every": "[0, inf)",
+        "save_every": "[0, inf)", "log_every": "[0, inf)", "stop_at": "[0, inf)"}
 
     out: str = "runs/sft"
     """Run directory (checkpoints, metrics.jsonl, tb/, final/)."""
@@ -46,6 +53,7 @@ class SFTConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 or inf: no clipping, the norm is only logged)."""
     max_len: int = 96
     """Longest training sequence, in tokens (longer examples are truncated; those cut before their
     solution starts are left out, with a warning). The default fits the testbed; GSM8K with a
@@ -62,10 +70,7 @@ class SFTConfig:
     """Stop after this step as if interrupted, leaving a checkpoint (0: never). For budgets and tests."""
 
     def validate(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("sft: max_steps, batch_size and grad_accum must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("sft: lr must be > 0")
+        check_numbers(self)
         self.data.validate()
 
 

@@ -48,9 +48,9 @@ def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int 
 
 
 def clip_and_step(params, optimizer, grad_clip: float, scheduler=None) -> float:
-    """Clip the global gradient norm to ``grad_clip`` (``inf``: measure only), take the optimizer
-    (and scheduler) step and clear the gradients. Returns the norm before clipping."""
-    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    """Clip the global gradient norm to ``grad_clip`` (0 or ``inf``: measure only), take the
+    optimizer (and scheduler) step and clear the gradients. Returns the norm before clipping."""
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
