@@ -37,7 +37,8 @@ from rewardlab.reward_models.models import (build_reward_model, load_reward_mode
                                             RMSpec)
 from rewardlab.stats import auroc, ece, f1_at, pairwise_accuracy
 from rewardlab.training.checkpoint import seed_everything
-from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
+from rewardlab.training.checkpoint import check_finite_weights
+from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
@@ -50,7 +51,7 @@ class RMTrainConfig:
         "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)", "warmup_ratio": "[0, 1)",
         "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)", "grad_clip": "[0, inf]",
         "margin": "[0, inf)", "centering": "[0, inf)", "max_len": "[1, inf)", "save_every": "[0, inf)",
-        "log_every": "[0, inf)", "eval_batch_size": "[1, inf)"}
+        "log_every": "[0, inf)", "eval_batch_size": "[1, inf)", "max_bad_steps": "[1, inf)"}
 
     kind: Literal["orm", "prm", "bt"] = "prm"
     """orm (outcome, BCE) | prm (process, per-step CE) | bt (Bradley–Terry pairs)."""
@@ -128,6 +129,9 @@ class RMTrainConfig:
     progress: bool = True
     """Show a progress bar."""
     tensorboard: bool = True
+    max_bad_steps: int = 3
+    """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
+    counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
 
     def validate(self) -> None:
         """Refuse impossible settings with a ConfigError that says how to fix them."""
@@ -378,7 +382,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     if not cfg.data:
         raise ConfigError("rm: no training data; set data (JSONL files, row formats in "
                           "rewardlab.reward_models.data)")
-    eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard)
+    eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard,
+                 config=cfg)
     save_config(cfg, eng.out / "config.yaml")   # the run records how it was made
     seed_everything(cfg.seed)
     rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
@@ -416,9 +421,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                 (loss / cfg.grad_accum).backward()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-            gnorm = clip_and_step(rm.parameters(), opt, cfg.grad_clip or float("inf"), sched)
+            gnorm = eng.optimizer_step(rm.parameters(), opt, cfg.grad_clip, sched,
+                                       loss=sums.get("rm/loss"))
             done = step + 1
-            last = {**sums, "rm/grad_norm": gnorm, "rm/lr": sched.get_last_lr()[0]}
+            last = {**sums, "rm/grad_norm": gnorm, "rm/lr": sched.get_last_lr()[0],
+                    "train/skipped_steps": eng.skipped_steps}
             if eng.due(done, cfg.log_every, stop):
                 eng.log(done, last)
             if eng.due(done, cfg.save_every, stop):
@@ -434,6 +441,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
         eng.log(stop, ev)
     eng.close()
     if finished:
+        check_finite_weights(rm, what="final model")
         rm.save_pretrained(eng.out / "final")
     return eng.summary("rm_summary.json", {
         **last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),

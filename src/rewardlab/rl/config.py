@@ -122,7 +122,7 @@ class RLConfig:
         "minibatch_size": "[1, inf)", "micro_batch_size": "[1, inf)", "lr": "(0, inf)",
         "clip_eps": "(0, 1]", "clip_eps_high": "[0, inf)", "norm_eps": "[0, inf)", "gamma": "[0, 1]",
         "lam": "[0, 1]", "grad_clip": "[0, inf]", "eval_every": "[0, inf)", "eval_k": "[0, inf)",
-        "save_every": "[0, inf)", "stop_at": "[0, inf)"}
+        "save_every": "[0, inf)", "stop_at": "[0, inf)", "max_bad_steps": "[1, inf)"}
 
     out: str = "runs/rl"
     """Run directory."""
@@ -194,6 +194,9 @@ class RLConfig:
     progress: bool = True
     stop_at: int = 0
     """Stop after this step as if interrupted, leaving a checkpoint (0: never)."""
+    max_bad_steps: int = 3
+    """A policy update (one minibatch) whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
+    counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
 
     def validate(self) -> None:
         check_numbers(self)

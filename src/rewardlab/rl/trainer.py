@@ -78,7 +78,7 @@ class RLTrainer:
         quiet_transformers()
         cfg.validate()
         self.cfg = cfg
-        self.engine = Engine(cfg.out, cfg.algo, resume=cfg.resume, progress=cfg.progress)
+        self.engine = Engine(cfg.out, cfg.algo, resume=cfg.resume, progress=cfg.progress, config=cfg)
         self.out = self.engine.out
         seed_everything(cfg.seed)
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
@@ -302,6 +302,7 @@ class RLTrainer:
                 n_pol = agg_units(mask[mb], loss_agg).clamp(min=1)
                 self.opt.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
+                mb_loss = 0.0  # only its finiteness is used: a nan/inf update is skipped
                 for rows in parts:
                     pol, val, pm, row_m = self._micro_loss(sb, rows)
                     w_tok = w_pol = 1.0
@@ -309,6 +310,7 @@ class RLTrainer:
                         w_tok = float(mask[rows].sum() / n_tok)                     # token share
                         w_pol = float(agg_units(mask[rows], loss_agg) / n_pol)    # unit share
                     loss = pol if val is None else pol + val
+                    mb_loss += float(loss.detach())
                     if w_pol == w_tok:
                         (loss if w_tok == 1.0 else loss * w_tok).backward()
                     else:
@@ -318,11 +320,12 @@ class RLTrainer:
                         metrics[k] = metrics.get(k, 0.0) + w * v
                     for k, v in row_m.items():                # per-response means: row share
                         metrics[k] = metrics.get(k, 0.0) + v * (len(rows) / len(mb))
-                metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf")))
-                self.opt.step()
+                metrics["actor/grad_norm"] = self.engine.optimizer_step(params, self.opt, cfg.grad_clip,
+                                                                        loss=mb_loss)
                 for k, v in metrics.items():
                     agg.setdefault(k, []).append(float(v))
-        return {k: sum(v) / len(v) for k, v in agg.items()}
+        return {**{k: sum(v) / len(v) for k, v in agg.items()},
+                "train/skipped_steps": self.engine.skipped_steps}
 
     def _micro_loss(self, sb: ScoredBatch, rows: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict, dict]:

@@ -23,7 +23,7 @@ from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.models.loading import (load_model_and_tokenizer, make_testbed_policy, ModelConfig,
                                       training_precision)
 from rewardlab.training.checkpoint import seed_everything
-from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
+from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
@@ -35,7 +35,8 @@ class SFTConfig:
         "max_steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
         "warmup_steps": "[0, inf)", "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)",
         "grad_clip": "[0, inf]", "max_len": "[2, inf)", "eval_every": "[0, inf)",
-        "save_every": "[0, inf)", "log_every": "[0, inf)", "stop_at": "[0, inf)"}
+        "save_every": "[0, inf)", "log_every": "[0, inf)", "stop_at": "[0, inf)",
+        "max_bad_steps": "[1, inf)"}
 
     out: str = "runs/sft"
     """Run directory (checkpoints, metrics.jsonl, tb/, final/)."""
@@ -68,6 +69,9 @@ class SFTConfig:
     progress: bool = True
     stop_at: int = 0
     """Stop after this step as if interrupted, leaving a checkpoint (0: never). For budgets and tests."""
+    max_bad_steps: int = 3
+    """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
+    counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
 
     def validate(self) -> None:
         check_numbers(self)
@@ -136,7 +140,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT; returns the final metrics. The trained model lands in ``<out>/final``."""
     quiet_transformers()
     cfg.validate()
-    eng = Engine(cfg.out, "sft", resume=cfg.resume, progress=cfg.progress)
+    eng = Engine(cfg.out, "sft", resume=cfg.resume, progress=cfg.progress, config=cfg)
     seed_everything(cfg.seed)
     train, test = load_problems(cfg.data, cfg.seed, eng.out)
     if not train:
@@ -167,9 +171,10 @@ def train_sft(cfg: SFTConfig) -> dict:
                     loss = sft_loss(model, batch) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
-            gnorm = clip_and_step(model.parameters(), opt, cfg.grad_clip, sched)
+            gnorm = eng.optimizer_step(model.parameters(), opt, cfg.grad_clip, sched, loss=loss_sum)
             done = step + 1
-            last = {"sft/loss": loss_sum, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]}
+            last = {"sft/loss": loss_sum, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0],
+                    "train/skipped_steps": eng.skipped_steps}
             if eng.due(done, cfg.log_every, cfg.max_steps):
                 eng.log(done, last)
             if test and eng.due(done, cfg.eval_every, cfg.max_steps):
