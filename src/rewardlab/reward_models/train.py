@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
-from rewardlab.config import check_numbers, ConfigError, save_config
+from rewardlab.config import check_numbers, ConfigError
 from rewardlab.io import DataError
 from rewardlab.models.loading import make_testbed_policy, training_precision
 from rewardlab.reward_models.data import (collate_orm, collate_pairs, collate_prm, PairRow,
@@ -132,6 +132,10 @@ class RMTrainConfig:
     max_bad_steps: int = 3
     """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    overwrite: bool = False
+    """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
+    Without it, an ``out`` holding a run made with a different config is refused (the error lists
+    the fields that differ) and one with the same config is resumed."""
 
     def validate(self) -> None:
         """Refuse impossible settings with a ConfigError that says how to fix them."""
@@ -362,7 +366,7 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | Non
         want, got = cfg.spec().to_json(), rm.spec.to_json()
         if want != got:
             raise ConfigError(f"rm: the checkpoint {ckpt} was trained with {got}, the config says "
-                             f"{want}; use another out directory or set resume=false")
+                             f"{want}; use another out directory or pass --overwrite")
         return rm, ckpt
     base = cfg.base
     if base == "testbed":
@@ -384,7 +388,6 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                           "rewardlab.reward_models.data)")
     eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard,
                  config=cfg)
-    save_config(cfg, eng.out / "config.yaml")   # the run records how it was made
     seed_everything(cfg.seed)
     rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
     if cfg.eval_data:

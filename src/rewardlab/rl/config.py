@@ -197,6 +197,10 @@ class RLConfig:
     max_bad_steps: int = 3
     """A policy update (one minibatch) whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    overwrite: bool = False
+    """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
+    Without it, an ``out`` holding a run made with a different config is refused (the error lists
+    the fields that differ) and one with the same config is resumed."""
 
     def validate(self) -> None:
         check_numbers(self)

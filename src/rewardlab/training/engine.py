@@ -33,6 +33,7 @@ from rewardlab.training.checkpoint import (check_finite_weights, latest_checkpoi
                                            load_trainer_state, save_checkpoint,
                                            TrainingDivergedError)
 from rewardlab.training.metrics import MetricsLogger
+from rewardlab.training.rundir import prepare_run_dir
 
 
 def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int = 100_003,
@@ -84,7 +85,10 @@ class Engine:
     ``checkpoint`` is the latest complete checkpoint in ``out`` when ``resume`` is set (else
     None); build the model from it, then call :meth:`restore` with the optimizer (and scheduler).
 
-    ``config`` is the run's config dataclass; its ``max_bad_steps`` (default 3) is how many
+    ``config`` is the run's config dataclass. With it, ``out`` is checked before any work
+    (:func:`~rewardlab.training.rundir.prepare_run_dir`: writable; a run already there resumed
+    only when its config matches, else refused unless ``config.overwrite``) and the config is
+    written to ``<out>/config.yaml``. Its ``max_bad_steps`` (default 3) is how many
     optimizer steps in a row may be skipped for a non-finite loss or gradient norm
     (:meth:`optimizer_step`) before the run stops with :class:`TrainingDivergedError`."""
 
@@ -95,6 +99,9 @@ class Engine:
         self.skipped_steps = 0      # optimizer steps skipped for a non-finite loss / norm, in all
         self.bad_in_a_row = 0
         self.out = Path(out)
+        if config is not None:
+            prepare_run_dir(self.out, config, name, resume=resume,
+                            overwrite=bool(getattr(config, "overwrite", False)))
         self.out.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.show_progress = progress
