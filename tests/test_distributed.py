@@ -90,7 +90,7 @@ def test_rl_two_processes_match_one(tmp_path, tiny_policy, probs, algo):
     assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
     if algo == "ppo":
         # a checkpoint of 2 processes resumes only with 2: never silently with another count
-        cfg = load_config(RLConfig, None, sets + [f"out={tmp_path / 'two'}", "steps=4"])
+        cfg = load_config(RLConfig, None, sets + [f"out={tmp_path / 'two'}"])
         with pytest.raises(ValueError, match="2 process"):
             train_rl(cfg)
 

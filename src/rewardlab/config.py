@@ -4,11 +4,22 @@
 
 Every field's docstring-style comment in its dataclass is the only help text. Unknown keys and
 values of the wrong type fail loudly with the dotted key that is wrong.
+
+Numbers are checked in one place, :func:`check_numbers` (run by :func:`from_dict` and by each
+top-level config's ``validate``): every float must be finite (nan never passes; ``inf`` only
+where the field's range closes on it, ``"[0, inf]"``), and a field named in its class's
+``RANGES`` dict must lie in that interval::
+
+    RANGES: ClassVar[dict[str, str]] = {"lr": "(0, inf)", "gamma": "[0, 1]", "grad_clip": "[0, inf]"}
+
+The error names the dotted field, the value and the allowed interval.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,6 +35,74 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value that cannot be used; the message names the dotted key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """An allowed range of a number: ``lo``/``hi`` (None: unbounded), open or closed at each end.
+    ``inf`` passes only where the interval closes on it (``[0, inf]``)."""
+
+    lo: float
+    hi: float
+    lo_closed: bool
+    hi_closed: bool
+    text: str
+
+    def __contains__(self, v: float) -> bool:
+        lo_ok = v > self.lo or (self.lo_closed and v == self.lo)
+        hi_ok = v < self.hi or (self.hi_closed and v == self.hi)
+        return lo_ok and hi_ok
+
+    @property
+    def allows_inf(self) -> bool:
+        return self.hi == math.inf and self.hi_closed
+
+
+_INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])\s*$")
+
+
+def interval(text: str) -> Interval:
+    """``"(0, 1]"`` → :class:`Interval`; the ends are numbers, ``-inf`` or ``inf``."""
+    m = _INTERVAL_RE.match(text)
+    if m is None:
+        raise ValueError(f"not an interval: {text!r} (write e.g. '[0, 1]' or '(0, inf)')")
+    lb, lo, hi, rb = m.groups()
+    return Interval(float(lo), float(hi), lb == "[", rb == "]", text.strip())
+
+
+def _num_str(v: float) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def check_number(value: Any, key: str, allowed: str | Interval | None = None) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``value`` (an int or float) is finite
+    (``inf`` only where ``allowed`` closes on it) and inside ``allowed``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    iv = interval(allowed) if isinstance(allowed, str) else allowed
+    where = f" (allowed: {iv.text})" if iv is not None else " (allowed: any finite number)"
+    if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not (
+            iv is not None and iv.allows_inf and value > 0))):
+        raise ConfigError(f"{key} = {_num_str(value)} is not a finite number{where}")
+    if iv is not None and value not in iv:
+        raise ConfigError(f"{key} = {_num_str(value)} is out of range: allowed {iv.text}")
+
+
+def check_numbers(cfg: Any, prefix: str = "") -> None:
+    """Check every number of dataclass ``cfg`` and of the dataclasses nested in it (lists of
+    numbers too): finite, and inside the interval its class's ``RANGES`` gives for it. Raises
+    :class:`ConfigError` naming the dotted field, the value and the allowed range."""
+    ranges = getattr(type(cfg), "RANGES", {}) or {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_numbers(value, key + ".")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                check_number(v, f"{key}[{i}]", ranges.get(f.name))
+        else:
+            check_number(value, key, ranges.get(f.name))
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -112,6 +191,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
                           f" (valid: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
+    check_numbers(obj, prefix)
     post = getattr(obj, "validate", None)
     if callable(post):
         post()

@@ -21,8 +21,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from rewardlab.config import apply_overrides, from_dict, load_config
+from rewardlab.config import apply_overrides, check_numbers, ConfigError, from_dict, load_config
 from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.eval.bon import run_bon
 from rewardlab.eval.prm_eval import prm_label_metrics
@@ -62,6 +63,16 @@ USES_PRM = {"prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "grpo_process"
 class DemoBudget:
     """Sizes of every stage (the defaults fit ~15 minutes on 2 CPU cores)."""
 
+    # every size in 1..10_000_000 (eval_every and rm_backbone_steps may be 0); rm_lr in (0, 1]; the RM
+    # data's temperature and copies per sample (issue 15) as below
+    RANGES: ClassVar[dict[str, str]] = {
+        **{k: "[1, 10000000]" for k in ("n_train", "n_test", "sft_steps", "rm_problems", "rm_samples",
+                                        "rm_eval_problems", "rm_steps", "bon_problems", "bon_max_n",
+                                        "rl_steps", "rl_prompts", "rl_n", "eval_k")},
+        "eval_every": "[0, 10000000]", "rm_backbone_steps": "[0, 10000000]", "rm_lr": "(0, 1]",
+        "rm_temperature": "(0, 5]", "rm_corrupt": "[0, 10]", "rm_truncate": "[0, 10]",
+        "rm_repair": "[0, 1]"}
+
     n_train: int = 3000
     n_test: int = 200
     sft_steps: int = 300
@@ -98,21 +109,7 @@ class DemoBudget:
     eval_k: int = 4
 
     def validate(self) -> None:
-        import dataclasses
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name in ("rm_lr", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair"):
-                continue
-            low = 0 if f.name in ("eval_every", "rm_backbone_steps") else 1
-            if not low <= v <= 10_000_000:
-                raise ValueError(f"budget.{f.name} = {v} is out of range ({low}..10000000)")
-        if not 0 < self.rm_lr <= 1.0:
-            raise ValueError(f"budget.rm_lr = {self.rm_lr} is out of range (0..1]")
-        if not 0 < self.rm_temperature <= 5.0:
-            raise ValueError(f"budget.rm_temperature = {self.rm_temperature} is out of range (0..5]")
-        for name in ("rm_corrupt", "rm_truncate", "rm_repair"):
-            if not 0 <= getattr(self, name) <= 10:
-                raise ValueError(f"budget.{name} = {getattr(self, name)} is out of range [0..10]")
+        check_numbers(self, "budget.")
 
 
 QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10,
@@ -128,11 +125,15 @@ def budget_with(quick: bool, overrides: list[str]) -> DemoBudget:
 
     data = dataclasses.asdict(QUICK if quick else DemoBudget())
     apply_overrides(data, overrides)
-    return from_dict(DemoBudget, data)
+    return from_dict(DemoBudget, data, prefix="budget.")
 
 
 @dataclass
 class DemoConfig:
+    """What ``rewardlab demo`` runs: the designs, seeds, reward weights and stage sizes."""
+
+    RANGES: ClassVar[dict[str, str]] = {"seeds": "[1, 20]", "prm_eta": "[0, 1]", "workers": "[1, 64]"}
+
     out: str = "runs/demo"
     seeds: int = 1
     """RL seeds per design (mean ± std in the report when > 1)."""
@@ -148,6 +149,14 @@ class DemoConfig:
     e.g. ``lr=5e-5`` (change ``out`` too: a cached run is not re-run)."""
     workers: int = 2
     """RL runs in parallel worker processes (one torch thread each); 1: in this process."""
+
+    def validate(self) -> None:
+        """Every number finite and in range (``prm_alpha`` / ``orm_beta``: any finite weight), the
+        designs known; raises ConfigError naming the field."""
+        check_numbers(self)
+        unknown = set(self.designs) - set(DESIGNS)
+        if unknown:
+            raise ConfigError(f"demo: unknown design(s) {sorted(unknown)}; valid: {list(DESIGNS)}")
 
 
 def _done(path: Path) -> bool:
@@ -409,9 +418,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     quiet_transformers()
     if cfg.quick:
         cfg.budget = QUICK
-    unknown = set(cfg.designs) - set(DESIGNS)
-    if unknown:
-        raise ValueError(f"demo: unknown design(s) {sorted(unknown)}; valid: {list(DESIGNS)}")
+    cfg.validate()
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
             if rl_steps < 1 or rl_steps > 100_000:
                 raise typer.BadParameter("--rl-steps must be between 1 and 100000")
             cfg.budget.rl_steps = rl_steps
+        cfg.validate()   # --alpha inf, --eta nan ...: ConfigError naming the field, before any work
         cfg.rl_overrides = list(rl_set or [])
         if cfg.rl_overrides:  # fail before any stage runs, naming the bad override
             try:

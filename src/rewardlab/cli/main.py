@@ -11,6 +11,7 @@ import sys
 
 from rewardlab.config import ConfigError
 from rewardlab.io import DataError
+from rewardlab.training.checkpoint import TrainingDivergedError
 
 
 # Idle OpenMP threads spin by default; on a busy 2-core machine that slows tiny models 5-10x.
@@ -37,13 +38,17 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input or config, 1 other failure)."""
+    """Run the CLI; returns the exit code (0 ok, 2 bad input or config, 1 a diverged run or
+    another failure). Errors print as one line, without a traceback."""
     app = build_app()
     try:
         app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2
+    except TrainingDivergedError as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        return 1
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

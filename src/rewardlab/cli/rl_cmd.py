@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
-from rewardlab.config import load_config, save_config
+from rewardlab.config import load_config
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
 
@@ -17,20 +17,19 @@ def register(app: typer.Typer) -> None:
     def rl(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RLConfig)."),
            set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set reward.prm.refine=clip"),
            out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start afresh "
+                                          "(else a run there with another config is refused)."),
            show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Train a policy with RL (see configs/ for the shipped reward designs)."""
         from rich.console import Console
         from rich.table import Table
 
 
-        ov = list(set_) + ([f"out={out}"] if out else [])
+        ov = list(set_) + ([f"out={out}"] if out else []) + (["overwrite=true"] if overwrite else [])
         cfg = load_config(RLConfig, config, ov)
         if show_config:
             return print_config(cfg)
-        from pathlib import Path
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, Path(cfg.out) / "config.yaml")
-        res = train_rl(cfg)
+        res = train_rl(cfg)   # checks --out before any work, then writes config.yaml there
         t = Table("metric", "value", title=f"rl: {cfg.out}")
         for k in sorted(res):
             if k.startswith(("eval/", "reward/", "hack/", "response/", "kl/", "rl/")):

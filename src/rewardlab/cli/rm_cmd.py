@@ -43,6 +43,9 @@ def train_rm(
     config: Annotated[Str, typer.Option(help="YAML file of RMTrainConfig fields.")] = None,
     set_: Annotated[Strs, typer.Option("--set", help="Override a field: key=value (repeatable).")
                     ] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Delete the run in --out and start afresh (else a run there with "
+        "another config is refused).")] = False,
     show_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train an ORM, PRM or Bradley–Terry reward model.
@@ -57,6 +60,8 @@ def train_rm(
     for key, value in (("data", data), ("eval_data", eval_data)):
         if value:
             overrides.append(f"{key}={json.dumps(list(value))}")
+    if overwrite:
+        overrides.append("overwrite=true")
     cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
     if show_config:
         return print_config(cfg)

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
             model: Optional[str] = typer.Option(None, "--model", help="Hub id, local dir or 'testbed'."),
             dataset: Optional[str] = typer.Option(None, "--dataset", help="testbed | gsm8k | file.jsonl"),
             max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
+                                           "afresh (else a run there with another config is refused)."),
             show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Fine-tune a policy on problem → reference solution (loss on solution tokens only)."""
         from rich.console import Console
@@ -29,6 +31,8 @@ def register(app: typer.Typer) -> None:
                          ("max_steps", max_steps)):
             if val is not None:
                 ov.append(f"{key}={val}")
+        if overwrite:
+            ov.append("overwrite=true")
         cfg = load_config(SFTConfig, config, ov)
         if show_config:
             return print_config(cfg)

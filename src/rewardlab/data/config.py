@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 from pathlib import Path
 
 from rewardlab.data.datasets import load_dataset_by_name
@@ -17,6 +17,8 @@ from rewardlab.io import write_jsonl
 @dataclass
 class DataConfig:
     """Which problems to train and evaluate on."""
+
+    RANGES: ClassVar[dict[str, str]] = {"n_train": "[0, inf)", "n_test": "[0, inf)"}
 
     dataset: str = "testbed"
     """testbed | gsm8k | math500 | path/to/problems.jsonl"""

@@ -29,6 +29,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from rewardlab.data.problem import Problem
 from rewardlab.data.steps import step_texts
@@ -50,6 +51,10 @@ class TestbedConfig:
     """Difficulty knobs of the arithmetic testbed."""
 
     __test__ = False  # not a pytest test class
+    RANGES: ClassVar[dict[str, str]] = {
+        "min_steps": "[1, 12]", "max_steps": "[1, 12]", "min_operand": "[0, inf)",
+        "max_operand": "[0, inf)", "max_multiplier": "[1, inf)", "max_value": "[1, inf)",
+        "unnecessary_rate": "[0, 1]"}
 
     min_steps: int = 2
     """Fewest operations (= reasoning steps before the answer line) in a problem."""

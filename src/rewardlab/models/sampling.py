@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,10 @@ def check_engine(engine: str, what: str) -> None:
 @dataclass
 class SamplingConfig:
     """How responses are sampled."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "n": "[1, inf)", "temperature": "[0, inf)", "top_p": "(0, 1]", "max_new_tokens": "[1, inf)",
+        "batch_size": "[1, inf)"}
 
     n: int = 1
     """Samples per prompt."""

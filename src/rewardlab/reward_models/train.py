@@ -22,11 +22,11 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 
-from rewardlab.config import ConfigError, save_config
+from rewardlab.config import check_numbers, ConfigError
 from rewardlab.io import DataError
 from rewardlab.models.batching import IGNORE_INDEX
 from rewardlab.models.loading import make_testbed_policy, training_precision
@@ -38,14 +38,22 @@ from rewardlab.reward_models.models import (build_reward_model, load_reward_mode
                                             RMSpec)
 from rewardlab.stats import auroc, ece, f1_at, pairwise_accuracy
 from rewardlab.training.checkpoint import seed_everything
+from rewardlab.training.checkpoint import check_finite_weights
 from rewardlab.training.distributed import Dist
-from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
+from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
 @dataclass
 class RMTrainConfig:
     """Reward-model training settings."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "eval_split": "[0, 1)", "epochs": "(0, inf)", "max_steps": "[0, inf)", "stop_after": "[0, inf)",
+        "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)", "warmup_ratio": "[0, 1)",
+        "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)", "grad_clip": "[0, inf]",
+        "margin": "[0, inf)", "centering": "[0, inf)", "max_len": "[1, inf)", "save_every": "[0, inf)",
+        "log_every": "[0, inf)", "eval_batch_size": "[1, inf)", "max_bad_steps": "[1, inf)"}
 
     kind: Literal["orm", "prm", "bt"] = "prm"
     """orm (outcome, BCE) | prm (process, per-step CE) | bt (Bradley–Terry pairs)."""
@@ -87,7 +95,7 @@ class RMTrainConfig:
     """Cosine decay ends at lr × min_lr_ratio."""
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0: no clipping)."""
+    """Clip the global gradient norm to this (0 or inf: no clipping, the norm is only logged)."""
     seed: int = 0
     tag: str = " ки"
     """PRM step tag (Math-Shepherd ' ки', seed blog '<|prm_label|>', Qwen '<extra_0>'); added
@@ -123,6 +131,13 @@ class RMTrainConfig:
     progress: bool = True
     """Show a progress bar."""
     tensorboard: bool = True
+    max_bad_steps: int = 3
+    """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
+    counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    overwrite: bool = False
+    """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
+    Without it, an ``out`` holding a run made with a different config is refused (the error lists
+    the fields that differ) and one with the same config is resumed."""
 
     def validate(self) -> None:
         """Refuse impossible settings with a ConfigError that says how to fix them."""
@@ -130,21 +145,10 @@ class RMTrainConfig:
             self.data = [self.data]
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("rm: batch_size and grad_accum must be >= 1")
-        if self.max_steps < 0 or self.stop_after < 0:
-            raise ConfigError("rm: max_steps and stop_after must be >= 0")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise ConfigError("rm: epochs and lr must be > 0")
-        if not 0.0 <= self.eval_split < 1.0:
-            raise ConfigError("rm: eval_split must lie in [0, 1)")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError("rm: warmup_ratio must lie in [0, 1)")
+        check_numbers(self)
         if self.preference and self.kind != "prm":
             raise ConfigError("rm: preference=true is for kind=prm (step preferences); for "
                               "solution-level preferences use kind=bt")
-        if self.margin < 0 or self.centering < 0:
-            raise ConfigError("rm: margin and centering must be >= 0")
         try:
             self.spec().validate()
         except ValueError as e:
@@ -372,7 +376,7 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | Non
         want, got = cfg.spec().to_json(), rm.spec.to_json()
         if want != got:
             raise ConfigError(f"rm: the checkpoint {ckpt} was trained with {got}, the config says "
-                             f"{want}; use another out directory or set resume=false")
+                             f"{want}; use another out directory or pass --overwrite")
         return rm, ckpt
     base = cfg.base
     if base == "testbed":
@@ -395,10 +399,10 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     if not cfg.data:
         raise ConfigError("rm: no training data; set data (JSONL files, row formats in "
                           "rewardlab.reward_models.data)")
-    eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard)
+    eng = Engine(cfg.out, "rm", resume=cfg.resume, progress=cfg.progress, tensorboard=cfg.tensorboard,
+                 config=cfg)
     dist = eng.dist
     dist.check_divides("rm: batch_size", cfg.batch_size)
-    save_config(cfg, eng.out / "config.yaml")   # the run records how it was made
     seed_everything(cfg.seed)
     rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
     if cfg.eval_data:
@@ -440,9 +444,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + (v if share == 1.0 else v * share) / cfg.grad_accum
             sums = dist.sum_dict(sums)
-            gnorm = clip_and_step(rm.parameters(), opt, cfg.grad_clip or float("inf"), sched, dist)
+            gnorm = eng.optimizer_step(rm.parameters(), opt, cfg.grad_clip, sched,
+                                       loss=sums.get("rm/loss"))
             done = step + 1
-            last = {**sums, "rm/grad_norm": gnorm, "rm/lr": sched.get_last_lr()[0]}
+            last = {**sums, "rm/grad_norm": gnorm, "rm/lr": sched.get_last_lr()[0],
+                    "train/skipped_steps": eng.skipped_steps}
             if eng.due(done, cfg.log_every, stop):
                 eng.log(done, last)
             if eng.due(done, cfg.save_every, stop):
@@ -458,6 +464,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
         eng.log(stop, ev)
     eng.close()
     if finished:
+        check_finite_weights(rm, what="final model")
         rm.save_pretrained(eng.out / "final")
     return eng.summary("rm_summary.json", {
         **last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from rewardlab.config import check_numbers
 from rewardlab.data.config import DataConfig
 from rewardlab.models.loading import ModelConfig
 from rewardlab.models.sampling import check_engine, SamplingConfig
@@ -19,6 +21,8 @@ from rewardlab.rl.losses import LOSS_AGGREGATIONS, RATIOS
 @dataclass
 class PRMRewardConfig:
     """The process reward: α · refine(PRM step scores) at each step's last token."""
+
+    RANGES: ClassVar[dict[str, str]] = {"eta": "[0, 1]"}   # alpha: any finite number
 
     path: str | None = None
     """Directory of a PRM saved by ``rewardlab train-rm --kind prm`` (or, with ``tag``, any causal
@@ -73,6 +77,9 @@ class RewardConfig:
 class KLConfig:
     """KL regularisation to the frozen reference policy."""
 
+    RANGES: ClassVar[dict[str, str]] = {"coef": "[0, inf)", "clamp": "(0, inf)", "target": "(0, inf)",
+                                        "horizon": "[1, inf)"}
+
     coef: float = 0.1
     """kl_coef (seed default 0.1). 0 (with ``adaptive`` off) drops the KL term: the reference
     model is not loaded and its log-prob pass is skipped."""
@@ -93,6 +100,8 @@ class KLConfig:
 class ValueConfig:
     """The critic (PPO only)."""
 
+    RANGES: ClassVar[dict[str, str]] = {"lr": "(0, inf)", "coef": "[0, inf)", "clip_eps": "(0, inf)"}
+
     kind: str = "separate"
     """separate (its own backbone, initialised from ``init``) | shared (a head on the policy)."""
     init: str | None = None
@@ -107,6 +116,13 @@ class ValueConfig:
 @dataclass
 class RLConfig:
     """A PPO or GRPO run."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "steps": "[1, inf)", "prompts_per_step": "[1, inf)", "ppo_epochs": "[1, inf)",
+        "minibatch_size": "[1, inf)", "micro_batch_size": "[1, inf)", "lr": "(0, inf)",
+        "clip_eps": "(0, 1]", "clip_eps_high": "[0, inf)", "norm_eps": "[0, inf)", "gamma": "[0, 1]",
+        "lam": "[0, 1]", "grad_clip": "[0, inf]", "eval_every": "[0, inf)", "eval_k": "[0, inf)",
+        "save_every": "[0, inf)", "stop_at": "[0, inf)", "max_bad_steps": "[1, inf)"}
 
     out: str = "runs/rl"
     """Run directory."""
@@ -163,7 +179,9 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     entropy_coef: float = 0.0
+    """Weight of the entropy bonus (any finite number; negative penalises entropy)."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 or inf: no clipping, the norm is only logged)."""
     whiten_advantages: bool = True
     """PPO: whiten GAE advantages over the batch."""
     eval_every: int = 20
@@ -176,8 +194,16 @@ class RLConfig:
     progress: bool = True
     stop_at: int = 0
     """Stop after this step as if interrupted, leaving a checkpoint (0: never)."""
+    max_bad_steps: int = 3
+    """A policy update (one minibatch) whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
+    counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    overwrite: bool = False
+    """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
+    Without it, an ``out`` holding a run made with a different config is refused (the error lists
+    the fields that differ) and one with the same config is resumed."""
 
     def validate(self) -> None:
+        check_numbers(self)
         if self.algo not in ("ppo", "grpo"):
             raise ValueError(f"rl: algo must be ppo or grpo, got {self.algo!r}")
         if self.algo == "grpo" and self.sampling.n < 2:

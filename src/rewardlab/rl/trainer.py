@@ -78,7 +78,7 @@ class RLTrainer:
         quiet_transformers()
         cfg.validate()
         self.cfg = cfg
-        self.engine = Engine(cfg.out, cfg.algo, resume=cfg.resume, progress=cfg.progress)
+        self.engine = Engine(cfg.out, cfg.algo, resume=cfg.resume, progress=cfg.progress, config=cfg)
         self.out = self.engine.out
         self.dist = self.engine.dist   # prompts are sharded over processes, each group on one rank
         self.dist.check_divides("rl: prompts_per_step", cfg.prompts_per_step)
@@ -320,6 +320,7 @@ class RLTrainer:
                     parts = [torch.zeros(1, dtype=torch.long)]
                 self.opt.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
+                mb_loss = 0.0  # only its finiteness is used: a nan/inf update is skipped
                 for rows in parts:
                     pol, val, pm, row_m = self._micro_loss(sb, rows)
                     w_tok = w_pol = 1.0
@@ -329,6 +330,7 @@ class RLTrainer:
                         w_tok = float(mask[rows].sum() / n_tok)                     # token share
                         w_pol = float(agg_units(mask[rows], loss_agg) / n_pol)    # unit share
                     loss = pol if val is None else pol + val
+                    mb_loss += float(loss.detach())
                     if w_pol == w_tok:
                         (loss if w_tok == 1.0 else loss * w_tok).backward()
                     else:
@@ -338,13 +340,15 @@ class RLTrainer:
                         metrics[k] = metrics.get(k, 0.0) + w * v
                     for k, v in row_m.items():                # per-response means: row share
                         metrics[k] = metrics.get(k, 0.0) + v * (0.0 if idle else len(rows) / n_mb)
-                dist.sum_grads(params)
                 metrics = dist.sum_dict(metrics)
-                metrics["actor/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-                self.opt.step()
+                if dist.active:   # every rank decides on the whole minibatch's loss
+                    mb_loss = dist.sum(mb_loss)
+                metrics["actor/grad_norm"] = self.engine.optimizer_step(params, self.opt, cfg.grad_clip,
+                                                                        loss=mb_loss)
                 for k, v in metrics.items():
                     agg.setdefault(k, []).append(float(v))
-        return {k: sum(v) / len(v) for k, v in agg.items()}
+        return {**{k: sum(v) / len(v) for k, v in agg.items()},
+                "train/skipped_steps": self.engine.skipped_steps}
 
     def _micro_loss(self, sb: ScoredBatch, rows: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict, dict]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
+from rewardlab.config import check_numbers
 from rewardlab.data.config import DataConfig, load_problems, make_prompt_fn
 from rewardlab.data.problem import Problem
 from rewardlab.eval.evaluate import evaluate_policy
@@ -23,13 +24,20 @@ from rewardlab.models.loading import (load_model_and_tokenizer, make_testbed_pol
                                       training_precision)
 from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.distributed import Dist
-from rewardlab.training.engine import clip_and_step, Engine, epoch_batch, quiet_transformers
+from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning settings."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
+        "warmup_steps": "[0, inf)", "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)",
+        "grad_clip": "[0, inf]", "max_len": "[2, inf)", "eval_every": "[0, inf)",
+        "save_every": "[0, inf)", "log_every": "[0, inf)", "stop_at": "[0, inf)",
+        "max_bad_steps": "[1, inf)"}
 
     out: str = "runs/sft"
     """Run directory (checkpoints, metrics.jsonl, tb/, final/)."""
@@ -47,6 +55,7 @@ class SFTConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 or inf: no clipping, the norm is only logged)."""
     max_len: int = 96
     """Longest training sequence, in tokens (longer examples are truncated; those cut before their
     solution starts are left out, with a warning). The default fits the testbed; GSM8K with a
@@ -61,12 +70,16 @@ class SFTConfig:
     progress: bool = True
     stop_at: int = 0
     """Stop after this step as if interrupted, leaving a checkpoint (0: never). For budgets and tests."""
+    max_bad_steps: int = 3
+    """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
+    counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    overwrite: bool = False
+    """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
+    Without it, an ``out`` holding a run made with a different config is refused (the error lists
+    the fields that differ) and one with the same config is resumed."""
 
     def validate(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("sft: max_steps, batch_size and grad_accum must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("sft: lr must be > 0")
+        check_numbers(self)
         self.data.validate()
 
 
@@ -146,7 +159,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT; returns the final metrics. The trained model lands in ``<out>/final``."""
     quiet_transformers()
     cfg.validate()
-    eng = Engine(cfg.out, "sft", resume=cfg.resume, progress=cfg.progress)
+    eng = Engine(cfg.out, "sft", resume=cfg.resume, progress=cfg.progress, config=cfg)
     dist = eng.dist
     dist.check_divides("sft: batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
@@ -183,9 +196,10 @@ def train_sft(cfg: SFTConfig) -> dict:
                 loss.backward()
                 loss_sum += loss.item()
             loss_sum = dist.sum(loss_sum)
-            gnorm = clip_and_step(model.parameters(), opt, cfg.grad_clip, sched, dist)
+            gnorm = eng.optimizer_step(model.parameters(), opt, cfg.grad_clip, sched, loss=loss_sum)
             done = step + 1
-            last = {"sft/loss": loss_sum, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]}
+            last = {"sft/loss": loss_sum, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0],
+                    "train/skipped_steps": eng.skipped_steps}
             if eng.due(done, cfg.log_every, cfg.max_steps):
                 eng.log(done, last)
             if test and dist.is_main and eng.due(done, cfg.eval_every, cfg.max_steps):

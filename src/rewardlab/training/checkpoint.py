@@ -21,6 +21,32 @@ import torch
 from rewardlab.io import atomic_path
 
 
+class TrainingDivergedError(RuntimeError):
+    """A run that cannot go on: too many non-finite optimizer steps in a row, or weights that are
+    no longer finite (never saved). The CLI prints it and exits 1."""
+
+
+def non_finite_parameter(*models) -> str | None:
+    """The name of the first parameter of ``models`` (torch modules; None entries skipped) holding
+    a nan or inf, or None when all are finite."""
+    for i, m in enumerate(models):
+        if m is None or not hasattr(m, "named_parameters"):
+            continue
+        for name, p in m.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                return f"{name}" if len(models) == 1 else f"model {i}: {name}"
+    return None
+
+
+def check_finite_weights(*models, what: str = "checkpoint") -> None:
+    """Raise :class:`TrainingDivergedError` when a weight of ``models`` is nan or inf, before a
+    ``what`` is written, so no saved model is ever non-finite."""
+    bad = non_finite_parameter(*models)
+    if bad is not None:
+        raise TrainingDivergedError(f"refusing to save the {what}: parameter {bad} is not finite "
+                                    "(the run diverged; the last saved checkpoint is kept)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -48,7 +74,9 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optim
                     models: dict | None = None) -> Path:
     """Save a resumable checkpoint atomically (written under a temp name, then renamed).
 
-    ``models`` holds further HF models to save in sub-folders (e.g. ``{"value": value_model}``)."""
+    ``models`` holds further HF models to save in sub-folders (e.g. ``{"value": value_model}``).
+    Raises :class:`TrainingDivergedError`, writing nothing, when a weight is not finite."""
+    check_finite_weights(model, *(models or {}).values(), what=f"checkpoint of step {step}")
     ckpt_root = Path(out_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"

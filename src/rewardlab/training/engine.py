@@ -9,7 +9,7 @@ A trainer is a thin loop over :class:`Engine`::
     with eng.progress_bar(start) as bar:
         for step in range(start, total):
             ...forward / backward...
-            gnorm = eng.optimizer_step(params, opt, sched, grad_clip)
+            gnorm = eng.optimizer_step(params, opt, grad_clip, sched, loss=loss_value)
             eng.log(step + 1, metrics); eng.save(step + 1, model, tok, opt, sched)
             bar(step + 1, info)
     eng.finish(model, tok, "sft_summary.json", summary)
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,9 +29,12 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rewardlab.io import write_json
-from rewardlab.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rewardlab.training.checkpoint import (check_finite_weights, latest_checkpoint,
+                                           load_trainer_state, save_checkpoint,
+                                           TrainingDivergedError)
 from rewardlab.training.distributed import Dist
 from rewardlab.training.metrics import MetricsLogger
+from rewardlab.training.rundir import prepare_run_dir
 
 
 def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int = 100_003,
@@ -48,19 +52,29 @@ def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int 
     return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
 
 
-def clip_and_step(params, optimizer, grad_clip: float, scheduler=None, dist: Dist | None = None) -> float:
+def finite_step(params, optimizer, grad_clip: float, scheduler=None,
+                loss: float | None = None, dist: Dist | None = None) -> tuple[float, bool]:
     """Sum the gradients over processes (``dist``; see :mod:`rewardlab.training.distributed`),
-    clip their global norm to ``grad_clip`` (``inf``: measure only), take the optimizer (and
-    scheduler) step and clear the gradients. Returns the norm before clipping."""
+    clip their global norm to ``grad_clip`` (0 or ``inf``: measure only) and take the optimizer
+    step, unless ``loss`` or the norm is nan/inf: then the step is skipped (the optimizer's
+    weights and moments are untouched). The scheduler steps either way (the LR stays a function
+    of the loop's step) and the gradients are cleared. Returns (norm before clipping, whether the
+    optimizer stepped). With several processes ``loss`` must be the whole batch's, so that every
+    rank takes the same decision."""
     params = list(params)
     if dist is not None:
         dist.sum_grads(params)
-    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    ok = math.isfinite(gnorm) and (loss is None or math.isfinite(loss))
+    if ok:
+        optimizer.step()
     if scheduler is not None:
-        scheduler.step()
+        with warnings.catch_warnings():   # a skipped first step: torch warns the order is odd
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(gnorm)
+    return gnorm, ok
+
 
 
 class Engine:
@@ -73,12 +87,27 @@ class Engine:
 
     In a multi-process run (:attr:`dist`) every rank resumes from the same checkpoint, and only
     the main process writes: the metrics log, checkpoints (which record the world size; a run
-    resumes only with the same number of processes), the final model and the summary."""
+    resumes only with the same number of processes), the final model and the summary.
+
+    ``config`` is the run's config dataclass. With it, ``out`` is checked before any work
+    (:func:`~rewardlab.training.rundir.prepare_run_dir`: writable; a run already there resumed
+    only when its config matches, else refused unless ``config.overwrite``) and the config is
+    written to ``<out>/config.yaml``. Its ``max_bad_steps`` (default 3) is how many
+    optimizer steps in a row may be skipped for a non-finite loss or gradient norm
+    (:meth:`optimizer_step`) before the run stops with :class:`TrainingDivergedError`."""
 
     def __init__(self, out: str | Path, name: str, *, resume: bool = True, progress: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, config=None):
         self.dist = Dist()
+        self.config = config
+        self.max_bad_steps = int(getattr(config, "max_bad_steps", 3))
+        self.skipped_steps = 0      # optimizer steps skipped for a non-finite loss / norm, in all
+        self.bad_in_a_row = 0
         self.out = Path(out)
+        if config is not None and self.dist.is_main:   # the others wait for its checks and writes
+            prepare_run_dir(self.out, config, name, resume=resume,
+                            overwrite=bool(getattr(config, "overwrite", False)))
+        self.dist.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.show_progress = progress
@@ -107,7 +136,29 @@ class Engine:
         self.start = state["step"]
         if self.logger is not None:
             self.logger.truncate_after(self.start)
+        extra = dict(extra)
+        self.skipped_steps = int(extra.pop("train/skipped_steps", 0))
+        self.bad_in_a_row = int(extra.pop("train/bad_in_a_row", 0))
         return extra
+
+    def optimizer_step(self, params, optimizer, grad_clip: float, scheduler=None,
+                       loss: float | None = None) -> float:
+        """:func:`finite_step`, counting skipped steps (:attr:`skipped_steps`, logged by the
+        trainers as ``train/skipped_steps``); ``max_bad_steps`` skips in a row raise
+        :class:`TrainingDivergedError`. Returns the gradient norm before clipping."""
+        gnorm, ok = finite_step(params, optimizer, grad_clip, scheduler, loss, self.dist)
+        if ok:
+            self.bad_in_a_row = 0
+            return gnorm
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        if self.bad_in_a_row >= self.max_bad_steps:
+            raise TrainingDivergedError(
+                f"{self.name}: {self.bad_in_a_row} optimizer steps in a row had a non-finite loss or "
+                f"gradient norm (last: loss {loss}, grad norm {gnorm}); stopping (max_bad_steps="
+                f"{self.max_bad_steps}). The last checkpoint is kept; lower the learning rate, check "
+                "the data or rewards, or raise max_bad_steps")
+        return gnorm
 
     @staticmethod
     def due(done: int, every: int, last: int) -> bool:
@@ -129,11 +180,14 @@ class Engine:
 
     def save(self, step: int, model, tokenizer=None, optimizer=None, scheduler=None,
              extra: dict | None = None, models: dict | None = None) -> Path:
-        """A resumable checkpoint of ``step`` (see :func:`save_checkpoint`), written by the main
-        process; the others wait for it."""
+        """A resumable checkpoint of ``step`` (see :func:`save_checkpoint`; never of non-finite
+        weights), recording the skipped-step counts for the resumed run; written by the main
+        process, the others wait for it."""
         path = self.out / "checkpoints"
         if self.dist.is_main:
-            extra = {**(extra or {}), **({"world_size": self.dist.world} if self.dist.active else {})}
+            extra = {**(extra or {}), "train/skipped_steps": self.skipped_steps,
+                     "train/bad_in_a_row": self.bad_in_a_row,
+                     **({"world_size": self.dist.world} if self.dist.active else {})}
             path = save_checkpoint(self.out, step, model, tokenizer, optimizer, scheduler,
                                    extra=extra, models=models)
         self.dist.barrier()
@@ -144,7 +198,9 @@ class Engine:
             self.logger.close()
 
     def save_final(self, model, tokenizer=None) -> Path:
-        """The trained model (and tokenizer) in Hugging Face format under ``<out>/final``."""
+        """The trained model (and tokenizer) in Hugging Face format under ``<out>/final``
+        (:class:`TrainingDivergedError` instead when a weight is not finite)."""
+        check_finite_weights(model, what="final model")
         final = self.out / "final"
         if self.dist.is_main:
             model.save_pretrained(str(final))

@@ -1,0 +1,128 @@
+"""A run's output directory: writable, and holding at most one run, of one config.
+
+:func:`prepare_run_dir` runs before any work (the :class:`~rewardlab.training.engine.Engine`
+calls it): it refuses, in one line naming the fields that differ, an ``out`` that holds a run
+made with a different config (resuming only continues the same run), unless ``overwrite`` is
+set, which deletes that run first; it refuses an ``out`` that is a file or cannot be written;
+and only then writes ``<out>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rewardlab.config import ConfigError
+from rewardlab.io import write_text
+
+# fields that may differ between the calls of one run: where it is, how it is shown, when this
+# call stops, and what to do with an existing run
+IGNORED_FIELDS = frozenset({"out", "resume", "progress", "tensorboard", "stop_at", "stop_after",
+                            "overwrite", "max_bad_steps"})
+# what a run writes under its ``out``; ``overwrite`` deletes exactly these
+RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval_predictions.jsonl")
+RUN_GLOBS = ("*_summary.json",)
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """Create ``out`` (and its parents) and check a file can be written there; a
+    :class:`ConfigError` of one line otherwise (a file in the way, no permission, read-only)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"out {p}: is a file, not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"out {p}: cannot create the directory ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rewardlab-write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"out {p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_diff(old: dict, new: dict, ignore=IGNORED_FIELDS) -> list[tuple[str, Any, Any]]:
+    """(dotted field, old value, new value) for every field set in both configs that differs,
+    except the ``ignore`` ones (by top-level name)."""
+    a, b = _flatten(old), _flatten(new)
+    return [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())
+            if k.split(".")[0] not in ignore and a[k] != b[k]]
+
+
+def holds_run(out: Path) -> bool:
+    """True when ``out`` holds something a run wrote (a checkpoint, metrics, a final model)."""
+    return any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
+
+
+def clear_run(out: Path) -> None:
+    """Delete the run in ``out`` (only the files a run writes: :data:`RUN_FILES`)."""
+    doomed = [out / n for n in RUN_FILES] + [p for g in RUN_GLOBS for p in out.glob(g)]
+    for p in doomed:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def _plain(cfg: Any) -> dict:
+    """The config as YAML reads it back (lists, not tuples), with ``overwrite`` cleared."""
+    d = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    if "overwrite" in d:
+        d["overwrite"] = False
+    return d
+
+
+def _show(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
+                    resume: bool = True, overwrite: bool = False) -> Path:
+    """Check ``out`` before any work and record ``cfg`` in ``<out>/config.yaml``.
+
+    - ``out`` a file, or not writable: :class:`ConfigError` (one line).
+    - ``overwrite``: the run already in ``out`` (if any) is deleted; a fresh run starts.
+    - ``out`` holds a run whose ``config.yaml`` differs from ``cfg`` (fields other than
+      :data:`IGNORED_FIELDS`): :class:`ConfigError` listing each differing field, old → new.
+    - ``resume`` false while ``out`` holds a run: :class:`ConfigError` (it would be overwritten).
+    Returns ``out`` as a Path."""
+    p = check_writable(out)
+    saved = p / "config.yaml"
+    new = _plain(cfg)
+    if overwrite:
+        clear_run(p)
+    elif saved.exists():
+        try:
+            old = yaml.safe_load(saved.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{name}: {saved} is unreadable ({str(e).splitlines()[0]}); pass "
+                              "--overwrite (overwrite=true) to start afresh there") from None
+        diffs = config_diff(old if isinstance(old, dict) else {}, new)
+        if diffs:
+            shown = "; ".join(f"{k}: {_show(a)} → {_show(b)}" for k, a, b in diffs[:12])
+            more = f" (and {len(diffs) - 12} more)" if len(diffs) > 12 else ""
+            raise ConfigError(f"{name}: out {p} holds a run with a different config ({shown}{more});"
+                              " resume it with the same config, choose another out, or pass "
+                              "--overwrite (overwrite=true) to delete it and start afresh")
+    if not overwrite and not resume and holds_run(p):
+        raise ConfigError(f"{name}: out {p} holds a run and resume=false would start afresh over it;"
+                          " pass --overwrite (overwrite=true) to delete it, or choose another out")
+    write_text(saved, yaml.safe_dump(new, sort_keys=False))
+    return p
