@@ -133,11 +133,17 @@ _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CHOICE_RE = re.compile(r"^\(([A-Ea-e])\)$")
 
 
+MAX_UNIT_PASSES = 4  # trailing units stripped (``5 \text{ m}\text{ s}``); each pass is linear
+
+
 def _strip_units(s: str) -> str:
-    """Drop a trailing ``\\text{ units}`` (leading space inside the braces marks a unit)."""
-    prev = None
-    while prev != s:
-        prev, s = s, _UNIT_TEXT_RE.sub("", s).rstrip()
+    """Drop trailing ``\\text{ units}`` (leading space inside the braces marks a unit), up to
+    MAX_UNIT_PASSES of them (``\\text{ a}`` × 10⁴ would otherwise take 10⁴ passes)."""
+    for _ in range(MAX_UNIT_PASSES):
+        new = _UNIT_TEXT_RE.sub("", s).rstrip()
+        if new == s:
+            break
+        s = new
     return s
 
 

@@ -12,7 +12,12 @@ Grammar (recursive descent, exact rational arithmetic with :class:`fractions.Fra
 
 Anything else — names, calls, strings, brackets other than parentheses — raises ``ValueError``.
 Sizes are bounded so that hostile input cannot exhaust time or memory: input length, nesting depth,
-exponents (integer, |e| <= MAX_EXPONENT) and the bit length of every power result.
+exponents (integer, |e| <= MAX_EXPONENT), the bit length of every power result and of every
+intermediate value (MAX_VALUE_BITS: ``2^1000 * 2^1000 * …`` stops there). The step
+checkers look at no more than MAX_ANNOTATIONS annotations and MAX_EQUATIONS ``=`` signs of a
+text, each within a window of _PLAIN_WINDOW characters, and their patterns have no nested
+ambiguity (each character of an expression can be matched one way only), so their time grows
+at most linearly with the text (benchmarks/grader_fuzz.py: under 50 ms for 100 kB of hostile text).
 
 GSM8K solutions carry calculator annotations ``<<48/2=24>>``; :func:`check_calc_annotations` checks
 each one and :func:`step_arithmetic_ok` summarises a step.
@@ -27,6 +32,9 @@ MAX_EXPR_CHARS = 2000  # longer expressions are refused outright
 MAX_DEPTH = 100  # parentheses / unary-sign nesting
 MAX_EXPONENT = 1000  # |e| of any power
 MAX_RESULT_BITS = 4096  # bit length of a power's numerator/denominator
+MAX_VALUE_BITS = 8192  # bit length of any intermediate numerator/denominator (any 2000-char literal fits)
+MAX_ANNOTATIONS = 64  # calculator annotations checked per text (the rest are left out)
+MAX_EQUATIONS = 64  # '=' signs examined per step for plain equations (the rest are left out)
 
 _TOKEN_RE = re.compile(r"""
     \s*(?:
@@ -74,6 +82,13 @@ def _power(base: Fraction, exp: Fraction) -> Fraction:
     return base ** e
 
 
+def _bounded(v: Fraction) -> Fraction:
+    """``v``, unless its numerator or denominator is longer than MAX_VALUE_BITS (ValueError)."""
+    if v.numerator.bit_length() > MAX_VALUE_BITS or v.denominator.bit_length() > MAX_VALUE_BITS:
+        raise ValueError(f"intermediate value longer than {MAX_VALUE_BITS} bits")
+    return v
+
+
 class _Parser:
     """Recursive-descent parser over a token list (see the module docstring for the grammar)."""
 
@@ -98,7 +113,7 @@ class _Parser:
     def expr(self) -> Fraction:
         val = self.term()
         while self.peek() in ("+", "-"):
-            val = val + self.term() if self.take() == "+" else val - self.term()
+            val = _bounded(val + self.term() if self.take() == "+" else val - self.term())
         return val
 
     def term(self) -> Fraction:
@@ -106,11 +121,11 @@ class _Parser:
         while self.peek() in ("*", "/", "×", "÷"):
             op, rhs = self.take(), self.unary()
             if op in ("*", "×"):
-                val = val * rhs
+                val = _bounded(val * rhs)
             elif rhs == 0:
                 raise ValueError("division by zero")
             else:
-                val = val / rhs
+                val = _bounded(val / rhs)
         return val
 
     def unary(self) -> Fraction:
@@ -199,8 +214,9 @@ def values_match(computed: Fraction, shown: Fraction, decimals: int | None) -> b
     return abs(computed - shown) <= unit  # covers round-half-up, round-half-even and truncation
 
 
-def check_calc_annotations(text: str) -> list[dict]:
-    """Check every GSM8K calculator annotation ``<<expr=value>>`` in ``text``.
+def check_calc_annotations(text: str, limit: int = MAX_ANNOTATIONS) -> list[dict]:
+    """Check the GSM8K calculator annotations ``<<expr=value>>`` in ``text`` (the first
+    ``limit`` of them).
 
     Returns one dict per annotation, in order: ``{"expr", "value", "ok"}`` where ``ok`` is True if
     the expression's exact value matches the shown value (allowing rounding to the shown number
@@ -208,6 +224,8 @@ def check_calc_annotations(text: str) -> list[dict]:
     """
     out = []
     for m in _ANNOTATION_RE.finditer(text or ""):
+        if len(out) >= limit:
+            break
         expr, value = m.group(1).strip(), m.group(2).strip()
         try:
             computed = parse_expr(expr)
@@ -221,8 +239,11 @@ def check_calc_annotations(text: str) -> list[dict]:
 
 _PLAIN_NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
 _PLAIN_OP = r"(?:\*\*|[-+*/×÷^]|(?<=[\d\s)])[xX](?=[\s\d$(]))"
+# Every piece of whitespace belongs to exactly one ``\s*`` (after an operator, after each sign or
+# parenthesis): ``\s*[-(]*\s*`` would let the space of each ``+ 2`` go to either side, 2^n ways to
+# fail for an n-term sum that does not end in a number ("1 + 2 + … + 22 + n = 500" took seconds).
 _PLAIN_EXPR = (rf"(?:[-(]\s*)*{_PLAIN_NUM}\)*"
-               rf"(?:\s*{_PLAIN_OP}\s*[-(]*\s*{_PLAIN_NUM}\)*)*")
+               rf"(?:\s*{_PLAIN_OP}\s*(?:[-(]\s*)*{_PLAIN_NUM}\)*)*")
 _LHS_RE = re.compile(rf"({_PLAIN_EXPR})\s*$")
 _RHS_RE = re.compile(rf"^\s*({_PLAIN_EXPR})")
 _HAS_OP_RE = re.compile(rf"\d\)*\s*{_PLAIN_OP}")
@@ -246,7 +267,7 @@ def _plain_equations(text: str) -> list[tuple[str, str]]:
     right side continues with an operator after a unit (``= 240g/5``).
     """
     text = text.replace("\u2013", "-").replace("\u2212", "-")
-    parts = text.split("=")
+    parts = text.split("=", MAX_EQUATIONS)[:MAX_EQUATIONS + 1]   # the first MAX_EQUATIONS '='
     out = []
     for left, right in zip(parts, parts[1:]):
         left, right = left[-_PLAIN_WINDOW:], right[:_PLAIN_WINDOW]
@@ -320,7 +341,7 @@ def to_number(s: str) -> Fraction | None:
         return None
 
 
-__all__ = ["parse_expr", "check_calc_annotations", "step_arithmetic_ok", 
+__all__ = ["parse_expr", "check_calc_annotations", "step_arithmetic_ok",
            "values_match", "to_number",
-           "MAX_EXPONENT", "MAX_DEPTH"]
+           "MAX_EXPONENT", "MAX_DEPTH", "MAX_VALUE_BITS", "MAX_ANNOTATIONS", "MAX_EQUATIONS"]
 

@@ -3,15 +3,23 @@
 A checkpoint directory ``<out>/checkpoints/step_<N>/`` holds the model and tokenizer in Hugging
 Face format (so ``from_pretrained`` loads it) plus ``trainer_state.pt`` with the optimizer and
 scheduler states, every RNG state and the step. ``<out>/checkpoints/latest`` names the newest.
+
+A checkpoint is written under a temporary name and renamed, so a crash never leaves a torn one;
+should one still be damaged (a truncated weight or state file, a ``latest`` naming nothing),
+:func:`latest_checkpoint` warns and falls back to the newest complete one, and
+:func:`save_checkpoint` keeps the last ``keep`` (2) complete ones.
 """
 
 from __future__ import annotations
 
 
+import json
 import os
 import random
 import shutil
-
+import struct
+import warnings
+import zipfile
 from pathlib import Path
 
 
@@ -19,6 +27,92 @@ import numpy as np
 import torch
 
 from rewardlab.io import atomic_path
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped as incomplete or corrupt (resuming from an earlier one)."""
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is unusable (truncated, bad header), or None: its 8-byte
+    header length, JSON header and tensor offsets must account for exactly the file's size."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name}: truncated ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{path.name}: truncated header ({size} bytes)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"{path.name}: unreadable header ({e.__class__.__name__})"
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        return f"{path.name}: {size} bytes, the header describes {want}"
+    return None
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """Why a ``torch.save`` file (a zip archive) is unusable, or None: a truncated archive loses
+    its central directory, so it no longer opens."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            size = path.stat().st_size
+            if any(i.header_offset + i.compress_size > size for i in z.infolist()):
+                return f"{path.name}: truncated"
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"{path.name}: not a complete torch file ({e.__class__.__name__})"
+    return None
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why ``ckpt`` is not a complete checkpoint (missing trainer state or weights, a truncated
+    or damaged file), or None when it is. Reads only file headers, never the tensors."""
+    p = Path(ckpt)
+    if not p.is_dir():
+        return "no such directory"
+    state = p / "trainer_state.pt"
+    if not state.is_file():
+        return "no trainer_state.pt"
+    why = _torch_file_problem(state)
+    if why:
+        return why
+    weights = sorted(p.rglob("*.safetensors"))
+    bins = sorted(p.rglob("pytorch_model*.bin"))
+    if not weights and not bins:
+        return "no model weights"
+    for w in weights:
+        why = _safetensors_problem(w)
+        if why:
+            return f"{w.relative_to(p).parent}/{why}" if w.parent != p else why
+    for b in bins:
+        why = _torch_file_problem(b)
+        if why:
+            return why
+    for index in p.rglob("*.index.json"):   # sharded weights: every shard present
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{index.name}: unreadable"
+        missing = [s for s in shards if not (index.parent / s).is_file()]
+        if missing:
+            return f"{index.name}: shard {missing[0]} is missing"
+    return None
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """The ``step_N`` directories under ``root``, newest (highest N) first."""
+    def step(d: Path) -> int:
+        try:
+            return int(d.name.split("_", 1)[1])
+        except (IndexError, ValueError):
+            return -1
+    dirs = [d for d in root.glob("step_*") if d.is_dir() and step(d) >= 0]
+    return sorted(dirs, key=step, reverse=True)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -98,20 +192,47 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optim
     os.replace(tmp, final)
     with atomic_path(ckpt_root / "latest") as p:
         p.write_text(final.name)
-    olds = sorted(d for d in ckpt_root.glob("step_*") if d.is_dir())
-    for d in olds[:-keep] if keep > 0 else []:
-        shutil.rmtree(d, ignore_errors=True)
+    if keep > 0:   # keep the newest ``keep`` complete checkpoints; drop older and damaged ones
+        dirs = _step_dirs(ckpt_root)
+        keepers = [d for d in dirs if checkpoint_problem(d) is None][:keep]
+        if final not in keepers:
+            keepers.append(final)
+        for d in dirs:
+            if d not in keepers:
+                shutil.rmtree(d, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``<out_dir>/checkpoints`` (None: there is none).
+
+    Damaged ones (see :func:`checkpoint_problem`) are skipped with a :class:`CheckpointWarning`
+    that says why and which checkpoint the run resumes from instead; so is a ``latest`` marker
+    that names no complete checkpoint."""
     root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    notes = []
     marker = root / "latest"
+    named = None
     if marker.exists():
-        p = root / marker.read_text().strip()
-        if (p / "trainer_state.pt").exists():
-            return p
-    return None
+        try:
+            named = marker.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            named = "?"
+        if not (root / named).is_dir():
+            notes.append(f"checkpoints/latest names {named!r}, which does not exist")
+    found = None
+    for d in _step_dirs(root):
+        why = checkpoint_problem(d)
+        if why is None:
+            found = d
+            break
+        notes.append(f"checkpoint {d.name} is incomplete or corrupt ({why})")
+    if notes:
+        then = f"resuming from {found.name}" if found else "no complete checkpoint left: starting afresh"
+        warnings.warn(f"{root}: {'; '.join(notes)}; {then}", CheckpointWarning, stacklevel=2)
+    return found
 
 
 def load_trainer_state(ckpt: str | Path, optimizer=None, scheduler=None) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,16 @@ class MetricsLogger:
         self._t0 = time.time()
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint's step."""
+        """On resume, drop rows logged after the checkpoint's step, and a torn last line (a row
+        cut short by an interrupted write; a warning says so)."""
         if not self.path.exists():
             return
-        rows = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        write_text(self.path, "".join(r + "\n" for r in rows))
+        rows, torn = _parse_rows(self.path)
+        if torn:
+            warnings.warn(f"{self.path}: dropped {torn}, left by an interrupted write", stacklevel=2)
+        keep = [ln for ln, row in rows if row.get("step", 0) <= step]
+        if torn or len(keep) != len(rows):
+            write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time() - self._t0, 3)}
@@ -54,8 +59,28 @@ class MetricsLogger:
             self.writer.close()
 
 
+def _parse_rows(path: Path) -> tuple[list[tuple[str, dict]], str | None]:
+    """(line, row) of every row of a metrics log, and a note when its last line is torn (not
+    valid JSON: dropped). A bad line before the last is an error (ValueError naming the line)."""
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    rows, torn = [], None
+    for i, ln in enumerate(lines):
+        try:
+            row = json.loads(ln)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if i == len(lines) - 1:
+                torn = f"a torn last line ({len(ln)} characters)"
+                break
+            raise ValueError(f"{path}:{i + 1}: not a metrics row") from None
+        rows.append((ln, row))
+    return rows, torn
+
+
 def read_metrics(path: str | Path) -> list[dict]:
+    """Every row of a metrics log (a torn last line, from an interrupted write, is left out)."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return [row for _, row in _parse_rows(p)[0]]
