@@ -125,7 +125,8 @@ class Engine:
             self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
         self.t0 = time.time()   # wall_s counts the loop, not the set-up
         if self.checkpoint is None:
-            self.logger.truncate_after(-1)   # rows of an earlier attempt that left no checkpoint
+            if self.logger is not None:   # rows of an earlier attempt that left no checkpoint
+                self.logger.truncate_after(-1)
             return {}
         state = load_trainer_state(self.checkpoint, optimizer, scheduler)
         extra = state.get("extra") or {}
