@@ -9,6 +9,7 @@ import pytest
 
 from rewardlab.cli.main import main
 from rewardlab.demo import DESIGNS
+from rewardlab.eval.report import METRICS as REPORT_METRICS
 
 
 def test_rl_cli_rejects_bad_config(tmp_path, capsys):
@@ -71,11 +72,26 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert set(res["designs"]) == set(DESIGNS)
     for design, row in res["designs"].items():
-        assert row["n_seeds"] == 1, design
+        assert row["n_seeds"] == 3 and row["seeds"] == ["s0", "s1", "s2"], design   # --seeds 3 by default
         assert 0.0 <= row["accuracy"]["mean"] <= 1.0
-        summary = json.loads((out / "rl" / design / "s0" / "rl_summary.json").read_text())
-        assert summary["actor/grad_norm"] >= 0 and "reward/success" in summary
-        assert (out / "rl" / design / "s0" / "final" / "config.json").exists()
+        for metric in REPORT_METRICS:
+            cell = row[metric]
+            assert len(cell["values"]) == 3 and len(cell["ci95"]) == 2 and "std" in cell, (design, metric)
+            if cell["mean"] is not None:
+                assert cell["ci95"][0] <= cell["mean"] + 1e-9 <= cell["ci95"][1] + 2e-9, (design, metric)
+            assert ("vs_success" in cell) == (design != "success"), (design, metric)
+        for seed in range(3):
+            summary = json.loads((out / "rl" / design / f"s{seed}" / "rl_summary.json").read_text())
+            assert summary["actor/grad_norm"] >= 0 and "reward/success" in summary
+            assert (out / "rl" / design / f"s{seed}" / "final" / "config.json").exists()
+    assert list(res["stage_s"]) == ["sft", "sft eval", "rm backbone", "rm data", "rm training", "bon", "rl"]
+    assert res["setting"]["seeds"] == 3 and res["wall_s"] > 0
+    # the terminal gets the compact table (80 columns) and the path of the full report
+    lines = r.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["design", "accuracy"])
+    table = lines[head:head + len(DESIGNS) + 3]
+    assert max(len(ln) for ln in table) <= 80 and "…" not in "".join(table), "\n".join(table)
+    assert "report.md" in r.stdout and "| design |" not in r.stdout
     prm_designs = [d for d in DESIGNS if d.startswith("prm") or d == "grpo_process"]
     for d in prm_designs:
         summary = json.loads((out / "rl" / d / "s0" / "rl_summary.json").read_text())
@@ -84,7 +100,9 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     assert "| design |" in report and "SFT policy (start)" in report
     for desc, _ in DESIGNS.values():
         assert desc in report
-    for png in ["bon/bon.png", "curve_accuracy.png", "curve_steps_per_solution.png", "curve_prm_return.png"]:
+    assert "## Paired differences" in report and "α = 1, η = 0.8, 3 seeds" in report
+    for png in ["bon/bon.png", "curve_accuracy.png", "curve_steps_per_solution.png", "curve_prm_return.png",
+                "curve_hacking.png", "curve_kl.png", "summary.png", "paired.png"]:
         assert (out / png).stat().st_size > 1000, png
     assert res["reward_models"]["prm"]["eval/n"] > 0
     # the reward models start from the longer-trained backbone, not from the policy
@@ -94,4 +112,4 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     # a second run continues from the cached stages instead of starting over
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert r2.stdout.count("cached") >= 3 + len(DESIGNS)
+    assert r2.stdout.count("cached") >= 3 + 3 * len(DESIGNS)

@@ -11,7 +11,11 @@ first stopped::
                           held-out problems, oracle step labels), orm/, prm/
     <out>/bon/            best-of-N table and plot
     <out>/rl/<design>/s<seed>/   one RL run per reward design and seed
-    <out>/report.md, results.json, *.png
+    <out>/report.md, results.json, *.png, stage_s.json (seconds each stage took when it ran)
+
+RL and reward-model jobs run in worker processes; the parent shows their progress
+(``rewardlab.training.progress.JobBoard``: a live panel on a terminal, a line per job every 10
+steps otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +33,7 @@ from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.eval.bon import run_bon
 from rewardlab.eval.prm_eval import prm_label_metrics
 from rewardlab.eval.evaluate import evaluate_policy
-from rewardlab.eval.report import write_report
+from rewardlab.eval.report import STAGES, write_report
 from rewardlab.io import read_jsonl, write_json, write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.models.sampling import SamplingConfig
@@ -40,6 +45,7 @@ from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
 from rewardlab.sft.trainer import SFTConfig, train_sft
 from rewardlab.training.engine import quiet_transformers
+from rewardlab.training.progress import JobBoard, queue_reporter
 
 
 # name -> (description, dotted overrides on RLConfig)
@@ -135,8 +141,9 @@ class DemoConfig:
     RANGES: ClassVar[dict[str, str]] = {"seeds": "[1, 20]", "prm_eta": "[0, 1]", "workers": "[1, 64]"}
 
     out: str = "runs/demo"
-    seeds: int = 1
-    """RL seeds per design (mean ± std in the report when > 1)."""
+    seeds: int = 3
+    """RL seeds per design (mean and 95 % t-interval over seeds, and paired differences against
+    success-only on the same seeds, in the report)."""
     quick: bool = False
     designs: list[str] = field(default_factory=lambda: list(DESIGNS))
     budget: DemoBudget = field(default_factory=DemoBudget)
@@ -149,6 +156,15 @@ class DemoConfig:
     e.g. ``lr=5e-5`` (change ``out`` too: a cached run is not re-run)."""
     workers: int = 2
     """RL runs in parallel worker processes (one torch thread each); 1: in this process."""
+    progress_every: int = 10
+    """Without a terminal, a progress line per RL job every this many steps (and at its end)."""
+
+    def setting(self) -> dict:
+        """What the report's captions state: α, η, β, seeds and the RL budget."""
+        b = self.budget
+        return {"prm_alpha": self.prm_alpha, "prm_eta": self.prm_eta, "orm_beta": self.orm_beta,
+                "seeds": self.seeds, "rl_steps": b.rl_steps, "rl_prompts": b.rl_prompts,
+                "rl_n": b.rl_n, "eval_k": b.eval_k, "rl_overrides": list(self.rl_overrides)}
 
     def validate(self) -> None:
         """Every number finite and in range (``prm_alpha`` / ``orm_beta``: any finite weight), the
@@ -208,15 +224,13 @@ def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
         f"{summary.get('maj@k', float('nan')):.3f}")
 
 
-def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
-    """Reward-model data and the ORM and PRM.
+def stage_rm_data(cfg: DemoConfig, sft_dir: Path, log) -> tuple[Path, Path]:
+    """The reward models' rows (cached).
 
     Training rows: ``rm_samples`` policy samples per training problem at ``rm_temperature``,
     labelled by the oracle, deduplicated, plus ``rm_repair`` repaired, ``rm_corrupt`` corrupted
     and ``rm_truncate`` truncated copies per sample (relabelled exactly; the tail that large N surfaces).
-    Evaluation rows: the policy's samples (temperature 1) on held-out problems. The PRM's
-    metrics add earliest-error identification (threshold chosen on half of the held-out
-    problems, reported on the other half) and its score bias (by step count, by correctness)."""
+    Evaluation rows: the policy's samples (temperature 1) on held-out problems."""
     b = cfg.budget
     out = Path(cfg.out) / "rm"
     data, eval_data = out / "samples.jsonl", out / "eval_samples.jsonl"
@@ -245,6 +259,16 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
         write_jsonl(path, rows)
         pos = sum(r["outcome"] for r in rows) / max(len(rows), 1)
         log(f"rm: {len(rows)} labelled rows on {split} problems ({pos:.2f} correct)")
+    return data, eval_data
+
+
+def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
+    """The ORM and PRM, trained on :func:`stage_rm_data`'s rows. The PRM's metrics add
+    earliest-error identification (threshold chosen on half of the held-out problems, reported
+    on the other half) and its score bias (by step count, by correctness)."""
+    b = cfg.budget
+    out = Path(cfg.out) / "rm"
+    data, eval_data = stage_rm_data(cfg, sft_dir, log)
     metrics, todo = {}, []
     for kind in ("orm", "prm"):
         rm_dir = out / kind
@@ -256,7 +280,8 @@ def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) 
                                   data=[str(data)], eval_data=[str(eval_data)], out=str(rm_dir), tag=PRM_TAG,
                                   lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps,
                                   progress=cfg.progress))
-    for rc, res in zip(todo, _map_jobs(_train_rm_job, todo, cfg.workers)):
+    for rc, res in zip(todo, _map_jobs(_train_rm_job, todo, cfg.workers, [f"rm {rc.kind}" for rc in todo],
+                                       log if cfg.progress else None)):
         if rc.kind == "prm":
             prm = load_reward_model(Path(rc.out) / "final", device="cpu")
             res = {**res, **prm_label_metrics(prm, read_jsonl(eval_data))}
@@ -273,32 +298,68 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _train_rm_job(rc) -> dict:
+_QUEUE = None   # worker processes: where job progress messages go (training.progress)
 
+
+def _train_rm_job(named) -> dict:
+    name, rc = named
     quiet_transformers()
-    return train_reward_model(rc)
+    report = queue_reporter(_QUEUE, name) if _QUEUE is not None else None
+    if report:
+        report("start", None)
+    try:
+        return train_reward_model(rc)
+    finally:
+        if report:
+            report("end")
 
 
-def _map_jobs(fn, jobs: list, workers: int) -> list:
+def _map_jobs(fn, jobs: list, workers: int, names: list[str] | None = None, log=None) -> list:
     """``[fn(j) for j in jobs]``, in ``min(workers, len(jobs))`` spawned processes that split the
-    cores evenly (in this process when that is one)."""
+    cores evenly (in this process when that is one). ``fn`` gets ``(name, job)``; in worker
+    processes it may report progress on ``_QUEUE``, which the parent shows (:class:`JobBoard`:
+    a live panel on a terminal, else lines through ``log``) when ``log`` is given."""
     n = min(workers, len(jobs))
+    names = names or [str(i) for i in range(len(jobs))]
     if n <= 1:
-        return [fn(j) for j in jobs]
+        return [fn((name, j)) for name, j in zip(names, jobs)]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     for j in jobs:
         j.progress = False
     threads = max(1, _cores() // n)
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
-                             initializer=_set_threads, initargs=(threads,)) as pool:
-        return list(pool.map(fn, jobs))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_set_threads,
+                             initargs=(threads, q)) as pool, \
+            JobBoard(names, {}, live=log is not None, log=log or (lambda s: None)) as board:
+        futures = [pool.submit(fn, (name, j)) for name, j in zip(names, jobs)]
+        _wait_all(futures, board, q)
+        return [f.result() for f in futures]
 
 
-def _set_threads(n: int) -> None:
+def _set_threads(n: int, q=None) -> None:
+    global _QUEUE
     import torch
     torch.set_num_threads(n)
+    _QUEUE = q
+
+
+def _wait_all(futures: list, board: JobBoard, q, poll_s: float = 0.5, on_done=None) -> None:
+    """Wait for every future, feeding the queue's progress messages to ``board`` meanwhile;
+    ``on_done(future)`` as each finishes (its exception, if any, is raised there or later by
+    ``result()``)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
+        board.drain(q)
+        for fut in [f for f in futures if f in done]:
+            if on_done is not None:
+                on_done(fut)
+    board.drain(q)
 
 
 def stage_bon(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> Path:
@@ -336,9 +397,14 @@ _ACTIVE = None   # worker processes: shared count of RL jobs running now
 _CORES = 1
 
 
-def _init_rl_worker(active, cores: int) -> None:
-    global _ACTIVE, _CORES
-    _ACTIVE, _CORES = active, cores
+def _init_rl_worker(active, cores: int, q=None) -> None:
+    global _ACTIVE, _CORES, _QUEUE
+    _ACTIVE, _CORES, _QUEUE = active, cores, q
+
+
+def job_name(rc: RLConfig) -> str:
+    """``<design>/s<seed>`` of an RL run (the last two parts of its directory)."""
+    return "/".join(Path(rc.out).parts[-2:])
 
 
 def job_threads(cores: int, active: int) -> int:
@@ -357,16 +423,26 @@ def _run_rl_job(rc: RLConfig) -> tuple[str, dict]:
     quiet_transformers()
     with _ACTIVE.get_lock():
         _ACTIVE.value += 1
+    report = queue_reporter(_QUEUE, job_name(rc)) if _QUEUE is not None else None
 
-    def retune(step: int, metrics: dict) -> None:
+    def retune() -> None:
         n = job_threads(_CORES, _ACTIVE.value)
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
 
-    retune(0, {})
+    def on_step(step: int, metrics: dict) -> None:
+        retune()
+        if report:
+            report("step", step)
+
+    retune()
+    if report:
+        report("start", rc.steps)
     try:
-        return rc.out, train_rl(rc, on_step=retune)
+        return rc.out, train_rl(rc, on_step=on_step)
     finally:
+        if report:
+            report("end")
         with _ACTIVE.get_lock():
             _ACTIVE.value -= 1
 
@@ -388,28 +464,62 @@ def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, lis
         name = "/".join(Path(out).parts[-2:])
         log(f"rl {name}: accuracy {res.get('eval/accuracy', float('nan')):.3f}, steps/solution "
             f"{res.get('eval/mean_steps', float('nan')):.2f}, unnecessary "
-            f"{res.get('eval/unnecessary_frac', float('nan')):.3f} ({time.time() - t0:.0f}s)")
+            f"{res.get('eval/unnecessary_frac', float('nan')):.3f} (run {board.elapsed(name):.0f}s, "
+            f"stage {time.time() - t0:.0f}s)")
 
     t0 = time.time()
+    for rc in pending:   # the board shows every job's progress instead of each run's own bar
+        rc.progress = False
+    board = JobBoard([job_name(rc) for rc in pending], {job_name(rc): rc.steps for rc in pending},
+                     live=cfg.progress, log=log, every=cfg.progress_every, label="rl ",
+                     end_lines=False)
     if cfg.workers <= 1 or len(pending) <= 1:
-        for rc in pending:
-            report(rc.out, train_rl(rc), t0)
+        with board:
+            for rc in pending:
+                name = job_name(rc)
+                board.handle("start", name, rc.steps)
+                res = train_rl(rc, on_step=lambda step, m, name=name: board.handle("step", name, step))
+                board.handle("end", name)
+                report(rc.out, res, t0)
         return runs
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
-    for rc in pending:
-        rc.progress = False
     ctx = mp.get_context("spawn")
     active = ctx.Value("i", 0)
+    q = ctx.Queue()
     cores = max(cfg.workers, _cores())
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_rl_worker,
-                             initargs=(active, cores)) as pool:
+                             initargs=(active, cores, q)) as pool, board:
         futures = [pool.submit(_run_rl_job, rc) for rc in pending]
-        for fut in as_completed(futures):
-            out, res = fut.result()
-            report(out, res, t0)
+        _wait_all(futures, board, q, on_done=lambda fut: report(*fut.result(), t0))
     return runs
+
+
+class StageClock:
+    """Seconds each demo stage took, kept in ``<out>/stage_s.json``: a stage whose outputs were
+    all there before it started (cached) keeps the time recorded by the run that made them."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.times: dict[str, float] = {}
+        if self.path.exists():
+            try:
+                self.times = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
+            except (ValueError, AttributeError):
+                self.times = {}
+
+    @contextmanager
+    def __call__(self, name: str, outputs: list[Path]):
+        cached = bool(outputs) and all(_done(p) for p in outputs)
+        t0 = time.time()
+        yield
+        if not cached:
+            self.times[name] = round(time.time() - t0, 1)
+            write_json(self.path, self.times)
+
+    def ordered(self, names: list[str]) -> dict[str, float]:
+        return {n: self.times[n] for n in names if n in self.times}
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
@@ -422,11 +532,25 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    sft_dir = stage_sft(cfg, log)
-    stage_sft_eval(cfg, sft_dir, log)
-    rm_dir = stage_rm(cfg, sft_dir, log, stage_rm_backbone(cfg, sft_dir, log))
-    bon_dir = stage_bon(cfg, sft_dir, rm_dir, log)
-    runs = stage_rl(cfg, sft_dir, rm_dir, log)
+    clock = StageClock(out / "stage_s.json")
+    sft, rm = out / "sft", out / "rm"
+    with clock("sft", [sft / "sft_summary.json", sft / "final"]):
+        sft_dir = stage_sft(cfg, log)
+    with clock("sft eval", [sft / "eval_summary.json"]):
+        stage_sft_eval(cfg, sft_dir, log)
+    with clock("rm backbone", [rm / "backbone" / "sft_summary.json", rm / "backbone" / "final"]
+               if cfg.budget.rm_backbone_steps > cfg.budget.sft_steps else []):
+        backbone = stage_rm_backbone(cfg, sft_dir, log)
+    with clock("rm data", [rm / "samples.jsonl", rm / "eval_samples.jsonl"]):
+        stage_rm_data(cfg, sft_dir, log)
+    with clock("rm training", [rm / f"{k}_metrics.json" for k in ("orm", "prm")]):
+        rm_dir = stage_rm(cfg, sft_dir, log, backbone)
+    with clock("bon", [out / "bon" / "bon.json"]):
+        bon_dir = stage_bon(cfg, sft_dir, rm_dir, log)
+    with clock("rl", [out / "rl" / d / f"s{s}" / "rl_summary.json" for d in cfg.designs
+                      for s in range(cfg.seeds)]):
+        runs = stage_rl(cfg, sft_dir, rm_dir, log)
     results = write_report(out, sft_dir, rm_dir, bon_dir, runs,
-                           {d: DESIGNS[d][0] for d in runs}, wall_s=time.time() - t0)
+                           {d: DESIGNS[d][0] for d in runs}, wall_s=time.time() - t0,
+                           setting=cfg.setting(), stage_s=clock.ordered(STAGES))
     return results

@@ -8,6 +8,7 @@ import typer
 
 from rewardlab.config import ConfigError, load_config
 from rewardlab.demo import budget_with, DemoConfig, DESIGNS, run_demo
+from rewardlab.eval.report import compact_table
 from rewardlab.rl.config import RLConfig
 
 
@@ -15,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(out: str = typer.Option("runs/demo", "--out", help="Run directory (stages are cached here)."),
              quick: bool = typer.Option(False, "--quick", help="Tiny budget (~3 min), for smoke tests."),
-             seeds: int = typer.Option(1, "--seeds", help="RL seeds per reward design (mean ± std)."),
+             seeds: int = typer.Option(3, "--seeds", help="RL seeds per reward design (mean, 95% t-interval, paired differences against success-only)."),
              designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs."),
              alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
              eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
@@ -26,9 +27,9 @@ def register(app: typer.Typer) -> None:
              rl_set: Optional[list[str]] = typer.Option(None, "--rl-set",
                                                         help="RL config override key=value for every run (repeatable), e.g. lr=5e-5.")) -> None:
         """SFT → reward models → RL with every reward design → report (report.md, results.json, PNGs)."""
-        from rich.console import Console
-        from rich.markdown import Markdown
+        from pathlib import Path
 
+        from rich.console import Console
 
         if seeds < 1 or seeds > 20:
             raise typer.BadParameter("--seeds must be between 1 and 20")
@@ -52,6 +53,7 @@ def register(app: typer.Typer) -> None:
             except ConfigError as e:
                 raise typer.BadParameter(f"--rl-set: {e}") from None
         console = Console()
-        run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))
-        from pathlib import Path
-        console.print(Markdown((Path(out) / "report.md").read_text()))
+        results = run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))
+        console.print(compact_table(results))
+        console.print(f"Full table, paired differences and plots: {Path(out) / 'report.md'}",
+                      soft_wrap=True)
