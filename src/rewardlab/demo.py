@@ -49,11 +49,16 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
     "orm": ("PPO, success + ORM", ["algo=ppo"]),
     "grpo_process": ("GRPO, process supervision (PRM)", ["algo=grpo", "advantage=grpo_process",
                                                           "kl.in_reward=false", "kl.estimator=k3"]),
+    "prm_min_form": ("PPO, success + PRM min-form (PURE)", ["algo=ppo", "reward.prm.refine=min_form"]),
+    "prime": ("PRIME: RLOO on success + online implicit PRM", ["algo=ppo", "advantage=prime",
+                                                              "kl.in_reward=false", "kl.estimator=k3"]),
+    "vine": ("VinePPO: Monte-Carlo step values", ["algo=ppo", "advantage=vine", "kl.in_reward=false",
+                                                  "kl.estimator=k3"]),
 }
 # The PRM step tag is a special token added to the vocabulary (the seed blog convention): the
 # policy cannot produce it, so no sampled step can contain it.
 PRM_TAG = "<|prm_label|>"
-USES_PRM = {"prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "grpo_process"}
+USES_PRM = {"prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "grpo_process", "prm_min_form"}
 
 
 @dataclass

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
     def demo(out: str = typer.Option("runs/demo", "--out", help="Run directory (stages are cached here)."),
              quick: bool = typer.Option(False, "--quick", help="Tiny budget (~3 min), for smoke tests."),
              seeds: int = typer.Option(1, "--seeds", help="RL seeds per reward design (mean ± std)."),
-             designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs."),
+             designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs: " + ", ".join(DESIGNS) + "."),
              alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
              eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
              workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes."),
