@@ -8,7 +8,8 @@ import torch
 
 from rewardlab.rewards.refine import NORM_EPS, normed
 from rewardlab.rl.advantages import (ADVANTAGES, AdvantageInputs, compute_advantages, dr_grpo,
-                                     gae, grpo_outcome, grpo_process, group_index, rloo, whiten)
+                                     gae, grpo_outcome, grpo_process, group_index, prime_advantages,
+                                     rloo, vine_advantages, whiten)
 
 
 def rows(x):
@@ -203,12 +204,19 @@ def test_group_index():
 # Registry
 
 def test_registry_uniform_signature():
-    assert ADVANTAGES.names() == ["gae", "grpo_outcome", "grpo_process", "dr_grpo", "rloo"]
+    assert ADVANTAGES.names() == ["gae", "grpo_outcome", "grpo_process", "dr_grpo", "rloo",
+                                  "prime", "vine"]
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     token_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.0]])
     values = torch.tensor([[0.1, 0.2, 0.0], [0.3, 0.2, 0.1]])
+    implicit = torch.tensor([[0.2, 0.4, 0.0], [0.3, -0.3, 0.6]])
     x = AdvantageInputs(token_rewards=token_rewards, values=values, mask=mask, group_ids=2,
-                        step_rewards=[[1.0], [0.0]], step_ends=[[1], [0]], gamma=0.9, lam=0.8)
+                        step_rewards=[[1.0], [0.0]], step_ends=[[1], [0]], gamma=0.9, lam=0.8,
+                        implicit_rewards=implicit, step_values=[[0.5, 1.0], [0.5, 0.0]])
+    assert torch.equal(compute_advantages("prime", x),
+                       prime_advantages(implicit, torch.tensor([1.0, 0.5]), 2, mask))
+    assert torch.equal(compute_advantages("vine", x),
+                       vine_advantages([[0.5, 1.0], [0.5, 0.0]], [[1], [0]], mask))
     assert torch.equal(compute_advantages("gae", x), gae(token_rewards, values, mask, 0.9, 0.8)[0])
     scores = torch.tensor([1.0, 0.5])                                  # fallback: Σ token rewards
     assert torch.equal(compute_advantages("grpo_outcome", x), grpo_outcome(scores, 2, mask))
@@ -300,3 +308,47 @@ def test_norm_eps_is_where_trl_puts_its_epsilon():
     assert torch.allclose(compute_advantages("grpo_process", x), A.float(), atol=1e-7)
     default = grpo_outcome(torch.tensor([1.0, 0.0]), 2, mask)
     assert default[0, 0].item() == pytest.approx(0.5 / (math.sqrt(0.5) + 1e-6), abs=1e-7)
+
+
+# =============================================================================================
+# PRIME: RLOO on the outcome + return-to-go of RLOO-baselined implicit rewards
+
+def test_prime_advantages_by_hand_group_of_two():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    r = torch.tensor([[0.2, 0.4, 9.0], [0.3, -0.3, 0.6]])      # 9.0 on padding: ignored
+    # r̄ = (0.3, 0.2); r̃_0 = r_0 − 0.2 = (0, 0.2), r̃_1 = r_1 − 0.3 = (0, −0.6, 0.3)
+    # return-to-go: (0.2, 0.2), (−0.3, −0.3, 0.3); outcome RLOO (1 − 0, 0 − 1) = (1, −1)
+    A = prime_advantages(r, torch.tensor([1.0, 0.0]), 2, mask, whiten_result=False)
+    assert A.tolist() == rows([[1.2, 1.2, 0.0], [-1.3, -1.3, -0.7]])
+    assert torch.equal(prime_advantages(r, torch.tensor([1.0, 0.0]), 2, mask),
+                       whiten(A, mask))                              # whitened by default
+
+
+def test_prime_advantages_by_hand_group_of_three_and_a_group_of_one():
+    mask = torch.ones(4, 1)
+    r = torch.tensor([[0.3], [0.0], [0.6], [5.0]])
+    R = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    # group 0 (rows 0–2): baselines (0 + 0.6)/2 = 0.3, (0.3 + 0.6)/2 = 0.45, (0.3 + 0)/2 = 0.15
+    # → r̃ = (0, −0.45, 0.45); outcome RLOO (1, −0.5, −0.5). Row 3 alone: no baseline, 0.
+    A = prime_advantages(r, R, [0, 0, 0, 1], mask, whiten_result=False)
+    assert A.flatten().tolist() == pytest.approx([1.0, -0.95, -0.05, 0.0], abs=1e-6)
+
+
+# =============================================================================================
+# VinePPO: A_k = V̂(s_k) − V̂(s_{k−1}) on the tokens of step k
+
+def test_vine_advantages_by_hand():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    A = vine_advantages(
+        [[0.5, 0.25, 1.0],     # two steps ending at tokens 1 and 3; token 4 (EOS) joins step 2
+         [0.5, 0.0],           # one step: every token gets R − V̂(prompt)
+         [0.0, 1.0, 0.0]],     # the second step's end lies past the last real token (clamped)
+        [[1, 3], [2], [0, 9]], mask)
+    assert A.tolist() == rows([[-0.25, -0.25, 0.75, 0.75, 0.75, 0.0],
+                               [-0.5] * 6,
+                               [1.0, -1.0, -1.0, 0.0, 0.0, 0.0]])
+    # the advantages of a response add up, per step, to R − V̂(prompt) (telescoping)
+    with pytest.raises(ValueError, match="K \\+ 1 values"):
+        vine_advantages([[0.5]], [[1]], mask[:1])
+    with pytest.raises(ValueError, match="K >= 1"):
+        vine_advantages([[0.5]], [[]], mask[:1])

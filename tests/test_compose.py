@@ -97,11 +97,11 @@ def test_errors():
         build_token_rewards([[0.1, 0.2]], [[1]], MASK[:1])
     with pytest.raises(ValueError, match="no response tokens"):
         build_token_rewards([[]], [[]], torch.zeros(1, 4))
-    with pytest.raises(ValueError, match="valid: none, clip, delta, clip_delta, normed"):
+    with pytest.raises(ValueError, match="valid: none, clip, delta, clip_delta, min_form, normed"):
         build_token_rewards([[]], [[]], MASK[:1], refine="bogus")
     with pytest.raises(ValueError, match="success must have shape"):
         build_token_rewards([[]], [[]], MASK[:1], success=torch.ones(2))
-    assert GROUP_REFINERS.names() == ["none", "clip", "delta", "clip_delta", "normed"]
+    assert GROUP_REFINERS.names() == ["none", "clip", "delta", "clip_delta", "min_form", "normed"]
 
 
 # =============================================================================================
@@ -333,3 +333,21 @@ def test_no_steps():
     tok = build_tokenizer()
     assert step_end_positions([tok.eos_token_id], tok) == []
     assert step_end_positions([], tok) == []
+
+
+def test_min_form_through_refine_batch_and_token_rewards():
+    import math
+    from rewardlab.rewards.compose import refine_batch
+    from rewardlab.rewards.refine import min_form
+    assert "min_form" in GROUP_REFINERS
+    rows = [[1.0, 0.0], [0.5]]
+    assert refine_batch("min_form", rows, temperature=1.0) == [
+        pytest.approx(min_form([1.0, 0.0], 1.0)), pytest.approx([0.5])]
+    # response 0: steps end at tokens 1 and 3, success 1 on its last token (3)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]).float()
+    r, info = build_token_rewards([[1.0, 0.0], [0.5]], [[1, 3], [1]], mask,
+                                  success=torch.tensor([1.0, 0.0]), refine="min_form",
+                                  refine_options={"temperature": 1.0})
+    w = math.exp(-1) / (1 + math.exp(-1))
+    assert r.tolist()[0] == pytest.approx([0.0, w, 0.0, 1.0]) and r.tolist()[1] == pytest.approx([0.0, 0.5, 0, 0])
+    assert info["reward/prm_return"].tolist() == pytest.approx([w, 0.5])

@@ -300,3 +300,25 @@ def test_kl_loss_clamp_and_aggregation():
     # k1 is signed: the clamp bounds it on both sides
     loss, _ = kl_loss(logp, ref, mask, kind="k1", clamp=1.0)
     assert loss.item() == pytest.approx((-1.0 + -math.log(0.5)) / 2, rel=1e-6)
+
+
+# =============================================================================================
+# Implicit PRM (PRIME): z = β Σ_t (log π_φ − log π_ref), BCE against the outcome
+
+def test_implicit_prm_loss_and_rewards_by_hand():
+    from rewardlab.rl.losses import implicit_prm_loss, implicit_process_rewards
+    logp = torch.tensor([[-1.0, -2.0], [-1.0, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -2.5], [-0.6, 7.0]])                 # 7.0 on padding: ignored
+    mask = torch.tensor([[1, 1], [1, 0]])
+    r = implicit_process_rewards(logp, ref, mask, beta=0.5)
+    assert r.tolist() == [pytest.approx([0.25, 0.25]), pytest.approx([-0.2, 0.0])]
+    # z = (0.5, −0.2); y = (1, 0): loss = (log(1 + e^−0.5) + log(1 + e^−0.2)) / 2
+    loss, m = implicit_prm_loss(logp, ref, mask, torch.tensor([1.0, 0.0]), beta=0.5)
+    want = (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-0.2))) / 2
+    assert loss.item() == pytest.approx(want, abs=1e-6) and m["prime/rm_acc"] == 1.0
+    assert m["prime/rm_logit"] == pytest.approx(0.15)
+    loss.backward()
+    # ∂L/∂log π_φ(y_t) = β (σ(z) − y) / B on real tokens, 0 on padding
+    sig = 1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(0.2))
+    assert logp.grad.tolist() == [pytest.approx([0.25 * (sig[0] - 1)] * 2, abs=1e-6),
+                                  pytest.approx([0.25 * sig[1], 0.0], abs=1e-6)]

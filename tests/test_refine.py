@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rewardlab.registry import Registry
-from rewardlab.rewards.refine import (NORM_EPS, REFINERS, clip, clip_delta, delta, normed,
-                                      refine)
+from rewardlab.rewards.refine import (NORM_EPS, REFINERS, clip, clip_delta, delta, min_form,
+                                      normed, refine)
 
 ETA = 0.8
 
@@ -116,7 +116,7 @@ def test_normed_empty_and_constant():
 # --- registry -----------------------------------------------------------------------------------
 
 def test_registry_uniform_signature_and_exclude_last():
-    assert REFINERS.names() == ["none", "clip", "delta", "clip_delta"]
+    assert REFINERS.names() == ["none", "clip", "delta", "clip_delta", "min_form"]
     r = [0.9, 0.5, 0.6]
     assert refine("none", r) == approx(r)
     assert refine("none", r, exclude_last=True) == approx(r)          # Delta family only
@@ -184,3 +184,57 @@ def test_normed_eps():
     # {1, 2, 3}: mean 2, unbiased std 1; TRL's ε = 1e-4
     assert normed([1.0, 2.0, 3.0], eps=1e-4) == approx([-1 / 1.0001, 0.0, 1 / 1.0001])
     assert normed([[1.0], [2.0, 3.0]], eps=0.5) == [approx([-1 / 1.5]), approx([0.0, 1 / 1.5])]
+
+
+# --- min_form (PURE): w = softmax(−r/T), refined_k = w_k · r_k -------------------------------------
+
+def test_min_form_by_hand():
+    # r = (0.5, 0, 1), T = 0.5: exp(−r/T) = (e^−1, 1, e^−2), Z = 1 + e^−1 + e^−2
+    e1, e2 = math.exp(-1), math.exp(-2)
+    Z = 1 + e1 + e2
+    assert min_form([0.5, 0.0, 1.0], temperature=0.5) == approx([0.5 * e1 / Z, 0.0, 1.0 * e2 / Z])
+    # two steps (1, 0), T = 1: w_1 = e^−1/(1 + e^−1), the zero step contributes nothing
+    assert min_form([1.0, 0.0], 1.0) == approx([e1 / (1 + e1), 0.0])
+    # signed s = 2r − 1 = (1, −1), T = 1: w ∝ (e^−1, e^1) → (1/(1 + e²), e²/(1 + e²))
+    E = math.exp(2)
+    assert min_form([1.0, 0.0], 1.0, signed=True) == approx([1 / (1 + E), -E / (1 + E)])
+    assert min_form([0.7], 0.1) == approx([0.7]) and min_form([0.5], 0.1, signed=True) == approx([0.0])
+
+
+def test_min_form_return_is_a_soft_minimum_independent_of_k():
+    for K in range(1, 9):                                  # K equal steps return r, whatever K
+        assert sum(min_form([0.7] * K)) == pytest.approx(0.7, abs=1e-12)
+    r = [0.9, 0.2, 0.8]
+    out = min_form(r, temperature=0.01)                    # T → 0: the worst later step sets it
+    assert sum(out) == pytest.approx(0.2, abs=1e-6)        # from step 1: min(r) = 0.2
+    assert sum(out[1:]) == pytest.approx(0.2, abs=1e-6)    # from step 2: min(r_2, r_3) = 0.2
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(20):                                    # between min and mean, for any T
+        x = torch.rand(5, generator=rng, dtype=torch.float64).tolist()
+        for T in (0.05, 0.5, 5.0):
+            ret = sum(min_form(x, T))
+            assert min(x) - 1e-12 <= ret <= sum(x) / len(x) + 1e-12
+    # padding with good steps: the raw sum grows by ~1 per step, min-form stays near the worst step
+    short, padded = [0.6, 0.3], [0.6, 0.95, 0.95, 0.95, 0.3]
+    assert sum(padded) - sum(short) == pytest.approx(2.85)
+    assert sum(min_form(padded)) - sum(min_form(short)) == pytest.approx(0.0027, abs=1e-4)
+
+
+def test_min_form_types_empty_and_errors():
+    assert min_form([]) == [] and min_form([], signed=True) == []
+    t = min_form(torch.tensor([0.5, 1.0], dtype=torch.float32), 1.0)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    assert t.tolist() == pytest.approx(min_form([0.5, 1.0], 1.0), abs=1e-6)
+    assert min_form(torch.tensor([])).numel() == 0
+    x = torch.tensor([0.3, 0.6], requires_grad=True)
+    min_form(x).sum().backward()
+    assert x.grad is not None
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        min_form([0.5], temperature=0.0)
+    # the registry passes the options through; the other refinements ignore them
+    assert refine("min_form", [0.5, 0.0, 1.0], temperature=0.5) == approx(
+        min_form([0.5, 0.0, 1.0], 0.5))
+    assert refine("min_form", [1.0, 0.0], 0.8, True, temperature=1.0, signed=True) == approx(
+        min_form([1.0, 0.0], 1.0, signed=True))
+    assert refine("min_form", [0.5, 0.0]) == approx(min_form([0.5, 0.0]))          # T = 0.1
+    assert refine("clip", [0.9, 0.5], ETA, temperature=3.0) == approx(clip([0.9, 0.5], ETA))

@@ -58,11 +58,19 @@ DESIGNS: dict[str, tuple[str, list[str]]] = {
     "orm": ("PPO, success + ORM", ["algo=ppo"]),
     "grpo_process": ("GRPO, process supervision (PRM)", ["algo=grpo", "advantage=grpo_process",
                                                           "kl.in_reward=false", "kl.estimator=k3"]),
+    "prm_min_form": ("PPO, success + PRM min-form (PURE)", ["algo=ppo", "reward.prm.refine=min_form"]),
+    "prime": ("PRIME: RLOO on success + online implicit PRM", ["algo=ppo", "advantage=prime",
+                                                              "kl.in_reward=false", "kl.estimator=k3"]),
+    "vine": ("VinePPO: Monte-Carlo step values", ["algo=ppo", "advantage=vine", "kl.in_reward=false",
+                                                  "kl.estimator=k3"]),
 }
+# the designs a plain `rewardlab demo` runs: the paper's seven (the later designs are opt-in with
+# --designs, so the default stays within the demo's time budget)
+DEFAULT_DESIGNS = ["success", "prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "orm", "grpo_process"]
 # The PRM step tag is a special token added to the vocabulary (the seed blog convention): the
 # policy cannot produce it, so no sampled step can contain it.
 PRM_TAG = "<|prm_label|>"
-USES_PRM = {"prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "grpo_process"}
+USES_PRM = {"prm_raw", "prm_clip", "prm_delta", "prm_clip_delta", "grpo_process", "prm_min_form"}
 
 
 @dataclass
@@ -145,7 +153,7 @@ class DemoConfig:
     """RL seeds per design (mean and 95 % t-interval over seeds, and paired differences against
     success-only on the same seeds, in the report)."""
     quick: bool = False
-    designs: list[str] = field(default_factory=lambda: list(DESIGNS))
+    designs: list[str] = field(default_factory=lambda: list(DEFAULT_DESIGNS))
     budget: DemoBudget = field(default_factory=DemoBudget)
     prm_alpha: float = 1.0
     prm_eta: float = 0.8

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from rewardlab.config import ConfigError, load_config
-from rewardlab.demo import budget_with, DemoConfig, DESIGNS, run_demo
+from rewardlab.demo import budget_with, DEFAULT_DESIGNS, DemoConfig, DESIGNS, run_demo
 from rewardlab.eval.report import compact_table
 from rewardlab.rl.config import RLConfig
 
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def demo(out: str = typer.Option("runs/demo", "--out", help="Run directory (stages are cached here)."),
              quick: bool = typer.Option(False, "--quick", help="Tiny budget (~3 min), for smoke tests."),
              seeds: int = typer.Option(3, "--seeds", help="RL seeds per reward design (mean, 95% t-interval, paired differences against success-only)."),
-             designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated subset of designs."),
+             designs: Optional[str] = typer.Option(None, "--designs", help="Comma-separated designs (default: the paper's seven, " + ", ".join(DEFAULT_DESIGNS) + "; also " + ", ".join(d for d in DESIGNS if d not in DEFAULT_DESIGNS) + ")."),
              alpha: float = typer.Option(1.0, "--alpha", help="PRM weight α."),
              eta: float = typer.Option(0.8, "--eta", help="Clip threshold η."),
              workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes."),
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             raise typer.BadParameter(f"--budget: {e}") from None
         cfg = DemoConfig(out=out, budget=sizes, seeds=seeds, prm_alpha=alpha, prm_eta=eta, workers=workers,
-                         designs=[d.strip() for d in designs.split(",")] if designs else list(DESIGNS))
+                         designs=[d.strip() for d in designs.split(",")] if designs else list(DEFAULT_DESIGNS))
         if rl_steps is not None:
             if rl_steps < 1 or rl_steps > 100_000:
                 raise typer.BadParameter("--rl-steps must be between 1 and 100000")

@@ -26,8 +26,8 @@ from rewardlab.rewards.refine import normed, REFINERS
 
 # ---------------------------------------------------------------------------------------------
 # Refinement of a whole batch: one uniform signature
-#   fn(step_rewards: list[list[float]], group_index: list[int], eta, exclude_last)
-#       -> list[list[float]]
+#   fn(step_rewards: list[list[float]], group_index: list[int], eta, exclude_last, **options)
+#       -> list[list[float]]          (options: min_form's temperature and signed)
 # Per-response refinements (rewardlab.rewards.refine.REFINERS) ignore the groups; "normed"
 # (PR-Normed) normalises every group jointly.
 
@@ -35,8 +35,8 @@ GROUP_REFINERS: Registry[Callable[..., list[list[float]]]] = Registry("refine")
 
 
 def _per_response(name: str) -> Callable[..., list[list[float]]]:
-    def fn(step_rewards, group_index, eta, exclude_last):
-        return [REFINERS.get(name)(list(r), eta, exclude_last) for r in step_rewards]
+    def fn(step_rewards, group_index, eta, exclude_last, **options):
+        return [REFINERS.get(name)(list(r), eta, exclude_last, **options) for r in step_rewards]
     fn.__doc__ = f"REFINERS['{name}'] applied to each response alone."
     return fn
 
@@ -47,7 +47,7 @@ for _name in REFINERS.names():
 
 @GROUP_REFINERS.register("normed")
 def _refine_normed(step_rewards: list[list[float]], group_index: list[int], eta: float,
-                   exclude_last: bool) -> list[list[float]]:
+                   exclude_last: bool, **options) -> list[list[float]]:
     """PR-Normed over every step of each group (``eta`` and ``exclude_last`` unused)."""
     out: list[list[float]] = [[] for _ in step_rewards]
     for g in sorted(set(group_index)):
@@ -75,12 +75,14 @@ def group_numbers(group_ids, B: int) -> list[int]:
 
 
 def refine_batch(name: str, step_rewards: Sequence[Sequence[float]], eta: float = 0.8,
-                 exclude_last: bool = False, group_ids=None) -> list[list[float]]:
+                 exclude_last: bool = False, group_ids=None, **options) -> list[list[float]]:
     """Refined step rewards of B responses by ``GROUP_REFINERS[name]`` (none | clip | delta |
-    clip_delta | normed); "normed" pools the whole batch, or each group when ``group_ids``
-    (B per-row ids, or an int group size G) is given."""
+    clip_delta | min_form | normed); "normed" pools the whole batch, or each group when
+    ``group_ids`` (B per-row ids, or an int group size G) is given; ``options`` (min_form's
+    ``temperature`` and ``signed``) go to the refinement."""
     rows = [list(map(float, r)) for r in step_rewards]
-    return GROUP_REFINERS.get(name)(rows, group_numbers(group_ids, len(rows)), eta, exclude_last)
+    return GROUP_REFINERS.get(name)(rows, group_numbers(group_ids, len(rows)), eta, exclude_last,
+                                    **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,20 +128,22 @@ def build_token_rewards(step_rewards: Sequence[Sequence[float]], step_ends: Sequ
                         response_mask: torch.Tensor, success: torch.Tensor | None = None,
                         orm: torch.Tensor | None = None, alpha: float = 1.0, beta: float = 1.0,
                         refine: str = "none", eta: float = 0.8, exclude_last: bool = False,
-                        group_ids=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        group_ids=None, refine_options: dict | None = None
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """reward[b, t_end(k)] += α·refined_k; reward[b, last(b)] += success_b + β·orm_b
     (Gao et al. 2024, arXiv 2410.15115, §3; SPEC "Training reward of one response").
 
     step_rewards: B lists of K_b raw PRM scores; step_ends: B lists of K_b token indices t_end(k);
     response_mask (B, T): 1 on real response tokens incl. EOS, right-padded; success, orm (B,) or
-    None; refine: none | clip | delta | clip_delta | normed (normed pools the batch, or each
-    group of ``group_ids``). Returns (rewards (B, T) float32, info) with per-sample (B,) tensors
+    None; refine: none | clip | delta | clip_delta | min_form | normed (normed pools the batch, or
+    each group of ``group_ids``); ``refine_options``: min_form's ``temperature``/``signed``. Returns (rewards (B, T) float32, info) with per-sample (B,) tensors
     ``reward/prm_return`` (Σ_k α·refined_k), ``reward/prm_raw_mean`` (mean raw r_k, 0 when
     K = 0) and ``reward/n_steps``; take their mean for logging."""
     B, T = response_mask.shape
     if len(step_rewards) != B:
         raise ValueError(f"got {len(step_rewards)} step-reward lists for a batch of {B}")
-    refined = refine_batch(refine, step_rewards, eta, exclude_last, group_ids)
+    refined = refine_batch(refine, step_rewards, eta, exclude_last, group_ids,
+                           **(refine_options or {}))
     weighted = [[alpha * x for x in r] for r in refined]
     rewards = place_at_step_ends(weighted, step_ends, response_mask)     # (B, T)
     last = _last_response_token(response_mask)                           # (B,)

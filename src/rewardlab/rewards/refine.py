@@ -11,6 +11,8 @@ hacking). The refinements bound the return:
 - PR-Normed: (r − mean)/(std + 1e-6) over all step rewards of a group (DeepSeekMath process
   supervision, arXiv 2402.03300 §4.1.3); unbiased std, statistics exact (an all-equal group
   gets 0).
+- Min-form (PURE, Cheng et al., arXiv 2504.15275): w_k = softmax(−r/T)_k, refined w_k·r_k, so
+  the return is a soft minimum of the step rewards instead of their sum.
 
 Every function takes one response's K step rewards as a Python sequence (returns a list of
 floats) or a 1-D tensor (K,) (returns a tensor of the same dtype, differentiable). Empty in →
@@ -149,36 +151,79 @@ def normed(r_group, eps: float = NORM_EPS):
             for p, src in zip(pieces, rows)]
 
 
+def min_form(r: StepRewards, temperature: float = 0.1, signed: bool = False) -> StepRewards:
+    """Min-form credit assignment (PURE: Cheng et al. 2025, "Stop Summation: Min-Form Credit
+    Assignment Is All Process Reward Model Needs for Reasoning", arXiv 2504.15275):
+
+        w_k = exp(−r_k/T) / Σ_j exp(−r_j/T),        refined_k = w_k · r_k
+
+    The weights are a softmax of −r/T over the response's K steps (Σ_k w_k = 1), so the return
+    Σ_k w_k r_k is a soft minimum of the step rewards: it lies between min_k r_k and the mean,
+    tends to min_k r_k as T → 0 and to the mean as T → ∞. Unlike the raw sum it does not grow
+    with K: K steps that all score r return r, extra good steps barely move it (a soft minimum,
+    not an exact one: [0.6, 0.3] returns 0.314, the same padded with three 0.95 steps 0.317 at
+    T = 0.1), and one bad step pulls it towards that step's score. The return from step k, Σ_{j≥k} w_j r_j, approximates
+    min_{j≥k} r_j for every k up to the worst step (argmin_j r_j): the worst later step sets the
+    value. (Past the worst step the weights are ~0, so those returns are ~0, as in the paper.)
+
+    ``signed``: PURE's signed step scores s_k = 2 r_k − 1 ∈ [−1, 1] are refined instead of the
+    probabilities r_k ∈ [0, 1] (a wrong step then lowers the return, a correct one raises it):
+    w = softmax(−s/T), refined_k = w_k · s_k. ``temperature`` must be > 0. Computed as
+    ``softmax(−x/T) · x`` (max-shifted, no overflow for small T)."""
+    if temperature <= 0:
+        raise ValueError(f"min_form: temperature must be > 0, got {temperature}")
+
+    def core(x: torch.Tensor) -> torch.Tensor:
+        if signed:
+            x = 2.0 * x - 1.0
+        if x.numel() == 0:
+            return x.clone()
+        return torch.softmax(-x / temperature, dim=0) * x
+
+    return _apply(core, r)
+
+
 # ---------------------------------------------------------------------------------------------
-# Registry: one uniform signature fn(r, eta, exclude_last) -> refined r (same type as r).
+# Registry: one uniform signature fn(r, eta, exclude_last, **options) -> refined r (same type
+# as r). ``options`` carries the settings of refinements that need more than η (min_form:
+# ``temperature``, ``signed``); the others accept and ignore them.
 # "normed" is group-level and lives in rewardlab.rewards.compose.GROUP_REFINERS.
 
 REFINERS: Registry[Callable[[StepRewards, float, bool], StepRewards]] = Registry("refine")
 
 
 @REFINERS.register("none")
-def _refine_none(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+def _refine_none(r: StepRewards, eta: float, exclude_last: bool, **options) -> StepRewards:
     """Raw PRM scores, every step (``eta`` and ``exclude_last`` unused)."""
     return _apply(torch.clone, r)
 
 
 @REFINERS.register("clip")
-def _refine_clip(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+def _refine_clip(r: StepRewards, eta: float, exclude_last: bool, **options) -> StepRewards:
     """Clip over every step, as in the paper (``exclude_last`` unused)."""
     return clip(r, eta)
 
 
 @REFINERS.register("delta")
-def _refine_delta(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+def _refine_delta(r: StepRewards, eta: float, exclude_last: bool, **options) -> StepRewards:
     return delta(r, exclude_last)
 
 
 @REFINERS.register("clip_delta")
-def _refine_clip_delta(r: StepRewards, eta: float, exclude_last: bool) -> StepRewards:
+def _refine_clip_delta(r: StepRewards, eta: float, exclude_last: bool, **options) -> StepRewards:
     return clip_delta(r, eta, exclude_last)
 
 
-def refine(name: str, r: StepRewards, eta: float = 0.8, exclude_last: bool = False) -> StepRewards:
+@REFINERS.register("min_form")
+def _refine_min_form(r: StepRewards, eta: float, exclude_last: bool, temperature: float = 0.1,
+                     signed: bool = False, **options) -> StepRewards:
+    """PURE's min-form over every step, as in the paper (``eta`` and ``exclude_last`` unused)."""
+    return min_form(r, temperature, signed)
+
+
+def refine(name: str, r: StepRewards, eta: float = 0.8, exclude_last: bool = False,
+           **options) -> StepRewards:
     """One response's step rewards refined by ``REFINERS[name]`` (none | clip | delta |
-    clip_delta); ``exclude_last`` is read by delta and clip_delta only."""
-    return REFINERS.get(name)(r, eta, exclude_last)
+    clip_delta | min_form); ``exclude_last`` is read by delta and clip_delta only, ``options``
+    (``temperature``, ``signed``) by min_form only."""
+    return REFINERS.get(name)(r, eta, exclude_last, **options)

@@ -1,4 +1,5 @@
-"""Advantage estimators: GAE (PPO), GRPO outcome and process supervision, Dr. GRPO, RLOO.
+"""Advantage estimators: GAE (PPO), GRPO outcome and process supervision, Dr. GRPO, RLOO,
+PRIME (RLOO on outcome + implicit process rewards) and VinePPO (Monte-Carlo step values).
 
 Shapes: B responses, T response tokens (right-padded), G responses per prompt, K steps.
 ``mask`` (B, T) is 1 on real response tokens (EOS included) and 0 on padding; every estimator
@@ -207,6 +208,80 @@ def grpo_process(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Se
     return torch.where(mask.bool(), A, torch.zeros_like(A))
 
 
+@torch.no_grad()
+def prime_advantages(implicit_rewards: torch.Tensor, outcome: torch.Tensor, group_ids,
+                     mask: torch.Tensor, whiten_result: bool = True) -> torch.Tensor:
+    """PRIME's advantage (Cui et al. 2025, "Process Reinforcement through Implicit Rewards",
+    arXiv 2502.01456, eq. 5–6; γ = 1): RLOO on the outcome reward plus the return-to-go of the
+    RLOO-baselined implicit process rewards, for G responses i to one prompt:
+
+        r̄_j    = (1/|y_j|) Σ_t r_jt                    mean implicit reward per token of y_j
+        r̃_it   = r_it − (1/(G−1)) Σ_{j≠i} r̄_j           leave-one-out baseline at every token
+        A_it   = Σ_{s≥t} r̃_is  +  R_i − (1/(G−1)) Σ_{j≠i} R_j
+
+    then, with ``whiten_result``, whitened over the batch's response tokens (as PRIME's verl
+    recipe does; :func:`whiten`). The outcome R_i sits at the last token, so its return-to-go is
+    R_i at every token. implicit_rewards (B, T): r_it = β·log π_φ(y_t)/π_ref(y_t)
+    (:func:`rewardlab.rl.losses.implicit_process_rewards`); outcome (B,); mask (B, T). A group of
+    one response has no baseline: both terms are 0 for it. (verl's implementation subtracts the
+    baseline from r_it·G/(G−1) instead of r_it; this is the paper's formula.)"""
+    m = mask.bool()
+    R = _scores(outcome, mask).double()
+    index = group_index(group_ids, R.shape[0], R.device)
+    r = torch.where(m, implicit_rewards, torch.zeros_like(implicit_rewards)).double()
+    n_tok = m.sum(1).clamp(min=1).double()
+    r_bar = r.sum(1) / n_tok                                            # (B,)
+    _, _, n = group_stats(R, index)
+    n_groups = int(index.max()) + 1 if index.numel() else 0
+
+    def others_mean(x):  # (1/(G−1)) Σ_{j≠i} x_j, 0 for a group of one
+        tot = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, index, x)[index]
+        return torch.where(n > 1, (tot - x) / (n - 1).clamp(min=1), torch.zeros_like(x))
+
+    solo = (n <= 1)[:, None]
+    r_tilde = torch.where(m & ~solo, r - others_mean(r_bar)[:, None], torch.zeros_like(r))
+    a_proc = r_tilde.flip(1).cumsum(1).flip(1)                          # Σ_{s≥t}
+    a_out = torch.where(n > 1, R - others_mean(R), torch.zeros_like(R))
+    A = torch.where(m, a_proc + a_out[:, None], torch.zeros_like(a_proc)).float()
+    return whiten(A, mask) if whiten_result else A
+
+
+@torch.no_grad()
+def vine_advantages(step_values: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
+                    mask: torch.Tensor) -> torch.Tensor:
+    """VinePPO's Monte-Carlo step advantages (Kazemnejad et al. 2024, "VinePPO: Unlocking RL
+    Potential for LLM Reasoning through Refined Credit Assignment", arXiv 2410.01679, §4):
+
+        A_k = V̂(s_k) − V̂(s_{k−1})      on every token of step k,  k = 1..K
+
+    where s_0 is the prompt, s_k the prompt plus steps 1..k, V̂(s) the mean outcome reward of
+    fresh rollouts from s, and V̂(s_K) = the response's own outcome reward R (γ = 1, no
+    intermediate reward: r + V̂(s_k) − V̂(s_{k−1}) with r = 0 except at the end).
+
+    step_values: B lists of K_b + 1 values [V̂(s_0), …, V̂(s_{K−1}), R]; step_ends: B lists of
+    K_b token indices t_end(k) (``rewardlab.rewards.steps``); mask (B, T). The tokens of step k
+    are t_end(k−1) < t ≤ t_end(k) (t_end(0) = −1); tokens after t_end(K) (the EOS, a trailing
+    separator) belong to step K. A step end past the last real token is clamped onto it. A row
+    needs K_b ≥ 1 (treat a response without steps as one step ending at its last token)."""
+    B, T = mask.shape
+    if len(step_values) != B or len(step_ends) != B:
+        raise ValueError(f"got {len(step_values)} value and {len(step_ends)} step-end lists for a "
+                         f"batch of {B}")
+    A = torch.zeros(B, T, dtype=torch.float32, device=mask.device)
+    n_real = mask.bool().sum(1).tolist()
+    for b, (vals, ends) in enumerate(zip(step_values, step_ends)):
+        if len(ends) < 1 or len(vals) != len(ends) + 1:
+            raise ValueError(f"row {b}: need K >= 1 step ends and K + 1 values, got {len(ends)} "
+                             f"and {len(vals)}")
+        start = 0
+        for k, t_end in enumerate(ends):
+            stop = n_real[b] if k == len(ends) - 1 else min(int(t_end), n_real[b] - 1) + 1
+            if stop > start:
+                A[b, start:stop] = float(vals[k + 1]) - float(vals[k])
+            start = max(start, stop)
+    return torch.where(mask.bool(), A, torch.zeros_like(A))
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry: fn(inputs: AdvantageInputs) -> (B, T)
 
@@ -235,6 +310,12 @@ class AdvantageInputs:
     """GAE λ (gae)."""
     norm_eps: float = NORM_EPS
     """ε in (x − mean)/(std + ε) (grpo_outcome, grpo_process); TRL uses 1e-4."""
+    implicit_rewards: torch.Tensor | None = None
+    """(B, T) implicit process rewards β·log π_φ/π_ref, for prime (``scores``: the outcome)."""
+    step_values: Sequence[Sequence[float]] | None = None
+    """B lists of K_b + 1 Monte-Carlo values [V̂(s_0), …, V̂(s_{K−1}), R], for vine."""
+    whiten: bool = True
+    """prime: whiten the summed advantages over the batch."""
 
     def need(self, estimator: str, *fields: str) -> None:
         missing = [f for f in fields if getattr(self, f) is None]
@@ -285,7 +366,20 @@ def _adv_rloo(x: AdvantageInputs) -> torch.Tensor:
     return rloo(x.sequence_scores("rloo"), x.group_ids, x.mask)
 
 
+@ADVANTAGES.register("prime")
+def _adv_prime(x: AdvantageInputs) -> torch.Tensor:
+    x.need("prime", "implicit_rewards", "group_ids")
+    return prime_advantages(x.implicit_rewards, x.sequence_scores("prime"), x.group_ids, x.mask,
+                            x.whiten)
+
+
+@ADVANTAGES.register("vine")
+def _adv_vine(x: AdvantageInputs) -> torch.Tensor:
+    x.need("vine", "step_values", "step_ends")
+    return vine_advantages(x.step_values, x.step_ends, x.mask)
+
+
 def compute_advantages(name: str, inputs: AdvantageInputs) -> torch.Tensor:
     """(B, T) advantages by ``ADVANTAGES[name]`` (gae | grpo_outcome | grpo_process | dr_grpo |
-    rloo)."""
+    rloo | prime | vine)."""
     return ADVANTAGES.get(name)(inputs)

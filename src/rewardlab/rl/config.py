@@ -37,11 +37,21 @@ class PRMRewardConfig:
     alpha: float = 1.0
     """Weight α of the PRM term."""
     refine: str = "none"
-    """none | clip | delta | clip_delta | normed."""
+    """none | clip | delta | clip_delta | min_form | normed."""
     eta: float = 0.8
     """Clip threshold η: c_k = min(r_k − η, 0)."""
     exclude_last: bool = True
     """Delta: leave the final (answer) step out; the success reward judges it."""
+    temperature: float = 0.1
+    """min_form: the softmin temperature T of w_k = softmax(−r/T)_k (PURE, arXiv 2504.15275)."""
+    signed: bool = False
+    """min_form: refine PURE's signed step scores s_k = 2 r_k − 1 instead of r_k."""
+
+    def refine_options(self) -> dict:
+        """The extra settings of ``refine`` ({} for the refinements that take only η)."""
+        if self.refine == "min_form":
+            return {"temperature": self.temperature, "signed": self.signed}
+        return {}
 
     def spec(self):
         """The :class:`RMSpec` of an LM-head PRM built from ``tag`` (None without a tag: the
@@ -114,6 +124,29 @@ class ValueConfig:
 
 
 @dataclass
+class PrimeConfig:
+    """PRIME (``advantage=prime``; Cui et al., arXiv 2502.01456): an implicit PRM π_φ, initialised
+    from the SFT policy (``policy.name_or_path``) and trained online on outcome labels, gives
+    token rewards β·log π_φ(y_t)/π_ref(y_t) (Yuan et al., arXiv 2412.01981)."""
+
+    beta: float = 0.05
+    """β of the implicit reward and of the PRM's outcome logit β·Σ_t log π_φ/π_ref (PRIME: 0.05)."""
+    lr: float = 2e-5
+    """Learning rate of π_φ (AdamW, one step per RL step; the paper's 7B runs: 1e-6)."""
+    whiten: bool = True
+    """Whiten the summed advantages over the batch's response tokens (PRIME's verl recipe)."""
+
+
+@dataclass
+class VineConfig:
+    """VinePPO (``advantage=vine``; Kazemnejad et al., arXiv 2410.01679): Monte-Carlo values of
+    every step boundary from ``k`` fresh rollouts each."""
+
+    k: int = 4
+    """Rollouts per step boundary (the paper: 9 on MATH)."""
+
+
+@dataclass
 class RLConfig:
     """A PPO or GRPO run."""
 
@@ -130,7 +163,8 @@ class RLConfig:
     algo: str = "ppo"
     """ppo (critic + GAE by default) | grpo (no critic)."""
     advantage: str | None = None
-    """gae | grpo_outcome | grpo_process | dr_grpo | rloo; None: gae for ppo, grpo_outcome for grpo."""
+    """gae | grpo_outcome | grpo_process | dr_grpo | rloo | prime | vine; None: gae for ppo,
+    grpo_outcome for grpo. prime and vine use no critic, whatever ``algo`` says."""
     policy: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="runs/sft/final"))
     data: DataConfig = field(default_factory=lambda: DataConfig(
         train_path="runs/sft/train.jsonl", test_path="runs/sft/test.jsonl"))
@@ -139,6 +173,10 @@ class RLConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    prime: PrimeConfig = field(default_factory=PrimeConfig)
+    """advantage=prime only."""
+    vine: VineConfig = field(default_factory=VineConfig)
+    """advantage=vine only."""
     steps: int = 60
     """RL steps (one rollout batch + its updates each)."""
     prompts_per_step: int = 32
@@ -208,9 +246,11 @@ class RLConfig:
             raise ValueError(f"rl: algo must be ppo or grpo, got {self.algo!r}")
         if self.algo == "grpo" and self.sampling.n < 2:
             raise ValueError("rl: grpo needs sampling.n >= 2 responses per prompt (set sampling.n=4)")
-        if self.reward.prm.refine not in ("none", "clip", "delta", "clip_delta", "normed"):
+        if self.reward.prm.refine not in ("none", "clip", "delta", "clip_delta", "min_form", "normed"):
             raise ValueError(f"rl: reward.prm.refine={self.reward.prm.refine!r}; use none | clip | "
-                             "delta | clip_delta | normed")
+                             "delta | clip_delta | min_form | normed")
+        if self.reward.prm.refine == "min_form" and not self.reward.prm.temperature > 0:
+            raise ValueError(f"rl: reward.prm.temperature must be > 0, got {self.reward.prm.temperature}")
         if self.reward.prm.tag is not None:
             try:   # a non-empty tag, two different label tokens
                 self.reward.prm.spec()
@@ -227,6 +267,20 @@ class RLConfig:
                                  f"{' | '.join(registry.names())}")
         if self.advantage_name() == "grpo_process" and not self.reward.prm.path:
             raise ValueError("rl: advantage grpo_process needs reward.prm.path")
+        if self.advantage_name() in ("prime", "vine"):
+            name = self.advantage_name()
+            if not self.reward.success:
+                raise ValueError(f"rl: advantage {name} needs reward.success=true (its outcome label)")
+            if self.kl.in_reward and (self.kl.coef != 0 or self.kl.adaptive):
+                raise ValueError(f"rl: advantage {name} does not read token rewards, so a KL in the "
+                                 "reward would be ignored; set kl.in_reward=false (KL in the loss)")
+        if self.advantage_name() == "prime" and self.sampling.n < 2:
+            raise ValueError("rl: advantage prime needs sampling.n >= 2 (its baselines are leave-one-out)")
+        if self.advantage_name() == "prime" and not (self.prime.beta > 0 and self.prime.lr > 0):
+            raise ValueError(f"rl: prime.beta and prime.lr must be > 0, got {self.prime.beta}, "
+                             f"{self.prime.lr}")
+        if self.advantage_name() == "vine" and self.vine.k < 1:
+            raise ValueError(f"rl: vine.k must be >= 1, got {self.vine.k}")
         if self.value.kind not in ("separate", "shared"):
             raise ValueError("rl: value.kind must be separate or shared")
         if self.clip_eps_high is not None and self.clip_eps_high < 0:

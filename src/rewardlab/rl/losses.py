@@ -243,3 +243,36 @@ def kl_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kind
         kl = kl.clamp(-clamp, clamp)
     loss = aggregate_loss(kl, m, agg, norm_len)
     return loss, {"actor/kl_loss": loss.item()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Implicit PRM (PRIME: Cui et al. 2025, arXiv 2502.01456; Yuan et al. 2024, "Free Process
+# Rewards without Process Labels", arXiv 2412.01981)
+
+def implicit_process_rewards(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                             beta: float) -> torch.Tensor:
+    """r_t = β · (log π_φ(y_t | y_<t) − log π_ref(y_t | y_<t)) on response tokens, 0 on padding;
+    logp (log π_φ), ref_logp, mask: (B, T). Differentiable through ``logp``."""
+    m = mask.bool()
+    return torch.where(m, beta * (logp - ref_logp), torch.zeros_like(logp))
+
+
+def implicit_prm_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                      labels: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+    """The implicit PRM's outcome loss (Yuan et al. 2024, eq. 3; PRIME eq. 4): the response's
+    outcome logit is the summed implicit reward z = β Σ_t m_t (log π_φ − log π_ref), and
+
+        L = −(1/B) Σ_i [ y_i log σ(z_i) + (1 − y_i) log(1 − σ(z_i)) ]
+
+    with y_i ∈ [0, 1] the outcome label (1 = correct). logp, ref_logp, mask (B, T); labels (B,).
+    Metrics: ``prime/rm_loss``, ``prime/rm_acc`` (fraction with 1[z > 0] = 1[y > 0.5]) and
+    ``prime/rm_logit`` (mean z)."""
+    z = implicit_process_rewards(logp, ref_logp, mask, beta).sum(1)            # (B,)
+    y = torch.as_tensor(labels, dtype=z.dtype, device=z.device).flatten()
+    if y.shape != z.shape:
+        raise ValueError(f"labels must have shape ({z.shape[0]},), got {tuple(y.shape)}")
+    loss = F.binary_cross_entropy_with_logits(z, y)
+    with torch.no_grad():
+        acc = ((z > 0) == (y > 0.5)).float().mean()
+    return loss, {"prime/rm_loss": float(loss.detach()), "prime/rm_acc": float(acc),
+                  "prime/rm_logit": float(z.detach().mean())}

@@ -3,6 +3,10 @@
     step:  prompts → rollouts (n per prompt) → rewards (success, ORM, refined PRM at step ends,
            KL) → advantages (registry) → ``ppo_epochs`` × minibatch updates → diagnostics
 
+Two estimators bring their own inputs, computed only when selected: ``prime`` (implicit PRM
+rewards from π_φ, which is updated on the outcome labels at every step and checkpointed with the
+run) and ``vine`` (Monte-Carlo values of every step boundary, rewardlab.rl.vine).
+
 The math lives in pure functions (``rewardlab.rewards.refine/compose``,
 ``rewardlab.rl.advantages``, ``rewardlab.rl.losses``); this module only moves tensors between them.
 """
@@ -34,7 +38,9 @@ from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl
 from rewardlab.rewards.steps import batch_step_end_positions
 from rewardlab.rl.advantages import AdvantageInputs, ADVANTAGES, gae, whiten
 from rewardlab.rl.config import RLConfig
-from rewardlab.rl.losses import agg_units, aggregate_loss, kl_loss, masked_mean, ppo_policy_loss, value_loss
+from rewardlab.rl.losses import (agg_units, aggregate_loss, implicit_process_rewards, implicit_prm_loss,
+                                  kl_loss, masked_mean, ppo_policy_loss, value_loss)
+from rewardlab.rl.vine import distinct_prefixes, mc_step_values
 from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 
@@ -58,6 +64,18 @@ class ScoredBatch:
     advantages: torch.Tensor
     returns: torch.Tensor | None
     metrics: dict
+
+
+class _WithTokenizer:
+    """Saves a model with the tokenizer beside it (a checkpoint's extra models are saved with
+    ``save_pretrained`` only), so ``load_model_and_tokenizer`` reloads it."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def save_pretrained(self, path: str) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
 
 
 def _in_precision(method):
@@ -110,6 +128,10 @@ class RLTrainer:
         self.value = self._build_value(src)
         self.prm = self._load_rm(cfg.reward.prm.path, cfg.reward.prm.spec())
         self.orm = self._load_rm(cfg.reward.orm.path)
+        self._rollout_seed: int | None = None   # the seed of the latest rollout (vine's MC stream)
+        self.prime_rm = self.prime_ref = self.prime_opt = None
+        if cfg.advantage_name() == "prime":
+            self._build_prime()
         params = [{"params": [p for p in self.policy.parameters() if p.requires_grad], "lr": cfg.lr}]
         if self.value is not None:
             params.append({"params": list(self.value.parameters()), "lr": cfg.value.lr})
@@ -123,6 +145,8 @@ class RLTrainer:
         extra = self.engine.restore(self.opt)
         self.start_step = self.engine.start
         self.kl_coef = extra.get("kl_coef", self.kl_coef)
+        if self.prime_opt is not None and extra.get("prime_opt") is not None:
+            self.prime_opt.load_state_dict(extra["prime_opt"])
 
     def on_policy_single_update(self, n_prompts: int) -> bool:
         """One epoch, one minibatch and no KL in the reward: π_old = π at the update, so the
@@ -145,6 +169,61 @@ class RLTrainer:
             self.cfg.value.init or self.cfg.policy.name_or_path)
         return ValueModel.from_pretrained(init).to(self.device)
 
+    def _build_prime(self) -> None:
+        """PRIME: the implicit PRM π_φ (the run's checkpoint, else the SFT policy), its optimizer
+        and π_ref (the policy's reference model, loaded here when the KL term has none)."""
+        cfg, pc = self.cfg, self.cfg.policy
+        init = Path(self.ckpt) / "prime_rm" if self.ckpt is not None else pc.name_or_path
+        self.prime_rm, _ = load_model_and_tokenizer(init, self.prec.storage, pc.device,
+                                                    pc.trust_remote_code)
+        self.prime_rm.train()
+        self.prime_ref = self.ref
+        if self.prime_ref is None:
+            self.prime_ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage,
+                                                         pc.device, pc.trust_remote_code)
+            self.prime_ref.eval().requires_grad_(False)
+        self.fast_prime = use_fast_engine(self.prime_rm, cfg.engine, sampling=False)
+        self.fast_prime_ref = use_fast_engine(self.prime_ref, cfg.engine, sampling=False)
+        self.prime_opt = torch.optim.AdamW([p for p in self.prime_rm.parameters() if p.requires_grad],
+                                           lr=cfg.prime.lr, betas=(0.9, 0.95), weight_decay=0.0,
+                                           foreach=True)
+
+    def prime_step(self, batch: RolloutBatch, labels: torch.Tensor,
+                   ref_logp: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """PRIME's implicit PRM at one RL step (Cui et al., arXiv 2502.01456, Algorithm 1): the
+        token rewards r_t = β·log π_φ/π_ref of the batch under the current π_φ (B, T), then one
+        optimizer step of π_φ on :func:`implicit_prm_loss` against the outcome ``labels`` (B,).
+        ``ref_logp``: log π_ref at temperature 1 when already computed, else None. One pass with
+        gradient per ``pass_rows`` rows gives both the rewards and the loss."""
+        cfg = self.cfg
+        mask = batch.response_mask.float()
+        B, T = batch.response_ids.shape
+        ids_all, att_all = batch.input_ids, batch.attention_mask
+        if ref_logp is None:
+            ref_logp = forward_logprobs(self.prime_ref, ids_all, att_all, T, temperature=1.0,
+                                        micro_batch=self.pass_rows, fast=self.fast_prime_ref) * mask
+        self.prime_opt.zero_grad(set_to_none=True)
+        rewards, metrics = [], {}
+        with torch.enable_grad():
+            for s in range(0, B, self.pass_rows):
+                rows = slice(s, s + self.pass_rows)
+                logp = logprobs_with_grad(self.prime_rm, ids_all[rows], att_all[rows], T, 1.0,
+                                          fast=self.fast_prime)[0]
+                loss, m = implicit_prm_loss(logp, ref_logp[rows], mask[rows], labels[rows],
+                                            cfg.prime.beta)
+                share = (min(s + self.pass_rows, B) - s) / B
+                (loss * share).backward()
+                rewards.append(implicit_process_rewards(logp.detach(), ref_logp[rows], mask[rows],
+                                                        cfg.prime.beta))
+                for k, v in m.items():
+                    metrics[k] = metrics.get(k, 0.0) + share * v
+        params = [p for grp in self.prime_opt.param_groups for p in grp["params"]]
+        metrics["prime/rm_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        self.prime_opt.step()
+        r = torch.cat(rewards)
+        metrics["prime/implicit_return"] = float(r.sum(1).mean())
+        return r, metrics
+
     def _load_rm(self, path, spec=None):
         if not path:
             return None
@@ -165,8 +244,9 @@ class RLTrainer:
         on_policy = self.on_policy_single_update(len(idx))
         lo, hi = self.dist.bounds(len(idx))
         problems = [self.train_set[i] for i in idx[lo:hi]]
+        self._rollout_seed = cfg.seed * 1_000_003 + step
         batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
-                                  cfg.sampling, seed=cfg.seed * 1_000_003 + step,
+                                  cfg.sampling, seed=self._rollout_seed,
                                   compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
                                   skip_rows=lo * cfg.sampling.n)
         return problems, batch
@@ -201,11 +281,13 @@ class RLTrainer:
                 k = min(len(step_ends[i]), len(step_scores[i]))
                 step_ends[i], step_scores[i] = step_ends[i][:k], step_scores[i][:k]
         group_ids = torch.tensor(batch.prompt_index)
+        name = cfg.advantage_name()
         rewards, info = build_token_rewards(
             step_scores, step_ends, mask,
             success=success, orm=orm, alpha=cfg.reward.prm.alpha, beta=cfg.reward.orm.beta,
             refine=cfg.reward.prm.refine, eta=cfg.reward.prm.eta,
-            exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids)
+            exclude_last=cfg.reward.prm.exclude_last, group_ids=group_ids,
+            refine_options=cfg.reward.prm.refine_options())
         old_logp = batch.logprobs  # None when the update computes them (on_policy_single_update)
         ref_logp = kl = None
         if self.ref is not None:
@@ -231,8 +313,32 @@ class RLTrainer:
                 parts.append(self.values_of(ids, att, T, hidden))
             values = torch.cat(parts) * mask
         seq_reward = (rewards * mask).sum(1)
-        name = cfg.advantage_name()
         returns = None
+        extra_m: dict = {}
+        implicit = step_values = None
+        if name == "prime":   # implicit PRM rewards, then π_φ's update on the outcome labels
+            t1 = (cfg.sampling.temperature or 1.0) == 1.0
+            implicit, extra_m = self.prime_step(batch, correct,
+                                                ref_logp if t1 and self.ref is not None else None)
+        vine_ends = None
+        if name == "vine":   # Monte-Carlo values of every step boundary (no steps: one step)
+            ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok,
+                                            separator=self.step_sep)
+            last = mask.sum(1).long().sub(1).clamp(min=0).tolist()
+            n_k = [min(len(st), len(e)) for st, e in zip(steps, ends)]        # agree on K
+            vsteps = [list(st[:k]) for st, k in zip(steps, n_k)]
+            vine_ends = [e[:k] if k else [last[i]] for i, (e, k) in enumerate(zip(ends, n_k))]
+            prompts = [self.prompt_fn(p) for p in probs]
+            golds = [p.answer for p in probs]
+            # its own random stream, a function of the rollout's seed (so resume is exact)
+            mc_seed = None if self._rollout_seed is None else 2 ** 40 + self._rollout_seed
+            step_values = mc_step_values(
+                self.policy, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
+                cfg.sampling, seed=mc_seed, style=self.style, separator=self.step_sep,
+                correct_reward=cfg.reward.correct_reward, incorrect_reward=cfg.reward.incorrect_reward)
+            extra_m["vine/value_start"] = sum(v[0] for v in step_values) / B
+            extra_m["vine/rollouts"] = float(cfg.vine.k * len(
+                distinct_prefixes(prompts, vsteps, golds, self.step_sep)[0]))
         if name == "gae":
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
@@ -246,8 +352,10 @@ class RLTrainer:
                         sc[-1] += float(success[i])
             advantages = ADVANTAGES.get(name)(AdvantageInputs(
                 token_rewards=rewards, values=values, mask=mask, scores=seq_reward,
-                step_rewards=proc, step_ends=step_ends, group_ids=group_ids,
-                gamma=cfg.gamma, lam=cfg.lam, norm_eps=cfg.norm_eps))
+                step_rewards=proc, step_ends=step_ends if vine_ends is None else vine_ends,
+                group_ids=group_ids,
+                gamma=cfg.gamma, lam=cfg.lam, norm_eps=cfg.norm_eps,
+                implicit_rewards=implicit, step_values=step_values, whiten=cfg.prime.whiten))
         # diagnostics
         m = {"reward/success": correct.mean().item(),
              "reward/total": seq_reward.mean().item(),
@@ -255,7 +363,7 @@ class RLTrainer:
              "response/finished": batch.finished.float().mean().item(),
              "response/steps": sum(len(s) for s in steps) / B,
              **({"kl/ref": (kl.sum(1)).mean().item()} if kl is not None else {}),
-             "kl/coef": self.kl_coef}
+             "kl/coef": self.kl_coef, **extra_m}
         if self.prm is not None:
             flat = [s for sc in step_scores for s in sc]
             m["reward/prm_step_mean"] = sum(flat) / max(len(flat), 1)
@@ -420,8 +528,11 @@ class RLTrainer:
 
     def save(self, step: int) -> None:
         models = {"value": self.value} if self.value is not None else None
-        self.engine.save(step, self.policy, self.tok, self.opt, extra={"kl_coef": self.kl_coef},
-                         models=models)
+        extra = {"kl_coef": self.kl_coef}
+        if self.prime_rm is not None:   # PRIME: π_φ (loadable as a model) and its optimizer
+            models = {**(models or {}), "prime_rm": _WithTokenizer(self.prime_rm, self.tok)}
+            extra["prime_opt"] = self.prime_opt.state_dict()
+        self.engine.save(step, self.policy, self.tok, self.opt, extra=extra, models=models)
 
     def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
         """Run (or resume) the loop to ``cfg.steps``; ``on_step(step, metrics)`` is called after
