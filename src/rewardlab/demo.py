@@ -115,7 +115,7 @@ class DemoBudget:
     rm_steps: int = 500
     rm_lr: float = 5e-4
     bon_problems: int = 100
-    bon_max_n: int = 32
+    bon_max_n: int = 64
     rl_steps: int = 30
     rl_prompts: int = 32
     rl_n: int = 4
