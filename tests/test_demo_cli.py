@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rewardlab.cli.main import main
-from rewardlab.demo import DESIGNS
+from rewardlab.demo import DEFAULT_DESIGNS, DESIGNS
 from rewardlab.eval.report import METRICS as REPORT_METRICS
 
 
@@ -70,7 +70,7 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert set(res["designs"]) == set(DESIGNS)
+    assert set(res["designs"]) == set(DEFAULT_DESIGNS)
     for design, row in res["designs"].items():
         assert row["n_seeds"] == 3 and row["seeds"] == ["s0", "s1", "s2"], design   # --seeds 3 by default
         assert 0.0 <= row["accuracy"]["mean"] <= 1.0
@@ -89,16 +89,16 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     # the terminal gets the compact table (80 columns) and the path of the full report
     lines = r.stdout.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["design", "accuracy"])
-    table = lines[head:head + len(DESIGNS) + 3]
+    table = lines[head:head + len(DEFAULT_DESIGNS) + 3]
     assert max(len(ln) for ln in table) <= 80 and "…" not in "".join(table), "\n".join(table)
     assert "report.md" in r.stdout and "| design |" not in r.stdout
-    prm_designs = [d for d in DESIGNS if d.startswith("prm") or d == "grpo_process"]
+    prm_designs = [d for d in DEFAULT_DESIGNS if d.startswith("prm") or d == "grpo_process"]
     for d in prm_designs:
         summary = json.loads((out / "rl" / d / "s0" / "rl_summary.json").read_text())
         assert "reward/prm_return" in summary, d
     report = (out / "report.md").read_text()
     assert "| design |" in report and "SFT policy (start)" in report
-    for desc, _ in DESIGNS.values():
+    for desc, _ in (DESIGNS[d] for d in DEFAULT_DESIGNS):
         assert desc in report
     assert "## Paired differences" in report and "α = 1, η = 0.8, 3 seeds" in report
     for png in ["bon/bon.png", "curve_accuracy.png", "curve_steps_per_solution.png", "curve_prm_return.png",
@@ -112,4 +112,4 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     # a second run continues from the cached stages instead of starting over
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert r2.stdout.count("cached") >= 3 + 3 * len(DESIGNS)
+    assert r2.stdout.count("cached") >= 3 + 3 * len(DEFAULT_DESIGNS)
