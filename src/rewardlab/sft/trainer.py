@@ -67,6 +67,8 @@ class SFTConfig:
             raise ValueError("sft: max_steps, batch_size and grad_accum must be >= 1")
         if self.lr <= 0:
             raise ValueError("sft: lr must be > 0")
+        if self.model.lora.enabled:
+            raise ValueError("sft: model.lora is for rl only (policy.lora); set model.lora.r=0")
         self.data.validate()
 
 
