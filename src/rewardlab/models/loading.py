@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,50 @@ from rewardlab.data.testbed import build_tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoRAConfig:
+    """A LoRA adapter on the policy, through peft (RL only). ``r = 0``: off, the whole model trains."""
+
+    r: int = 0
+    """Adapter rank; 0 switches LoRA off. With r > 0 only the adapter (and a value head) trains,
+    the reference model is the policy with its adapter switched off (no second copy), and
+    checkpoints and ``final/`` hold the adapter (loaded onto ``name_or_path``)."""
+    alpha: float = 16.0
+    """lora_alpha: the update B·A is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during the update (0 keeps the update's log-probs equal to the
+    sampler's, so an on-policy ratio starts at exactly 1)."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get an adapter: all-linear (every Linear but the output layer), or names, as a
+    list or comma-separated (e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)."""
+    save_merged: bool = False
+    """Also write ``final_merged/``: the adapter merged into the base weights, a plain model that
+    ``AutoModelForCausalLM.from_pretrained`` loads without peft."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+    def validate(self) -> None:
+        if self.r < 0:
+            raise ValueError(f"lora.r must be >= 0 (0: off), got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.modules():
+            raise ValueError("lora.target_modules is empty")
+
+    def modules(self) -> str | list[str]:
+        """``target_modules`` as peft takes it: the string ``all-linear`` or a list of names."""
+        t = self.target_modules
+        if isinstance(t, str):
+            if t.strip().lower() == "all-linear":
+                return "all-linear"
+            t = t.split(",")
+        return [m.strip() for m in t if m.strip()]
 
 
 @dataclass
@@ -46,6 +90,8 @@ class ModelConfig:
     and verl's FSDP mixed precision do. false trains the bfloat16 weights themselves, where AdamW
     steps below a weight's precision are lost: at lr 1e-6 a weight of 0.02 (bfloat16 spacing
     1.2e-4 there) never changes. Only training reads it."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """A LoRA adapter instead of full fine-tuning (``rl`` only; r = 0, the default: off)."""
 
 
 @dataclass(frozen=True)

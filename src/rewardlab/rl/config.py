@@ -283,6 +283,19 @@ class RLConfig:
             raise ValueError(f"rl: vine.k must be >= 1, got {self.vine.k}")
         if self.value.kind not in ("separate", "shared"):
             raise ValueError("rl: value.kind must be separate or shared")
+        try:
+            self.policy.lora.validate()
+        except ValueError as e:
+            raise ValueError(f"rl: policy.{e}") from None
+        if self.policy.lora.enabled:
+            if self.uses_critic and self.value.kind != "shared":
+                raise ValueError("rl: policy.lora.r > 0 with a critic (advantage gae) needs "
+                                 "value.kind=shared (a value head on the LoRA policy's hidden "
+                                 f"states), got value.kind={self.value.kind}")
+            for name, eng in (("engine", self.engine), ("sampling.engine", self.sampling.engine)):
+                if eng == "fast":
+                    raise ValueError(f"rl: {name}=fast cannot run a LoRA policy (policy.lora.r > 0); "
+                                     "use auto or hf")
         if self.clip_eps_high is not None and self.clip_eps_high < 0:
             raise ValueError(f"rl: clip_eps_high must be >= 0 (or null: clip_eps), got {self.clip_eps_high}")
         if self.kl.clamp is not None and self.kl.clamp <= 0:

@@ -30,6 +30,7 @@ from rewardlab.grading import grade
 from rewardlab.io import write_jsonl
 from rewardlab.models.batching import position_ids_from_mask
 from rewardlab.models.loading import load_model_and_tokenizer, training_precision
+from rewardlab.models.lora import adapter_off, load_policy, reference_model, save_merged
 from rewardlab.models.sampling import (forward_logprobs, generate_rollouts, logprobs_with_grad,
                                        response_logprobs, RolloutBatch, use_fast_engine)
 from rewardlab.models.value import SharedValueHead, ValueModel
@@ -115,13 +116,12 @@ class RLTrainer:
         # bfloat16 runs keep float32 weights and autocast their passes (ModelConfig.mixed_precision);
         # the reference model is stored like the policy, so the two agree exactly at step 0
         self.prec = training_precision(pc.dtype, pc.device, pc.mixed_precision)
-        self.policy, self.tok = load_model_and_tokenizer(src, self.prec.storage, pc.device, pc.trust_remote_code)
+        # LoRA (policy.lora.r > 0): the base from name_or_path + a fresh or the checkpoint's adapter
+        self.policy, self.tok = load_policy(pc, self.ckpt, self.prec.storage)
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
-        if cfg.kl.coef != 0 or cfg.kl.adaptive:
-            self.ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage, pc.device,
-                                                   pc.trust_remote_code)
-            self.ref.eval().requires_grad_(False)
+        if cfg.kl.coef != 0 or cfg.kl.adaptive:   # a LoRA policy is its own reference (adapter_off)
+            self.ref = reference_model(self.policy, pc, self.prec.storage)
         self.fast_ref = self.ref is not None and use_fast_engine(self.ref, cfg.engine, sampling=False)
         self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
         self.device = next(self.policy.parameters()).device
@@ -291,9 +291,10 @@ class RLTrainer:
         old_logp = batch.logprobs  # None when the update computes them (on_policy_single_update)
         ref_logp = kl = None
         if self.ref is not None:
-            ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
-                                        temperature=cfg.sampling.temperature or 1.0,
-                                        micro_batch=self.pass_rows, fast=self.fast_ref) * mask
+            with adapter_off(self.ref):
+                ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
+                                            temperature=cfg.sampling.temperature or 1.0,
+                                            micro_batch=self.pass_rows, fast=self.fast_ref) * mask
             if old_logp is not None:
                 kl = self._kl(old_logp, ref_logp) * mask
         if cfg.kl.in_reward and kl is not None:
@@ -572,7 +573,10 @@ class RLTrainer:
                 bar(done, f"succ {metrics['reward/success']:.2f} steps {metrics['response/steps']:.2f}"
                     + (f" acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""))
         eng.close()
-        eng.save_final(self.policy, self.tok)
+        final = eng.save_final(self.policy, self.tok)   # LoRA: the adapter
+        if cfg.policy.lora.save_merged and self.dist.is_main:   # LoRA: + the merged full model
+            save_merged(final, cfg.policy, self.out / "final_merged", self.prec.storage)
+        self.dist.barrier()
         if getattr(self, "_last_eval_rows", None) is not None:
             write_jsonl(self.out / "eval_predictions.jsonl", self._last_eval_rows)
         last["rl/wall_s"] = eng.wall_s

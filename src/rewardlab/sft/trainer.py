@@ -80,6 +80,8 @@ class SFTConfig:
 
     def validate(self) -> None:
         check_numbers(self)
+        if self.model.lora.enabled:
+            raise ValueError("sft: model.lora is for rl only (policy.lora); set model.lora.r=0")
         self.data.validate()
 
 

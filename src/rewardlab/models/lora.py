@@ -1,0 +1,88 @@
+"""LoRA policies through peft: loading, the reference model, merged export.
+
+With ``policy.lora.r > 0`` (:class:`rewardlab.models.loading.LoRAConfig`) the RL policy is the
+base model ``policy.name_or_path`` wrapped by ``peft.get_peft_model``: only the adapter's A and B
+matrices train (B starts at zero, so the wrapped model computes exactly what the base computes).
+The reference model of the KL term is the same network with the adapter switched off
+(``with policy.disable_adapter():``), not a second copy, so before the first update the reference
+log-probs equal the policy's bit for bit. Checkpoints and ``final/`` hold the adapter
+(``adapter_config.json`` + ``adapter_model.safetensors``) and the tokenizer; a run resumes by
+loading the base from ``name_or_path`` and the adapter from its checkpoint. A PeftModel is not
+a plain Llama-family module, so :mod:`rewardlab.models.fast` never runs it
+(:func:`rewardlab.models.fast.fast_path_unsupported`): sampling and log-prob passes go through
+transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+from peft import get_peft_model, LoraConfig, PeftModel
+
+from rewardlab.models.loading import load_model_and_tokenizer, load_tokenizer, LoRAConfig, ModelConfig
+
+
+def is_peft(model) -> bool:
+    return isinstance(model, PeftModel)
+
+
+def peft_config(cfg: LoRAConfig) -> LoraConfig:
+    """rewardlab's :class:`LoRAConfig` as peft's ``LoraConfig`` for a causal LM."""
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.modules(), bias="none", task_type="CAUSAL_LM")
+
+
+def load_policy(mc: ModelConfig, checkpoint: str | Path | None = None, dtype: str | None = None):
+    """``(policy, tokenizer)`` for training, in storage dtype ``dtype`` (default ``mc.dtype``).
+
+    LoRA off: the full model from ``checkpoint`` (a resumed run) or ``mc.name_or_path``.
+    LoRA on: the base from ``mc.name_or_path`` with a fresh adapter (``get_peft_model``), or with
+    the checkpoint's adapter (``PeftModel.from_pretrained(..., is_trainable=True)``); the base
+    weights are frozen either way."""
+    dtype = dtype or mc.dtype
+    if not mc.lora.enabled:
+        return load_model_and_tokenizer(checkpoint or mc.name_or_path, dtype, mc.device,
+                                        mc.trust_remote_code)
+    base, tok = load_model_and_tokenizer(mc.name_or_path, dtype, mc.device, mc.trust_remote_code)
+    with warnings.catch_warnings():   # peft asks transformers 5 for a deprecated attribute
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        if checkpoint is None:
+            model = get_peft_model(base, peft_config(mc.lora))
+        else:
+            model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
+    return model, tok
+
+
+def reference_model(policy, mc: ModelConfig, dtype: str | None = None):
+    """The frozen reference policy of the KL term: a LoRA policy itself (used inside
+    :func:`adapter_off`), else a second copy of ``mc.name_or_path``."""
+    if is_peft(policy):
+        return policy
+    ref, _ = load_model_and_tokenizer(mc.name_or_path, dtype or mc.dtype, mc.device, mc.trust_remote_code)
+    return ref.eval().requires_grad_(False)
+
+
+def adapter_off(model):
+    """A context in which a PeftModel runs as its base model (the adapter bypassed); for any other
+    model, nothing."""
+    return model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+
+
+def save_merged(adapter_dir: str | Path, mc: ModelConfig, out: str | Path,
+                dtype: str | None = None) -> Path | None:
+    """The adapter saved in ``adapter_dir`` merged into a fresh CPU copy of the base
+    ``mc.name_or_path`` (loaded in ``dtype``, default ``mc.dtype``) and saved, with the tokenizer,
+    as a plain model under ``out``: what ``AutoModelForCausalLM.from_pretrained(out)`` loads
+    without peft. The training model is left as it is (its weights are never merged and
+    unmerged). None, writing nothing, when ``mc.lora`` is off."""
+    if not mc.lora.enabled:
+        return None
+    model, _ = load_model_and_tokenizer(mc.name_or_path, dtype or mc.dtype, "cpu", mc.trust_remote_code)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out = Path(out)
+    merged.save_pretrained(str(out))
+    has_tok = (Path(adapter_dir) / "tokenizer_config.json").exists()
+    load_tokenizer(adapter_dir if has_tok else mc.name_or_path, mc.trust_remote_code).save_pretrained(str(out))
+    return out
