@@ -11,7 +11,14 @@ The PRM is the SFT policy read as an LM-head PRM through the Math-Shepherd tag '
 (``reward.prm.tag``): the same architecture and size as the demo's trained PRM, so the same cost
 (its scores are meaningless, which does not matter for timing).
 
-    python benchmarks/designs_cost.py [--designs success,prm_clip_delta,prm_min_form,prime,vine]
+``success`` (the baseline) is the demo's PPO: a critic, GAE, the KL in the reward (so an extra
+old-log-prob pass). prime and vine use no critic and put the KL in the loss (one on-policy update
+without that pass), so they can be cheaper than it; ``success_rloo`` (success only, RLOO, no
+critic, KL in the loss) is their like-for-like baseline: prime − success_rloo is the implicit PRM's
+cost (one forward and backward pass + an optimizer step of a policy-sized model), vine −
+success_rloo the Monte-Carlo rollouts'.
+
+    python benchmarks/designs_cost.py [--designs success,prm_clip_delta,prm_min_form,success_rloo,prime,vine]
         [--prompts 32 --n 4 --max-new-tokens 48 --steps 3 --warmup 1 --vine-k 4 --sft-steps 200]
 
 Defaults: the demo's RL step (32 prompts × 4 samples, ≤ 48 new tokens, the 'small' policy after
@@ -37,6 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rl_step import make_policy  # noqa: E402  (the testbed policy after a few SFT steps)
 
 
+# Not a demo design: success only, without the critic and with the KL in the loss, as prime and
+# vine run, so that their own overhead (implicit PRM, MC rollouts) shows against it.
+EXTRA = {"success_rloo": ("RLOO on success, KL in the loss, no critic",
+                          ["algo=ppo", "advantage=rloo", "kl.in_reward=false", "kl.estimator=k3"])}
+
+
 def build_trainer(design: str, policy: Path, d: Path, args):
     from rewardlab.config import load_config
     from rewardlab.demo import DESIGNS, USES_PRM
@@ -44,7 +57,7 @@ def build_trainer(design: str, policy: Path, d: Path, args):
     from rewardlab.rl.trainer import RLTrainer
 
     B = args.prompts * args.n
-    ov = list(DESIGNS[design][1]) + [
+    ov = list({**DESIGNS, **EXTRA}[design][1]) + [
         f"out={d / 'rl' / design}", f"policy.name_or_path={policy}", "policy.dtype=float32",
         "policy.device=cpu", f"data.train_path={d / 'train.jsonl'}", f"data.test_path={d / 'test.jsonl'}",
         f"prompts_per_step={args.prompts}", f"sampling.n={args.n}",
@@ -81,8 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     demo = DemoBudget()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--designs", default="success,prm_clip_delta,prm_min_form,prime,vine",
-                    help="Comma-separated demo designs; the first is the baseline of the ratios.")
+    ap.add_argument("--designs", default="success,prm_clip_delta,prm_min_form,success_rloo,prime,vine",
+                    help="Comma-separated demo designs (and success_rloo: success only, no critic, "
+                         "KL in the loss); the first is the baseline of the ratios.")
     ap.add_argument("--prompts", type=int, default=demo.rl_prompts)
     ap.add_argument("--n", type=int, default=demo.rl_n)
     ap.add_argument("--max-new-tokens", type=int, default=48)

@@ -36,6 +36,7 @@ _EXPORTS = {
     # reward shaping
     "refine": "rewardlab.rewards.refine", "clip": "rewardlab.rewards.refine",
     "delta": "rewardlab.rewards.refine", "clip_delta": "rewardlab.rewards.refine",
+    "min_form": "rewardlab.rewards.refine",
     "normed": "rewardlab.rewards.refine", "build_token_rewards": "rewardlab.rewards.compose",
     # data, grading, evaluation
     "load_dataset_by_name": "rewardlab.data.datasets", "Problem": "rewardlab.data.problem",
