@@ -15,3 +15,15 @@ def tiny_policy(tmp_path_factory):
     """A random-initialised tiny testbed policy saved in HF format (path)."""
     from rewardlab.models.loading import make_testbed_policy
     return make_testbed_policy(tmp_path_factory.mktemp("tiny_policy"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def problems_dir(tmp_path_factory):
+    """Testbed train.jsonl / test.jsonl (40 + 6 problems of at most 2 steps) for short RL runs."""
+    from rewardlab.data.testbed import TestbedConfig, make_splits
+    from rewardlab.io import write_jsonl
+    d = tmp_path_factory.mktemp("rlprobs")
+    train, test = make_splits(TestbedConfig(max_steps=2), 40, 6, seed=0)
+    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
+    write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
+    return d

@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from rewardlab.config import ConfigError, load_config
-from rewardlab.io import write_jsonl
 from rewardlab.models import sampling
 from rewardlab.models.fast import fast_path_unsupported
 from rewardlab.models.loading import load_model_and_tokenizer, LoRAConfig
@@ -20,16 +19,6 @@ from rewardlab.sft.trainer import SFTConfig
 
 PPO = ["algo=ppo", "value.kind=shared"]
 GRPO = ["algo=grpo", "advantage=grpo_outcome", "kl.in_reward=false", "kl.estimator=k3"]
-
-
-@pytest.fixture(scope="module")
-def problems_dir(tmp_path_factory):
-    from rewardlab.data.testbed import TestbedConfig, make_splits
-    d = tmp_path_factory.mktemp("loraprobs")
-    train, test = make_splits(TestbedConfig(max_steps=2), 40, 6, seed=0)
-    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
-    write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from rewardlab.models.loading import training_precision
 from rewardlab.sft.trainer import train_sft
 from rewardlab.rl.trainer import RLTrainer
 
-from test_rl_trainer import _cfg, problems_dir  # noqa: F401  (problems_dir: fixture)
+from test_rl_trainer import _cfg
 from test_rollout_sft import _sft_cfg
 
 
@@ -53,7 +53,7 @@ def _step(tmp_path, policy, probs, name, mixed: bool):
 
 
 def test_mixed_precision_rl_step_moves_float32_weights_that_pure_bfloat16_loses(
-        tmp_path, tiny_policy, problems_dir):  # noqa: F811
+        tmp_path, tiny_policy, problems_dir):
     torch.manual_seed(0)
     tr, before = _step(tmp_path, tiny_policy, problems_dir, "mixed", mixed=True)
     assert all(p.dtype == torch.float32 for p in tr.policy.parameters())

@@ -10,7 +10,6 @@ import torch
 import rewardlab.rl.trainer as rl_trainer
 import rewardlab.sft.trainer as sft_trainer
 from rewardlab.config import load_config
-from rewardlab.io import write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.rl.config import RLConfig
 from rewardlab.sft.trainer import SFTConfig, train_sft
@@ -100,16 +99,6 @@ def test_sft_persistent_nan_stops_with_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "sft" / "final").exists()
     ckpt = latest_checkpoint(tmp_path / "sft")                     # step 2: weights untouched
     assert ckpt is not None and _all_finite(load_model_and_tokenizer(ckpt)[0])
-
-
-@pytest.fixture(scope="module")
-def problems_dir(tmp_path_factory):
-    from rewardlab.data.testbed import make_splits, TestbedConfig
-    d = tmp_path_factory.mktemp("rlprobs")
-    train, test = make_splits(TestbedConfig(max_steps=2), 40, 6, seed=0)
-    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
-    write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
-    return d
 
 
 def _rl_args(tmp_path, policy, probs):

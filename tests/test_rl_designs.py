@@ -9,21 +9,10 @@ import pytest
 import torch
 
 from rewardlab.config import load_config
-from rewardlab.io import write_jsonl
 from rewardlab.rl import vine as vine_mod
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import RLTrainer, train_rl
 from rewardlab.rl.vine import distinct_prefixes, mc_step_values, step_prefix
-
-
-@pytest.fixture(scope="module")
-def problems_dir(tmp_path_factory):
-    from rewardlab.data.testbed import TestbedConfig, make_splits
-    d = tmp_path_factory.mktemp("rlprobs17")
-    train, test = make_splits(TestbedConfig(max_steps=2), 40, 6, seed=0)
-    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
-    write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
-    return d
 
 
 def _cfg(tmp_path, policy, probs, name, extra=()):

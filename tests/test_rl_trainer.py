@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rewardlab.config import load_config
-from rewardlab.io import write_jsonl
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import RLTrainer, adaptive_kl_coef, train_rl
 from rewardlab.training.engine import epoch_batch
@@ -14,16 +13,6 @@ from rewardlab.training.engine import epoch_batch
 
 def prompt_batch_indices(n, per_step, step, seed):
     return epoch_batch(n, per_step, step, seed, seed_stride=7_919)  # the RL trainer's prompt stream
-
-
-@pytest.fixture(scope="module")
-def problems_dir(tmp_path_factory):
-    from rewardlab.data.testbed import TestbedConfig, make_splits
-    d = tmp_path_factory.mktemp("rlprobs")
-    train, test = make_splits(TestbedConfig(max_steps=2), 40, 6, seed=0)
-    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
-    write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
-    return d
 
 
 def _cfg(tmp_path, policy, probs, name, extra=()):
