@@ -23,10 +23,10 @@ def test_rl_cli_rejects_bad_config(tmp_path, capsys):
 
 
 def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
-    from rewardlab.demo import DemoConfig, stage_rm_backbone
+    from rewardlab.demo import DemoConfig, start_rm_backbone
     cfg = DemoConfig(out=str(tmp_path))
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
-    assert stage_rm_backbone(cfg, tmp_path / "sft", print) == tmp_path / "sft" / "final"
+    assert start_rm_backbone(cfg, tmp_path / "sft", print)() == tmp_path / "sft" / "final"
     assert not (tmp_path / "rm").exists()
 
 
@@ -84,7 +84,7 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
             summary = json.loads((out / "rl" / design / f"s{seed}" / "rl_summary.json").read_text())
             assert summary["actor/grad_norm"] >= 0 and "reward/success" in summary
             assert (out / "rl" / design / f"s{seed}" / "final" / "config.json").exists()
-    assert list(res["stage_s"]) == ["sft", "sft eval", "rm backbone", "rm data", "rm training", "bon", "rl"]
+    assert list(res["stage_s"]) == ["sft", "sft eval", "rm data", "rm backbone", "rm training", "bon", "rl"]
     assert res["setting"]["seeds"] == 3 and res["wall_s"] > 0
     # the terminal gets the compact table (80 columns) and the path of the full report
     lines = r.stdout.splitlines()

@@ -87,3 +87,20 @@ def test_evaluate_policy_tiny_model(tiny_policy):
     gsm = [Problem(p.id, p.question, p.solution, p.answer, "gsm8k") for p in probs[:2]]
     s2, _ = evaluate_policy(model, tok, gsm, max_new_tokens=4)
     assert "step_acc" not in s2 and "maj@k" not in s2
+
+
+def test_sample_diagnostics_measure_padding_in_the_samples():
+    from rewardlab.data.testbed import TestbedConfig
+    probs = generate_problems(TestbedConfig(unnecessary_rate=0.0), n=3, seed=9)
+    clean = [p.solution for p in probs]
+    # a repeat of the first step inserted after it: correct, unnecessary and repeated
+    padded = [p.steps[0] + "\n" + p.solution for p in probs]
+    s, rows = evaluate_responses(probs, clean, [[c, d, d, c] for c, d in zip(clean, padded)])
+    assert s["unnecessary_frac"] == 0.0 and s["repeated_frac"] == 0.0   # greedy: clean
+    n_comp = [len(p.steps) - 1 for p in probs]   # computation steps of the clean solution
+    # per padded sample 1 of n+1 computation steps is a padding step; half the samples padded
+    want = sum(0.5 / (n + 1) for n in n_comp) / len(probs)
+    assert s["sample_unnecessary_frac"] == pytest.approx(want)
+    assert s["sample_repeated_frac"] == pytest.approx(want)
+    assert s["sample_mean_steps"] == pytest.approx(sum(len(p.steps) + 0.5 for p in probs) / len(probs))
+    assert rows[0]["sample_unnecessary_frac"] == pytest.approx(0.5 / (n_comp[0] + 1))

@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from rewardlab.config import apply_overrides, check_numbers, ConfigError, from_dict, load_config
 from rewardlab.data.datasets import load_dataset_by_name
@@ -85,9 +85,13 @@ class DemoBudget:
                                         "rl_steps", "rl_prompts", "rl_n", "eval_k")},
         "eval_every": "[0, 10000000]", "rm_backbone_steps": "[0, 10000000]", "rm_lr": "(0, 1]",
         "rm_temperature": "(0, 5]", "rm_corrupt": "[0, 10]", "rm_truncate": "[0, 10]",
-        "rm_repair": "[0, 1]"}
+        "rm_repair": "[0, 1]", "unnecessary_rate": "[0, 1]"}
 
     n_train: int = 3000
+    unnecessary_rate: float = 0.1
+    """Fraction of the testbed's reference solutions that carry one correct-but-unnecessary step
+    (``TestbedConfig.unnecessary_rate``): how often the SFT policy (and the reward models'
+    backbone) learns to pad, i.e. how far the behaviour a PRM can pay for lies in its support."""
     n_test: int = 200
     sft_steps: int = 300
     rm_problems: int = 3000
@@ -187,34 +191,79 @@ def _done(path: Path) -> bool:
     return path.exists()
 
 
-def _sft_run(cfg: DemoConfig, out: Path, steps: int, what: str, log) -> Path:
-    """The testbed SFT recipe for ``steps`` steps into ``out`` (cached)."""
-
-    if _done(out / "sft_summary.json") and _done(out / "final"):
-        log(f"{what}: cached")
-        return out
+def _sft_config(cfg: DemoConfig, out: Path, steps: int) -> SFTConfig:
+    """The testbed SFT recipe for ``steps`` steps into ``out``."""
     b = cfg.budget
     sc = SFTConfig(out=str(out), max_steps=steps, eval_every=0, save_every=100,
                    progress=cfg.progress)
     sc.data.n_train, sc.data.n_test = b.n_train, b.n_test
-    res = train_sft(sc)
-    log(f"{what}: greedy accuracy {res.get('eval/accuracy', float('nan')):.3f} in {res['sft/wall_s']:.0f}s")
-    return out
+    sc.data.testbed.unnecessary_rate = b.unnecessary_rate
+    return sc
+
+
+def _sft_cached(out: Path) -> bool:
+    return _done(out / "sft_summary.json") and _done(out / "final")
+
+
+def _log_sft(what: str, res: dict, log) -> None:
+    log(f"{what}: greedy accuracy {res.get('eval/accuracy', float('nan')):.3f} in "
+        f"{res['sft/wall_s']:.0f}s")
+
+
+def _train_sft_job(sc: SFTConfig) -> dict:
+    quiet_transformers()
+    return train_sft(sc)
 
 
 def stage_sft(cfg: DemoConfig, log) -> Path:
-    return _sft_run(cfg, Path(cfg.out) / "sft", cfg.budget.sft_steps, "sft", log)
+    """The SFT policy: the testbed recipe for ``sft_steps`` steps (cached)."""
+    out = Path(cfg.out) / "sft"
+    if _sft_cached(out):
+        log("sft: cached")
+    else:
+        _log_sft("sft", train_sft(_sft_config(cfg, out, cfg.budget.sft_steps)), log)
+    return out
 
 
-def stage_rm_backbone(cfg: DemoConfig, sft_dir: Path, log) -> Path:
-    """The reward models' starting point: the policy's SFT recipe run for ``rm_backbone_steps``
-    (a model that computes the testbed's arithmetic well enough to check it), or the SFT policy
-    itself when that is 0 or not more than the policy's own SFT steps."""
+def start_rm_backbone(cfg: DemoConfig, sft_dir: Path, log) -> Callable[[], Path]:
+    """Start the reward models' backbone; returns a call that waits for it and gives its model
+    directory. The backbone is the policy's SFT recipe run for ``rm_backbone_steps`` (a model that
+    computes the testbed's arithmetic well enough to check it), or the SFT policy itself when
+    that is 0 or not more than the policy's own SFT steps. With ``cfg.workers`` > 1 it trains in a
+    worker process on one core while this process goes on (SFT, its evaluation, the RM data)
+    on the others."""
     b = cfg.budget
+    out = Path(cfg.out) / "rm" / "backbone"
     if b.rm_backbone_steps <= b.sft_steps:
-        return sft_dir / "final"
-    return _sft_run(cfg, Path(cfg.out) / "rm" / "backbone", b.rm_backbone_steps, "rm backbone",
-                    log) / "final"
+        return lambda: sft_dir / "final"
+    if _sft_cached(out):
+        log("rm backbone: cached")
+        return lambda: out / "final"
+    sc = _sft_config(cfg, out, b.rm_backbone_steps)
+    if cfg.workers <= 1:
+        _log_sft("rm backbone", train_sft(sc), log)
+        return lambda: out / "final"
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    sc.progress = False
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))   # until the backbone is done
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                               initializer=_set_threads, initargs=(1,))
+    fut = pool.submit(_train_sft_job, sc)
+    log(f"rm backbone: {b.rm_backbone_steps} SFT steps started in a worker process")
+
+    def wait() -> Path:
+        try:
+            _log_sft("rm backbone", fut.result(), log)
+        finally:
+            pool.shutdown()
+            torch.set_num_threads(threads)
+        return out / "final"
+    return wait
 
 
 def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
@@ -542,15 +591,19 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out / "stage_s.json")
     sft, rm = out / "sft", out / "rm"
+    backbone = rm / "backbone"
+    # the backbone trains alongside the policy's SFT, its evaluation and the RM data; its stage
+    # time is the wait left after them
+    wait_backbone = start_rm_backbone(cfg, sft, log)
     with clock("sft", [sft / "sft_summary.json", sft / "final"]):
         sft_dir = stage_sft(cfg, log)
     with clock("sft eval", [sft / "eval_summary.json"]):
         stage_sft_eval(cfg, sft_dir, log)
-    with clock("rm backbone", [rm / "backbone" / "sft_summary.json", rm / "backbone" / "final"]
-               if cfg.budget.rm_backbone_steps > cfg.budget.sft_steps else []):
-        backbone = stage_rm_backbone(cfg, sft_dir, log)
     with clock("rm data", [rm / "samples.jsonl", rm / "eval_samples.jsonl"]):
         stage_rm_data(cfg, sft_dir, log)
+    with clock("rm backbone", [backbone / "sft_summary.json", backbone / "final"]
+               if cfg.budget.rm_backbone_steps > cfg.budget.sft_steps else []):
+        backbone = wait_backbone()
     with clock("rm training", [rm / f"{k}_metrics.json" for k in ("orm", "prm")]):
         rm_dir = stage_rm(cfg, sft_dir, log, backbone)
     with clock("bon", [out / "bon" / "bon.json"]):

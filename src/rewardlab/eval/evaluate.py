@@ -94,6 +94,10 @@ def evaluate_responses(problems: Sequence[Problem], responses: Sequence[str] | N
             row.update(sample_answers=answers, sample_correct=[ok for _, ok in graded],
                        n_correct=sum(ok for _, ok in graded), maj_pred=maj,
                        maj_correct=grader.equiv(maj, p.answer))
+            if testbed:   # the same diagnostics over the samples: the policy's distribution
+                ds = [diagnostics(p.question, s, p.answer) for s in samples[i]]
+                row.update({f"sample_{k}": _mean([d[k] for d in ds])
+                            for k in ("n_steps", "repeated_frac", "unnecessary_frac")})
         rows.append(row)
     if responses is not None:
         summary["accuracy"] = _mean([r["correct"] for r in rows])
@@ -109,6 +113,10 @@ def evaluate_responses(problems: Sequence[Problem], responses: Sequence[str] | N
             raise ValueError("evaluate: every problem needs at least one sample")
         summary["k"] = k
         summary["maj@k"] = _mean([r["maj_correct"] for r in rows])
+        if testbed:
+            summary["sample_mean_steps"] = _mean([r["sample_n_steps"] for r in rows])
+            for key in ("repeated_frac", "unnecessary_frac"):
+                summary[f"sample_{key}"] = _mean([r[f"sample_{key}"] for r in rows])
         for j in range(1, k + 1):
             summary[f"pass@{j}"] = _mean([pass_at_k(len(r["sample_correct"]), r["n_correct"], j)
                                           for r in rows])
@@ -131,7 +139,8 @@ def evaluate_policy(model, tokenizer, problems: Sequence[Problem], style: str = 
 
     Summary keys: ``n_problems, style, accuracy, mean_length`` (greedy response tokens, EOS
     included), testbed ``mean_steps, repeated_frac, unnecessary_frac, step_acc``; with samples
-    ``k, maj@k, pass@1 .. pass@k``.
+    ``k, maj@k, pass@1 .. pass@k`` and, on the testbed, the samples' ``sample_mean_steps,
+    sample_repeated_frac, sample_unnecessary_frac`` (the policy's distribution, not its mode).
 
     Returns ``(summary, rows)``; a row is ``{id, question, gold, response, pred, correct,
     response_tokens, [n_steps, repeated_frac, unnecessary_frac, step_acc],

@@ -75,7 +75,7 @@ CURVES = {
     "kl": ("KL to the SFT policy (training samples)", "KL estimate per response",
            ("kl/ref",), True),
 }
-STAGES = ["sft", "sft eval", "rm backbone", "rm data", "rm training", "bon", "rl"]
+STAGES = ["sft", "sft eval", "rm data", "rm backbone", "rm training", "bon", "rl"]
 
 
 def _finite(x) -> bool:
