@@ -113,3 +113,24 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stdout.count("cached") >= 3 + 3 * len(DEFAULT_DESIGNS)
+
+
+def test_cached_stages_made_with_other_settings_are_refused(tmp_path):
+    from rewardlab.config import ConfigError
+    from rewardlab.demo import DemoConfig, check_cached_settings
+    out = tmp_path / "d"
+    outputs = {"sft": [out / "sft"], "rl": [out / "rl"]}
+    cfg = DemoConfig(out=str(out))
+    out.mkdir()
+    check_cached_settings(cfg, outputs)   # nothing cached yet: records the settings
+    (out / "rl").mkdir()
+    check_cached_settings(DemoConfig(out=str(out)), outputs)   # same settings: fine
+    with pytest.raises(ConfigError, match=r"rl stage .*prm_alpha: cached 1.0, now 2.0"):
+        check_cached_settings(DemoConfig(out=str(out), prm_alpha=2.0), outputs)
+    cfg = DemoConfig(out=str(out))
+    cfg.budget.unnecessary_rate = 0.5   # the SFT data changed: SFT has no outputs yet, RL has
+    with pytest.raises(ConfigError, match=r"rl stage .*unnecessary_rate: cached 0.1, now 0.5"):
+        check_cached_settings(cfg, outputs)
+    (out / "rl").rmdir()                 # nothing cached depends on it any more: accepted
+    check_cached_settings(cfg, outputs)
+    assert json.loads((out / "demo_settings.json").read_text())["sft"]["unnecessary_rate"] == 0.5

@@ -579,6 +579,56 @@ class StageClock:
         return {n: self.times[n] for n in names if n in self.times}
 
 
+SETTINGS_FILE = "demo_settings.json"
+# stage -> the budget fields its outputs depend on (besides those of the stages before it)
+_STAGE_KEYS = {
+    "sft": ("n_train", "n_test", "unnecessary_rate", "sft_steps", "rm_backbone_steps"),
+    "rm": ("rm_problems", "rm_samples", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair",
+           "rm_eval_problems", "rm_steps", "rm_lr"),
+    "bon": ("bon_problems", "bon_max_n"),
+    "rl": ("rl_steps", "rl_prompts", "rl_n", "eval_every", "eval_k"),
+}
+
+
+def stage_settings(cfg: DemoConfig) -> dict[str, dict]:
+    """What each stage's cached outputs were made with: its own budget fields plus those of the
+    stages it builds on (RL also α, η, β and the RL overrides)."""
+    import dataclasses
+
+    b = dataclasses.asdict(cfg.budget)
+    own = {stage: {k: b[k] for k in keys} for stage, keys in _STAGE_KEYS.items()}
+    own["rl"].update(prm_alpha=cfg.prm_alpha, prm_eta=cfg.prm_eta, orm_beta=cfg.orm_beta,
+                     rl_overrides=list(cfg.rl_overrides))
+    upstream = {"sft": [], "rm": ["sft"], "bon": ["sft", "rm"], "rl": ["sft", "rm"]}
+    return {stage: {k: v for s in [*upstream[stage], stage] for k, v in own[s].items()}
+            for stage in own}
+
+
+def check_cached_settings(cfg: DemoConfig, outputs: dict[str, list[Path]]) -> None:
+    """Refuse to reuse a stage's cached outputs made with other settings: ConfigError naming the
+    stage, each setting that differs and the fix. Records the settings of this run (in
+    ``<out>/demo_settings.json``) otherwise. A stage with no record (outputs copied or linked in
+    from another run) is trusted."""
+    path = Path(cfg.out) / SETTINGS_FILE
+    now = stage_settings(cfg)
+    recorded: dict = {}
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); delete it to trust the cached stages")
+    for stage, settings in now.items():
+        old = recorded.get(stage)
+        if not isinstance(old, dict) or not any(_done(p) for p in outputs.get(stage, [])):
+            continue
+        diff = [f"{k}: cached {old.get(k)!r}, now {v!r}" for k, v in settings.items() if old.get(k) != v]
+        if diff:
+            raise ConfigError(f"demo: the {stage} stage cached in {cfg.out} was made with other "
+                              f"settings ({'; '.join(diff)}); use a new --out (or delete "
+                              f"{Path(cfg.out) / stage})")
+    write_json(path, {**recorded, **now})
+
+
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Run (or continue) every stage; returns the results dict written to results.json."""
 
@@ -591,6 +641,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out / "stage_s.json")
     sft, rm = out / "sft", out / "rm"
+    check_cached_settings(cfg, {"sft": [sft], "rm": [rm / "samples.jsonl", rm / "orm", rm / "prm"],
+                                "bon": [out / "bon"], "rl": [out / "rl"]})
     backbone = rm / "backbone"
     # the backbone trains alongside the policy's SFT, its evaluation and the RM data; its stage
     # time is the wait left after them
