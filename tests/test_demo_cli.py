@@ -23,11 +23,48 @@ def test_rl_cli_rejects_bad_config(tmp_path, capsys):
 
 
 def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
-    from rewardlab.demo import DemoConfig, start_rm_backbone
-    cfg = DemoConfig(out=str(tmp_path))
+    from rewardlab.demo import DemoConfig, plan_jobs
+    cfg = DemoConfig(out=str(tmp_path), designs=["success", "prm_raw", "orm"], seeds=2)
+    jobs, runs = plan_jobs(cfg)
+    by = {j.name: j for j in jobs}
+    assert by["rm backbone"].arg.max_steps == cfg.budget.rm_backbone_steps
+    assert by["rm prm"].arg.base == str(tmp_path / "rm" / "backbone" / "final")
+    assert set(by["rm prm"].deps) == {"rm data", "rm backbone"}
+    assert by["prm_raw/s1"].deps == ("sft", "rm prm") and by["orm/s0"].deps == ("sft", "rm orm")
+    assert by["success/s0"].deps == ("sft",)
+    names = [j.name for j in jobs]   # success-only runs last: they fill gaps, not the tail
+    assert names[-2:] == ["success/s0", "success/s1"] and names[:2] == ["sft", "rm backbone"]
+    assert runs["prm_raw"] == [tmp_path / "rl" / "prm_raw" / "s0", tmp_path / "rl" / "prm_raw" / "s1"]
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
-    assert start_rm_backbone(cfg, tmp_path / "sft", print)() == tmp_path / "sft" / "final"
-    assert not (tmp_path / "rm").exists()
+    by = {j.name: j for j in plan_jobs(cfg)[0]}
+    assert "rm backbone" not in by and by["rm orm"].arg.base == str(tmp_path / "sft" / "final")
+    assert by["rm orm"].deps == ("rm data",)   # no backbone job to wait for
+
+
+def _record_job(arg, on_step):
+    log, name = arg
+    on_step(1)
+    with open(log, "a") as f:
+        f.write(name + "\n")
+    return name.upper()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_jobs_respects_dependencies(tmp_path, workers):
+    from rewardlab.demo import Job, run_jobs
+    from rewardlab.training.progress import JobBoard
+    log = tmp_path / "order.txt"
+    jobs = [Job(n, "s", _record_job, (str(log), n), deps)
+            for n, deps in [("c", ("a", "b")), ("a", ()), ("b", ("a",)), ("d", ())]]
+    got = {}
+    with JobBoard([j.name for j in jobs], {}, live=False, log=lambda s: None) as board:
+        took = run_jobs(jobs, workers, board, lambda j, r: got.setdefault(j.name, r))
+    order = log.read_text().split()
+    assert sorted(order) == ["a", "b", "c", "d"] and set(took) == set(order)
+    assert order.index("a") < order.index("b") < order.index("c")
+    assert got == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    with pytest.raises(ValueError, match="unknown"):
+        run_jobs([Job("x", "s", _record_job, (str(log), "x"), ("y",))], workers, board, lambda j, r: None)
 
 
 def test_demo_budget_overrides(tmp_path, capsys):

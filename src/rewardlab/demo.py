@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -210,11 +209,6 @@ def _log_sft(what: str, res: dict, log) -> None:
         f"{res['sft/wall_s']:.0f}s")
 
 
-def _train_sft_job(sc: SFTConfig) -> dict:
-    quiet_transformers()
-    return train_sft(sc)
-
-
 def stage_sft(cfg: DemoConfig, log) -> Path:
     """The SFT policy: the testbed recipe for ``sft_steps`` steps (cached)."""
     out = Path(cfg.out) / "sft"
@@ -223,47 +217,6 @@ def stage_sft(cfg: DemoConfig, log) -> Path:
     else:
         _log_sft("sft", train_sft(_sft_config(cfg, out, cfg.budget.sft_steps)), log)
     return out
-
-
-def start_rm_backbone(cfg: DemoConfig, sft_dir: Path, log) -> Callable[[], Path]:
-    """Start the reward models' backbone; returns a call that waits for it and gives its model
-    directory. The backbone is the policy's SFT recipe run for ``rm_backbone_steps`` (a model that
-    computes the testbed's arithmetic well enough to check it), or the SFT policy itself when
-    that is 0 or not more than the policy's own SFT steps. With ``cfg.workers`` > 1 it trains in a
-    worker process on one core while this process goes on (SFT, its evaluation, the RM data)
-    on the others."""
-    b = cfg.budget
-    out = Path(cfg.out) / "rm" / "backbone"
-    if b.rm_backbone_steps <= b.sft_steps:
-        return lambda: sft_dir / "final"
-    if _sft_cached(out):
-        log("rm backbone: cached")
-        return lambda: out / "final"
-    sc = _sft_config(cfg, out, b.rm_backbone_steps)
-    if cfg.workers <= 1:
-        _log_sft("rm backbone", train_sft(sc), log)
-        return lambda: out / "final"
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    sc.progress = False
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))   # until the backbone is done
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                               initializer=_set_threads, initargs=(1,))
-    fut = pool.submit(_train_sft_job, sc)
-    log(f"rm backbone: {b.rm_backbone_steps} SFT steps started in a worker process")
-
-    def wait() -> Path:
-        try:
-            _log_sft("rm backbone", fut.result(), log)
-        finally:
-            pool.shutdown()
-            torch.set_num_threads(threads)
-        return out / "final"
-    return wait
 
 
 def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
@@ -319,104 +272,54 @@ def stage_rm_data(cfg: DemoConfig, sft_dir: Path, log) -> tuple[Path, Path]:
     return data, eval_data
 
 
-def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
-    """The ORM and PRM, trained on :func:`stage_rm_data`'s rows. The PRM's metrics add
-    earliest-error identification (threshold chosen on half of the held-out problems, reported
-    on the other half) and its score bias (by step count, by correctness)."""
+def rm_configs(cfg: DemoConfig, backbone: Path) -> list[RMTrainConfig]:
+    """The ORM's and the PRM's training configs (from ``backbone``, on the RM data's rows)."""
     b = cfg.budget
     out = Path(cfg.out) / "rm"
-    data, eval_data = stage_rm_data(cfg, sft_dir, log)
-    metrics, todo = {}, []
-    for kind in ("orm", "prm"):
-        rm_dir = out / kind
-        if _done(rm_dir / "final" / "rewardlab_rm.json") and _done(out / f"{kind}_metrics.json"):
-            metrics[kind] = json.loads((out / f"{kind}_metrics.json").read_text())
-            log(f"rm: {kind} cached")
-            continue
-        todo.append(RMTrainConfig(kind=kind, base=str(backbone or sft_dir / "final"),
-                                  data=[str(data)], eval_data=[str(eval_data)], out=str(rm_dir), tag=PRM_TAG,
-                                  lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps,
-                                  progress=cfg.progress))
-    for rc, res in zip(todo, _map_jobs(_train_rm_job, todo, cfg.workers, [f"rm {rc.kind}" for rc in todo],
-                                       log if cfg.progress else None)):
-        if rc.kind == "prm":
-            prm = load_reward_model(Path(rc.out) / "final", device="cpu")
-            res = {**res, **prm_label_metrics(prm, read_jsonl(eval_data))}
-            del prm
-        metrics[rc.kind] = res
-        write_json(out / f"{rc.kind}_metrics.json", res)
-        log(f"rm: {rc.kind} " + ", ".join(f"{k}={v:.3f}" for k, v in res.items()
-                                          if isinstance(v, float) and ("auroc" in k or "ece" in k
-                                                                       or k.endswith("error_f1"))))
-    return out
+    return [RMTrainConfig(kind=kind, base=str(backbone), data=[str(out / "samples.jsonl")],
+                          eval_data=[str(out / "eval_samples.jsonl")], out=str(out / kind), tag=PRM_TAG,
+                          lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps, progress=cfg.progress)
+            for kind in ("orm", "prm")]
+
+
+def _rm_cached(rc: RMTrainConfig) -> bool:
+    return _done(Path(rc.out) / "final" / "rewardlab_rm.json") and _done(Path(rc.out).parent /
+                                                                        f"{rc.kind}_metrics.json")
+
+
+def train_rm_kind(rc: RMTrainConfig) -> dict:
+    """Train one reward model and write its metrics to ``<rm>/<kind>_metrics.json``; the PRM's add
+    earliest-error identification (threshold chosen on half of the held-out problems, reported
+    on the other half) and its score bias (by step count, by correctness)."""
+    res = train_reward_model(rc)
+    if rc.kind == "prm":
+        prm = load_reward_model(Path(rc.out) / "final", device="cpu")
+        res = {**res, **prm_label_metrics(prm, read_jsonl(rc.eval_data[0]))}
+        del prm
+    write_json(Path(rc.out).parent / f"{rc.kind}_metrics.json", res)
+    return res
+
+
+def _log_rm(kind: str, res: dict, log) -> None:
+    log(f"rm: {kind} " + ", ".join(f"{k}={v:.3f}" for k, v in res.items()
+                                   if isinstance(v, float) and ("auroc" in k or "ece" in k
+                                                                or k.endswith("error_f1"))))
+
+
+def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
+    """The RM data (:func:`stage_rm_data`), then the ORM and PRM (:func:`train_rm_kind`), in this
+    process (cached)."""
+    stage_rm_data(cfg, sft_dir, log)
+    for rc in rm_configs(cfg, backbone or sft_dir / "final"):
+        if _rm_cached(rc):
+            log(f"rm: {rc.kind} cached")
+        else:
+            _log_rm(rc.kind, train_rm_kind(rc), log)
+    return Path(cfg.out) / "rm"
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-_QUEUE = None   # worker processes: where job progress messages go (training.progress)
-
-
-def _train_rm_job(named) -> dict:
-    name, rc = named
-    quiet_transformers()
-    report = queue_reporter(_QUEUE, name) if _QUEUE is not None else None
-    if report:
-        report("start", None)
-    try:
-        return train_reward_model(rc)
-    finally:
-        if report:
-            report("end")
-
-
-def _map_jobs(fn, jobs: list, workers: int, names: list[str] | None = None, log=None) -> list:
-    """``[fn(j) for j in jobs]``, in ``min(workers, len(jobs))`` spawned processes that split the
-    cores evenly (in this process when that is one). ``fn`` gets ``(name, job)``; in worker
-    processes it may report progress on ``_QUEUE``, which the parent shows (:class:`JobBoard`:
-    a live panel on a terminal, else lines through ``log``) when ``log`` is given."""
-    n = min(workers, len(jobs))
-    names = names or [str(i) for i in range(len(jobs))]
-    if n <= 1:
-        return [fn((name, j)) for name, j in zip(names, jobs)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    for j in jobs:
-        j.progress = False
-    threads = max(1, _cores() // n)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_set_threads,
-                             initargs=(threads, q)) as pool, \
-            JobBoard(names, {}, live=log is not None, log=log or (lambda s: None)) as board:
-        futures = [pool.submit(fn, (name, j)) for name, j in zip(names, jobs)]
-        _wait_all(futures, board, q)
-        return [f.result() for f in futures]
-
-
-def _set_threads(n: int, q=None) -> None:
-    global _QUEUE
-    import torch
-    torch.set_num_threads(n)
-    _QUEUE = q
-
-
-def _wait_all(futures: list, board: JobBoard, q, poll_s: float = 0.5, on_done=None) -> None:
-    """Wait for every future, feeding the queue's progress messages to ``board`` meanwhile;
-    ``on_done(future)`` as each finishes (its exception, if any, is raised there or later by
-    ``result()``)."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
-        board.drain(q)
-        for fut in [f for f in futures if f in done]:
-            if on_done is not None:
-                on_done(fut)
-    board.drain(q)
 
 
 def stage_bon(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> Path:
@@ -450,8 +353,9 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
     return load_config(RLConfig, None, ov + list(cfg.rl_overrides))
 
 
-_ACTIVE = None   # worker processes: shared count of RL jobs running now
+_ACTIVE = None   # worker processes: shared count of jobs running now
 _CORES = 1
+_QUEUE = None    # worker processes: where job progress messages go (training.progress)
 
 
 def _init_rl_worker(active, cores: int, q=None) -> None:
@@ -470,33 +374,77 @@ def job_threads(cores: int, active: int) -> int:
     return max(1, cores // max(active, 1))
 
 
-def _run_rl_job(rc: RLConfig) -> tuple[str, dict]:
-    """Worker: one RL run. Tiny models scale better across processes than across threads, so
-    each job starts with ``cores // jobs running`` threads and takes more after every step once
-    other jobs have finished."""
+# --------------------------------------------------------------------------------------------
+# The job graph: every stage's work as jobs with dependencies, packed onto the worker processes
+
+
+@dataclass
+class Job:
+    """One unit of demo work. ``fn(arg, on_step)`` is a module-level function (it runs in a
+    spawned worker process), ``deps`` the jobs whose outputs it reads, ``stage`` the report's
+    stage it counts towards, ``steps`` its step count for the progress board (None: unknown)."""
+
+    name: str
+    stage: str
+    fn: Callable
+    arg: object
+    deps: tuple[str, ...] = ()
+    steps: int | None = None
+
+
+def _job_sft(sc: SFTConfig, on_step) -> dict:
+    return train_sft(sc)
+
+
+def _job_sft_eval(cfg: DemoConfig, on_step) -> dict:
+    stage_sft_eval(cfg, Path(cfg.out) / "sft", lambda s: None)
+    return json.loads((Path(cfg.out) / "sft" / "eval_summary.json").read_text())
+
+
+def _job_rm_data(cfg: DemoConfig, on_step) -> list[str]:
+    lines: list[str] = []
+    stage_rm_data(cfg, Path(cfg.out) / "sft", lines.append)
+    return lines
+
+
+def _job_rm(rc: RMTrainConfig, on_step) -> dict:
+    return train_rm_kind(rc)
+
+
+def _job_bon(cfg: DemoConfig, on_step) -> None:
+    stage_bon(cfg, Path(cfg.out) / "sft", Path(cfg.out) / "rm", lambda s: None)
+
+
+def _job_rl(rc: RLConfig, on_step) -> dict:
+    return train_rl(rc, on_step=on_step)
+
+
+def _run_job(payload) -> object:
+    """Worker: one job, with ``cores // jobs running`` torch threads (re-tuned after every step,
+    so that the last jobs take the cores the finished ones left) and progress on ``_QUEUE``."""
     import torch
 
-
+    name, fn, arg, steps = payload
     quiet_transformers()
     with _ACTIVE.get_lock():
         _ACTIVE.value += 1
-    report = queue_reporter(_QUEUE, job_name(rc)) if _QUEUE is not None else None
+    report = queue_reporter(_QUEUE, name) if _QUEUE is not None else None
 
     def retune() -> None:
         n = job_threads(_CORES, _ACTIVE.value)
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
 
-    def on_step(step: int, metrics: dict) -> None:
+    def on_step(step: int, metrics: dict | None = None) -> None:
         retune()
         if report:
             report("step", step)
 
     retune()
     if report:
-        report("start", rc.steps)
+        report("start", steps)
     try:
-        return rc.out, train_rl(rc, on_step=on_step)
+        return fn(arg, on_step)
     finally:
         if report:
             report("end")
@@ -504,58 +452,74 @@ def _run_rl_job(rc: RLConfig) -> tuple[str, dict]:
             _ACTIVE.value -= 1
 
 
-def stage_rl(cfg: DemoConfig, sft_dir: Path, rm_dir: Path, log) -> dict[str, list[Path]]:
-    """Every design × seed from the same SFT checkpoint; ``cfg.workers`` runs in parallel."""
-    runs: dict[str, list[Path]] = {}
-    pending: list[RLConfig] = []
-    for design in cfg.designs:
-        for seed in range(cfg.seeds):
-            rc = rl_config(cfg, design, seed, sft_dir, rm_dir)
-            runs.setdefault(design, []).append(Path(rc.out))
-            if _done(Path(rc.out) / "rl_summary.json"):
-                log(f"rl {design} s{seed}: cached")
-            else:
-                pending.append(rc)
+def run_jobs(jobs: list[Job], workers: int, board: JobBoard,
+             on_done: Callable[[Job, object], None]) -> dict[str, float]:
+    """Run ``jobs`` (listed by priority) as their dependencies allow, at most ``workers`` at a
+    time: a free worker takes the first job whose dependencies are done. ``on_done(job, result)``
+    runs in this process as each job finishes. Returns each job's seconds. With ``workers`` = 1
+    every job runs in this process, in an order that respects the dependencies."""
+    names = {j.name for j in jobs}
+    for j in jobs:
+        missing = [d for d in j.deps if d not in names]
+        if missing:
+            raise ValueError(f"demo: job {j.name} depends on unknown job(s) {missing}")
+    took: dict[str, float] = {}
+    done: set[str] = set()
+    pending = list(jobs)
 
-    def report(out: str, res: dict, t0: float) -> None:
-        name = "/".join(Path(out).parts[-2:])
-        log(f"rl {name}: accuracy {res.get('eval/accuracy', float('nan')):.3f}, steps/solution "
-            f"{res.get('eval/mean_steps', float('nan')):.2f}, unnecessary "
-            f"{res.get('eval/unnecessary_frac', float('nan')):.3f} (run {board.elapsed(name):.0f}s, "
-            f"stage {time.time() - t0:.0f}s)")
+    def take() -> Job | None:
+        for j in pending:
+            if all(d in done for d in j.deps):
+                pending.remove(j)
+                return j
+        return None
 
-    t0 = time.time()
-    for rc in pending:   # the board shows every job's progress instead of each run's own bar
-        rc.progress = False
-    board = JobBoard([job_name(rc) for rc in pending], {job_name(rc): rc.steps for rc in pending},
-                     live=cfg.progress, log=log, every=cfg.progress_every, label="rl ",
-                     end_lines=False)
-    if cfg.workers <= 1 or len(pending) <= 1:
-        with board:
-            for rc in pending:
-                name = job_name(rc)
-                board.handle("start", name, rc.steps)
-                res = train_rl(rc, on_step=lambda step, m, name=name: board.handle("step", name, step))
-                board.handle("end", name)
-                report(rc.out, res, t0)
-        return runs
+    if workers <= 1:
+        while pending:
+            j = take()
+            if j is None:
+                raise ValueError(f"demo: jobs {[p.name for p in pending]} wait on each other")
+            t0 = time.time()
+            board.handle("start", j.name, j.steps)
+            res = j.fn(j.arg, lambda step, m=None, name=j.name: board.handle("step", name, step))
+            board.handle("end", j.name)
+            took[j.name] = time.time() - t0
+            done.add(j.name)
+            on_done(j, res)
+        return took
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    active = ctx.Value("i", 0)
-    q = ctx.Queue()
-    cores = max(cfg.workers, _cores())
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_rl_worker,
-                             initargs=(active, cores, q)) as pool, board:
-        futures = [pool.submit(_run_rl_job, rc) for rc in pending]
-        _wait_all(futures, board, q, on_done=lambda fut: report(*fut.result(), t0))
-    return runs
+    active, q = ctx.Value("i", 0), ctx.Queue()
+    running: dict = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_rl_worker,
+                             initargs=(active, max(workers, _cores()), q)) as pool:
+        while pending or running:
+            while len(running) < workers:
+                j = take()
+                if j is None:
+                    break
+                running[pool.submit(_run_job, (j.name, j.fn, j.arg, j.steps))] = (j, time.time())
+            if not running:
+                raise ValueError(f"demo: jobs {[p.name for p in pending]} wait on each other")
+            finished, _ = wait(set(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            board.drain(q)
+            for fut in finished:
+                j, t0 = running.pop(fut)
+                res = fut.result()   # a failed job stops the demo here, with its error
+                board.handle("end", j.name)
+                took[j.name] = time.time() - t0
+                done.add(j.name)
+                on_done(j, res)
+        board.drain(q)
+    return took
 
 
 class StageClock:
-    """Seconds each demo stage took, kept in ``<out>/stage_s.json``: a stage whose outputs were
-    all there before it started (cached) keeps the time recorded by the run that made them."""
+    """Seconds of work each demo stage took (the sum of its jobs' seconds; stages overlap on the
+    workers, so the sum exceeds the wall time), kept in ``<out>/stage_s.json``: a stage whose
+    jobs were all cached keeps the time recorded by the run that made them."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -563,17 +527,17 @@ class StageClock:
         if self.path.exists():
             try:
                 self.times = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError):
                 self.times = {}
+        self._fresh: set[str] = set()
 
-    @contextmanager
-    def __call__(self, name: str, outputs: list[Path]):
-        cached = bool(outputs) and all(_done(p) for p in outputs)
-        t0 = time.time()
-        yield
-        if not cached:
-            self.times[name] = round(time.time() - t0, 1)
-            write_json(self.path, self.times)
+    def add(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` towards ``stage`` (replacing a cached run's record at the first)."""
+        if stage not in self._fresh:
+            self._fresh.add(stage)
+            self.times[stage] = 0.0
+        self.times[stage] = round(self.times[stage] + seconds, 1)
+        write_json(self.path, self.times)
 
     def ordered(self, names: list[str]) -> dict[str, float]:
         return {n: self.times[n] for n in names if n in self.times}
@@ -629,8 +593,58 @@ def check_cached_settings(cfg: DemoConfig, outputs: dict[str, list[Path]]) -> No
     write_json(path, {**recorded, **now})
 
 
+def plan_jobs(cfg: DemoConfig) -> tuple[list[Job], dict[str, list[Path]]]:
+    """The demo's jobs that are not cached yet, by priority (the critical path first: SFT, the
+    RM backbone, RM data and training; then the RL runs that need the reward models, best-of-N,
+    and the success-only runs, which need only the SFT policy and so fill the gaps before the
+    reward models are ready), and every RL run's directory by design."""
+    b = cfg.budget
+    out = Path(cfg.out)
+    sft_dir, rm_dir = out / "sft", out / "rm"
+    jobs: list[Job] = []
+    if not _sft_cached(sft_dir):
+        jobs.append(Job("sft", "sft", _job_sft, _sft_config(cfg, sft_dir, b.sft_steps)))
+    backbone = sft_dir
+    if b.rm_backbone_steps > b.sft_steps:
+        backbone = rm_dir / "backbone"
+        if not _sft_cached(backbone):
+            jobs.append(Job("rm backbone", "rm backbone", _job_sft,
+                            _sft_config(cfg, backbone, b.rm_backbone_steps)))
+    if not _done(sft_dir / "eval_summary.json"):
+        jobs.append(Job("sft eval", "sft eval", _job_sft_eval, cfg, ("sft",)))
+    if not (_done(rm_dir / "samples.jsonl") and _done(rm_dir / "eval_samples.jsonl")):
+        jobs.append(Job("rm data", "rm data", _job_rm_data, cfg, ("sft",)))
+    for rc in rm_configs(cfg, backbone / "final"):
+        if not _rm_cached(rc):
+            jobs.append(Job(f"rm {rc.kind}", "rm training", _job_rm, rc, ("rm data", "rm backbone")))
+    runs: dict[str, list[Path]] = {}
+    rl_jobs: list[Job] = []
+    for seed in range(cfg.seeds):
+        for design in cfg.designs:
+            rc = rl_config(cfg, design, seed, sft_dir, rm_dir)
+            rc.progress = False   # the job board shows every job's progress instead
+            runs.setdefault(design, []).append(Path(rc.out))
+            if _done(Path(rc.out) / "rl_summary.json"):
+                continue
+            deps = ("sft",) + (("rm prm",) if design in USES_PRM else ()) + (("rm orm",) if design == "orm" else ())
+            rl_jobs.append(Job(job_name(rc), "rl", _job_rl, rc, deps, rc.steps))
+    success = [j for j in rl_jobs if j.name.startswith("success/")]
+    jobs += [j for j in rl_jobs if j not in success]
+    if not _done(out / "bon" / "bon.json"):
+        jobs.append(Job("bon", "bon", _job_bon, cfg, ("sft", "rm orm", "rm prm")))
+    jobs += success
+    known = {j.name for j in jobs}   # a cached job's dependents need not wait for it
+    for j in jobs:
+        j.deps = tuple(d for d in j.deps if d in known)
+    return jobs, {d: runs[d] for d in cfg.designs}
+
+
 def run_demo(cfg: DemoConfig, log=print) -> dict:
-    """Run (or continue) every stage; returns the results dict written to results.json."""
+    """Run (or continue) every stage; returns the results dict written to results.json.
+
+    Every stage's work is a job (:func:`plan_jobs`); ``cfg.workers`` worker processes take them
+    as their dependencies allow (:func:`run_jobs`), so the RM backbone trains while the policy's
+    SFT and the RM data run, and success-only RL runs while the reward models train."""
 
     quiet_transformers()
     if cfg.quick:
@@ -640,30 +654,40 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out / "stage_s.json")
-    sft, rm = out / "sft", out / "rm"
-    check_cached_settings(cfg, {"sft": [sft], "rm": [rm / "samples.jsonl", rm / "orm", rm / "prm"],
+    sft_dir, rm_dir = out / "sft", out / "rm"
+    check_cached_settings(cfg, {"sft": [sft_dir], "rm": [rm_dir / "samples.jsonl", rm_dir / "orm",
+                                                         rm_dir / "prm"],
                                 "bon": [out / "bon"], "rl": [out / "rl"]})
-    backbone = rm / "backbone"
-    # the backbone trains alongside the policy's SFT, its evaluation and the RM data; its stage
-    # time is the wait left after them
-    wait_backbone = start_rm_backbone(cfg, sft, log)
-    with clock("sft", [sft / "sft_summary.json", sft / "final"]):
-        sft_dir = stage_sft(cfg, log)
-    with clock("sft eval", [sft / "eval_summary.json"]):
-        stage_sft_eval(cfg, sft_dir, log)
-    with clock("rm data", [rm / "samples.jsonl", rm / "eval_samples.jsonl"]):
-        stage_rm_data(cfg, sft_dir, log)
-    with clock("rm backbone", [backbone / "sft_summary.json", backbone / "final"]
-               if cfg.budget.rm_backbone_steps > cfg.budget.sft_steps else []):
-        backbone = wait_backbone()
-    with clock("rm training", [rm / f"{k}_metrics.json" for k in ("orm", "prm")]):
-        rm_dir = stage_rm(cfg, sft_dir, log, backbone)
-    with clock("bon", [out / "bon" / "bon.json"]):
-        bon_dir = stage_bon(cfg, sft_dir, rm_dir, log)
-    with clock("rl", [out / "rl" / d / f"s{s}" / "rl_summary.json" for d in cfg.designs
-                      for s in range(cfg.seeds)]):
-        runs = stage_rl(cfg, sft_dir, rm_dir, log)
-    results = write_report(out, sft_dir, rm_dir, bon_dir, runs,
+    jobs, runs = plan_jobs(cfg)
+    if not jobs:
+        log("every stage cached")
+    t_rl = time.time()
+
+    def on_done(job: Job, res) -> None:
+        clock.add(job.stage, board.elapsed(job.name))
+        if job.fn is _job_sft:
+            _log_sft(job.name, res, log)
+        elif job.fn is _job_sft_eval:
+            log(f"sft: held-out greedy accuracy {res['accuracy']:.3f}, maj@{cfg.budget.eval_k} "
+                f"{res.get('maj@k', float('nan')):.3f}")
+        elif job.fn is _job_rm_data:
+            for line in res:
+                log(line)
+        elif job.fn is _job_rm:
+            _log_rm(job.arg.kind, res, log)
+        elif job.fn is _job_bon:
+            log("bon: done")
+        else:
+            log(f"rl {job.name}: accuracy {res.get('eval/accuracy', float('nan')):.3f}, "
+                f"steps/solution {res.get('eval/mean_steps', float('nan')):.2f}, unnecessary "
+                f"{res.get('eval/unnecessary_frac', float('nan')):.3f} (run "
+                f"{board.elapsed(job.name):.0f}s, all jobs {time.time() - t_rl:.0f}s)")
+
+    board = JobBoard([j.name for j in jobs], {j.name: j.steps for j in jobs}, live=cfg.progress,
+                     log=log, every=cfg.progress_every, end_lines=False)
+    with board:
+        run_jobs(jobs, min(cfg.workers, max(len(jobs), 1)), board, on_done)
+    results = write_report(out, sft_dir, rm_dir, out / "bon", runs,
                            {d: DESIGNS[d][0] for d in runs}, wall_s=time.time() - t0,
                            setting=cfg.setting(), stage_s=clock.ordered(STAGES))
     return results
