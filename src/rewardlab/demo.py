@@ -83,6 +83,7 @@ class DemoBudget:
                                         "rm_eval_problems", "rm_steps", "bon_problems", "bon_max_n",
                                         "rl_steps", "rl_prompts", "rl_n", "eval_k")},
         "eval_every": "[0, 10000000]", "rm_backbone_steps": "[0, 10000000]", "rm_lr": "(0, 1]",
+        "rl_lr": "(0, 1]",
         "rm_temperature": "(0, 5]", "rm_corrupt": "[0, 10]", "rm_truncate": "[0, 10]",
         "rm_repair": "[0, 1]", "unnecessary_rate": "[0, 1]"}
 
@@ -120,6 +121,8 @@ class DemoBudget:
     bon_problems: int = 100
     bon_max_n: int = 64
     rl_steps: int = 30
+    rl_lr: float = 2e-5
+    """The policy's RL learning rate (``RLConfig.lr``)."""
     rl_prompts: int = 32
     rl_n: int = 4
     eval_every: int = 10
@@ -174,7 +177,8 @@ class DemoConfig:
         """What the report's captions state: α, η, β, seeds and the RL budget."""
         b = self.budget
         return {"prm_alpha": self.prm_alpha, "prm_eta": self.prm_eta, "orm_beta": self.orm_beta,
-                "seeds": self.seeds, "rl_steps": b.rl_steps, "rl_prompts": b.rl_prompts,
+                "seeds": self.seeds, "rl_steps": b.rl_steps, "rl_lr": b.rl_lr,
+                "unnecessary_rate": b.unnecessary_rate, "rl_prompts": b.rl_prompts,
                 "rl_n": b.rl_n, "eval_k": b.eval_k, "rl_overrides": list(self.rl_overrides)}
 
     def validate(self) -> None:
@@ -342,7 +346,7 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
     ov = list(DESIGNS[design][1]) + [
         f"out={Path(cfg.out) / 'rl' / design / f's{seed}'}", f"seed={seed}",
         f"policy.name_or_path={sft_dir / 'final'}", f"data.train_path={sft_dir / 'train.jsonl'}",
-        f"data.test_path={sft_dir / 'test.jsonl'}", f"steps={b.rl_steps}",
+        f"data.test_path={sft_dir / 'test.jsonl'}", f"steps={b.rl_steps}", f"lr={b.rl_lr}",
         f"prompts_per_step={b.rl_prompts}", f"sampling.n={b.rl_n}", f"eval_every={b.eval_every}",
         f"eval_k={b.eval_k}", f"save_every={max(b.rl_steps // 4, 1)}", f"progress={cfg.progress}"]
     if design in USES_PRM:
@@ -550,7 +554,7 @@ _STAGE_KEYS = {
     "rm": ("rm_problems", "rm_samples", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair",
            "rm_eval_problems", "rm_steps", "rm_lr"),
     "bon": ("bon_problems", "bon_max_n"),
-    "rl": ("rl_steps", "rl_prompts", "rl_n", "eval_every", "eval_k"),
+    "rl": ("rl_steps", "rl_lr", "rl_prompts", "rl_n", "eval_every", "eval_k"),
 }
 
 

@@ -34,6 +34,9 @@ FINAL = {
     "repeated": ("eval/repeated_frac",),
     "unnecessary": ("eval/unnecessary_frac",),
     "hacking": ("eval/unnecessary_frac", "eval/repeated_frac"),
+    # the same measure over the k samples per held-out problem (temperature 1, as in training):
+    # the policy's distribution rather than its mode
+    "hacking (samples)": ("eval/sample_unnecessary_frac", "eval/sample_repeated_frac"),
     "length": ("eval/mean_length",),
 }
 # metric -> key(s) in metrics.jsonl whose drift (last WINDOW − first WINDOW RL steps) it is
@@ -52,6 +55,7 @@ LABELS = {
     "repeated": ("repeated", "{:.3f}"),
     "unnecessary": ("unnecessary", "{:.3f}"),
     "hacking": ("hacking", "{:.3f}"),
+    "hacking (samples)": ("hacking (samples)", "{:.3f}"),
     "length": ("length", "{:.1f}"),
     "KL": ("KL", "{:.3f}"),
     "drift/steps": ("Δ steps (train)", "{:+.2f}"),
@@ -220,7 +224,11 @@ def caption(setting: Mapping, batch: bool = True) -> str:
         rl = f"{num(setting['rl_steps'])} RL steps"
         if batch and "rl_prompts" in setting and "rl_n" in setting:
             rl += f" ({num(setting['rl_prompts'])} prompts × {num(setting['rl_n'])} samples)"
+        if batch and "rl_lr" in setting:
+            rl += f", lr {num(setting['rl_lr'], '{:g}')}"
         parts.append(rl)
+    if batch and "unnecessary_rate" in setting:
+        parts.append(f"SFT data padded at rate {num(setting['unnecessary_rate'], '{:g}')}")
     return ", ".join(parts)
 
 
@@ -330,7 +338,8 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
     """Write results.json, report.md and the plots; returns the results dict.
 
     ``setting``: what the run was made with (``prm_alpha``, ``prm_eta``, ``seeds``, ``rl_steps``,
-    …), for the captions; ``stage_s``: seconds each stage took (``STAGES``)."""
+    …), for the captions; ``stage_s``: seconds of work each stage took (``STAGES``; the sum
+    of its jobs' times, which overlap)."""
     setting, stage_s = dict(setting or {}), dict(stage_s or {})
     table = summarise_runs(runs)
     baseline = None
@@ -361,9 +370,10 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
         md += [f"## Paired differences against {descriptions.get(BASELINE, BASELINE)}", "",
                "Design minus the success-only baseline on the same seeds: mean [95 % t-interval]; "
                "* marks an interval that excludes 0.", "", paired, ""]
-    md += [f"Stage times: {times or 'not recorded'}; this invocation {duration(wall_s)} (cached "
-           f"stages are not re-run); the RL runs in the table took {duration(rl_compute)} of run "
-           "time in all.", ""]
+    md += [f"Work per stage (the seconds of its jobs, which overlap on the worker processes, so "
+           f"they add up to more than the wall time): {times or 'not recorded'}; wall time of this "
+           f"invocation {duration(wall_s)} (cached stages are not re-run); the RL runs in the table "
+           f"took {duration(rl_compute)} of run time in all.", ""]
     if summaries:
         md += ["## Summary plots", ""] + [f"![{p.stem}]({p.name})" for p in summaries] + [""]
     if rm_metrics:
