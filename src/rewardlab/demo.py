@@ -88,7 +88,7 @@ class DemoBudget:
         "rm_repair": "[0, 1]", "unnecessary_rate": "[0, 1]"}
 
     n_train: int = 3000
-    unnecessary_rate: float = 0.1
+    unnecessary_rate: float = 0.3
     """Fraction of the testbed's reference solutions that carry one correct-but-unnecessary step
     (``TestbedConfig.unnecessary_rate``): how often the SFT policy (and the reward models'
     backbone) learns to pad, i.e. how far the behaviour a PRM can pay for lies in its support."""
@@ -121,9 +121,9 @@ class DemoBudget:
     bon_problems: int = 100
     bon_max_n: int = 64
     rl_steps: int = 30
-    rl_lr: float = 2e-5
+    rl_lr: float = 5e-5
     """The policy's RL learning rate (``RLConfig.lr``)."""
-    rl_prompts: int = 32
+    rl_prompts: int = 16
     rl_n: int = 4
     eval_every: int = 10
     eval_k: int = 4
@@ -161,8 +161,12 @@ class DemoConfig:
     quick: bool = False
     designs: list[str] = field(default_factory=lambda: list(DEFAULT_DESIGNS))
     budget: DemoBudget = field(default_factory=DemoBudget)
-    prm_alpha: float = 1.0
-    prm_eta: float = 0.8
+    prm_alpha: float = 2.0
+    """PRM weight α (docs/demo_sweep.md: at α = 1 raw shaping drifts too slowly to separate
+    from success-only in 30 RL steps)."""
+    prm_eta: float = 0.3
+    """Clip threshold η (docs/demo_sweep.md: at 0.5–0.8 Clip also penalises many correct steps
+    of this PRM, and Clip / Clip-Delta shorten solutions instead of only refusing padding)."""
     orm_beta: float = 1.0
     progress: bool = True
     rl_overrides: list[str] = field(default_factory=list)
