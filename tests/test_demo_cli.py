@@ -81,11 +81,12 @@ def test_demo_budget_overrides(tmp_path, capsys):
 
 def test_demo_rl_overrides_reach_every_run(tmp_path):
     from rewardlab.demo import DESIGNS, DemoConfig, rl_config
-    cfg = DemoConfig(out=str(tmp_path), rl_overrides=["lr=5e-5", "reward.prm.alpha=3.0"])
+    cfg = DemoConfig(out=str(tmp_path), rl_overrides=["lr=7e-5", "reward.prm.alpha=3.0"])
     for design in DESIGNS:
         rc = rl_config(cfg, design, 0, tmp_path / "sft", tmp_path / "rm")
-        assert rc.lr == 5e-5 and rc.reward.prm.alpha == 3.0, design
-    assert rl_config(DemoConfig(), "success", 0, tmp_path, tmp_path).lr != 5e-5
+        assert rc.lr == 7e-5 and rc.reward.prm.alpha == 3.0, design
+    plain = DemoConfig()
+    assert rl_config(plain, "success", 0, tmp_path, tmp_path).lr == plain.budget.rl_lr != 7e-5
 
 
 def test_sft_cli_missing_problems_file(tmp_path, capsys):
