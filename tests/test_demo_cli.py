@@ -163,11 +163,11 @@ def test_cached_stages_made_with_other_settings_are_refused(tmp_path):
     check_cached_settings(cfg, outputs)   # nothing cached yet: records the settings
     (out / "rl").mkdir()
     check_cached_settings(DemoConfig(out=str(out)), outputs)   # same settings: fine
-    with pytest.raises(ConfigError, match=r"rl stage .*prm_alpha: cached 1.0, now 2.0"):
-        check_cached_settings(DemoConfig(out=str(out), prm_alpha=2.0), outputs)
+    with pytest.raises(ConfigError, match=r"rl stage .*prm_alpha: cached 2.0, now 3.0"):
+        check_cached_settings(DemoConfig(out=str(out), prm_alpha=3.0), outputs)
     cfg = DemoConfig(out=str(out))
     cfg.budget.unnecessary_rate = 0.5   # the SFT data changed: SFT has no outputs yet, RL has
-    with pytest.raises(ConfigError, match=r"rl stage .*unnecessary_rate: cached 0.1, now 0.5"):
+    with pytest.raises(ConfigError, match=r"rl stage .*unnecessary_rate: cached 0.3, now 0.5"):
         check_cached_settings(cfg, outputs)
     (out / "rl").rmdir()                 # nothing cached depends on it any more: accepted
     check_cached_settings(cfg, outputs)
