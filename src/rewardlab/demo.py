@@ -601,30 +601,32 @@ def check_cached_settings(cfg: DemoConfig, outputs: dict[str, list[Path]]) -> No
     write_json(path, {**recorded, **now})
 
 
-def plan_jobs(cfg: DemoConfig) -> tuple[list[Job], dict[str, list[Path]]]:
+def plan_jobs(cfg: DemoConfig) -> tuple[list[Job], dict[str, list[Path]], list[str]]:
     """The demo's jobs that are not cached yet, by priority (the critical path first: SFT, the
     RM backbone, RM data and training; then the RL runs that need the reward models, best-of-N,
     and the success-only runs, which need only the SFT policy and so fill the gaps before the
-    reward models are ready), and every RL run's directory by design."""
+    reward models are ready), every RL run's directory by design, and the names of the jobs
+    whose outputs are already there (cached: not re-run)."""
     b = cfg.budget
     out = Path(cfg.out)
     sft_dir, rm_dir = out / "sft", out / "rm"
     jobs: list[Job] = []
-    if not _sft_cached(sft_dir):
-        jobs.append(Job("sft", "sft", _job_sft, _sft_config(cfg, sft_dir, b.sft_steps)))
+    cached: list[str] = []
+
+    def want(job: Job, done: bool) -> None:
+        (cached.append(job.name) if done else jobs.append(job))
+
+    want(Job("sft", "sft", _job_sft, _sft_config(cfg, sft_dir, b.sft_steps)), _sft_cached(sft_dir))
     backbone = sft_dir
     if b.rm_backbone_steps > b.sft_steps:
         backbone = rm_dir / "backbone"
-        if not _sft_cached(backbone):
-            jobs.append(Job("rm backbone", "rm backbone", _job_sft,
-                            _sft_config(cfg, backbone, b.rm_backbone_steps)))
-    if not _done(sft_dir / "eval_summary.json"):
-        jobs.append(Job("sft eval", "sft eval", _job_sft_eval, cfg, ("sft",)))
-    if not (_done(rm_dir / "samples.jsonl") and _done(rm_dir / "eval_samples.jsonl")):
-        jobs.append(Job("rm data", "rm data", _job_rm_data, cfg, ("sft",)))
+        want(Job("rm backbone", "rm backbone", _job_sft, _sft_config(cfg, backbone, b.rm_backbone_steps)),
+             _sft_cached(backbone))
+    want(Job("sft eval", "sft eval", _job_sft_eval, cfg, ("sft",)), _done(sft_dir / "eval_summary.json"))
+    want(Job("rm data", "rm data", _job_rm_data, cfg, ("sft",)),
+         _done(rm_dir / "samples.jsonl") and _done(rm_dir / "eval_samples.jsonl"))
     for rc in rm_configs(cfg, backbone / "final"):
-        if not _rm_cached(rc):
-            jobs.append(Job(f"rm {rc.kind}", "rm training", _job_rm, rc, ("rm data", "rm backbone")))
+        want(Job(f"rm {rc.kind}", "rm training", _job_rm, rc, ("rm data", "rm backbone")), _rm_cached(rc))
     runs: dict[str, list[Path]] = {}
     rl_jobs: list[Job] = []
     for seed in range(cfg.seeds):
@@ -633,18 +635,18 @@ def plan_jobs(cfg: DemoConfig) -> tuple[list[Job], dict[str, list[Path]]]:
             rc.progress = False   # the job board shows every job's progress instead
             runs.setdefault(design, []).append(Path(rc.out))
             if _done(Path(rc.out) / "rl_summary.json"):
+                cached.append(job_name(rc))
                 continue
             deps = ("sft",) + (("rm prm",) if design in USES_PRM else ()) + (("rm orm",) if design == "orm" else ())
             rl_jobs.append(Job(job_name(rc), "rl", _job_rl, rc, deps, rc.steps))
     success = [j for j in rl_jobs if j.name.startswith("success/")]
     jobs += [j for j in rl_jobs if j not in success]
-    if not _done(out / "bon" / "bon.json"):
-        jobs.append(Job("bon", "bon", _job_bon, cfg, ("sft", "rm orm", "rm prm")))
+    want(Job("bon", "bon", _job_bon, cfg, ("sft", "rm orm", "rm prm")), _done(out / "bon" / "bon.json"))
     jobs += success
     known = {j.name for j in jobs}   # a cached job's dependents need not wait for it
     for j in jobs:
         j.deps = tuple(d for d in j.deps if d in known)
-    return jobs, {d: runs[d] for d in cfg.designs}
+    return jobs, {d: runs[d] for d in cfg.designs}, cached
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
@@ -666,9 +668,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     check_cached_settings(cfg, {"sft": [sft_dir], "rm": [rm_dir / "samples.jsonl", rm_dir / "orm",
                                                          rm_dir / "prm"],
                                 "bon": [out / "bon"], "rl": [out / "rl"]})
-    jobs, runs = plan_jobs(cfg)
-    if not jobs:
-        log("every stage cached")
+    jobs, runs, cached = plan_jobs(cfg)
+    if cached:
+        log(f"cached (not re-run): {', '.join(cached)}")
     t_rl = time.time()
 
     def on_done(job: Job, res) -> None:
