@@ -28,7 +28,7 @@ from rewardlab.eval.plots import plot_bon
 from rewardlab.grading.grader import Grader
 from rewardlab.io import write_json, write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
-from rewardlab.models.sampling import generate_rollouts, SamplingConfig
+from rewardlab.models.sampling import check_sample_count, generate_rollouts, SamplingConfig
 from rewardlab.reward_models.models import load_reward_model
 
 
@@ -189,6 +189,7 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
         raise ValueError("run_bon: no problems")
     if temperature <= 0:
         raise ValueError("run_bon: best-of-N needs temperature > 0 (greedy samples are identical)")
+    check_sample_count(len(problems), max_n, max_new_tokens)   # before loading anything
     model, tok = load_model_and_tokenizer(policy_path, device=device)
     prompt_fn = prompt_fn or default_prompt
     batch = generate_rollouts(model, tok, [prompt_fn(p) for p in problems],

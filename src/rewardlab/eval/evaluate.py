@@ -15,7 +15,7 @@ from rewardlab.data.problem import Problem
 from rewardlab.data.prompts import default_prompt
 from rewardlab.data.testbed import diagnostics
 from rewardlab.grading.grader import Grader
-from rewardlab.models.sampling import generate_rollouts, SamplingConfig
+from rewardlab.models.sampling import check_sample_count, generate_rollouts, SamplingConfig
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -151,6 +151,8 @@ def evaluate_policy(model, tokenizer, problems: Sequence[Problem], style: str = 
         raise ValueError("evaluate: greedy=False needs k > 0 samples")
     if k > 0 and temperature <= 0:
         raise ValueError("evaluate: sampling k responses needs temperature > 0")
+    if k > 0:   # before the greedy pass: a k that cannot finish fails at once
+        check_sample_count(len(problems), k, max_new_tokens)
     prompt_fn = prompt_fn or default_prompt
     prompts = [prompt_fn(p) for p in problems]
     responses = lengths = samples = None

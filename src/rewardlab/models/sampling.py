@@ -41,7 +41,7 @@ class SamplingConfig:
     """How responses are sampled."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "n": "[1, inf)", "temperature": "[0, inf)", "top_p": "(0, 1]", "max_new_tokens": "[1, inf)",
+        "n": "[1, 100000]", "temperature": "[0, inf)", "top_p": "(0, 1]", "max_new_tokens": "[1, 1000000]",
         "batch_size": "[1, inf)"}
 
     n: int = 1
@@ -177,6 +177,24 @@ def logprobs_with_grad(model, input_ids, attention_mask, n_response: int, temper
     return response_logprobs(logits, input_ids, n_response, temperature, return_entropy, entropy_grad)
 
 
+MAX_SAMPLES_PER_PROMPT = 100_000
+MAX_SAMPLED_TOKENS = 2_000_000_000
+"""Limits of one sampling call: samples per prompt, and rows × max_new_tokens in all (sizes past
+them would run until memory runs out, not finish)."""
+
+
+def check_sample_count(n_prompts: int, n: int, max_new_tokens: int) -> None:
+    """ValueError naming the size when ``n_prompts`` prompts × ``n`` samples × ``max_new_tokens``
+    exceed :data:`MAX_SAMPLES_PER_PROMPT` / :data:`MAX_SAMPLED_TOKENS`."""
+    if n > MAX_SAMPLES_PER_PROMPT:
+        raise ValueError(f"sampling: n={n:,} samples per prompt is more than the limit of "
+                         f"{MAX_SAMPLES_PER_PROMPT:,}")
+    if n_prompts * n * max_new_tokens > MAX_SAMPLED_TOKENS:
+        raise ValueError(f"sampling: {n_prompts:,} prompts × n={n:,} × max_new_tokens={max_new_tokens:,} "
+                         f"= {n_prompts * n * max_new_tokens:,} tokens is more than the limit of "
+                         f"{MAX_SAMPLED_TOKENS:,}")
+
+
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,
                       seed: int | None = None, compute_logprobs: bool = True,
@@ -191,6 +209,7 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     cfg = cfg or SamplingConfig()
     if cfg.n < 1 or cfg.max_new_tokens < 1:
         raise ValueError("sampling: n and max_new_tokens must be >= 1")
+    check_sample_count(len(prompts), cfg.n, cfg.max_new_tokens)
     device = next(model.parameters()).device
     if seed is not None:
         torch.manual_seed(seed)
