@@ -68,8 +68,9 @@ class Dist:
     # ------------------------------------------------------------------ FSDP2
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """Shard ``model`` with FSDP2 (``fully_shard``) when launched under FSDP; otherwise return
-        it unchanged. Call it before building the optimizer (the parameters become DTensors)."""
-        if not self.sharded:
+        it unchanged (also with one process: nothing to shard). Call it before building the
+        optimizer (the parameters become DTensors)."""
+        if not (self.sharded and self.active):
             return model
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
