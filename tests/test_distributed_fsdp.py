@@ -61,6 +61,7 @@ def _cli_sets(sets: list[str]) -> list[str]:
     return sum((["--set", s] for s in sets), [])
 
 
+@pytest.mark.timeout(900)   # two launches of 2 processes; slow on a loaded 2-core machine
 def test_fsdp_sft_two_processes_match_one(tmp_path, sft_setup):
     sets, one = sft_setup
     r = _launch_fsdp(["sft", "--out", str(tmp_path / "two"), *_cli_sets(sets + ["save_every=0"])])
@@ -71,6 +72,7 @@ def test_fsdp_sft_two_processes_match_one(tmp_path, sft_setup):
     assert json.loads((final / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
+@pytest.mark.timeout(900)
 def test_fsdp_checkpoint_resumes_exactly(tmp_path, sft_setup):
     """Stop after step 2 (a gathered checkpoint with the sharded optimizer's state), resume under
     FSDP: the same weights as the uninterrupted one-process run."""
