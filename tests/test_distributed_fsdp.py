@@ -110,7 +110,7 @@ def test_fsdp_environment_selects_the_sharded_path(clean_env):
     clean_env.delenv("FSDP_RESHARD_AFTER_FORWARD")
     assert fsdp_options()["reshard_after_forward"] is True   # accelerate's default: full shard
     m = __import__("torch").nn.Linear(2, 2)
-    assert d.wrap(m) is m            # one process: nothing to shard
+    assert d.wrap(m) is m            # no process group (not launched): nothing to shard
     assert d.full_state_dict(m) is None
 
 

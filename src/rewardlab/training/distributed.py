@@ -68,9 +68,10 @@ class Dist:
     # ------------------------------------------------------------------ FSDP2
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """Shard ``model`` with FSDP2 (``fully_shard``) when launched under FSDP; otherwise return
-        it unchanged (also with one process: nothing to shard). Call it before building the
-        optimizer (the parameters become DTensors)."""
-        if not (self.sharded and self.active):
+        it unchanged (also without a process group, as in a plain one-process run; a launch of one
+        process has one and shards over a mesh of one). Call it before building the optimizer (the
+        parameters become DTensors)."""
+        if not (self.sharded and tdist.is_available() and tdist.is_initialized()):
             return model
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
