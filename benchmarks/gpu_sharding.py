@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,20 @@ class GpuMemory:
 
     def growth(self) -> dict[str, float]:
         return {str(i): round(self.peak[i] - self.base.get(i, 0.0), 1) for i in sorted(self.peak)}
+
+
+def run_group(cmd: list[str], env: dict, timeout: int) -> tuple[int, str]:
+    """Run ``cmd`` in a session of its own; on timeout end the whole group (the launcher and
+    every rank it started), so no rank outlives its run. Returns (exit code, output tail)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        return p.returncode, out[-1500:]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        return 124, f"timed out after {timeout} s\n" + (out or "")[-1400:]
 
 
 def max_diff(a: Path, b: Path) -> float | None:
@@ -193,13 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         run_out = work / name
         t0 = time.time()
         with GpuMemory() as mem:
-            try:
-                r = subprocess.run([*cmd[:cmd.index("sft") + 1], "--out", str(run_out),
-                                    *cmd[cmd.index("sft") + 1:]], capture_output=True, text=True,
-                                   env=env, timeout=args.timeout)
-                rc, tail = r.returncode, (r.stdout + r.stderr)[-1500:]
-            except subprocess.TimeoutExpired:
-                rc, tail = 124, "timed out"
+            rc, tail = run_group([*cmd[:cmd.index("sft") + 1], "--out", str(run_out),
+                                  *cmd[cmd.index("sft") + 1:]], env, args.timeout)
         res = {"rc": rc, "processes": nproc, "wall_s": round(time.time() - t0, 1),
                "gpu_mem_growth_mib": mem.growth(), "expect": expect}
         if expect in ("pass", "runs") and name != "ref" and rc == 0:
