@@ -40,6 +40,8 @@ def fast_path_unsupported(model) -> str | None:
     """Why :func:`fast_generate` cannot run ``model`` exactly, or None when it can."""
     if getattr(model, "peft_config", None):   # a PeftModel, or adapters loaded by transformers
         return "a PEFT (LoRA) adapter model"
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return "parameters sharded by FSDP"
     cfg = getattr(model, "config", None)
     mt = getattr(cfg, "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:

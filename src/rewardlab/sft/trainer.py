@@ -174,6 +174,7 @@ def train_sft(cfg: SFTConfig) -> dict:
         model, tok = load_model_and_tokenizer(eng.checkpoint, prec.storage, cfg.model.device)
     else:
         model, tok = build_model(cfg.model, eng.out, cfg.seed, prec.storage, dist)
+    model = eng.prepare(model)   # FSDP launch: sharded (before the optimizer); else unchanged
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)
     examples = keep_trainable([encode_example(tok, prompt_fn(p), p.solution, cfg.max_len) for p in train],
@@ -204,7 +205,8 @@ def train_sft(cfg: SFTConfig) -> dict:
                     "train/skipped_steps": eng.skipped_steps}
             if eng.due(done, cfg.log_every, cfg.max_steps):
                 eng.log(done, last)
-            if test and dist.is_main and eng.due(done, cfg.eval_every, cfg.max_steps):
+            # sharded weights: every rank joins every forward, so all evaluate (rank 0 logs)
+            if test and (dist.is_main or dist.sharded) and eng.due(done, cfg.eval_every, cfg.max_steps):
                 with prec.autocast():
                     ev = evaluate_greedy(model, tok, test, cfg.data.answer_style(), prompt_fn)
                 eng.log(done, ev)

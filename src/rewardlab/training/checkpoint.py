@@ -141,6 +141,34 @@ def check_finite_weights(*models, what: str = "checkpoint") -> None:
                                     "(the run diverged; the last saved checkpoint is kept)")
 
 
+def check_finite_state(state_dict: dict, what: str = "checkpoint") -> None:
+    """:func:`check_finite_weights` for a state dict (a gathered FSDP model)."""
+    for name, t in state_dict.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingDivergedError(f"refusing to save the {what}: parameter {name} is not "
+                                        "finite (the run diverged; the last saved checkpoint is kept)")
+
+
+def save_pretrained_full(model, path: str | Path, state_dict: dict) -> None:
+    """``model.save_pretrained`` with the weights of ``state_dict`` (the full state of an FSDP
+    model): config.json names the model's own class, not FSDP's ``FSDP<Name>`` subclass, and tied
+    weights (lm_head = embed_tokens) are stored once, as ``save_pretrained`` does by itself."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    state_dict = dict(state_dict)
+    if isinstance(tied, dict):   # gathered copies: share the storage again, so it is seen as tied
+        for k, src in tied.items():
+            if k in state_dict and src in state_dict and torch.equal(state_dict[k], state_dict[src]):
+                state_dict[k] = state_dict[src]
+    model.save_pretrained(str(path), state_dict=state_dict)
+    cfg_path = Path(path) / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        archs = cfg.get("architectures")
+        if archs:
+            cfg["architectures"] = [a[4:] if a.startswith("FSDP") else a for a in archs]
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -165,12 +193,20 @@ def set_rng_state(st: dict) -> None:
 
 def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optimizer=None,
                     scheduler=None, extra: dict | None = None, keep: int = 2,
-                    models: dict | None = None) -> Path:
+                    models: dict | None = None, state_dict: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Save a resumable checkpoint atomically (written under a temp name, then renamed).
 
     ``models`` holds further HF models to save in sub-folders (e.g. ``{"value": value_model}``).
-    Raises :class:`TrainingDivergedError`, writing nothing, when a weight is not finite."""
-    check_finite_weights(model, *(models or {}).values(), what=f"checkpoint of step {step}")
+    ``state_dict`` / ``optimizer_state``: the gathered full states of an FSDP model and its
+    optimizer (:class:`~rewardlab.training.distributed.Dist`), saved instead of the model's and
+    the optimizer's own. Raises :class:`TrainingDivergedError`, writing nothing, when a weight is
+    not finite."""
+    if state_dict is not None:
+        check_finite_state(state_dict, what=f"checkpoint of step {step}")
+        check_finite_weights(*(models or {}).values(), what=f"checkpoint of step {step}")
+    else:
+        check_finite_weights(model, *(models or {}).values(), what=f"checkpoint of step {step}")
     ckpt_root = Path(out_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
@@ -178,13 +214,17 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optim
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(str(tmp))
+    if state_dict is not None:
+        save_pretrained_full(model, tmp, state_dict)
+    else:
+        model.save_pretrained(str(tmp))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     for name, m in (models or {}).items():
         m.save_pretrained(str(tmp / name))
     state = {"step": step, "rng": rng_state(), "extra": extra or {},
-             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "optimizer": optimizer_state if optimizer_state is not None
+             else optimizer.state_dict() if optimizer is not None else None,
              "scheduler": scheduler.state_dict() if scheduler is not None else None}
     torch.save(state, tmp / "trainer_state.pt")
     if final.exists():

@@ -14,6 +14,22 @@ broadcast. One process: every collective here is the identity and nothing change
 
 The process group comes from accelerate's :class:`~accelerate.PartialState` (which reads the
 environment ``accelerate launch`` and ``torchrun`` set: gloo on CPUs, NCCL on GPUs).
+
+**Sharded (FSDP2).** Launched with an FSDP config (``configs/accelerate/fsdp.yaml``: accelerate
+sets ``ACCELERATE_USE_FSDP`` and ``FSDP_VERSION=2``), :meth:`Dist.wrap` shards the model with
+torch's ``fully_shard``: each transformer block (the model's ``_no_split_modules``, or the config's
+``fsdp_transformer_layer_cls_to_wrap``) and then the whole model, so every parameter lives on one
+DeviceMesh over all ranks. The same arithmetic holds: FSDP's reduce-scatter runs with a divide
+factor of 1 (a sum, not DDP's mean, since the losses are already over global counts), so
+:meth:`sum_grads` leaves those gradients alone. Checkpoints and the final model are gathered to a
+full state dict (:meth:`full_state_dict`, a collective every rank joins) and written by rank 0 in
+the usual Hugging Face layout; they load without FSDP and resume under it. Trainers that have not
+been ported to FSDP (those that never call :meth:`wrap`) are refused by the engine.
+
+**DeepSpeed** is recognised (``ACCELERATE_USE_DEEPSPEED``) and refused with a message: its engine
+owns backward and the optimizer step, which rewardlab's trainers do themselves; the shipped ZeRO
+configs are for when that port exists, and FSDP2 gives the same sharding (ZeRO-3 = FSDP full shard,
+ZeRO-2 ≈ ``fsdp_reshard_after_forward: false``).
 """
 
 from __future__ import annotations
@@ -31,11 +47,8 @@ class Dist:
     trainers need. With one process every collective returns its input."""
 
     def __init__(self):
-        for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-            if os.environ.get(flag, "").lower() in ("1", "true", "yes"):
-                raise ValueError(f"rewardlab does not run under {name} yet: it trains data-parallel "
-                                 "(every process holds the whole model); launch with "
-                                 "configs/accelerate/ddp.yaml or torchrun instead")
+        self.backend = sharding_backend()
+        self.fsdp = fsdp_options() if self.backend == "fsdp" else {}
         state = PartialState(cpu=not torch.cuda.is_available())
         self.rank = state.process_index
         self.world = state.num_processes
@@ -46,6 +59,67 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are sharded over the ranks (FSDP): every rank must join every forward."""
+        return self.backend == "fsdp"
+
+    # ------------------------------------------------------------------ FSDP2
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Shard ``model`` with FSDP2 (``fully_shard``) when launched under FSDP; otherwise return
+        it unchanged (also without a process group, as in a plain one-process run; a launch of one
+        process has one and shards over a mesh of one). Call it before building the optimizer (the
+        parameters become DTensors)."""
+        if not (self.sharded and tdist.is_available() and tdist.is_initialized()):
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+
+        if isinstance(model, FSDPModule):
+            return model
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        kw = {"mesh": mesh, "reshard_after_forward": self.fsdp["reshard_after_forward"]}
+        if self.fsdp["offload_params"]:
+            kw["offload_policy"] = CPUOffloadPolicy()
+        names = set(self.fsdp["layer_cls"] or getattr(model, "_no_split_modules", None) or ())
+        blocks = [m for m in model.modules() if m is not model and type(m).__name__ in names]
+        if self.fsdp["layer_cls"] and not blocks:
+            raise ValueError(f"fsdp_transformer_layer_cls_to_wrap = {sorted(names)}: no such module "
+                             f"in {type(model).__name__}")
+        for m in blocks:
+            fully_shard(m, **kw)
+        fully_shard(model, **kw)
+        for m in model.modules():   # sum, not mean: losses are normalised by global counts
+            if isinstance(m, FSDPModule):
+                m.set_gradient_divide_factor(1.0)
+                m.set_force_sum_reduction_for_comms(True)   # a plain SUM (gloo has no PREMUL_SUM)
+        return model
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict | None:
+        """The full (unsharded) state dict of an FSDP model on rank 0's CPU ({} on the other
+        ranks; every rank must call it); None for a model that is not sharded."""
+        if not is_sharded(model):
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+
+    def full_optimizer_state(self, model, optimizer) -> dict | None:
+        """The optimizer state of an FSDP model, gathered and keyed by parameter name (rank 0;
+        every rank must call it); None for a model that is not sharded."""
+        if optimizer is None or not is_sharded(model):
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        """Load a state of :meth:`full_optimizer_state` (present on every rank) into the sharded
+        optimizer."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True))
 
     # ------------------------------------------------------------------ sharding
     def check_divides(self, what: str, n: int) -> None:
@@ -98,6 +172,7 @@ class Dist:
         normalised by global counts)."""
         if not self.active:
             return
+        params = [p for p in params if not _is_dtensor(p)]   # FSDP reduced those already
         for p in params:   # a rank without rows in this update still joins the sum
             if p.grad is None and p.requires_grad:
                 p.grad = torch.zeros_like(p)
@@ -116,3 +191,64 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             tdist.barrier()
+
+
+# ---------------------------------------------------------------------- launch environment
+def _env_true(name: str, default: str = "false") -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
+
+
+def sharding_backend() -> str:
+    """``"fsdp"`` or ``"ddp"`` from the environment ``accelerate launch`` sets for the config
+    it was given; a config rewardlab cannot run (FSDP1, DeepSpeed) raises ValueError, before any
+    work, with what to launch instead."""
+    if _env_true("ACCELERATE_USE_DEEPSPEED"):
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
+        raise ValueError(
+            f"rewardlab does not run under DeepSpeed (ZeRO stage {stage}) yet: the DeepSpeed engine "
+            "owns backward and the optimizer step, which rewardlab's trainers do themselves. Shard "
+            "with FSDP2 instead (configs/accelerate/fsdp.yaml; ZeRO-3 = full shard, ZeRO-2 ~ "
+            "fsdp_reshard_after_forward: false), or train data-parallel with "
+            "configs/accelerate/ddp.yaml. See docs/distributed.md")
+    if _env_true("ACCELERATE_USE_FSDP"):
+        version = os.environ.get("FSDP_VERSION", "1").strip()
+        if version != "2":
+            raise ValueError(f"FSDP version {version}: rewardlab runs FSDP2 only (fully_shard); set "
+                             "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml)")
+        return "fsdp"
+    return "ddp"
+
+
+def fsdp_options() -> dict:
+    """The FSDP2 settings of the accelerate config, read from the environment of the launch:
+    ``reshard_after_forward`` (default true: ZeRO-3-like; false keeps the gathered weights from
+    forward to backward, ZeRO-2-like), ``offload_params`` (CPUOffloadPolicy) and ``layer_cls``
+    (the block classes sharded one by one; default the model's ``_no_split_modules``)."""
+    if _env_true("FSDP_ACTIVATION_CHECKPOINTING"):
+        raise ValueError("fsdp_activation_checkpointing: not supported by rewardlab; set it to false")
+    names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").strip()
+    return {"reshard_after_forward": _env_true("FSDP_RESHARD_AFTER_FORWARD", "true"),
+            "offload_params": _env_true("FSDP_OFFLOAD_PARAMS"),
+            "layer_cls": [n.strip() for n in names.split(",") if n.strip()]}
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:   # pragma: no cover - torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+def is_sharded(model) -> bool:
+    """Whether ``model`` holds FSDP-sharded (DTensor) parameters."""
+    return model is not None and hasattr(model, "parameters") and any(
+        _is_dtensor(p) for p in model.parameters())
+
+
+def to_float(x) -> float:
+    """A Python float of a scalar tensor, also of a (replicated) DTensor such as the gradient
+    norm of FSDP parameters."""
+    if hasattr(x, "full_tensor"):
+        x = x.full_tensor()
+    return float(x)

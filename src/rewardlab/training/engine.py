@@ -29,10 +29,11 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rewardlab.io import write_json
-from rewardlab.training.checkpoint import (check_finite_weights, latest_checkpoint,
-                                           load_trainer_state, save_checkpoint,
+from rewardlab.training.checkpoint import (check_finite_state, check_finite_weights,
+                                           latest_checkpoint, load_trainer_state,
+                                           save_checkpoint, save_pretrained_full,
                                            TrainingDivergedError)
-from rewardlab.training.distributed import Dist
+from rewardlab.training.distributed import Dist, is_sharded, to_float
 from rewardlab.training.metrics import MetricsLogger
 from rewardlab.training.rundir import prepare_run_dir
 
@@ -64,7 +65,7 @@ def finite_step(params, optimizer, grad_clip: float, scheduler=None,
     params = list(params)
     if dist is not None:
         dist.sum_grads(params)
-    gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    gnorm = to_float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     ok = math.isfinite(gnorm) and (loss is None or math.isfinite(loss))
     if ok:
         optimizer.step()
@@ -116,11 +117,24 @@ class Engine:
         self.start = 0
         self.logger: MetricsLogger | None = None
         self.t0 = time.time()
+        self.model = None   # the model :meth:`prepare` sharded (FSDP), for its optimizer state
+
+    def prepare(self, model):
+        """The model as this launch trains it: sharded with FSDP2 under an FSDP launch (see
+        :meth:`Dist.wrap`), else unchanged. Call it before building the optimizer; a trainer that
+        never calls it is refused under FSDP by :meth:`restore`."""
+        model = self.dist.wrap(model)
+        self.model = model
+        return model
 
     def restore(self, optimizer=None, scheduler=None) -> dict:
         """Open the metrics log. On resume, load the optimizer, scheduler and every RNG state
         from :attr:`checkpoint`, set :attr:`start` to its step and drop log rows logged after it.
         Returns the checkpoint's ``extra`` dict ({} for a fresh run)."""
+        if self.dist.sharded and self.model is None:
+            raise ValueError(f"{self.name}: this trainer does not run under FSDP yet (it never "
+                             "shards its model); launch it with configs/accelerate/ddp.yaml or "
+                             "torchrun. See docs/distributed.md")
         if self.dist.is_main:
             self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
         self.t0 = time.time()   # wall_s counts the loop, not the set-up
@@ -128,7 +142,10 @@ class Engine:
             if self.logger is not None:   # rows of an earlier attempt that left no checkpoint
                 self.logger.truncate_after(-1)
             return {}
-        state = load_trainer_state(self.checkpoint, optimizer, scheduler)
+        sharded_opt = optimizer if optimizer is not None and is_sharded(self.model) else None
+        state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler)
+        if sharded_opt is not None and state.get("optimizer") is not None:   # keyed by name
+            self.dist.load_optimizer_state(self.model, sharded_opt, state["optimizer"])
         extra = state.get("extra") or {}
         saved_world = int(extra.get("world_size", 1))
         if saved_world != self.dist.world:
@@ -186,12 +203,16 @@ class Engine:
         weights), recording the skipped-step counts for the resumed run; written by the main
         process, the others wait for it."""
         path = self.out / "checkpoints"
+        # FSDP: gathered to full states (a collective of every rank), written by rank 0
+        state_dict = self.dist.full_state_dict(model)
+        optimizer_state = self.dist.full_optimizer_state(model, optimizer)
         if self.dist.is_main:
             extra = {**(extra or {}), "train/skipped_steps": self.skipped_steps,
                      "train/bad_in_a_row": self.bad_in_a_row,
                      **({"world_size": self.dist.world} if self.dist.active else {})}
             path = save_checkpoint(self.out, step, model, tokenizer, optimizer, scheduler,
-                                   extra=extra, models=models)
+                                   extra=extra, models=models, state_dict=state_dict,
+                                   optimizer_state=optimizer_state)
         self.dist.barrier()
         return path
 
@@ -202,8 +223,17 @@ class Engine:
     def save_final(self, model, tokenizer=None) -> Path:
         """The trained model (and tokenizer) in Hugging Face format under ``<out>/final``
         (:class:`TrainingDivergedError` instead when a weight is not finite)."""
-        check_finite_weights(model, what="final model")
         final = self.out / "final"
+        state_dict = self.dist.full_state_dict(model)   # FSDP: gathered to rank 0
+        if state_dict is not None:
+            if self.dist.is_main:
+                check_finite_state(state_dict, what="final model")
+                save_pretrained_full(model, final, state_dict)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(str(final))
+            self.dist.barrier()
+            return final
+        check_finite_weights(model, what="final model")
         if self.dist.is_main:
             model.save_pretrained(str(final))
             if tokenizer is not None:

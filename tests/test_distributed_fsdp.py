@@ -1,0 +1,156 @@
+"""Sharded training: FSDP2 (torch ``fully_shard``) under ``accelerate launch`` with
+configs/accelerate/fsdp.yaml, run here on the CPU with gloo (torch 2.13 supports it), and the
+DeepSpeed configs, which are parsed and refused with a message (DeepSpeed needs GPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from rewardlab.config import load_config
+from rewardlab.data.testbed import make_splits, TestbedConfig
+from rewardlab.io import write_jsonl
+from rewardlab.sft.trainer import SFTConfig, train_sft
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "accelerate"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+for _k in [k for k in ENV if k.startswith(("ACCELERATE_", "FSDP_"))]:
+    del ENV[_k]
+
+
+def _launch_fsdp(args: list[str]) -> subprocess.CompletedProcess:
+    # no --cpu: accelerate would then run one plain process; without GPUs each rank takes the CPU
+    # and gloo (rewardlab's Dist), as with ddp.yaml
+    pre = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(CONFIGS / "fsdp.yaml"), "--num_processes", "2"]
+    return subprocess.run(pre + ["-m", "rewardlab", *args], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+
+
+def _weights(d: Path) -> dict:
+    return load_file(str(d / "model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert sorted(a) == sorted(b)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def sft_setup(tmp_path_factory, tiny_policy):
+    """The SFT settings and the weights of a one-process run of 3 steps."""
+    d = tmp_path_factory.mktemp("fsdp")
+    train, test = make_splits(TestbedConfig(max_steps=2), 48, 4, seed=0)
+    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
+    sets = [f"model.name_or_path={tiny_policy}", f"data.train_path={d / 'train.jsonl'}",
+            "batch_size=8", "max_steps=3", "eval_every=0", "progress=false", "model.device=cpu",
+            "lr=1e-2"]
+    train_sft(load_config(SFTConfig, None, sets + ["save_every=0", f"out={d / 'one'}"]))
+    return sets, _weights(d / "one" / "final")
+
+
+def _cli_sets(sets: list[str]) -> list[str]:
+    return sum((["--set", s] for s in sets), [])
+
+
+@pytest.mark.timeout(900)   # two launches of 2 processes; slow on a loaded 2-core machine
+def test_fsdp_sft_two_processes_match_one(tmp_path, sft_setup):
+    sets, one = sft_setup
+    r = _launch_fsdp(["sft", "--out", str(tmp_path / "two"), *_cli_sets(sets + ["save_every=0"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = tmp_path / "two" / "final"
+    assert _max_diff(one, _weights(final)) <= 1e-5      # same keys: tied lm_head stored once
+    # a plain Hugging Face model: the class is the model's own, not FSDP's subclass
+    assert json.loads((final / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+@pytest.mark.timeout(900)
+def test_fsdp_checkpoint_resumes_exactly(tmp_path, sft_setup):
+    """Stop after step 2 (a gathered checkpoint with the sharded optimizer's state), resume under
+    FSDP: the same weights as the uninterrupted one-process run."""
+    sets, one = sft_setup
+    out = str(tmp_path / "two")
+    r = _launch_fsdp(["sft", "--out", out, *_cli_sets(sets + ["save_every=1", "stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
+    state = __import__("torch").load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["extra"]["world_size"] == 2 and state["optimizer"]["state"]   # full, by name
+    assert any(k.startswith("model.layers.") for k in state["optimizer"]["state"])
+    r = _launch_fsdp(["sft", "--out", out, *_cli_sets(sets + ["save_every=1"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(one, _weights(tmp_path / "two" / "final")) <= 1e-5
+
+
+# ---------------------------------------------------------------------------- in one process
+@pytest.fixture
+def clean_env(monkeypatch):
+    for k in [k for k in os.environ if k.startswith(("ACCELERATE_USE_", "FSDP_"))]:
+        monkeypatch.delenv(k)
+    return monkeypatch
+
+
+def test_fsdp_environment_selects_the_sharded_path(clean_env):
+    from rewardlab.training.distributed import Dist, fsdp_options
+    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
+    clean_env.setenv("FSDP_VERSION", "2")
+    clean_env.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    clean_env.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "LlamaDecoderLayer, Foo")
+    d = Dist()
+    assert d.backend == "fsdp" and d.sharded
+    assert d.fsdp == {"reshard_after_forward": False, "offload_params": False,
+                      "layer_cls": ["LlamaDecoderLayer", "Foo"]}
+    clean_env.delenv("FSDP_RESHARD_AFTER_FORWARD")
+    assert fsdp_options()["reshard_after_forward"] is True   # accelerate's default: full shard
+    m = __import__("torch").nn.Linear(2, 2)
+    assert d.wrap(m) is m            # no process group (not launched): nothing to shard
+    assert d.full_state_dict(m) is None
+
+
+def test_a_trainer_not_ported_to_fsdp_is_refused(tmp_path, clean_env):
+    from rewardlab.training.engine import Engine
+    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
+    clean_env.setenv("FSDP_VERSION", "2")
+    eng = Engine(tmp_path, "ppo", progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="ppo: this trainer does not run under FSDP yet"):
+        eng.restore()
+    eng = Engine(tmp_path, "sft", progress=False, tensorboard=False)
+    eng.prepare(__import__("torch").nn.Linear(2, 2))
+    assert eng.restore() == {}
+    eng.close()
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+     r"does not run under DeepSpeed \(ZeRO stage 3\).*fsdp.yaml"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP2 only"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"},
+     "activation_checkpointing"),
+])
+def test_launches_rewardlab_cannot_run_are_refused_before_any_work(clean_env, env, match):
+    from rewardlab.training.distributed import Dist
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    with pytest.raises(ValueError, match=match):
+        Dist()
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"),
+                                        ("deepspeed_zero2", "DEEPSPEED"),
+                                        ("deepspeed_zero3", "DEEPSPEED")])
+def test_shipped_accelerate_configs_parse(name, kind):
+    from accelerate.commands.config.config_args import ClusterConfig
+    cfg = ClusterConfig.from_yaml_file(str(CONFIGS / f"{name}.yaml"))
+    assert cfg.distributed_type == kind and cfg.mixed_precision == "no"
+    if kind == "FSDP":
+        assert cfg.fsdp_config["fsdp_version"] == 2
+        assert cfg.fsdp_config["fsdp_activation_checkpointing"] is False
+    if kind == "DEEPSPEED":
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
