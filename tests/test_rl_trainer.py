@@ -264,3 +264,23 @@ def test_update_uses_the_configured_aggregation_and_clip_bounds(tmp_path, tiny_p
     # the KL in the reward and in kl/ref: k1 = log π − log π_ref = −20, 20, 0.5 per token
     k = tr._kl(torch.tensor([[0.0, 0.0, 0.5]]), torch.tensor([[20.0, -20.0, 0.0]]))
     assert k.tolist() == ([[-10.0, 10.0, 0.5]] if clamp else [[-20.0, 20.0, 0.5]])
+
+
+def test_trust_remote_code_reaches_every_model_the_rl_run_loads(tmp_path, tiny_policy, problems_dir,
+                                                                 monkeypatch):
+    # opting in must reach the critic and the reward models too, not only the policy (issue 21)
+    import transformers
+    seen = []
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoModel, transformers.AutoTokenizer):
+        orig = cls.from_pretrained.__func__
+
+        def spy(c, *a, _orig=orig, **k):
+            seen.append((c.__name__, k.get("trust_remote_code")))
+            return _orig(c, *a, **k)
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "trc",
+                   ["policy.trust_remote_code=true", f"reward.prm.path={tiny_policy}",
+                    'reward.prm.tag=" ки"']))
+    loads = {name for name, _ in seen}
+    assert {"AutoModelForCausalLM", "AutoModel", "AutoTokenizer"} <= loads   # policy, critic, tokenizers
+    assert seen and all(flag is True for _, flag in seen), seen

@@ -167,7 +167,8 @@ class RLTrainer:
             return head
         init = Path(self.ckpt) / "value" if self.ckpt is not None else (
             self.cfg.value.init or self.cfg.policy.name_or_path)
-        return ValueModel.from_pretrained(init).to(self.device)
+        return ValueModel.from_pretrained(init, trust_remote_code=self.cfg.policy.trust_remote_code
+                                          ).to(self.device)
 
     def _build_prime(self) -> None:
         """PRIME: the implicit PRM π_φ (the run's checkpoint, else the SFT policy), its optimizer
@@ -227,7 +228,8 @@ class RLTrainer:
     def _load_rm(self, path, spec=None):
         if not path:
             return None
-        return load_reward_model(path, device=str(self.device), spec=spec)
+        return load_reward_model(path, device=str(self.device), spec=spec,
+                                 trust_remote_code=self.cfg.policy.trust_remote_code)
 
     # ------------------------------------------------------------------ one step
     def values_of(self, input_ids, attention_mask, n_resp: int, hidden=None) -> torch.Tensor:

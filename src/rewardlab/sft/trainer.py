@@ -171,7 +171,8 @@ def train_sft(cfg: SFTConfig) -> dict:
     # float32 weights + bfloat16 autocast for bfloat16 runs (ModelConfig.mixed_precision)
     prec = training_precision(cfg.model.dtype, cfg.model.device, cfg.model.mixed_precision)
     if eng.checkpoint is not None:
-        model, tok = load_model_and_tokenizer(eng.checkpoint, prec.storage, cfg.model.device)
+        model, tok = load_model_and_tokenizer(eng.checkpoint, prec.storage, cfg.model.device,
+                                              cfg.model.trust_remote_code)
     else:
         model, tok = build_model(cfg.model, eng.out, cfg.seed, prec.storage, dist)
     model = eng.prepare(model)   # FSDP launch: sharded (before the optimizer); else unchanged
