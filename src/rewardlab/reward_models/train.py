@@ -41,6 +41,7 @@ from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.checkpoint import check_finite_weights
 from rewardlab.training.distributed import Dist
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
+from rewardlab.training.modelcard import numeric_metrics
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
@@ -463,10 +464,28 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     if ev:
         eng.log(stop, ev)
     eng.close()
-    if finished:
-        check_finite_weights(rm, what="final model")
-        rm.save_pretrained(eng.out / "final")
-    return eng.summary("rm_summary.json", {
+    summary = {
         **last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),
         "rm/steps": float(stop), "rm/total_steps": float(total), "rm/finished": float(finished),
-        "rm/n_train": float(len(items)), "rm/skipped_long": float(skipped), "rm/wall_s": eng.wall_s})
+        "rm/n_train": float(len(items)), "rm/skipped_long": float(skipped), "rm/wall_s": eng.wall_s}
+    if finished:
+        check_finite_weights(rm, what="final model")
+        if dist.is_main:
+            rm.save_pretrained(eng.out / "final", card=_card(rm, cfg, summary))
+        dist.barrier()
+    return eng.summary("rm_summary.json", summary)
+
+
+def _card(rm: RewardModel, cfg: RMTrainConfig, summary: dict):
+    """The final model's card: its base, data, held-out metrics and the command."""
+    base = f"testbed ({cfg.size}, random init, seed {cfg.seed})" if cfg.base == "testbed" \
+        else cfg.base
+    data = list(cfg.data) + [f"{d} (held out)" for d in cfg.eval_data]
+    if not cfg.eval_data and cfg.eval_split > 0:
+        data.append(f"{cfg.eval_split:g} of the rows held out for evaluation (seed {cfg.seed})")
+    metrics = numeric_metrics(summary, ("eval/", "rm/final_loss", "rm/steps", "rm/n_train"))
+    card = rm.model_card(base=base, data=data, metrics=metrics)
+    card.details.append(f"Objective: {cfg.objective}; {int(summary['rm/steps'])} optimizer steps, "
+                        f"batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr:g}; the full "
+                        "settings are in the run's config.yaml")
+    return card
