@@ -508,7 +508,8 @@ def _is_qwen_prm(config: dict) -> bool:
 
 
 def _is_token_classifier(config: dict) -> bool:
-    n = config.get("num_labels") or len(config.get("id2label") or {}) or 0
+    # transformers writes no id2label for its default of 2 labels
+    n = config.get("num_labels") or len(config.get("id2label") or {}) or 2
     return n == 2 and any(str(a).endswith("ForTokenClassification")
                           for a in config.get("architectures") or [])
 
