@@ -293,14 +293,18 @@ def run_card(name: str, config=None, final: Path | None = None) -> ModelCard:
         size = getattr(getattr(config, "model", None), "size", None)
         base = f"testbed ({size + ', ' if size else ''}random init)"
     adapter = final is not None and (Path(final) / "adapter_config.json").exists()
-    what = {"sft": "policy fine-tuned with supervised learning (SFT) on worked solutions",
-            "rl": "policy trained with reinforcement learning on rewardlab's reward designs"
-            }.get(name, f"model trained by rewardlab's {name} trainer")
+    if name == "sft":
+        title, what = "SFT model", "policy fine-tuned with supervised learning on worked solutions"
+    elif getattr(config, "policy", None) is not None:   # the RL trainer names runs by algorithm
+        title, what = "RL model", (f"policy trained with reinforcement learning ({name}) on "
+                                   "rewardlab's reward designs")
+    else:
+        title, what = f"{name} model", f"model trained by rewardlab's {name} trainer"
     details = [f"Trainer: `{name}`; the full settings are in the run's config.yaml"]
     if adapter:
         details.append("This directory holds a LoRA adapter (peft) for the base model")
     return ModelCard(
-        title=f"rewardlab {name.upper()} model", summary=f"A {what}.", base=base,
+        title=f"rewardlab {title}", summary=f"A {what}.", base=base,
         data=_describe_data(getattr(config, "data", None)), details=details,
         usage=_ADAPTER_USAGE if adapter else _POLICY_USAGE,
         tags=["rewardlab", name], pipeline_tag="text-generation")
