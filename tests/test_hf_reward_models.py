@@ -104,8 +104,9 @@ def test_plain_auto_classes_score_like_load_reward_model(tiny_policy, tmp_path, 
     _close(ours, _auto_scores(path, spec))
 
 
-@pytest.mark.parametrize("spec", [SPECS[0], SPECS[2], SPECS[4], SPECS[5]],
-                         ids=["prm-head", "prm-lm", "orm", "bt"])
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[2], SPECS[4], SPECS[5],
+                                  dict(kind="prm", form="head", tag="\n", layout="trl")],
+                         ids=["prm-head", "prm-lm", "orm", "bt", "prm-trl"])
 def test_model_card_snippet_runs_and_matches(tiny_policy, tmp_path, monkeypatch, spec):
     rm = _trained_like(tiny_policy, **spec)
     path = rm.save_pretrained(tmp_path / "rm")
@@ -279,4 +280,49 @@ def test_qwen_style_two_label_token_classifier_with_a_spec(tiny_policy, tmp_path
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
             p = model(ids).logits[0].softmax(-1)[ids[0] == tag_id, 1].tolist()
+        assert r.step_scores == pytest.approx(p, abs=1e-5)
+
+
+def test_a_hub_id_loads_through_its_snapshot(tiny_policy, tmp_path, monkeypatch):
+    """``load_reward_model("owner/name")`` fetches config, weights and tokenizer and then reads
+    them like a directory (here the hub is a local folder)."""
+    import huggingface_hub
+
+    rm = _trained_like(tiny_policy, kind="orm")
+    snap = rm.save_pretrained(tmp_path / "snapshot")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, allow_patterns: asked.append((repo, allow_patterns)) or snap)
+    again = load_reward_model("someone/tiny-orm", device="cpu")
+    assert asked and asked[0][0] == "someone/tiny-orm" and "*.safetensors" in asked[0][1]
+    _close(again.score(QUESTIONS, STEPS), [(r.step_scores, r.score)
+                                           for r in rm.score(QUESTIONS, STEPS)], tol=1e-6)
+
+
+def test_train_rm_in_trl_layout_gives_a_model_trl_users_read(tiny_policy, tmp_path):
+    """layout=trl: rewardlab trains a PRM that reads like a TRL PRMTrainer model (BOS, labels on
+    the "\\n" after each step) with AutoModelForTokenClassification alone."""
+    from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
+
+    rows = [{"question": q, "steps": s, "step_labels": [1] * (len(s) - 1) + [i % 2]}
+            for i, (q, s) in enumerate(zip(QUESTIONS * 4, STEPS * 4))]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_reward_model(RMTrainConfig(kind="prm", form="head", layout="trl", tag="\n",
+                                     base=str(tiny_policy), data=[str(data)], out=str(tmp_path / "r"),
+                                     max_steps=2, batch_size=4, progress=False, device="cpu",
+                                     eval_split=0.0, tensorboard=False))
+    final = tmp_path / "r" / "final"
+    rm = load_reward_model(final, device="cpu")
+    assert rm.spec.layout == "trl" and "TRL PRMTrainer" in (final / "README.md").read_text()
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForTokenClassification.from_pretrained(final).eval()
+    sep = tok("\n", add_special_tokens=False).input_ids
+    for q, steps, r in zip(QUESTIONS, STEPS, rm.score(QUESTIONS, STEPS)):
+        ids, reads = [tok.bos_token_id] + tok(q, add_special_tokens=False).input_ids, []
+        for s in steps:
+            ids += tok(s, add_special_tokens=False).input_ids + sep
+            reads.append(len(ids) - 1)
+        with torch.no_grad():
+            p = model(torch.tensor([ids])).logits[0].softmax(-1)[reads, 1].tolist()
         assert r.step_scores == pytest.approx(p, abs=1e-5)

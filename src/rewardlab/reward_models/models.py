@@ -579,7 +579,7 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
     from safetensors.torch import load_file
 
 
-    p = Path(path)
+    p = _local_dir(path)
     if spec is None:
         p = saved_reward_model_dir(p)
         try:
@@ -604,7 +604,32 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
         mlp = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2))
         mlp.load_state_dict(state)
         backbone.score = mlp.to(backbone.device, torch.float32)
+    elif _uses_head(spec):   # the head as saved (float32), also when the backbone loads in bf16
+        state = _score_tensors(p)
+        want = backbone.score.state_dict()
+        if state.keys() == want.keys() and all(state[k].shape == want[k].shape for k in want):
+            backbone.score.load_state_dict(state)
     return RM_CLASSES[spec.kind](backbone, tok, spec)
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+"""What :func:`load_reward_model` fetches of a hub repository (config, weights, tokenizer)."""
+
+
+def _local_dir(path: str | Path) -> Path:
+    """``path``, or for a hub id (``owner/name`` that is no local path) its local snapshot of
+    :data:`HUB_FILES`, so that a hub reward model is recognised like a directory. Falls back to
+    ``path`` itself (offline, no such repository, weights not in safetensors)."""
+    p = Path(path)
+    parts = str(path).split("/")
+    if p.exists() or len(parts) != 2 or not all(parts) or str(path).startswith((".", "~")):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+        d = Path(snapshot_download(str(path), allow_patterns=HUB_FILES))
+    except Exception:   # noqa: BLE001 - any hub failure: let from_pretrained report it
+        return p
+    return d if any(d.glob("*.safetensors")) else p
 
 
 def convert_reward_model(src: str | Path, dst: str | Path, device: str = "cpu") -> Path:

@@ -107,6 +107,10 @@ class RMTrainConfig:
     """PRM LM-head form: label token of a bad step."""
     aggregation: Literal["product", "min", "last"] = "product"
     """PRM solution score saved with the model: product | min | last of the step scores."""
+    layout: Literal["rewardlab", "trl", "qwen"] = "rewardlab"
+    """PRM text layout: rewardlab (``question\\n step TAG\\n step TAG``) | trl (TRL PRMTrainer's:
+    BOS, question, each step followed by the separator ``tag``, e.g. ``tag="\\n"``; a model
+    TRL's users read as they read their own) | qwen (Qwen2.5-Math-PRM's chat layout)."""
     orm_loss: Literal["all", "last"] = "all"
     """ORM: BCE on every solution token (all) or on the last token only (last)."""
     margin: float = 0.0
@@ -157,7 +161,7 @@ class RMTrainConfig:
 
     def spec(self) -> RMSpec:
         return RMSpec(kind=self.kind, form=self.form, tag=self.tag, good_token=self.good_token,
-                      bad_token=self.bad_token, aggregation=self.aggregation)
+                      bad_token=self.bad_token, aggregation=self.aggregation, layout=self.layout)
 
     @property
     def objective(self) -> str:
