@@ -326,3 +326,55 @@ def test_train_rm_in_trl_layout_gives_a_model_trl_users_read(tiny_policy, tmp_pa
         with torch.no_grad():
             p = model(torch.tensor([ids])).logits[0].softmax(-1)[reads, 1].tolist()
         assert r.step_scores == pytest.approx(p, abs=1e-5)
+
+
+# ------------------------------------------------------------------ the hub
+
+class _FakeHub:
+    """Records what would go over the network."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kw):
+        self.calls.append(("upload_folder", kw["repo_id"], kw))
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tiny_policy, tmp_path):
+    from rewardlab.training.hub import push_to_hub
+
+    path = _trained_like(tiny_policy, kind="orm").save_pretrained(tmp_path / "final")
+    hub = _FakeHub()
+    url = push_to_hub(path, "me/tiny-orm", private=True, api=hub)
+    assert url == "https://huggingface.co/me/tiny-orm"
+    (c1, repo1, kw1), (c2, repo2, kw2) = hub.calls
+    assert (c1, repo1, kw1["private"], kw1["exist_ok"]) == ("create_repo", "me/tiny-orm", True, True)
+    assert (c2, repo2, kw2["folder_path"]) == ("upload_folder", "me/tiny-orm", str(path))
+    assert "trainer_state.pt" in kw2["ignore_patterns"]
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        push_to_hub(tmp_path, "me/x", api=hub)
+    with pytest.raises(ValueError, match="not a hub repo id"):
+        push_to_hub(path, "a/b/c", api=hub)
+
+
+def test_train_rm_push_to_hub_uploads_the_final_model(tiny_policy, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
+
+    hub = _FakeHub()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: hub)
+    rows = [{"question": q, "steps": s, "outcome": i % 2}
+            for i, (q, s) in enumerate(zip(QUESTIONS * 2, STEPS * 2))]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_reward_model(RMTrainConfig(kind="orm", base=str(tiny_policy), data=[str(data)],
+                                     out=str(tmp_path / "r"), max_steps=1, batch_size=4,
+                                     progress=False, device="cpu", eval_split=0.0,
+                                     tensorboard=False, push_to_hub="me/tiny-orm"))
+    [(_, _, _), (_, repo, kw)] = hub.calls
+    assert repo == "me/tiny-orm" and kw["folder_path"] == str(tmp_path / "r" / "final")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from rewardlab.training.checkpoint import (check_finite_weights, latest_checkpoi
                                            TrainingDivergedError)
 from rewardlab.training.distributed import Dist
 from rewardlab.training.metrics import MetricsLogger
+from rewardlab.training.hub import push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
 from rewardlab.training.rundir import prepare_run_dir
 
@@ -225,8 +227,21 @@ class Engine:
             if self._card is not None:
                 self._card.metrics = numeric_metrics(metrics)
                 self._card.write(self.out / "final")
+            self.push_final()
         self.dist.barrier()
         return metrics
+
+    def push_final(self) -> str | None:
+        """Upload ``<out>/final`` to the hub repo named by the config's ``push_to_hub`` (when set
+        and the final model exists; :func:`~rewardlab.training.hub.push_to_hub`). Returns the
+        repository URL, or None when there was nothing to push."""
+        repo = getattr(self.config, "push_to_hub", None)
+        final = self.out / "final"
+        if not repo or not (final / "config.json").exists():
+            return None
+        url = push_to_hub(final, str(repo))
+        print(f"{self.name}: pushed {final} to {url}", file=sys.stderr)
+        return url
 
     @property
     def wall_s(self) -> float:
