@@ -263,6 +263,11 @@ def test_qwen_math_prm_layout_loads(tiny_policy, tmp_path):
             p = model(ids).logits[0].softmax(-1)[ids[0] == tag_id, 1].tolist()
         assert len(p) == len(steps)
         assert r.step_scores == pytest.approx(p, abs=1e-5)
+    # re-saved by rewardlab, it keeps its layout and its 2-layer head
+    again = load_reward_model(rm.save_pretrained(tmp_path / "resaved"), device="cpu")
+    assert again.spec == rm.spec
+    _close(again.score(QUESTIONS, STEPS), [(r.step_scores, r.score)
+                                           for r in rm.score(QUESTIONS, STEPS)], tol=1e-6)
 
 
 def test_qwen_style_two_label_token_classifier_with_a_spec(tiny_policy, tmp_path):

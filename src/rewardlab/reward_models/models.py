@@ -598,17 +598,18 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
             spec = RMSpec(**{**spec.__dict__, "offset": float(bias.reshape(-1)[0])})
             state = {"weight": state["weight"]}
         backbone.score.load_state_dict(state)
-    elif _is_qwen_prm(_read_config(p)):   # Qwen2.5-Math-PRM: score = Linear, ReLU, Linear
+    elif _uses_head(spec):
         state = _score_tensors(p)
-        h = _hidden_size(backbone)
-        mlp = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2))
-        mlp.load_state_dict(state)
-        backbone.score = mlp.to(backbone.device, torch.float32)
-    elif _uses_head(spec):   # the head as saved (float32), also when the backbone loads in bf16
-        state = _score_tensors(p)
-        want = backbone.score.state_dict()
-        if state.keys() == want.keys() and all(state[k].shape == want[k].shape for k in want):
-            backbone.score.load_state_dict(state)
+        if {"0.weight", "2.weight"} <= state.keys():   # Qwen2.5-Math-PRM: Linear, ReLU, Linear
+            h = _hidden_size(backbone)
+            mlp = nn.Sequential(nn.Linear(h, h), nn.ReLU(),
+                                nn.Linear(h, state["2.weight"].shape[0]))
+            mlp.load_state_dict(state)
+            backbone.score = mlp.to(backbone.device, torch.float32)
+        else:   # the head as saved (float32), also when the backbone loads in bf16
+            want = backbone.score.state_dict()
+            if state.keys() == want.keys() and all(state[k].shape == want[k].shape for k in want):
+                backbone.score.load_state_dict(state)
     return RM_CLASSES[spec.kind](backbone, tok, spec)
 
 
@@ -703,8 +704,8 @@ def _usage(spec: RMSpec) -> tuple[str, str]:
         body += ["with torch.no_grad():",
                  f"    {read}",
                  "step_scores = p[reads].tolist()                  # p_1..p_K",
-                 "import math",
                  f"score = {agg}"]
+        head = ["import math"] + head
     return cls, "\n".join([line.format(cls=cls) for line in head] + body)
 
 
