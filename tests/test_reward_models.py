@@ -174,13 +174,14 @@ def test_merged_or_contained_tag_is_refused(tiny_policy):
                                   dict(kind="orm"), dict(kind="bt")])
 def test_save_reload_scores_identical(tiny_policy, tmp_path, spec):
     rm = _rm(tiny_policy, **spec)
-    if rm.head is not None:   # make the head non-trivial (bias starts at 0)
+    if rm.head is not None and rm.head.bias is not None:   # a non-trivial head (bias starts at 0)
         torch.nn.init.normal_(rm.head.bias)
     before = rm.score(QUESTIONS, STEPS)
     rm.save_pretrained(tmp_path / "rm")
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "rewardlab_rm.json"):
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "rewardlab_rm.json",
+              "README.md"):
         assert (tmp_path / "rm" / f).exists()
-    assert (tmp_path / "rm" / "rm_head.safetensors").exists() == (rm.head is not None)
+    assert not (tmp_path / "rm" / "rm_head.safetensors").exists()   # the head is in the model
     again = load_reward_model(tmp_path / "rm", device="cpu")
     assert again.kind == spec["kind"] and again.spec == rm.spec
     after = again.score(QUESTIONS, STEPS)
@@ -225,9 +226,10 @@ def test_every_head_parameter_changes_after_a_step(tiny_policy, kind, form):
         r = rm.token_logits(b["input_ids"], b["attention_mask"])[torch.arange(4), b["read_index"]]
         loss = bt_loss(r[:2], r[2:], margin=0.5, centering=0.01)
     changed = _one_step(rm, loss)
-    if rm.head is not None:
-        heads = {n: c for n, c in changed.items() if n.startswith("head.")}
-        assert set(heads) == {"head.weight", "head.bias"} and all(heads.values())
+    if rm.head is not None:   # the head is the classification model's own `score`
+        heads = {n: c for n, c in changed.items() if n.startswith("backbone.score.")}
+        want = {"backbone.score.weight"} | ({"backbone.score.bias"} if kind == "prm" else set())
+        assert set(heads) == want and all(heads.values())
     else:  # LM-head form: the label tokens' unembedding rows are the head
         w = rm.backbone.get_output_embeddings().weight
         before = {n: p for n, p in changed.items()}

@@ -54,6 +54,9 @@ def test_ppo_updates_every_policy_and_value_parameter(tmp_path, tiny_policy, pro
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 1
     assert (tmp_path / "ppo" / "final" / "config.json").exists()
+    card = (tmp_path / "ppo" / "final" / "README.md").read_text()   # the model card
+    assert "# rewardlab RL model" in card and f"Base model: `{tiny_policy}`" in card
+    assert "| reward/success |" in card
     assert list((tmp_path / "ppo" / "tb").iterdir())
 
 

@@ -128,6 +128,14 @@ def test_prm_training_reduces_loss_and_writes_a_run(tmp_path, tiny_policy):
     for f in ("config.json", "model.safetensors", "tokenizer.json", "rewardlab_rm.json",
               "trainer_state.pt"):
         assert (ckpt / f).exists(), f
+    # the model card: what it is, its base, its data, its metrics, the command
+    card = (run / "final" / "README.md").read_text()
+    assert "process reward model" in card and f"Base model: `{tiny_policy}`" in card
+    assert f"`{data}`" in card and "0.2 of the rows held out" in card
+    auroc = next(line for line in card.splitlines() if line.startswith("| eval/step_auroc |"))
+    assert float(auroc.split("|")[2]) == pytest.approx(m["eval/step_auroc"], abs=1e-3)
+    assert "## How it was made" in card and "pytest" in card   # this process's command line
+    assert "AutoModelForCausalLM" in card and "Objective: prm; 10 optimizer steps" in card
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, tiny_policy):

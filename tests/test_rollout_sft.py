@@ -81,6 +81,12 @@ def test_sft_lowers_loss(tmp_path):
     from rewardlab.training.metrics import read_metrics
     losses = [r["sft/loss"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl") if "sft/loss" in r]
     assert losses[-1] < 0.6 * losses[0]
+    # a model card beside the final model: base, data, closing metrics, command, usage
+    card = (tmp_path / "c" / "final" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n") and "# rewardlab SFT model" in card
+    assert "Base model: `testbed (tiny, random init)`" in card and "testbed (64 generated" in card
+    assert "| sft/final_loss |" in card and "## How it was made" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card
 
 
 def test_token_logprobs_by_hand_and_entropy_without_grad():

@@ -171,17 +171,19 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
 
 
 def load_model_and_tokenizer(name_or_path: str | Path, dtype: str = "auto", device: str = "auto",
-                             trust_remote_code: bool = False, model_class=None):
+                             trust_remote_code: bool = False, model_class=None, **model_kwargs):
     """Load ``(model, tokenizer)`` from a hub id or local directory.
 
-    ``model_class`` defaults to ``AutoModelForCausalLM``; reward models pass their own class."""
+    ``model_class`` defaults to ``AutoModelForCausalLM``; reward models pass their own class
+    (e.g. ``AutoModelForTokenClassification``) and config overrides in ``model_kwargs``
+    (``num_labels=2``), both handed to ``from_pretrained``."""
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
     cls = model_class or AutoModelForCausalLM
     tok = load_tokenizer(name_or_path, trust_remote_code)
     model = cls.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype, dev),
-                                trust_remote_code=trust_remote_code)
+                                trust_remote_code=trust_remote_code, **model_kwargs)
     model.to(dev)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id

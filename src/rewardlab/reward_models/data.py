@@ -10,6 +10,11 @@ policy's prompts) and no EOS. The K tags are found by token id after tokenising 
 a tag that the tokenizer merges with its neighbours (so that it is not one token of the tag's id
 at every step end) is refused with a ValueError, as is a step or question that contains the tag.
 
+Two more PRM layouts read public PRMs as they were trained: ``trl`` (TRL ``PRMTrainer``: BOS,
+the question, then every step followed by the separator ``"\\n"``, read at the separator;
+:func:`encode_prm_trl`) and ``qwen`` (Qwen2.5-Math-PRM: the chat template, the steps joined and
+ended by ``<extra_0>``; :func:`encode_prm_chat`).
+
 **ORM / Bradley–Terry layout**: ``question + "\\n" + "\\n".join(steps)`` (the policy's prompt and
 response, without EOS); the score is read at the last token.
 
@@ -107,11 +112,7 @@ def encode_prm(tokenizer, question: str, steps: Sequence[str], tag: str, tag_id:
     Raises ValueError when a step or the question contains the tag, or when the tag does not come
     out as one token of id ``tag_id`` at every step end (the tokenizer merged it with its
     neighbours)."""
-    if tag in question:
-        raise ValueError(f"the question contains the step tag {tag!r}; choose another tag")
-    for k, step in enumerate(steps):
-        if tag in step:
-            raise ValueError(f"step {k + 1} contains the step tag {tag!r}; choose another tag")
+    _check_no_tag(question, steps, tag)
     text, spans = prm_text(question, steps, tag)
     ids, offsets = _tokenize(tokenizer, text)
     positions = [i for i, t in enumerate(ids) if t == tag_id]
@@ -126,6 +127,58 @@ def encode_prm(tokenizer, question: str, steps: Sequence[str], tag: str, tag_id:
             "tokenizer.add_special_tokens, or a tag with a leading space such as ' ки')")
     n_prompt = _count_prompt_tokens(tokenizer, question, ids, offsets)
     return Encoded(ids, positions, n_prompt)
+
+
+def _check_no_tag(question: str, steps: Sequence[str], tag: str) -> None:
+    if tag in question:
+        raise ValueError(f"the question contains the step tag {tag!r}; choose another tag")
+    for k, step in enumerate(steps):
+        if tag in step:
+            raise ValueError(f"step {k + 1} contains the step tag {tag!r}; choose another tag")
+
+
+def encode_prm_trl(tokenizer, question: str, steps: Sequence[str], separator: str = "\n"
+                   ) -> Encoded:
+    """TRL ``PRMTrainer`` layout: ``[BOS] + ids(question) + Σ_k (ids(step_k) + ids(separator))``,
+    each piece tokenised on its own (BOS only when the tokenizer has one, no separator between
+    the question and the first step); step k is read at the LAST token of its separator."""
+    sep = list(tokenizer(separator, add_special_tokens=False)["input_ids"])
+    if not sep:
+        raise ValueError(f"the step separator {separator!r} encodes as no token")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = ([bos] if bos is not None else []) + list(
+        tokenizer(question, add_special_tokens=False)["input_ids"])
+    n_prompt = len(ids)
+    positions = []
+    for step in steps:
+        ids += list(tokenizer(step, add_special_tokens=False)["input_ids"]) + sep
+        positions.append(len(ids) - 1)
+    return Encoded(ids, positions, n_prompt)
+
+
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+"""The system prompt Qwen2.5-Math-PRM is used with."""
+
+
+def encode_prm_chat(tokenizer, question: str, steps: Sequence[str], tag: str, tag_id: int,
+                    system: str = QWEN_PRM_SYSTEM) -> Encoded:
+    """Qwen2.5-Math-PRM layout: the tokenizer's chat template over a system message, the
+    question as the user turn and ``tag.join(steps) + tag`` as the assistant turn; step k is
+    read at the k-th tag token. Raises ValueError without a chat template or when the tags do not
+    come out as K tokens of id ``tag_id``."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the qwen PRM layout needs a tokenizer with a chat template")
+    _check_no_tag(question, steps, tag)
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": "".join(s + tag for s in steps)}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    positions = [i for i, t in enumerate(ids) if t == tag_id]
+    if len(positions) != len(steps):
+        raise ValueError(f"the step tag {tag!r} (token id {tag_id}) came out {len(positions)} "
+                         f"times for {len(steps)} steps in the chat-formatted text")
+    return Encoded(ids, positions, positions[0] if positions else len(ids))
 
 
 def encode_plain(tokenizer, question: str, steps: Sequence[str]) -> Encoded:

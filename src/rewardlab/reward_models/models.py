@@ -1,23 +1,33 @@
 """Reward models: ORM, PRM (LM-head and head forms) and Bradley–Terry, with one scoring API.
 
-Every reward model is a causal-LM backbone (``AutoModelForCausalLM``) plus, where needed, a small
-head of our own, read from the backbone's last hidden states h (B, L, H):
+Every reward model is a standard Hugging Face model, read through its backbone's last hidden
+states h (B, L, H):
 
-- ``orm``  (:class:`OutcomeRM`): scalar head ``nn.Linear(H, 1)``; score = σ(head(h_last)) at the
-  last non-padding token. Trained with BCE on every solution token (or the last one).
-- ``bt``   (:class:`BradleyTerryRM`): the same scalar head; score = the raw scalar r at the last
+- ``orm``  (:class:`OutcomeRM`): a ``*ForSequenceClassification`` model with ``num_labels=1``;
+  its head ``score`` (``nn.Linear(H, 1)``, no bias) gives the logit; score = σ(logit) at the last
+  non-padding token. Trained with BCE on every solution token (or the last one).
+- ``bt``   (:class:`BradleyTerryRM`): the same model; score = the raw logit r at the last
   token. Trained with −log σ(r_c − r_r − m) + c·(r_c + r_r)².
-- ``prm``  (:class:`ProcessRM`): a step tag after every step (layout in
+- ``prm``  (:class:`ProcessRM`): a step tag after every step (layouts in
   :mod:`rewardlab.reward_models.data`); at each tag, pair logits z = (z_bad, z_good) are read and
-  p_k = softmax(z)[1] = P('+'). Form ``lm`` (Math-Shepherd, seed blog): z = the LM logits of the
-  label tokens ('-', '+'), i.e. h·W_U[[bad, good]]ᵀ — no new parameters. Form ``head``
-  (Qwen2.5-Math-PRM, TRL PRMTrainer): z = a 2-class token-classification head ``nn.Linear(H, 2)``.
-  All K step scores come from ONE forward pass over the tagged text; the solution score is
-  product (default), min or last of p_1..p_K (K = 0 scores 1.0).
+  p_k = softmax(z)[1] = P('+'). Form ``lm`` (Math-Shepherd, seed blog): a causal LM,
+  z = the LM logits of the label tokens ('-', '+'), i.e. h·W_U[[bad, good]]ᵀ — no new
+  parameters. Form ``head`` (Qwen2.5-Math-PRM, TRL PRMTrainer): a ``*ForTokenClassification``
+  model with 2 labels (0 = bad, 1 = good), z = its head ``score``. All K step scores come from
+  ONE forward pass over the tagged text; the solution score is product (default), min or last
+  of p_1..p_K (K = 0 scores 1.0).
 
 Saved layout (``RewardModel.save_pretrained(dir)``, reloaded by :func:`load_reward_model`):
-the backbone and tokenizer in Hugging Face format, ``rm_head.safetensors`` (the head, if any) and
-``rewardlab_rm.json`` (kind, form, tag, labels, aggregation).
+a checkpoint that the plain transformers Auto class loads with its trained head
+(``AutoModelForTokenClassification`` / ``AutoModelForSequenceClassification`` /
+``AutoModelForCausalLM``), its tokenizer, the spec (kind, form, layout, tag, label tokens,
+aggregation) under ``rewardlab_rm`` in ``config.json`` and in ``rewardlab_rm.json``, and a model
+card ``README.md`` that shows how to score with transformers alone.
+
+Also loaded: directories saved in the first layout (a causal LM plus ``rm_head.safetensors``;
+converted on load, :func:`convert_reward_model` rewrites them), TRL-trained token-classification
+PRMs (layout ``trl``: labels on the ``"\\n"`` after each step) and Qwen2.5-Math-PRM
+(``*ForProcessRewardModel``: tag ``<extra_0>``, chat layout, a 2-layer head).
 
 Scoring::
 
@@ -42,14 +52,22 @@ from rewardlab.io import DataError, write_json
 from rewardlab.models.batching import last_token_index, position_ids_from_mask
 from rewardlab.models.loading import full_precision, load_model_and_tokenizer
 from rewardlab.reward_models.data import (collate_orm, collate_prm, encode_plain, encode_prm,
-                                          Encoded, resolve_token_id)
+                                          encode_prm_chat, encode_prm_trl, Encoded,
+                                          QWEN_PRM_SYSTEM, resolve_token_id)
 from rewardlab.reward_models.losses import aggregate, AGGREGATIONS, step_probs
+from rewardlab.training.modelcard import ModelCard
 
 
 SPEC_FILE = "rewardlab_rm.json"
 HEAD_FILE = "rm_head.safetensors"
+"""The first layout's separate head file (read for conversion, no longer written)."""
+CONFIG_KEY = "rewardlab_rm"
+"""The key of the spec in ``config.json``."""
+FORMAT_VERSION = 2
 KINDS = ("orm", "prm", "bt")
 FORMS = ("lm", "head")
+LAYOUTS = ("rewardlab", "trl", "qwen")
+PRM_ID2LABEL = {0: "bad", 1: "good"}
 
 
 @dataclass
@@ -69,6 +87,13 @@ class RMSpec:
     """LM-head form: the label token of a bad step."""
     aggregation: str = "product"
     """PRM solution score: product | min | last of the step scores."""
+    layout: str = "rewardlab"
+    """PRM text layout: rewardlab (``question\\n step_1 TAG \\n step_2 TAG ...``) | trl (TRL
+    PRMTrainer: BOS, question, every step followed by the separator ``tag``, default ``"\\n"``)
+    | qwen (Qwen2.5-Math-PRM: chat template, steps joined and ended by ``tag``)."""
+    offset: float = 0.0
+    """ORM/BT: a constant added to the head's logit (the bias of a head saved in the first
+    layout; 0 for every model trained now)."""
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -81,17 +106,27 @@ class RMSpec:
             raise ValueError("a PRM needs a non-empty step tag")
         if self.kind == "prm" and self.form == "lm" and self.good_token == self.bad_token:
             raise ValueError("good_token and bad_token must differ")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"PRM layout {self.layout!r} is not one of {list(LAYOUTS)}")
+        if self.layout != "rewardlab" and self.kind != "prm":
+            raise ValueError(f"layout {self.layout!r} is for PRMs; ORM/BT use layout rewardlab")
+        if self.offset and self.kind == "prm":
+            raise ValueError("offset is for ORM/BT reward models")
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "form": self.form, "tag": self.tag,
-                "labels": [self.good_token, self.bad_token], "aggregation": self.aggregation,
-                "format_version": 1}
+        d = {"kind": self.kind, "form": self.form, "tag": self.tag,
+             "labels": [self.good_token, self.bad_token], "aggregation": self.aggregation,
+             "layout": self.layout, "format_version": FORMAT_VERSION}
+        if self.offset:
+            d["offset"] = self.offset
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "RMSpec":
         good, bad = d.get("labels", ["+", "-"])
         spec = cls(kind=d["kind"], form=d.get("form", "lm"), tag=d.get("tag", " ки"),
-                   good_token=good, bad_token=bad, aggregation=d.get("aggregation", "product"))
+                   good_token=good, bad_token=bad, aggregation=d.get("aggregation", "product"),
+                   layout=d.get("layout", "rewardlab"), offset=float(d.get("offset", 0.0)))
         spec.validate()
         return spec
 
@@ -112,25 +147,37 @@ def _hidden_size(backbone) -> int:
 
 
 class RewardModel(nn.Module):
-    """A backbone + head reward model. Subclasses set ``kind`` and implement :meth:`encode`
-    and :meth:`_score_batch`."""
+    """A reward model: a Hugging Face model (``backbone``) read through its last hidden states.
+    Subclasses set ``kind`` and implement :meth:`encode` and :meth:`_score_batch`.
+
+    ``backbone`` is a ``*ForSequenceClassification`` (ORM/BT), ``*ForTokenClassification`` (PRM,
+    head form) or ``*ForCausalLM`` (PRM, LM-head form) model; :attr:`head` is its
+    classification head ``backbone.score`` (None for the LM-head form)."""
 
     kind: str = ""
 
-    def __init__(self, backbone, tokenizer, spec: RMSpec, head: nn.Module | None = None):
+    def __init__(self, backbone, tokenizer, spec: RMSpec):
         super().__init__()
         spec.validate()
         if spec.kind != self.kind:
             raise ValueError(f"{type(self).__name__} is kind {self.kind!r}, "
                              f"spec says {spec.kind!r}")
+        if _uses_head(spec) and not isinstance(getattr(backbone, "score", None), nn.Module):
+            raise ValueError(f"a {spec.kind} reward model needs a classification model "
+                             f"(*ForSequenceClassification / *ForTokenClassification) with a "
+                             f"'score' head, not {type(backbone).__name__}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
-        self.head = head
         self.padding_side = "right"
         """Padding used by :meth:`score` (both sides give the same scores)."""
 
     # -- model ---------------------------------------------------------------------------
+    @property
+    def head(self) -> nn.Module | None:
+        """The classification head (``backbone.score``), or None (LM-head form PRM)."""
+        return self.backbone.score if _uses_head(self.spec) else None
+
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
@@ -147,8 +194,9 @@ class RewardModel(nn.Module):
         return out.last_hidden_state
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
+        head = self.head
         with full_precision(h):   # the head's own dtype, also under bfloat16 autocast
-            return self.head(h.to(self.head.weight.dtype))
+            return head(h.to(next(head.parameters()).dtype))
 
     # -- text -------------------------------------------------------------------------------
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
@@ -187,20 +235,38 @@ class RewardModel(nn.Module):
         raise NotImplementedError
 
     # -- saving -----------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path, **kwargs) -> Path:
-        """Backbone + tokenizer in HF format, the head in safetensors, the spec as JSON."""
-        from safetensors.torch import save_file
-
-
+    def save_pretrained(self, path: str | Path, card: ModelCard | None = None, **kwargs) -> Path:
+        """A standard transformers checkpoint (see the module docstring) with the tokenizer, the
+        spec (``config.json`` → ``rewardlab_rm``, and ``rewardlab_rm.json``) and a model card
+        ``README.md`` (``card``, or one made from the spec alone)."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
+        cfg = self.backbone.config
+        setattr(cfg, CONFIG_KEY, self.spec.to_json())
+        if _uses_head(self.spec) and self.spec.kind == "prm":
+            cfg.id2label, cfg.label2id = dict(PRM_ID2LABEL), {v: k for k, v in PRM_ID2LABEL.items()}
+        if getattr(cfg, "pad_token_id", None) is None:
+            cfg.pad_token_id = self.tokenizer.pad_token_id
         self.backbone.save_pretrained(str(out), **kwargs)
         self.tokenizer.save_pretrained(str(out))
-        if self.head is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                      str(out / HEAD_FILE))
+        (out / HEAD_FILE).unlink(missing_ok=True)   # a stale first-layout head would be misread
         write_json(out / SPEC_FILE, self.spec.to_json())
+        (card or self.model_card()).write(out)
         return out
+
+    def model_card(self, base: str | None = None, data: Sequence[str] = (),
+                   metrics: dict | None = None, command: str | None = None) -> ModelCard:
+        """This model's card: what it is, the input layout, and transformers-only usage."""
+        return reward_model_card(self.spec, base or _base_name(self.backbone), list(data),
+                                 dict(metrics or {}), command)
+
+
+def _uses_head(spec: RMSpec) -> bool:
+    return not (spec.kind == "prm" and spec.form == "lm")
+
+
+def _base_name(backbone) -> str | None:
+    return getattr(backbone.config, "_name_or_path", None) or getattr(backbone, "name_or_path", None)
 
 
 class _ScalarRM(RewardModel):
@@ -210,8 +276,9 @@ class _ScalarRM(RewardModel):
         return encode_plain(self.tokenizer, question, steps)
 
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scalar head at every position, (B, L) float32."""
-        return self._head(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
+        """Scalar head at every position (+ the spec's offset), (B, L) float32."""
+        z = self._head(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
+        return z + self.spec.offset if self.spec.offset else z
 
     def sequence_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
@@ -250,18 +317,24 @@ class ProcessRM(RewardModel):
 
     kind = "prm"
 
-    def __init__(self, backbone, tokenizer, spec: RMSpec, head: nn.Module | None = None):
-        super().__init__(backbone, tokenizer, spec, head)
-        self.tag_id = resolve_token_id(tokenizer, spec.tag, "step tag")
+    def __init__(self, backbone, tokenizer, spec: RMSpec):
+        super().__init__(backbone, tokenizer, spec)
+        if spec.layout == "trl":   # the separator need not be one token: read at its last one
+            sep = tokenizer(spec.tag, add_special_tokens=False)["input_ids"]
+            if not sep:
+                raise ValueError(f"the step separator {spec.tag!r} encodes as no token")
+            self.tag_id = int(sep[-1])
+        else:
+            self.tag_id = resolve_token_id(tokenizer, spec.tag, "step tag")
         if spec.form == "lm":
-            if head is not None:
-                raise ValueError("the LM-head form PRM has no separate head")
             self.good_id = resolve_token_id(tokenizer, spec.good_token, "good label token")
             self.bad_id = resolve_token_id(tokenizer, spec.bad_token, "bad label token")
-        elif head is None:
-            raise ValueError("the head form PRM needs a 2-class head")
 
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
+        if self.spec.layout == "trl":
+            return encode_prm_trl(self.tokenizer, question, steps, self.spec.tag)
+        if self.spec.layout == "qwen":
+            return encode_prm_chat(self.tokenizer, question, steps, self.spec.tag, self.tag_id)
         return encode_prm(self.tokenizer, question, steps, self.spec.tag, self.tag_id)
 
     def pair_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -307,14 +380,68 @@ for _cls in (OutcomeRM, ProcessRM, BradleyTerryRM):
     register_rm(_cls)
 
 
+# --------------------------------------------------------------------------------------------
+# Building, loading, converting
+
+
+def _auto_class(spec: RMSpec):
+    """The transformers Auto class of a reward model of this spec."""
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
+    if spec.kind == "prm":
+        return AutoModelForCausalLM if spec.form == "lm" else AutoModelForTokenClassification
+    return AutoModelForSequenceClassification
+
+
+def _class_kwargs(spec: RMSpec) -> dict:
+    """Config overrides for ``from_pretrained`` of the Auto class."""
+    if not _uses_head(spec):
+        return {}
+    if spec.kind == "prm":
+        return {"num_labels": 2, "id2label": dict(PRM_ID2LABEL),
+                "label2id": {v: k for k, v in PRM_ID2LABEL.items()}}
+    return {"num_labels": 1}
+
+
+def _load_backbone(path: str | Path, spec: RMSpec, dtype: str, device: str,
+                   trust_remote_code: bool):
+    """(backbone, tokenizer) through the spec's Auto class; a head-form backbone keeps its head
+    in float32 (scores that are compared or differenced) and has a pad token in its config."""
+    try:
+        backbone, tok = load_model_and_tokenizer(path, dtype, device, trust_remote_code,
+                                                 model_class=_auto_class(spec),
+                                                 **_class_kwargs(spec))
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        raise ValueError(f"the architecture of {path} has no {_auto_class(spec).__name__} class "
+                         f"in transformers, which a {spec.kind} reward model"
+                         f"{' (head form)' if spec.kind == 'prm' else ''} needs"
+                         + ("; use form=lm" if spec.kind == "prm" else "")) from None
+    if _uses_head(spec):
+        backbone.score.to(torch.float32)
+        if getattr(backbone.config, "pad_token_id", None) is None:
+            backbone.config.pad_token_id = tok.pad_token_id
+    return backbone, tok
+
+
 def _new_head(spec: RMSpec, hidden: int) -> nn.Module | None:
-    """Scalar head (orm/bt) or 2-class head (prm head form), init N(0, 1/(H+1)) and bias 0."""
-    if spec.kind == "prm" and spec.form == "lm":
+    """Scalar head (orm/bt, no bias, as ``*ForSequenceClassification``) or 2-class head (prm
+    head form), init N(0, 1/(H+1)) and bias 0."""
+    if not _uses_head(spec):
         return None
-    head = nn.Linear(hidden, 2 if spec.kind == "prm" else 1)
+    head = nn.Linear(hidden, 2 if spec.kind == "prm" else 1, bias=spec.kind == "prm")
     nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))
-    nn.init.zeros_(head.bias)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
     return head
+
+
+def _set_head(backbone, head: nn.Module) -> None:
+    """Copy ``head``'s parameters into ``backbone.score`` (same shapes)."""
+    with torch.no_grad():
+        for name, p in backbone.score.named_parameters():
+            p.copy_(getattr(head, name).to(p.device, p.dtype))
 
 
 def ensure_single_token(tokenizer, backbone, text: str) -> bool:
@@ -335,17 +462,19 @@ def ensure_single_token(tokenizer, backbone, text: str) -> bool:
 def build_reward_model(base: str | Path, spec: RMSpec, device: str = "auto", dtype: str = "float32",
                        add_missing_tokens: bool = True, trust_remote_code: bool = False,
                        seed: int | None = None) -> RewardModel:
-    """A fresh reward model on top of a causal LM (a hub id or a saved policy directory).
+    """A fresh reward model on top of a causal LM (a hub id or a saved policy directory): the
+    backbone is loaded through the spec's Auto class (``*ForTokenClassification`` /
+    ``*ForSequenceClassification`` / ``*ForCausalLM``) and a head gets a fresh seeded init.
 
     For a PRM the step tag (and, in LM-head form, the label tokens) must be single tokens; with
     ``add_missing_tokens`` those that are not are added as special tokens and the embeddings are
     resized (the seed blog's ``<|prm_label|>``)."""
 
     spec.validate()
-    backbone, tok = load_model_and_tokenizer(base, dtype, device, trust_remote_code)
+    backbone, tok = _load_backbone(base, spec, dtype, device, trust_remote_code)
     if seed is not None:
         torch.manual_seed(seed)
-    if spec.kind == "prm":
+    if spec.kind == "prm" and spec.layout != "trl":
         needed = [spec.tag] + ([spec.good_token, spec.bad_token] if spec.form == "lm" else [])
         for text in needed:
             if add_missing_tokens:
@@ -354,8 +483,8 @@ def build_reward_model(base: str | Path, spec: RMSpec, device: str = "auto", dty
                 resolve_token_id(tok, text, "token")
     head = _new_head(spec, _hidden_size(backbone))
     if head is not None:
-        head.to(backbone.device)
-    return RM_CLASSES[spec.kind](backbone, tok, spec, head)
+        _set_head(backbone, head)
+    return RM_CLASSES[spec.kind](backbone, tok, spec)
 
 
 def lm_prm_spec(tag: str, good_token: str = "+", bad_token: str = "-") -> RMSpec:
@@ -367,13 +496,58 @@ def lm_prm_spec(tag: str, good_token: str = "+", bad_token: str = "-") -> RMSpec
     return spec
 
 
+def _read_config(d: Path) -> dict:
+    try:
+        return json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_qwen_prm(config: dict) -> bool:
+    return any(str(a).endswith("ForProcessRewardModel") for a in config.get("architectures") or [])
+
+
+def _is_token_classifier(config: dict) -> bool:
+    # transformers writes no id2label for its default of 2 labels
+    n = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+    return n == 2 and any(str(a).endswith("ForTokenClassification")
+                          for a in config.get("architectures") or [])
+
+
+def detect_spec(path: str | Path) -> RMSpec | None:
+    """The spec of the reward model saved in ``path``, or None when it is none we recognise:
+    rewardlab's (``config.json`` → ``rewardlab_rm``, or ``rewardlab_rm.json``), Qwen2.5-Math-PRM
+    (``*ForProcessRewardModel``: tag ``<extra_0>``, qwen layout) or a 2-label token classifier,
+    read as a TRL PRMTrainer model (labels on the ``"\\n"`` after each step)."""
+    d = Path(path)
+    config = _read_config(d)
+    for raw in (config.get(CONFIG_KEY), _read_json(d / SPEC_FILE)):
+        if raw:
+            return RMSpec.from_json(raw)
+    if _is_qwen_prm(config):
+        return RMSpec(kind="prm", form="head", tag="<extra_0>", layout="qwen")
+    if _is_token_classifier(config):
+        return RMSpec(kind="prm", form="head", tag="\n", layout="trl")
+    return None
+
+
+def _read_json(p: Path):
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
 def saved_reward_model_dir(path: str | Path) -> Path:
-    """The directory holding a reward model saved by rewardlab: ``path`` or, for a ``train-rm``
-    run directory, ``path/final``. Raises DataError for anything else (before any model loads)."""
+    """The directory holding a reward model: ``path`` or, for a ``train-rm`` run directory,
+    ``path/final`` (one saved by rewardlab, a TRL token-classification PRM or a
+    Qwen2.5-Math-PRM). Raises DataError for anything else (before any model loads)."""
 
     p = Path(path)
     for d in (p, p / "final"):
         if (d / SPEC_FILE).exists():
+            return d
+        config = _read_config(d)
+        if config.get(CONFIG_KEY) or _is_qwen_prm(config) or _is_token_classifier(config):
             return d
     if not p.is_dir():
         raise DataError(p, "reward-model directory not found")
@@ -383,28 +557,196 @@ def saved_reward_model_dir(path: str | Path) -> Path:
                        "spec=RMSpec(tag=...))")
 
 
+def _score_tensors(d: Path) -> dict[str, torch.Tensor]:
+    """Every ``score.*`` tensor of the safetensors weights in ``d`` (prefix dropped)."""
+    from safetensors import safe_open
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k.startswith("score."):
+                    out[k[len("score."):]] = st.get_tensor(k)
+    return out
+
+
 def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "auto",
                       spec: RMSpec | None = None, trust_remote_code: bool = False) -> RewardModel:
-    """Reload a reward model saved by :meth:`RewardModel.save_pretrained` (``from_pretrained``
-    of the backbone and tokenizer, the head from safetensors). A ``train-rm`` run directory
-    loads its ``final/`` model. ``spec`` lets a plain causal LM be used as an LM-head PRM
+    """Load a reward model: one saved by :meth:`RewardModel.save_pretrained` (a ``train-rm`` run
+    directory loads its ``final/`` model), one saved in the first layout (converted on load), a
+    TRL-trained token-classification PRM or a Qwen2.5-Math-PRM (see :func:`detect_spec`).
+    ``spec`` overrides what the files say; it lets a plain causal LM be used as an LM-head PRM
     (e.g. Math-Shepherd: ``RMSpec(tag=" ки")``)."""
     from safetensors.torch import load_file
 
 
-    p = Path(path)
+    p = _local_dir(path)
     if spec is None:
         p = saved_reward_model_dir(p)
         try:
-            spec = RMSpec.from_json(json.loads((p / SPEC_FILE).read_text()))
+            spec = detect_spec(p)
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(p / SPEC_FILE, f"unreadable reward-model spec: {e}") from None
+        if spec is None:   # pragma: no cover - saved_reward_model_dir refused it already
+            raise DataError(p, "not a reward model")
     spec.validate()
-    backbone, tok = load_model_and_tokenizer(p, dtype, device, trust_remote_code)
-    head = _new_head(spec, _hidden_size(backbone))
-    if head is not None:
-        if not (p / HEAD_FILE).exists():
-            raise DataError(p, f"missing {HEAD_FILE} for a {spec.kind} reward model")
-        head.load_state_dict(load_file(str(p / HEAD_FILE)))
-        head.to(backbone.device)
-    return RM_CLASSES[spec.kind](backbone, tok, spec, head)
+    backbone, tok = _load_backbone(p, spec, dtype, device, trust_remote_code)
+    legacy = _uses_head(spec) and (p / HEAD_FILE).exists() and not _read_config(p).get(CONFIG_KEY)
+    if legacy:   # first layout: a causal LM + rm_head.safetensors (weight, bias)
+        state = load_file(str(p / HEAD_FILE))
+        bias = state.get("bias")
+        if spec.kind != "prm" and bias is not None:
+            spec = RMSpec(**{**spec.__dict__, "offset": float(bias.reshape(-1)[0])})
+            state = {"weight": state["weight"]}
+        backbone.score.load_state_dict(state)
+    elif _uses_head(spec):
+        state = _score_tensors(p)
+        if {"0.weight", "2.weight"} <= state.keys():   # Qwen2.5-Math-PRM: Linear, ReLU, Linear
+            h = _hidden_size(backbone)
+            mlp = nn.Sequential(nn.Linear(h, h), nn.ReLU(),
+                                nn.Linear(h, state["2.weight"].shape[0]))
+            mlp.load_state_dict(state)
+            backbone.score = mlp.to(backbone.device, torch.float32)
+        else:   # the head as saved (float32), also when the backbone loads in bf16
+            want = backbone.score.state_dict()
+            if state.keys() == want.keys() and all(state[k].shape == want[k].shape for k in want):
+                backbone.score.load_state_dict(state)
+    return RM_CLASSES[spec.kind](backbone, tok, spec)
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+"""What :func:`load_reward_model` fetches of a hub repository (config, weights, tokenizer)."""
+
+
+def _local_dir(path: str | Path) -> Path:
+    """``path``, or for a hub id (``owner/name`` that is no local path) its local snapshot of
+    :data:`HUB_FILES`, so that a hub reward model is recognised like a directory. Falls back to
+    ``path`` itself (offline, no such repository, weights not in safetensors)."""
+    p = Path(path)
+    parts = str(path).split("/")
+    if p.exists() or len(parts) != 2 or not all(parts) or str(path).startswith((".", "~")):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+        d = Path(snapshot_download(str(path), allow_patterns=HUB_FILES))
+    except Exception:   # noqa: BLE001 - any hub failure: let from_pretrained report it
+        return p
+    return d if any(d.glob("*.safetensors")) else p
+
+
+def convert_reward_model(src: str | Path, dst: str | Path, device: str = "cpu") -> Path:
+    """Rewrite a reward model in the current layout (e.g. one saved in the first layout, or a
+    TRL / Qwen PRM with its spec recorded): load it, then save it to ``dst``. Scores are
+    unchanged. (What a ``rewardlab convert SRC DST`` command would run.)"""
+    rm = load_reward_model(src, device, dtype="float32")
+    return rm.save_pretrained(dst)
+
+
+# --------------------------------------------------------------------------------------------
+# Model cards
+
+
+_PRM_READ = {
+    "head": ("AutoModelForTokenClassification",
+             "p = model(ids).logits[0].softmax(-1)[:, 1]              # P(good) at every token"),
+    "lm": ("AutoModelForCausalLM",
+           "good, bad = (tok.encode(t, add_special_tokens=False)[0] for t in spec[\"labels\"])\n"
+           "p = model(ids).logits[0][:, [bad, good]].softmax(-1)[:, 1]  # P(good) at every token"),
+}
+
+
+def _usage(spec: RMSpec) -> tuple[str, str]:
+    """(transformers Auto class, a snippet that scores ``question``/``steps`` into ``scores``)."""
+    head = ["import torch",
+            "from transformers import AutoTokenizer, {cls}",
+            "",
+            "path = \".\"   # this directory, or its hub id",
+            "tok = AutoTokenizer.from_pretrained(path)",
+            "model = {cls}.from_pretrained(path, dtype=torch.float32).eval()",
+            "spec = model.config.rewardlab_rm",
+            "question = \"sam has 3 apples . buys 4 more . how many apples ?\"",
+            "steps = [\"3 + 4 = 7\", \"#### 7\"]"]
+    if spec.kind != "prm":
+        cls = "AutoModelForSequenceClassification"
+        last = ("score = torch.sigmoid(logit).item()   # P(correct)" if spec.kind == "orm"
+                else "score = logit.item()                   # Bradley-Terry reward")
+        body = ["text = question + \"\\n\" + \"\\n\".join(steps)",
+                "ids = tok(text, add_special_tokens=False, return_tensors=\"pt\").input_ids",
+                "with torch.no_grad():",
+                "    logit = model(ids).logits[0, 0] + spec.get(\"offset\", 0.0)",
+                last]
+    else:
+        cls, read = _PRM_READ[spec.form]
+        read = read.replace("\n", "\n    ")
+        if spec.layout == "trl":
+            body = ["sep = tok(spec[\"tag\"], add_special_tokens=False).input_ids",
+                    "ids, reads = ([tok.bos_token_id] if tok.bos_token_id is not None else []), []",
+                    "ids += tok(question, add_special_tokens=False).input_ids",
+                    "for s in steps:",
+                    "    ids += tok(s, add_special_tokens=False).input_ids + sep",
+                    "    reads.append(len(ids) - 1)",
+                    "ids = torch.tensor([ids])"]
+        elif spec.layout == "qwen":
+            body = [f"msgs = [{{\"role\": \"system\", \"content\": {QWEN_PRM_SYSTEM!r}}},",
+                    "        {\"role\": \"user\", \"content\": question},",
+                    "        {\"role\": \"assistant\", \"content\": \"\".join(s + spec[\"tag\"] for s in steps)}]",
+                    "text = tok.apply_chat_template(msgs, tokenize=False)",
+                    "ids = tok(text, add_special_tokens=False, return_tensors=\"pt\").input_ids",
+                    "tag_id = tok.encode(spec[\"tag\"], add_special_tokens=False)[0]",
+                    "reads = (ids[0] == tag_id).nonzero().flatten()"]
+        else:
+            body = ["tag = spec[\"tag\"]",
+                    "text = question + \"\\n\" + \"\\n\".join(s + tag for s in steps)",
+                    "ids = tok(text, add_special_tokens=False, return_tensors=\"pt\").input_ids",
+                    "tag_id = tok.encode(tag, add_special_tokens=False)[0]",
+                    "reads = (ids[0] == tag_id).nonzero().flatten()   # one tag per step"]
+        agg = {"product": "math.prod(step_scores)", "min": "min(step_scores, default=1.0)",
+               "last": "(step_scores or [1.0])[-1]"}[spec.aggregation]
+        body += ["with torch.no_grad():",
+                 f"    {read}",
+                 "step_scores = p[reads].tolist()                  # p_1..p_K",
+                 f"score = {agg}"]
+        head = ["import math"] + head
+    return cls, "\n".join([line.format(cls=cls) for line in head] + body)
+
+
+def reward_model_card(spec: RMSpec, base: str | None = None, data: Sequence[str] = (),
+                      metrics: dict | None = None, command: str | None = None) -> ModelCard:
+    """The model card of a reward model of ``spec`` (see :class:`ModelCard`)."""
+    cls, usage = _usage(spec)
+    if spec.kind == "prm":
+        what = ("process reward model (PRM): it scores every step of a solution, "
+                "p_k = P(step k is good | the question and steps 1..k)")
+        form = (f"form `head`: a 2-label token classifier (`{cls}`, labels 0 = bad, 1 = good), "
+                "p_k = softmax(logits)[1] at the step's tag" if spec.form == "head" else
+                f"form `lm`: a causal LM (`{cls}`); p_k = softmax over the LM logits of the label "
+                f"tokens {spec.bad_token!r} (bad) and {spec.good_token!r} (good) at the step's tag")
+        layout = {"rewardlab": f"`question + \"\\n\" + step_1 + TAG + \"\\n\" + step_2 + TAG ...` "
+                               "with no BOS; the score is read at each TAG",
+                  "trl": "TRL PRMTrainer: BOS, the question, then each step followed by the "
+                         "separator TAG (each piece tokenised alone); read at the separator's "
+                         "last token",
+                  "qwen": "the chat template: the question as the user turn, the steps joined "
+                          "and ended by TAG as the assistant turn; read at each TAG"}[spec.layout]
+        details = [form, f"Step tag (TAG): `{spec.tag!r}`; input layout: {layout}",
+                   f"Solution score: the {spec.aggregation} of the step scores"]
+        tags, pipeline = ["rewardlab", "reward-model", "process-reward-model"], (
+            "token-classification" if spec.form == "head" else "text-generation")
+    else:
+        what = ("outcome reward model (ORM): P(the final answer is correct) for a whole solution"
+                if spec.kind == "orm" else
+                "Bradley–Terry reward model: a scalar reward, higher for preferred solutions")
+        details = [f"`{cls}` with `num_labels=1`; the logit is read at the last token",
+                   "Input layout: `question + \"\\n\" + \"\\n\".join(steps)`, no BOS, no EOS",
+                   ("Score: sigmoid(logit)" if spec.kind == "orm" else "Score: the logit")
+                   + (f"; add {spec.offset:.6g} to the logit (the head's bias, which "
+                      f"`{cls}` has no place for)" if spec.offset else "")]
+        tags, pipeline = ["rewardlab", "reward-model",
+                          "outcome-reward-model" if spec.kind == "orm" else "bradley-terry"], \
+            "text-classification"
+    details.append("Settings: `config.json` → `rewardlab_rm` (also in `rewardlab_rm.json`); "
+                   "`rewardlab.reward_models.models.load_reward_model(path)` loads it with them")
+    return ModelCard(title=f"rewardlab {spec.kind.upper()} reward model",
+                     summary=f"A {what}, trained with rewardlab. Plain transformers loads it with "
+                             f"`{cls}` and its trained head.",
+                     base=base, data=list(data), metrics=dict(metrics or {}), command=command,
+                     details=details, usage=usage, tags=tags, pipeline_tag=pipeline)

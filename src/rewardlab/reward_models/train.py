@@ -41,6 +41,7 @@ from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.checkpoint import check_finite_weights
 from rewardlab.training.distributed import Dist
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
+from rewardlab.training.modelcard import numeric_metrics
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
 
 
@@ -106,6 +107,10 @@ class RMTrainConfig:
     """PRM LM-head form: label token of a bad step."""
     aggregation: Literal["product", "min", "last"] = "product"
     """PRM solution score saved with the model: product | min | last of the step scores."""
+    layout: Literal["rewardlab", "trl", "qwen"] = "rewardlab"
+    """PRM text layout: rewardlab (``question\\n step TAG\\n step TAG``) | trl (TRL PRMTrainer's:
+    BOS, question, each step followed by the separator ``tag``, e.g. ``tag="\\n"``; a model
+    TRL's users read as they read their own) | qwen (Qwen2.5-Math-PRM's chat layout)."""
     orm_loss: Literal["all", "last"] = "all"
     """ORM: BCE on every solution token (all) or on the last token only (last)."""
     margin: float = 0.0
@@ -134,6 +139,9 @@ class RMTrainConfig:
     max_bad_steps: int = 3
     """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    push_to_hub: str | None = None
+    """Upload the final model (with its card) to this Hugging Face Hub repo (``owner/name``)
+    when the run finishes; the token is huggingface_hub's (``HF_TOKEN`` or a login)."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
     Without it, an ``out`` holding a run made with a different config is refused (the error lists
@@ -156,7 +164,7 @@ class RMTrainConfig:
 
     def spec(self) -> RMSpec:
         return RMSpec(kind=self.kind, form=self.form, tag=self.tag, good_token=self.good_token,
-                      bad_token=self.bad_token, aggregation=self.aggregation)
+                      bad_token=self.bad_token, aggregation=self.aggregation, layout=self.layout)
 
     @property
     def objective(self) -> str:
@@ -463,10 +471,28 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     if ev:
         eng.log(stop, ev)
     eng.close()
-    if finished:
-        check_finite_weights(rm, what="final model")
-        rm.save_pretrained(eng.out / "final")
-    return eng.summary("rm_summary.json", {
+    summary = {
         **last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),
         "rm/steps": float(stop), "rm/total_steps": float(total), "rm/finished": float(finished),
-        "rm/n_train": float(len(items)), "rm/skipped_long": float(skipped), "rm/wall_s": eng.wall_s})
+        "rm/n_train": float(len(items)), "rm/skipped_long": float(skipped), "rm/wall_s": eng.wall_s}
+    if finished:
+        check_finite_weights(rm, what="final model")
+        if dist.is_main:
+            rm.save_pretrained(eng.out / "final", card=_card(rm, cfg, summary))
+        dist.barrier()
+    return eng.summary("rm_summary.json", summary)
+
+
+def _card(rm: RewardModel, cfg: RMTrainConfig, summary: dict):
+    """The final model's card: its base, data, held-out metrics and the command."""
+    base = f"testbed ({cfg.size}, random init, seed {cfg.seed})" if cfg.base == "testbed" \
+        else cfg.base
+    data = list(cfg.data) + [f"{d} (held out)" for d in cfg.eval_data]
+    if not cfg.eval_data and cfg.eval_split > 0:
+        data.append(f"{cfg.eval_split:g} of the rows held out for evaluation (seed {cfg.seed})")
+    metrics = numeric_metrics(summary, ("eval/", "rm/final_loss", "rm/steps", "rm/n_train"))
+    card = rm.model_card(base=base, data=data, metrics=metrics)
+    card.details.append(f"Objective: {cfg.objective}; {int(summary['rm/steps'])} optimizer steps, "
+                        f"batch {cfg.batch_size} x {cfg.grad_accum}, lr {cfg.lr:g}; the full "
+                        "settings are in the run's config.yaml")
+    return card

@@ -73,6 +73,9 @@ class SFTConfig:
     max_bad_steps: int = 3
     """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    push_to_hub: str | None = None
+    """Upload the final model (with its card) to this Hugging Face Hub repo (``owner/name``)
+    when the run finishes; the token is huggingface_hub's (``HF_TOKEN`` or a login)."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
     Without it, an ``out`` holding a run made with a different config is refused (the error lists

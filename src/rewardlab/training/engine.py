@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ from rewardlab.training.checkpoint import (check_finite_state, check_finite_weig
                                            TrainingDivergedError)
 from rewardlab.training.distributed import Dist, is_sharded, to_float
 from rewardlab.training.metrics import MetricsLogger
+from rewardlab.training.hub import push_to_hub
+from rewardlab.training.modelcard import ModelCard, numeric_metrics
 from rewardlab.training.rundir import prepare_run_dir
 
 
@@ -115,6 +118,7 @@ class Engine:
         self.tensorboard = tensorboard
         self.checkpoint: Path | None = latest_checkpoint(self.out) if resume else None
         self.start = 0
+        self._card: ModelCard | None = None   # the final model's card, once it is saved
         self.logger: MetricsLogger | None = None
         self.t0 = time.time()
         self.model = None   # the model :meth:`prepare` sharded (FSDP), for its optimizer state
@@ -220,9 +224,11 @@ class Engine:
         if self.logger is not None:
             self.logger.close()
 
-    def save_final(self, model, tokenizer=None) -> Path:
+    def save_final(self, model, tokenizer=None, card: ModelCard | None = None) -> Path:
         """The trained model (and tokenizer) in Hugging Face format under ``<out>/final``
-        (:class:`TrainingDivergedError` instead when a weight is not finite)."""
+        (:class:`TrainingDivergedError` instead when a weight is not finite), with a model card
+        ``README.md`` (``card``, or :func:`run_card` of this run); :meth:`summary` adds the
+        run's closing metrics to it."""
         final = self.out / "final"
         state_dict = self.dist.full_state_dict(model)   # FSDP: gathered to rank 0
         if state_dict is not None:
@@ -231,6 +237,8 @@ class Engine:
                 save_pretrained_full(model, final, state_dict)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(str(final))
+                self._card = card or run_card(self.name, self.config, final)
+                self._card.write(final)
             self.dist.barrier()
             return final
         check_finite_weights(model, what="final model")
@@ -238,16 +246,34 @@ class Engine:
             model.save_pretrained(str(final))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(final))
+            self._card = card or run_card(self.name, self.config, final)
+            self._card.write(final)
         self.dist.barrier()
         return final
 
     def summary(self, filename: str, metrics: dict) -> dict:
-        """Write the run's closing metrics to ``<out>/<filename>`` (atomically, main process);
-        returns them."""
+        """Write the run's closing metrics to ``<out>/<filename>`` (atomically, main process)
+        and, after :meth:`save_final`, into the final model's card; returns them."""
         if self.dist.is_main:
             write_json(self.out / filename, metrics)
+            if self._card is not None:
+                self._card.metrics = numeric_metrics(metrics)
+                self._card.write(self.out / "final")
+            self.push_final()
         self.dist.barrier()
         return metrics
+
+    def push_final(self) -> str | None:
+        """Upload ``<out>/final`` to the hub repo named by the config's ``push_to_hub`` (when set
+        and the final model exists; :func:`~rewardlab.training.hub.push_to_hub`). Returns the
+        repository URL, or None when there was nothing to push."""
+        repo = getattr(self.config, "push_to_hub", None)
+        final = self.out / "final"
+        if not repo or not (final / "config.json").exists():
+            return None
+        url = push_to_hub(final, str(repo))
+        print(f"{self.name}: pushed {final} to {url}", file=sys.stderr)
+        return url
 
     @property
     def wall_s(self) -> float:
@@ -263,3 +289,70 @@ def quiet_transformers() -> None:
     except Exception:  # pragma: no cover - older versions
         pass
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+_POLICY_USAGE = """\
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained(".")   # this directory, or its hub id
+model = AutoModelForCausalLM.from_pretrained(".")
+ids = tok("sam has 3 apples . buys 4 more . how many apples ?\\n", return_tensors="pt",
+          add_special_tokens=False).input_ids
+print(tok.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:]))
+"""
+
+_ADAPTER_USAGE = """\
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained(".")   # this directory, or its hub id
+model = AutoPeftModelForCausalLM.from_pretrained(".")   # the base model + this LoRA adapter
+"""
+
+
+def _describe_data(data) -> list[str]:
+    """A run's data as card lines (a ``DataConfig``, a list of files, or a string)."""
+    if data is None:
+        return []
+    if isinstance(data, (list, tuple)):
+        return [str(d) for d in data]
+    if isinstance(data, str):
+        return [data]
+    out = [str(p) for p in (getattr(data, "train_path", None),) if p]
+    name = getattr(data, "dataset", None)
+    if name and not out:
+        n = getattr(data, "n_train", None)
+        out.append(f"{name}" + (f" ({n} generated problems)" if name == "testbed" and n else ""))
+    return out
+
+
+def run_card(name: str, config=None, final: Path | None = None) -> ModelCard:
+    """A card for a trainer's final model from what its config says: the base model
+    (``model``/``policy`` ``.name_or_path``, or ``base``), the data and the command."""
+    base = None
+    for attr in ("model", "policy"):
+        sub = getattr(config, attr, None)
+        if getattr(sub, "name_or_path", None):
+            base = str(sub.name_or_path)
+            break
+    base = base or (str(config.base) if getattr(config, "base", None) else None)
+    if base == "testbed":
+        size = getattr(getattr(config, "model", None), "size", None)
+        base = f"testbed ({size + ', ' if size else ''}random init)"
+    adapter = final is not None and (Path(final) / "adapter_config.json").exists()
+    if name == "sft":
+        title, what = "SFT model", "policy fine-tuned with supervised learning on worked solutions"
+    elif getattr(config, "policy", None) is not None:   # the RL trainer names runs by algorithm
+        title, what = "RL model", (f"policy trained with reinforcement learning ({name}) on "
+                                   "rewardlab's reward designs")
+    else:
+        title, what = f"{name} model", f"model trained by rewardlab's {name} trainer"
+    details = [f"Trainer: `{name}`; the full settings are in the run's config.yaml"]
+    if adapter:
+        details.append("This directory holds a LoRA adapter (peft) for the base model")
+    return ModelCard(
+        title=f"rewardlab {title}", summary=f"A {what}.", base=base,
+        data=_describe_data(getattr(config, "data", None)), details=details,
+        usage=_ADAPTER_USAGE if adapter else _POLICY_USAGE,
+        tags=["rewardlab", name], pipeline_tag="text-generation")
+
