@@ -136,3 +136,29 @@ def test_rl_persistent_nan_exits_1_with_one_line(tmp_path, tiny_policy, problems
     assert "3 optimizer steps in a row had a non-finite loss" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert not (tmp_path / "rl" / "final").exists()
+
+
+def test_non_finite_numbers_are_written_as_null_never_as_nan_tokens(tmp_path):
+    import json
+    from rewardlab.io import read_jsonl, write_json, write_jsonl
+    from rewardlab.training.metrics import MetricsLogger
+    write_jsonl(tmp_path / "r.jsonl", [{"score": math.nan, "s": [1.0, math.inf, -math.inf], "ok": 0.5}])
+    write_json(tmp_path / "r.json", {"m": {"loss": math.nan}})
+    text = (tmp_path / "r.jsonl").read_text() + (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert read_jsonl(tmp_path / "r.jsonl") == [{"score": None, "s": [1.0, None, None], "ok": 0.5}]
+    log = MetricsLogger(tmp_path / "run", tensorboard=False)
+    log.log(1, {"loss": math.nan, "lr": 0.1})
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text(), parse_constant=lambda c: 1 / 0)
+    assert row["loss"] is None and row["lr"] == 0.1
+
+
+def test_atomic_files_follow_the_umask(tmp_path):
+    import os
+    from rewardlab.io import write_json
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

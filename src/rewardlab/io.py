@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -105,6 +106,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix + ".tmp", dir=p.parent)
     os.close(fd)
     tmp_p = Path(tmp)
+    os.chmod(tmp_p, 0o666 & ~_umask())   # mkstemp makes 0600; a result file follows the umask
     try:
         yield tmp_p
         os.replace(tmp_p, p)
@@ -114,19 +116,42 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf, which JSON cannot hold) replaced by None,
+    in nested dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kwargs) -> str:
+    """``json.dumps`` of :func:`json_safe` (``obj``): valid JSON, never a NaN or Infinity token."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write rows as JSONL atomically."""
+    """Write rows as JSONL atomically (non-finite numbers as null)."""
     with atomic_path(path) as tmp:
         with tmp.open("w", encoding="utf-8") as f:
             for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(to_json(r, ensure_ascii=False) + "\n")
     return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write one JSON document atomically."""
+    """Write one JSON document atomically (non-finite numbers as null)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(to_json(obj, indent=2, ensure_ascii=False), encoding="utf-8")
     return Path(path)
 
 

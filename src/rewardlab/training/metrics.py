@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rewardlab.io import write_text
+from rewardlab.io import to_json, write_text
 
 
 class MetricsLogger:
@@ -51,7 +51,7 @@ class MetricsLogger:
                 if self.writer is not None and math.isfinite(v):
                     self.writer.add_scalar(k, v, step)
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(to_json(row) + "\n")   # a NaN loss is logged as null: valid JSON
 
     def close(self) -> None:
         if self.writer is not None:
