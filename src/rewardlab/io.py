@@ -7,6 +7,7 @@ the same directory and renames, so a crash never leaves a half-written output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -98,11 +99,32 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (),
     return [row for _, row in iter_jsonl(path, required, types, allow_empty)]
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Raise the OSError that writing ``path`` would meet (it is a directory, a parent is a file,
+    the directory is not writable) before any work is done; returns it as a Path."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(p))
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a part of it is not a directory", str(p))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "permission denied", str(p))
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(p))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):   # a file where a parent directory should be
+        raise NotADirectoryError(errno.ENOTDIR, "a part of it is not a directory", str(p)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix + ".tmp", dir=p.parent)
     os.close(fd)
     tmp_p = Path(tmp)

@@ -37,6 +37,14 @@ def build_app() -> typer.Typer:
     return app
 
 
+def os_error_message(e: OSError) -> str:
+    """``cannot use PATH: reason`` for an OS error on a path the user gave."""
+    what = {PermissionError: "no permission", IsADirectoryError: "it is a directory",
+            NotADirectoryError: "a part of it is not a directory",
+            FileExistsError: "it exists"}.get(type(e), e.strerror or str(e))
+    return f"cannot use {e.filename}: {what}" if e.filename else str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input or config, 1 a diverged run or
     another failure). Errors print as one line, without a traceback."""
@@ -45,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        return 2
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        # an output path the user gave that cannot be written: their error, one line
+        err_console.print(f"[bold red]error:[/] {escape(os_error_message(e))}", soft_wrap=True)
         return 2
     except TrainingDivergedError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
