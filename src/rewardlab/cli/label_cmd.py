@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_new_tokens,
-                                    infer_style, load_policy, load_problems, PRM_TAG_OPTION,
+                                    infer_style, load_policy, load_problems,
+                                    NUM_PROBLEMS_OPTION, PRM_TAG_OPTION,
                                     prompt_function, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
                                     tag_spec)
+from rewardlab.cli.naming import aliased
 from rewardlab.eval.bon import bon_table, run_bon
 from rewardlab.io import DataError, write_jsonl
 from rewardlab.models.loading import load_tokenizer
@@ -76,14 +78,14 @@ def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: in
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sample")
+    @app.command("sample", cls=aliased("sample"))
     def sample(model: str = typer.Option(..., "--model", help="Policy directory or hub id."),
                dataset: str = typer.Option("testbed", "--dataset",
                                            help="testbed | gsm8k | math500 | file.jsonl | hub id"),
                split: str = typer.Option("train", "--split", help="Dataset split."),
                data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
-               limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
-               n: int = typer.Option(4, "--n", min=1, help="Samples per problem."),
+               limit: Optional[int] = NUM_PROBLEMS_OPTION,
+               n: int = typer.Option(4, "--samples", min=1, help="Samples per problem."),
                temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
                max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                             help="Longest response."),
@@ -103,7 +105,7 @@ def register(app: typer.Typer) -> None:
         acc = sum(r["outcome"] for r in rows) / max(len(rows), 1)
         console.print(f"wrote {len(rows)} samples ({acc:.3f} correct) to {escape(str(out))}")
 
-    @app.command("label")
+    @app.command("label", cls=aliased("label"))
     def label(method: str = typer.Option("oracle", "--method", help="oracle | mc | judge"),
               input_: Optional[Path] = typer.Option(None, "--input",
                                                     help="Samples JSONL (from `rewardlab sample`)."),
@@ -113,8 +115,9 @@ def register(app: typer.Typer) -> None:
               dataset: str = typer.Option("testbed", "--dataset", help="Dataset to sample from."),
               split: str = typer.Option("train", "--split", help="Dataset split."),
               data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
-              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
-              n: int = typer.Option(4, "--n", min=1, help="Samples per problem (when sampling)."),
+              limit: Optional[int] = NUM_PROBLEMS_OPTION,
+              n: int = typer.Option(4, "--samples", min=1,
+                                    help="Samples per problem (when sampling)."),
               temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
               max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                            help="Longest response / completion."),
@@ -169,8 +172,8 @@ def register(app: typer.Typer) -> None:
             msg += f", {len(sp)} step pairs to {escape(str(step_pairs))}"
         console.print(msg)
 
-    @app.command("bon")
-    def bon(policy: str = typer.Option(..., "--policy", help="Policy directory or hub id."),
+    @app.command("bon", cls=aliased("bon"))
+    def bon(policy: str = typer.Option(..., "--model", help="Policy directory or hub id."),
             orm: Optional[str] = typer.Option(None, "--orm", help="ORM directory."),
             prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory (with --prm-tag: "
                                               "any causal LM, directory or hub id)."),
@@ -180,8 +183,10 @@ def register(app: typer.Typer) -> None:
                                         help="testbed | gsm8k | math500 | file.jsonl | hub id"),
             split: str = typer.Option("test", "--split", help="Dataset split."),
             data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
-            limit: Optional[int] = typer.Option(100, "--limit", min=1, help="First N problems."),
-            max_n: int = typer.Option(64, "--max-n", min=1, help="Samples per problem."),
+            limit: Optional[int] = typer.Option(100, "--num-problems", "-n", min=1,
+                                                help="Use the first N problems."),
+            max_n: int = typer.Option(64, "--samples", min=1,
+                                      help="Samples per problem (the largest N)."),
             n_trials: int = typer.Option(16, "--n-trials", min=1, help="Random subsets per N."),
             temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
             max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
