@@ -15,6 +15,7 @@ from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_ne
                                     prompt_function, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
                                     tag_spec)
 from rewardlab.cli.naming import aliased
+from rewardlab.data.formats import has_soft_labels, to_trl_preference, to_trl_stepwise
 from rewardlab.eval.bon import bon_table, run_bon
 from rewardlab.io import DataError, write_jsonl
 from rewardlab.models.loading import load_tokenizer
@@ -28,6 +29,7 @@ from rewardlab.reward_models.pipeline import (label_rows, make_pairs, make_step_
 console = Console()
 
 METHODS = ("oracle", "mc", "judge")
+OUT_FORMATS = ("rewardlab", "trl")
 
 
 def step_split_for(style: str) -> str:
@@ -136,13 +138,24 @@ def register(app: typer.Typer) -> None:
               out: Path = typer.Option(Path("rm.jsonl"), "--out", help="Labelled rows (JSONL)."),
               pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write BT pairs."),
               step_pairs: Optional[Path] = typer.Option(None, "--step-pairs",
-                                                        help="Also write step-preference pairs.")
+                                                        help="Also write step-preference pairs."),
+              out_format: str = typer.Option(
+                  "rewardlab", "--format", help="Output rows: rewardlab | trl (TRL's stepwise "
+                  "supervision {prompt, completions, labels}; --pairs as TRL preference "
+                  "{prompt, chosen, rejected}).")
               ) -> None:
         """Label the steps of sampled responses (oracle | Monte-Carlo | LLM judge)."""
 
         style = infer_style(dataset, style)
         if method not in METHODS:
             raise typer.BadParameter(f"--method must be one of {METHODS}, got {method!r}")
+        if out_format not in OUT_FORMATS:
+            raise typer.BadParameter(f"must be one of {OUT_FORMATS}, got {out_format!r}",
+                                     param_hint="--format")
+        if out_format == "trl" and step_pairs is not None:
+            raise typer.BadParameter("TRL has no step-preference format; write --step-pairs "
+                                     "with --format rewardlab", param_hint="--format")
+        trl = out_format == "trl"
         policy = tok = None
         if input_ is not None:
             rows = read_samples(input_)
@@ -160,11 +173,13 @@ def register(app: typer.Typer) -> None:
                                 seed, judge_yes, judge_no, judge_chat, device,
                                 (prompt_template, chat, system))
         rows = label_rows(rows, labeler)
-        write_jsonl(out, rows)
+        write_jsonl(out, [to_trl_stepwise(r) for r in rows] if trl else rows)
         msg = f"wrote {len(rows)} labelled rows to {escape(str(out))}"
+        if trl and has_soft_labels(rows):
+            msg += " (soft labels written as probabilities; TRL's PRMTrainer expects booleans)"
         if pairs is not None:
             bt = make_pairs(rows)
-            write_jsonl(pairs, bt)
+            write_jsonl(pairs, [to_trl_preference(r) for r in bt] if trl else bt)
             msg += f", {len(bt)} BT pairs to {escape(str(pairs))}"
         if step_pairs is not None:
             sp = make_step_pairs(rows)
