@@ -230,3 +230,25 @@ def test_cli_reads_gsm8k_from_the_hub_without_shared_data(monkeypatch, tmp_path,
     _no_shared_data(monkeypatch, tmp_path)
     assert main(["data", "show", "gsm8k", "-n", "1"]) == 0
     assert "Tom has 2 apples" in capsys.readouterr().out
+
+
+def test_score_reads_trl_prompt_completion_rows(tmp_path, tiny_policy, capsys):
+    from rewardlab.reward_models.models import RMSpec, build_reward_model
+    build_reward_model(tiny_policy, RMSpec(kind="orm"), device="cpu").save_pretrained(tmp_path / "orm")
+    q = "sam has 3 apples . buys 4 more . how many apples ?"
+    sols = _write(tmp_path / "pc.jsonl", [
+        {"prompt": q, "completion": "3 + 4 = 7\n#### 7"},
+        {"prompt": [{"role": "user", "content": q}],
+         "completion": [{"role": "assistant", "content": "#### 8"}], "label": False},
+        {"prompt": q, "completions": ["3 + 4 = 7", "#### 7"], "labels": [True, True]}])
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--model", str(tmp_path / "orm"), "--input", str(sols), "--out", str(out),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["question"] for r in rows] == [q, q, q] and all(0 <= r["score"] <= 1 for r in rows)
+    assert rows[0]["completion"] == "3 + 4 = 7\n#### 7"       # the input row is kept
+    bad = _write(tmp_path / "bad.jsonl", [{"text": "3 + 4 = 7"}])
+    assert main(["score", "--model", str(tmp_path / "orm"), "--input", str(bad), "--out",
+                 str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "bad.jsonl:1" in err and "Fields found: text" in err and "trl-prompt-completion" in err
