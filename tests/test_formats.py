@@ -252,3 +252,18 @@ def test_score_reads_trl_prompt_completion_rows(tmp_path, tiny_policy, capsys):
                  str(out)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "bad.jsonl:1" in err and "Fields found: text" in err and "trl-prompt-completion" in err
+
+
+def test_prompt_completion_file_is_a_dataset_for_sft(tmp_path):
+    f = _write(tmp_path / "sft.jsonl", [
+        {"prompt": "1 + 1 = ?", "completion": "1 + 1 = 2\n#### 2"},
+        {"prompt": [{"role": "user", "content": "2 + 2 = ?"}],
+         "completion": [{"role": "assistant", "content": "#### 4"}], "answer": "4"},
+        {"prompt": "3 + 3 = ?", "completion": "#### 7", "label": False}])   # unpaired: skipped
+    probs = ds.load_dataset_by_name(str(f))
+    assert [(p.question, p.solution, p.answer, p.steps) for p in probs] == [
+        ("1 + 1 = ?", "1 + 1 = 2\n#### 2", "2", ["1 + 1 = 2", "#### 2"]),
+        ("2 + 2 = ?", "#### 4", "4", ["#### 4"])]
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "q", "completion": "a"}, {"prompt": "q"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'completion'"):
+        ds.load_dataset_by_name(str(bad))

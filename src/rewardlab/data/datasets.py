@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from rewardlab.data.formats import completion_steps, prompt_completion_texts
 from rewardlab.data.problem import Problem
 from rewardlab.data.steps import split_steps
 from rewardlab.io import DataError, iter_jsonl
@@ -24,7 +25,8 @@ DATA_DIR_ENV = "REWARDLAB_DATA_DIR"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 __all__ = ["find_data_dir", "strip_calc_annotations", "load_gsm8k", "load_math500",
-           "load_jsonl", "load_testbed", "load_dataset_by_name", "DATASET_NAMES"]
+           "load_jsonl", "load_testbed", "load_prompt_completion", "load_dataset_by_name",
+           "DATASET_NAMES"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,8 +273,33 @@ def load_dataset_by_name(name: str, split: str = "test", path: str | os.PathLike
                           "hub id like openai/gsm8k")
 
 
+def load_prompt_completion(path: str | os.PathLike, limit: int | None = None) -> list[Problem]:
+    """TRL prompt-completion rows ``{"prompt", "completion"}`` (standard or conversational) as
+    Problems: the prompt is the question, the completion the solution (its steps split as in
+    :func:`rewardlab.data.formats.completion_steps`); the answer is the row's ``answer`` when
+    given, else the text after the completion's last ``####`` (else empty). Unpaired rows
+    (``label``) keep only the completions labelled good."""
+    _check_limit(limit)
+    out: list[Problem] = []
+    source = Path(path).stem
+    for lineno, row in iter_jsonl(path, types={"answer": (str, int, float), "label": (bool, int)}):
+        if limit is not None and len(out) >= limit:
+            break
+        if "label" in row and not row["label"]:
+            continue
+        prompt, completion = prompt_completion_texts(row, path, lineno)
+        answer = row.get("answer")
+        if answer is None:
+            answer = completion.rsplit("####", 1)[1].strip() if "####" in completion else ""
+        out.append(Problem(id=str(row.get("id", f"{source}-{lineno}")), question=prompt,
+                           solution=completion, answer=str(answer), source=source,
+                           steps=completion_steps(completion)))
+    return out
+
+
 def _load_jsonl_file(path: str | os.PathLike, limit: int | None) -> list[Problem]:
-    """A ``.jsonl`` given by name: Problem rows (as written by the testbed) or question/answer."""
+    """A ``.jsonl`` given by name: Problem rows (as written by the testbed), TRL prompt-completion
+    rows, or question/answer."""
     rows = iter_jsonl(path)
     try:
         first = next(rows)[1]
@@ -280,6 +307,8 @@ def _load_jsonl_file(path: str | os.PathLike, limit: int | None) -> list[Problem
         rows.close()
     if all(k in first for k in ("id", "question", "solution", "answer", "source")):
         return load_testbed(path, limit)
+    if "prompt" in first and "completion" in first and "question" not in first:
+        return load_prompt_completion(path, limit)
     return load_jsonl(path, id_field="id" if "id" in first else None,
                       solution_field="solution" if "solution" in first else None,
                       source=Path(path).stem, limit=limit)

@@ -34,6 +34,11 @@ Conventions of the conversion (tested in tests/test_formats.py):
 - Rows are laid out in rewardlab's layout for training (``question + "\\n" + steps``, each step
   followed by the step tag; rewardlab.reward_models.data), not TRL's.
 
+Who reads what: ``train-rm`` (prm: rewardlab-steps, trl-stepwise; orm: those and trl-unpaired;
+bt: rewardlab-pairs, trl-preference; prm with preference=true: rewardlab-step-pairs), ``score``
+(rewardlab-steps, trl-stepwise, trl-unpaired, trl-prompt-completion) and SFT/eval datasets
+(a ``.jsonl`` of TRL prompt-completion rows, :func:`rewardlab.data.datasets.load_prompt_completion`).
+
 Writing (``rewardlab label --format trl``): :func:`to_trl_stepwise` and :func:`to_trl_preference`.
 """
 
@@ -203,6 +208,16 @@ def _completion(row: dict, path, line) -> dict:
     text = _text(row, "completion", path, line, roles)
     return {"question": _text(row, "prompt", path, line),
             "steps": _steps_of(text, path, line, "completion"), "response": text}
+
+
+def prompt_completion_texts(row: dict, path, line: int) -> tuple[str, str]:
+    """``(prompt, completion)`` texts of a TRL prompt-completion row (standard or
+    conversational); DataError naming the field when one is missing, empty or of another type."""
+    for fld in ("prompt", "completion"):
+        if fld not in row:
+            raise DataError(path, "missing required field", line, fld)
+    roles = ("assistant",) if _is_messages(row["completion"]) else None
+    return _text(row, "prompt", path, line), _text(row, "completion", path, line, roles)
 
 
 def _from_trl_unpaired(row: dict, path, line) -> dict:
