@@ -79,7 +79,7 @@ def step_times(run_dir: Path, warmup: int) -> list[float]:
 def data_parallel(args, work: Path) -> dict:
     py = sys.executable
     sft = work / "sft"
-    _run([py, "-m", "rewardlab", "sft", "--model", "testbed", "--out", str(sft), "--max-steps",
+    _run([py, "-m", "rewardlab", "sft", "--model", "testbed", "--out", str(sft), "--steps",
           str(args.sft_steps), "--set", "progress=false", "--set", "eval_every=0",
           "--set", f"save_every={args.sft_steps}"], threads=2)
     small_test = work / "test_small.jsonl"   # the final evaluation is not what is measured
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif not (work / "sft" / "train.jsonl").exists():   # measurement 2 needs only the problems
         sft = work / "sft"
         _run([sys.executable, "-m", "rewardlab", "sft", "--model", "testbed", "--out", str(sft),
-              "--max-steps", "1", "--set", "progress=false", "--set", "eval_every=0"], threads=2)
+              "--steps", "1", "--set", "progress=false", "--set", "eval_every=0"], threads=2)
     if args.skip_mem:
         args.micro = ""
     else:

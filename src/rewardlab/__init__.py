@@ -1,8 +1,8 @@
 """rewardlab: training-time reward design for LLM reasoning.
 
-The main entry points, importable from the package itself::
+The main entry points, importable from the package itself (docs/python_api.md, run as a test)::
 
-    from rewardlab import RLConfig, load_config, train_rl, refine
+    from rewardlab import RLConfig, load_config, train_rl, refine, load_reward_model
 
 Packages, bottom layer first (each imports only from layers below it; docs/architecture.md):
 ``io``/``config``/``registry``/``stats`` → ``data`` → ``grading`` → ``models`` → ``rewards``
@@ -21,33 +21,51 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     # configs
-    "load_config": "rewardlab.config", "ConfigError": "rewardlab.config",
-    "DataError": "rewardlab.io",
+    "load_config": "rewardlab.config", "save_config": "rewardlab.config",
+    "ConfigError": "rewardlab.config", "DataError": "rewardlab.io",
     "DataConfig": "rewardlab.data.config", "ModelConfig": "rewardlab.models.loading",
+    "LoRAConfig": "rewardlab.models.loading",
     "SamplingConfig": "rewardlab.models.sampling", "RLConfig": "rewardlab.rl.config",
     "SFTConfig": "rewardlab.sft.trainer", "RMTrainConfig": "rewardlab.reward_models.train",
-    "DemoConfig": "rewardlab.demo", "TestbedConfig": "rewardlab.data.testbed",
-    # trainers
+    "DemoConfig": "rewardlab.demo", "DemoBudget": "rewardlab.demo",
+    "TestbedConfig": "rewardlab.data.testbed",
+    "PreferenceLossConfig": "rewardlab.preference.losses",
+    # trainers and pipelines
     "train_rl": "rewardlab.rl.trainer", "train_sft": "rewardlab.sft.trainer",
     "train_reward_model": "rewardlab.reward_models.train", "run_demo": "rewardlab.demo",
+    "evaluate_reward_model": "rewardlab.reward_models.train",
+    "sample_responses": "rewardlab.reward_models.pipeline",
+    "label_rows": "rewardlab.reward_models.pipeline",
+    "make_pairs": "rewardlab.reward_models.pipeline",
+    "make_step_pairs": "rewardlab.reward_models.pipeline",
+    "get_labeler": "rewardlab.reward_models.labeling",
     # reward models
     "load_reward_model": "rewardlab.reward_models.models",
     "build_reward_model": "rewardlab.reward_models.models", "RMSpec": "rewardlab.reward_models.models",
-    # reward shaping
+    "RewardModel": "rewardlab.reward_models.models", "ScoreResult": "rewardlab.reward_models.models",
+    "score_file": "rewardlab.reward_models.scoring",
+    # reward shaping (the refinements)
     "refine": "rewardlab.rewards.refine", "clip": "rewardlab.rewards.refine",
     "delta": "rewardlab.rewards.refine", "clip_delta": "rewardlab.rewards.refine",
     "min_form": "rewardlab.rewards.refine",
     "normed": "rewardlab.rewards.refine", "build_token_rewards": "rewardlab.rewards.compose",
-    # data, grading, evaluation
+    # data, formats, grading, evaluation
     "load_dataset_by_name": "rewardlab.data.datasets", "Problem": "rewardlab.data.problem",
+    "generate_problems": "rewardlab.data.testbed",
+    "read_records": "rewardlab.data.formats", "read_rm_rows": "rewardlab.reward_models.data",
+    "to_trl_stepwise": "rewardlab.data.formats", "to_trl_preference": "rewardlab.data.formats",
     "grade": "rewardlab.grading.answers", "extract_answer": "rewardlab.grading.answers",
     "is_equiv": "rewardlab.grading.answers", "evaluate_policy": "rewardlab.eval.evaluate",
+    "run_bon": "rewardlab.eval.bon", "evaluate_prm_on_rows": "rewardlab.eval.prm_eval",
     "load_model_and_tokenizer": "rewardlab.models.loading",
-    # registries
-    "REFINERS": "rewardlab.rewards.refine", "ADVANTAGES": "rewardlab.rl.advantages",
-    "LOSS_AGGREGATIONS": "rewardlab.rl.losses", "RATIOS": "rewardlab.rl.losses", "KL_ESTIMATORS": "rewardlab.rewards.compose",
+    # registries (name -> implementation; add your own with .register(name))
+    "Registry": "rewardlab.registry",
+    "REFINERS": "rewardlab.rewards.refine", "GROUP_REFINERS": "rewardlab.rewards.compose",
+    "ADVANTAGES": "rewardlab.rl.advantages",
+    "LOSS_AGGREGATIONS": "rewardlab.rl.losses", "RATIOS": "rewardlab.rl.losses",
+    "KL_ESTIMATORS": "rewardlab.rewards.compose",
     "PREFERENCE_LOSSES": "rewardlab.preference.losses", "LABELERS": "rewardlab.reward_models.labeling",
-    "OBJECTIVES": "rewardlab.reward_models.train",
+    "OBJECTIVES": "rewardlab.reward_models.train", "FORMATS": "rewardlab.data.formats",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -47,6 +47,20 @@ def _check_type(value: Any, typ: type | tuple) -> bool:
     return isinstance(value, types)
 
 
+def check_row(path: str | os.PathLike, line: int, row: dict, required: Iterable[str] = (),
+              types: dict[str, type | tuple] | None = None) -> None:
+    """Raise :class:`DataError` (naming file, line and field) when ``row`` lacks a required field
+    or holds a non-null field of the wrong type."""
+    for k in required:
+        if k not in row:
+            raise DataError(path, "missing required field", line, k)
+    for k, t in (types or {}).items():
+        if k in row and row[k] is not None and not _check_type(row[k], t):
+            want = " or ".join(_TYPE_NAMES.get(x, x.__name__)
+                               for x in (t if isinstance(t, tuple) else (t,)))
+            raise DataError(path, f"expected {want}, got {type(row[k]).__name__}", line, k)
+
+
 def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = (),
                types: dict[str, type | tuple] | None = None,
                allow_empty: bool = False) -> Iterator[tuple[int, dict]]:
@@ -79,14 +93,7 @@ def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = (),
                 raise DataError(p, f"malformed JSON: {e.msg} (column {e.colno})", lineno) from None
             if not isinstance(row, dict):
                 raise DataError(p, f"expected a JSON object, got {type(row).__name__}", lineno)
-            for k in required:
-                if k not in row:
-                    raise DataError(p, "missing required field", lineno, k)
-            for k, t in types.items():
-                if k in row and row[k] is not None and not _check_type(row[k], t):
-                    want = " or ".join(_TYPE_NAMES.get(x, x.__name__)
-                                       for x in (t if isinstance(t, tuple) else (t,)))
-                    raise DataError(p, f"expected {want}, got {type(row[k]).__name__}", lineno, k)
+            check_row(p, lineno, row, required, types)
             seen += 1
             yield lineno, row
     if seen == 0 and not allow_empty:

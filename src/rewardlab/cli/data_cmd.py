@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from rewardlab.cli.naming import aliased
 from rewardlab.config import ConfigError
 from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.data.testbed import generate_problems, TestbedConfig
@@ -54,7 +55,8 @@ def _testbed(n: int, out: Path, seed: int, min_steps: Optional[int], max_steps: 
     console.print(f"wrote {len(problems)} testbed problems to {escape(str(out))}")
 
 
-def _grade(dataset: str, predictions: Path, split: str, out: Optional[Path], pred_field: str,
+def _grade(dataset: str, predictions: Path, split: str, out: Optional[Path],
+           pred_field: Optional[str],
            style: Optional[str], path: Optional[str]) -> None:
     """Grade a predictions file, print accuracy, write per-row results atomically."""
 
@@ -74,21 +76,25 @@ def register(app: typer.Typer) -> None:
     """Add the ``data`` sub-command group and the top-level ``grade`` command to ``app``."""
     data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets and generate the testbed.")
 
-    @data_app.command("show")
+    @data_app.command("show", cls=aliased("data show"))
     def show(name: str = typer.Argument(..., help="gsm8k | math500 | testbed | file.jsonl | hub id"),
              split: str = typer.Option("test", "--split", help="Dataset split."),
-             n: int = typer.Option(3, "-n", "--n", min=0, help="Number of problems to show."),
+             n: int = typer.Option(3, "--num-problems", "-n", min=0,
+                                   help="Number of problems to show."),
              path: Optional[str] = typer.Option(None, "--path", help="Explicit file or hub id.")
              ) -> None:
         """Show the first problems of a dataset: id, question, steps, answer."""
         _show(name, split, n, path)
 
-    @data_app.command("testbed")
-    def testbed(n: int = typer.Option(1000, "--n", "-n", min=0, help="Number of problems."),
+    @data_app.command("testbed", cls=aliased("data testbed"))
+    def testbed(n: int = typer.Option(1000, "--num-problems", "-n", min=0,
+                                      help="Number of problems."),
                 out: Path = typer.Option(Path("problems.jsonl"), "--out", help="Output JSONL."),
                 seed: int = typer.Option(0, "--seed", help="Random seed."),
-                min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Fewest operations."),
-                max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Most operations."),
+                min_steps: Optional[int] = typer.Option(None, "--min-ops",
+                                                        help="Fewest arithmetic operations."),
+                max_steps: Optional[int] = typer.Option(None, "--max-ops",
+                                                        help="Most arithmetic operations."),
                 max_operand: Optional[int] = typer.Option(None, "--max-operand",
                                                           help="Largest operand of + and -.")) -> None:
         """Generate arithmetic testbed problems (rows are Problem.to_dict())."""
@@ -100,12 +106,14 @@ def register(app: typer.Typer) -> None:
     def grade(dataset: str = typer.Option("gsm8k", "--dataset",
                                           help="gsm8k | math500 | testbed | file.jsonl | hub id"),
               predictions: Path = typer.Option(..., "--predictions",
-                                               help="JSONL rows with 'id' and 'prediction' or 'answer'."),
+                                               help="JSONL rows with 'id' and 'prediction', 'response' "
+                                                    "(eval's predictions.jsonl) or 'answer'."),
               split: str = typer.Option("test", "--split", help="Dataset split."),
               out: Optional[Path] = typer.Option(
                   None, "--out", help="Per-row results (default <predictions>.graded.jsonl)."),
-              pred_field: str = typer.Option("prediction", "--pred-field",
-                                             help="Field holding the full response text."),
+              pred_field: Optional[str] = typer.Option(
+                  None, "--pred-field", help="Field holding the full response text (default: "
+                  "'prediction', else 'response' as in `rewardlab eval`'s predictions.jsonl)."),
               style: Optional[str] = typer.Option(None, "--style",
                                                   help="gsm8k | math (default: from the dataset)."),
               path: Optional[str] = typer.Option(None, "--path", help="Explicit dataset file.")) -> None:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from rewardlab.cli.naming import aliased
 from rewardlab.config import ConfigError, load_config
 from rewardlab.demo import budget_with, DEFAULT_DESIGNS, DemoConfig, DESIGNS, run_demo
 from rewardlab.eval.report import compact_table
@@ -13,7 +14,7 @@ from rewardlab.rl.config import RLConfig
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    @app.command("demo", cls=aliased("demo"))
     def demo(out: str = typer.Option("runs/demo", "--out", help="Run directory (stages are cached here)."),
              quick: bool = typer.Option(False, "--quick", help="Tiny budget (~3 min), for smoke tests."),
              seeds: int = typer.Option(3, "--seeds", help="RL seeds per reward design (mean, 95% t-interval, paired differences against success-only)."),
@@ -21,7 +22,7 @@ def register(app: typer.Typer) -> None:
              alpha: float = typer.Option(2.0, "--alpha", help="PRM weight α (the demo default: docs/demo_sweep.md)."),
              eta: float = typer.Option(0.3, "--eta", help="Clip threshold η (the demo default: docs/demo_sweep.md)."),
              workers: int = typer.Option(2, "--workers", help="RL runs in parallel processes."),
-             rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL steps per run (default 30)."),
+             rl_steps: Optional[int] = typer.Option(None, "--steps", help="RL steps per run (default 30)."),
              budget: Optional[list[str]] = typer.Option(None, "--budget",
                                                         help="Stage size key=value (repeatable; fields of rewardlab.demo.DemoBudget), e.g. rm_steps=2000."),
              rl_set: Optional[list[str]] = typer.Option(None, "--rl-set",
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
                          designs=[d.strip() for d in designs.split(",")] if designs else list(DEFAULT_DESIGNS))
         if rl_steps is not None:
             if rl_steps < 1 or rl_steps > 100_000:
-                raise typer.BadParameter("--rl-steps must be between 1 and 100000")
+                raise typer.BadParameter("--steps must be between 1 and 100000")
             cfg.budget.rl_steps = rl_steps
         cfg.validate()   # --alpha inf, --eta nan ...: ConfigError naming the field, before any work
         cfg.rl_overrides = list(rl_set or [])

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from rewardlab.cli.naming import aliased
 from rewardlab.data.config import DataConfig, make_prompt_fn
 from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.data.prompts import check_prompt_settings
@@ -73,6 +74,8 @@ SYSTEM_OPTION = typer.Option(None, "--system", help="With --chat: a system messa
 PRM_TAG_HELP = ("Read the PRM as a plain causal LM with this step tag after every step, scoring "
                 "P('+') against P('-') at each tag (Math-Shepherd: ' ки'); it may then be a hub id.")
 PRM_TAG_OPTION = typer.Option(None, "--prm-tag", help=PRM_TAG_HELP)
+NUM_PROBLEMS_OPTION = typer.Option(None, "--num-problems", "-n", min=1,
+                                   help="Use the first N problems (default: all).")
 
 
 def tag_spec(tag: str, model_ref: str):
@@ -115,15 +118,16 @@ def summary_table(summary: dict, title: str):
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
+    @app.command("eval", cls=aliased("eval"))
     def eval_(model: str = typer.Option(..., "--model", help="Policy directory or hub id."),
               dataset: str = typer.Option("testbed", "--dataset",
                                           help="testbed | gsm8k | math500 | file.jsonl | hub id"),
               split: str = typer.Option("test", "--split", help="Dataset split."),
               data: Optional[str] = typer.Option(None, "--data",
                                                  help="Problems file (testbed: problems.jsonl)."),
-              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
-              k: int = typer.Option(0, "--k", min=0, help="Samples per problem for maj@k / pass@k."),
+              limit: Optional[int] = NUM_PROBLEMS_OPTION,
+              k: int = typer.Option(0, "--samples", min=0,
+                                    help="Samples per problem for maj@k / pass@k (0: greedy only)."),
               temperature: float = typer.Option(1.0, "--temperature", min=0.0,
                                                 help="Sampling temperature for the k samples."),
               top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus mass."),
@@ -145,7 +149,7 @@ def register(app: typer.Typer) -> None:
 
         style = infer_style(dataset, style)
         if k > 0 and temperature <= 0:
-            raise typer.BadParameter("--k > 0 needs --temperature > 0")
+            raise typer.BadParameter("--samples > 0 needs --temperature > 0")
         problems = load_problems(dataset, split, data, limit)
         policy, tok = load_policy(model, device, dtype, trust_remote_code)
         summary, rows = evaluate_policy(

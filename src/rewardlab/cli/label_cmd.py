@@ -10,9 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_new_tokens,
-                                    infer_style, load_policy, load_problems, PRM_TAG_OPTION,
+                                    infer_style, load_policy, load_problems,
+                                    NUM_PROBLEMS_OPTION, PRM_TAG_OPTION,
                                     prompt_function, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
                                     tag_spec)
+from rewardlab.cli.naming import aliased
+from rewardlab.data.formats import has_soft_labels, to_trl_preference, to_trl_stepwise
 from rewardlab.eval.bon import bon_table, run_bon
 from rewardlab.io import DataError, write_jsonl
 from rewardlab.models.loading import load_tokenizer
@@ -26,6 +29,7 @@ from rewardlab.reward_models.pipeline import (label_rows, make_pairs, make_step_
 console = Console()
 
 METHODS = ("oracle", "mc", "judge")
+OUT_FORMATS = ("rewardlab", "trl")
 
 
 def step_split_for(style: str) -> str:
@@ -76,14 +80,14 @@ def _make_labeler(method: str, policy, tok, judge_model: Optional[str], mc_n: in
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sample")
+    @app.command("sample", cls=aliased("sample"))
     def sample(model: str = typer.Option(..., "--model", help="Policy directory or hub id."),
                dataset: str = typer.Option("testbed", "--dataset",
                                            help="testbed | gsm8k | math500 | file.jsonl | hub id"),
                split: str = typer.Option("train", "--split", help="Dataset split."),
                data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
-               limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
-               n: int = typer.Option(4, "--n", min=1, help="Samples per problem."),
+               limit: Optional[int] = NUM_PROBLEMS_OPTION,
+               n: int = typer.Option(4, "--samples", min=1, help="Samples per problem."),
                temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
                max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                             help="Longest response."),
@@ -103,7 +107,7 @@ def register(app: typer.Typer) -> None:
         acc = sum(r["outcome"] for r in rows) / max(len(rows), 1)
         console.print(f"wrote {len(rows)} samples ({acc:.3f} correct) to {escape(str(out))}")
 
-    @app.command("label")
+    @app.command("label", cls=aliased("label"))
     def label(method: str = typer.Option("oracle", "--method", help="oracle | mc | judge"),
               input_: Optional[Path] = typer.Option(None, "--input",
                                                     help="Samples JSONL (from `rewardlab sample`)."),
@@ -113,8 +117,9 @@ def register(app: typer.Typer) -> None:
               dataset: str = typer.Option("testbed", "--dataset", help="Dataset to sample from."),
               split: str = typer.Option("train", "--split", help="Dataset split."),
               data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
-              limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N problems."),
-              n: int = typer.Option(4, "--n", min=1, help="Samples per problem (when sampling)."),
+              limit: Optional[int] = NUM_PROBLEMS_OPTION,
+              n: int = typer.Option(4, "--samples", min=1,
+                                    help="Samples per problem (when sampling)."),
               temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
               max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                            help="Longest response / completion."),
@@ -133,13 +138,24 @@ def register(app: typer.Typer) -> None:
               out: Path = typer.Option(Path("rm.jsonl"), "--out", help="Labelled rows (JSONL)."),
               pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write BT pairs."),
               step_pairs: Optional[Path] = typer.Option(None, "--step-pairs",
-                                                        help="Also write step-preference pairs.")
+                                                        help="Also write step-preference pairs."),
+              out_format: str = typer.Option(
+                  "rewardlab", "--format", help="Output rows: rewardlab | trl (TRL's stepwise "
+                  "supervision {prompt, completions, labels}; --pairs as TRL preference "
+                  "{prompt, chosen, rejected}).")
               ) -> None:
         """Label the steps of sampled responses (oracle | Monte-Carlo | LLM judge)."""
 
         style = infer_style(dataset, style)
         if method not in METHODS:
             raise typer.BadParameter(f"--method must be one of {METHODS}, got {method!r}")
+        if out_format not in OUT_FORMATS:
+            raise typer.BadParameter(f"must be one of {OUT_FORMATS}, got {out_format!r}",
+                                     param_hint="--format")
+        if out_format == "trl" and step_pairs is not None:
+            raise typer.BadParameter("TRL has no step-preference format; write --step-pairs "
+                                     "with --format rewardlab", param_hint="--format")
+        trl = out_format == "trl"
         policy = tok = None
         if input_ is not None:
             rows = read_samples(input_)
@@ -157,11 +173,13 @@ def register(app: typer.Typer) -> None:
                                 seed, judge_yes, judge_no, judge_chat, device,
                                 (prompt_template, chat, system))
         rows = label_rows(rows, labeler)
-        write_jsonl(out, rows)
+        write_jsonl(out, [to_trl_stepwise(r) for r in rows] if trl else rows)
         msg = f"wrote {len(rows)} labelled rows to {escape(str(out))}"
+        if trl and has_soft_labels(rows):
+            msg += " (soft labels written as probabilities; TRL's PRMTrainer expects booleans)"
         if pairs is not None:
             bt = make_pairs(rows)
-            write_jsonl(pairs, bt)
+            write_jsonl(pairs, [to_trl_preference(r) for r in bt] if trl else bt)
             msg += f", {len(bt)} BT pairs to {escape(str(pairs))}"
         if step_pairs is not None:
             sp = make_step_pairs(rows)
@@ -169,8 +187,8 @@ def register(app: typer.Typer) -> None:
             msg += f", {len(sp)} step pairs to {escape(str(step_pairs))}"
         console.print(msg)
 
-    @app.command("bon")
-    def bon(policy: str = typer.Option(..., "--policy", help="Policy directory or hub id."),
+    @app.command("bon", cls=aliased("bon"))
+    def bon(policy: str = typer.Option(..., "--model", help="Policy directory or hub id."),
             orm: Optional[str] = typer.Option(None, "--orm", help="ORM directory."),
             prm: Optional[str] = typer.Option(None, "--prm", help="PRM directory (with --prm-tag: "
                                               "any causal LM, directory or hub id)."),
@@ -180,8 +198,10 @@ def register(app: typer.Typer) -> None:
                                         help="testbed | gsm8k | math500 | file.jsonl | hub id"),
             split: str = typer.Option("test", "--split", help="Dataset split."),
             data: Optional[str] = typer.Option(None, "--data", help="Problems file (testbed)."),
-            limit: Optional[int] = typer.Option(100, "--limit", min=1, help="First N problems."),
-            max_n: int = typer.Option(64, "--max-n", min=1, help="Samples per problem."),
+            limit: Optional[int] = typer.Option(100, "--num-problems", "-n", min=1,
+                                                help="Use the first N problems."),
+            max_n: int = typer.Option(64, "--samples", min=1,
+                                      help="Samples per problem (the largest N)."),
             n_trials: int = typer.Option(16, "--n-trials", min=1, help="Random subsets per N."),
             temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
             max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,

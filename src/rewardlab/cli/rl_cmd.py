@@ -17,6 +17,11 @@ def register(app: typer.Typer) -> None:
     def rl(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RLConfig)."),
            set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set reward.prm.refine=clip"),
            out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
+           model: Optional[str] = typer.Option(None, "--model", help="The policy to train: a "
+                                               "checkpoint directory or hub id (config: "
+                                               "policy.name_or_path)."),
+           steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                               help="RL steps (config: steps)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start afresh "
                                           "(else a run there with another config is refused)."),
            show_config: bool = PRINT_CONFIG_OPTION) -> None:
@@ -25,7 +30,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
 
-        ov = list(set_) + ([f"out={out}"] if out else []) + (["overwrite=true"] if overwrite else [])
+        ov = [f"{k}={v}" for k, v in (("out", out), ("policy.name_or_path", model),
+                                      ("steps", steps)) if v is not None]
+        ov = ov + list(set_) + (["overwrite=true"] if overwrite else [])
         cfg = load_config(RLConfig, config, ov)
         if show_config:
             return print_config(cfg)

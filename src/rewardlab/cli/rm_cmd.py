@@ -16,6 +16,7 @@ from rich.console import Console
 
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
 from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
+from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.eval.prm_eval import evaluate_prm_on_rows, read_processbench
 from rewardlab.io import write_json, write_jsonl
@@ -36,10 +37,16 @@ Strs = Optional[list[str]]
 def train_rm(
     kind: Annotated[Str, typer.Option(help="orm | prm | bt")] = None,
     data: Annotated[Strs, typer.Option(help="Training JSONL (repeat for several files).")] = None,
-    base: Annotated[Str, typer.Option(help="Backbone: policy dir, hub id or 'testbed'.")] = None,
+    base: Annotated[Str, typer.Option("--model", help="Backbone to train: policy dir, hub id or "
+                                      "'testbed' (config: base).")] = None,
     out: Annotated[Str, typer.Option(help="Run directory.")] = None,
     form: Annotated[Str, typer.Option(help="PRM form: lm | head.")] = None,
     eval_data: Annotated[Strs, typer.Option(help="Held-out JSONL (repeatable).")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", min=1, help="Optimizer steps (config: max_steps; default: from epochs).")] = None,
+    data_format: Annotated[Str, typer.Option(
+        "--format", help="Row format of --data: auto (detected per row) | rewardlab | trl | "
+        "trl-stepwise | trl-preference | trl-unpaired (config: data_format).")] = None,
     config: Annotated[Str, typer.Option(help="YAML file of RMTrainConfig fields.")] = None,
     set_: Annotated[Strs, typer.Option("--set", help="Override a field: key=value (repeatable).")
                     ] = None,
@@ -54,7 +61,8 @@ def train_rm(
     above < --set."""
 
     overrides = []
-    for key, value in (("kind", kind), ("base", base), ("out", out), ("form", form)):
+    for key, value in (("kind", kind), ("base", base), ("out", out), ("form", form),
+                       ("max_steps", steps), ("data_format", data_format)):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     for key, value in (("data", data), ("eval_data", eval_data)):
@@ -74,7 +82,7 @@ def train_rm(
 
 
 def score(
-    rm: Annotated[str, typer.Option("--rm", help="Reward-model directory (from train-rm; with "
+    rm: Annotated[str, typer.Option("--model", help="Reward-model directory (from train-rm; with "
                                     "--prm-tag, any causal LM: directory or hub id).")],
     input_path: Annotated[str, typer.Option(
         "--input", help="Solutions JSONL: {question, steps} or {question, response}.")],
@@ -108,7 +116,7 @@ def score(
 
 
 def eval_prm(
-    prm: Annotated[str, typer.Option("--prm", help="PRM directory (from train-rm; with "
+    prm: Annotated[str, typer.Option("--model", help="PRM directory (from train-rm; with "
                                      "--prm-tag, any causal LM: directory or hub id).")],
     data: Annotated[str, typer.Option(
         "--data", help="ProcessBench-format rows {id, problem, steps, final_answer_correct, "
@@ -123,7 +131,8 @@ def eval_prm(
         min=0.0, max=1.0, help="Rows (seeded) that choose the threshold; the rest are scored.")
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 0,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="First N rows.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--num-problems", "-n", min=1,
+                                                 help="Use the first N rows.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Solutions per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
     prm_tag: Annotated[Str, typer.Option("--prm-tag", help=PRM_TAG_HELP)] = None,
@@ -154,6 +163,6 @@ def eval_prm(
 
 def register(app: typer.Typer) -> None:
     """Add ``train-rm``, ``score`` and ``eval-prm`` to the rewardlab app."""
-    app.command("train-rm")(train_rm)
-    app.command("score")(score)
-    app.command("eval-prm")(eval_prm)
+    app.command("train-rm", cls=aliased("train-rm"))(train_rm)
+    app.command("score", cls=aliased("score"))(score)
+    app.command("eval-prm", cls=aliased("eval-prm"))(eval_prm)

@@ -7,18 +7,20 @@ from typing import Optional
 import typer
 
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.sft.trainer import SFTConfig, train_sft
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sft")
+    @app.command("sft", cls=aliased("sft"))
     def sft(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (SFTConfig)."),
             set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set lr=1e-3"),
             out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
             model: Optional[str] = typer.Option(None, "--model", help="Hub id, local dir or 'testbed'."),
             dataset: Optional[str] = typer.Option(None, "--dataset", help="testbed | gsm8k | file.jsonl"),
-            max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+            max_steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                                    help="Optimizer steps (config: max_steps)."),
             overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
                                            "afresh (else a run there with another config is refused)."),
             show_config: bool = PRINT_CONFIG_OPTION) -> None:

@@ -3,8 +3,8 @@
 Local files are read with :func:`rewardlab.io.iter_jsonl`, so bad input raises ``DataError`` naming
 the file, line and field. The shared data folder (``shared/data`` beside the repository, never
 copied into it) is found through ``$REWARDLAB_DATA_DIR`` or by walking up from the working
-directory and from this package. A hub dataset id (``"openai/gsm8k"``) goes through
-``datasets.load_dataset``.
+directory and from this package; without it, ``gsm8k`` and ``math500`` fall back to their hub ids
+(:data:`HUB_IDS`). A hub dataset id (``"openai/gsm8k"``) goes through ``datasets.load_dataset``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from rewardlab.data.formats import completion_steps, prompt_completion_texts
 from rewardlab.data.problem import Problem
 from rewardlab.data.steps import split_steps
 from rewardlab.io import DataError, iter_jsonl
@@ -24,7 +25,8 @@ DATA_DIR_ENV = "REWARDLAB_DATA_DIR"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 __all__ = ["find_data_dir", "strip_calc_annotations", "load_gsm8k", "load_math500",
-           "load_jsonl", "load_testbed", "load_dataset_by_name", "DATASET_NAMES"]
+           "load_jsonl", "load_testbed", "load_prompt_completion", "load_dataset_by_name",
+           "DATASET_NAMES"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,12 +71,41 @@ def _take(rows: Iterable[Any], limit: int | None) -> Iterator[Any]:
         yield row
 
 
-def _hub_rows(dataset_id: str, split: str, config: str | None) -> Iterator[tuple[int, dict]]:
-    """``(row_number, row)`` from ``datasets.load_dataset(dataset_id, config, split=split)``."""
-    import datasets
+HUB_IDS: dict[str, tuple[str, str | None]] = {
+    "gsm8k": ("openai/gsm8k", "main"),
+    "math500": ("HuggingFaceH4/MATH-500", None),
+}
+"""Hub dataset (id, config) that a named dataset falls back to when the shared data folder is
+absent."""
 
-    ds = datasets.load_dataset(dataset_id, config, split=split) if config else \
-        datasets.load_dataset(dataset_id, split=split)
+
+def _default_path(name: str, relpath: str) -> Path | str:
+    """``<data>/<relpath>`` when the shared data folder (or ``$REWARDLAB_DATA_DIR``) exists and
+    holds the file, else the dataset's hub id (:data:`HUB_IDS`, read through ``datasets``). An
+    explicit ``$REWARDLAB_DATA_DIR`` that is not a folder stays an error."""
+    try:
+        path = find_data_dir() / relpath
+    except DataError:
+        if os.environ.get(DATA_DIR_ENV):
+            raise
+        return HUB_IDS[name][0]
+    return path if path.exists() else HUB_IDS[name][0]
+
+
+def _hub_rows(dataset_id: str, split: str, config: str | None) -> Iterator[tuple[int, dict]]:
+    """``(row_number, row)`` from ``datasets.load_dataset(dataset_id, config, split=split)``;
+    a dataset that cannot be loaded (offline, unknown id or split) raises DataError."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, config, split=split) if config else \
+            datasets.load_dataset(dataset_id, split=split)
+    except Exception as e:  # offline, unknown id/split, datasets missing: one clear line
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{dataset_id} split={split}",
+                        f"cannot load the hub dataset ({type(e).__name__}: {msg}); for local "
+                        f"files set ${DATA_DIR_ENV} to a folder holding gsm8k/ and math500/"
+                        ) from None
     for i, row in enumerate(ds, 1):
         yield i, dict(row)
 
@@ -127,14 +158,15 @@ def load_gsm8k(split: str = "test", path: str | os.PathLike | None = None,
                limit: int | None = None, keep_calc_annotations: bool = True) -> list[Problem]:
     """Load GSM8K as Problems with ids ``gsm8k-{split}-{index}``.
 
-    ``path``: a JSONL file (default ``<data>/gsm8k/{split}.jsonl``, see :func:`find_data_dir`) or a
-    hub id such as ``"openai/gsm8k"`` (config ``"main"``). The gold answer is the text after
+    ``path``: a JSONL file (default ``<data>/gsm8k/{split}.jsonl``, see :func:`find_data_dir`;
+    without that folder, the hub's ``openai/gsm8k``) or a hub id such as ``"openai/gsm8k"``
+    (config ``"main"``). The gold answer is the text after
     ``####`` with thousands commas dropped; ``steps`` are the solution's lines before it plus
     ``"#### <answer>"``. ``solution`` keeps the calculator annotations ``<<48/2=24>>``; so do the
     steps unless ``keep_calc_annotations=False``.
     """
     _check_limit(limit)
-    path = path if path is not None else find_data_dir() / "gsm8k" / f"{split}.jsonl"
+    path = path if path is not None else _default_path("gsm8k", f"gsm8k/{split}.jsonl")
     rows = _rows(path, split, "main", {"question": str, "answer": str})
     return [_gsm8k_problem(row, f"gsm8k-{split}-{i}", where, lineno, keep_calc_annotations)
             for i, (where, lineno, row) in enumerate(_take(rows, limit))]
@@ -156,11 +188,11 @@ def load_math500(path: str | os.PathLike | None = None, limit: int | None = None
                  split: str = "test") -> list[Problem]:
     """Load MATH500 (``{"problem","solution","answer","subject","level","unique_id"}``).
 
-    ``path``: a JSONL file (default ``<data>/math500/test.jsonl``) or a hub id such as
-    ``"HuggingFaceH4/MATH-500"``. Ids are the ``unique_id`` field.
+    ``path``: a JSONL file (default ``<data>/math500/test.jsonl``; without that folder, the hub's
+    ``HuggingFaceH4/MATH-500``) or a hub id such as ``"HuggingFaceH4/MATH-500"``. Ids are the ``unique_id`` field.
     """
     _check_limit(limit)
-    path = path if path is not None else find_data_dir() / "math500" / "test.jsonl"
+    path = path if path is not None else _default_path("math500", "math500/test.jsonl")
     types = {"problem": str, "solution": str, "answer": str}
     rows = _rows(path, split, None, types)
     return [_math500_problem(row, i) for i, (_, _, row) in enumerate(_take(rows, limit))]
@@ -241,8 +273,33 @@ def load_dataset_by_name(name: str, split: str = "test", path: str | os.PathLike
                           "hub id like openai/gsm8k")
 
 
+def load_prompt_completion(path: str | os.PathLike, limit: int | None = None) -> list[Problem]:
+    """TRL prompt-completion rows ``{"prompt", "completion"}`` (standard or conversational) as
+    Problems: the prompt is the question, the completion the solution (its steps split as in
+    :func:`rewardlab.data.formats.completion_steps`); the answer is the row's ``answer`` when
+    given, else the text after the completion's last ``####`` (else empty). Unpaired rows
+    (``label``) keep only the completions labelled good."""
+    _check_limit(limit)
+    out: list[Problem] = []
+    source = Path(path).stem
+    for lineno, row in iter_jsonl(path, types={"answer": (str, int, float), "label": (bool, int)}):
+        if limit is not None and len(out) >= limit:
+            break
+        if "label" in row and not row["label"]:
+            continue
+        prompt, completion = prompt_completion_texts(row, path, lineno)
+        answer = row.get("answer")
+        if answer is None:
+            answer = completion.rsplit("####", 1)[1].strip() if "####" in completion else ""
+        out.append(Problem(id=str(row.get("id", f"{source}-{lineno}")), question=prompt,
+                           solution=completion, answer=str(answer), source=source,
+                           steps=completion_steps(completion)))
+    return out
+
+
 def _load_jsonl_file(path: str | os.PathLike, limit: int | None) -> list[Problem]:
-    """A ``.jsonl`` given by name: Problem rows (as written by the testbed) or question/answer."""
+    """A ``.jsonl`` given by name: Problem rows (as written by the testbed), TRL prompt-completion
+    rows, or question/answer."""
     rows = iter_jsonl(path)
     try:
         first = next(rows)[1]
@@ -250,6 +307,8 @@ def _load_jsonl_file(path: str | os.PathLike, limit: int | None) -> list[Problem
         rows.close()
     if all(k in first for k in ("id", "question", "solution", "answer", "source")):
         return load_testbed(path, limit)
+    if "prompt" in first and "completion" in first and "question" not in first:
+        return load_prompt_completion(path, limit)
     return load_jsonl(path, id_field="id" if "id" in first else None,
                       solution_field="solution" if "solution" in first else None,
                       source=Path(path).stem, limit=limit)

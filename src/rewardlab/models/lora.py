@@ -19,17 +19,27 @@ import contextlib
 import warnings
 from pathlib import Path
 
-from peft import get_peft_model, LoraConfig, PeftModel
+try:  # the optional 'lora' extra (pip install 'rewardlab[lora]'); only policy.lora.r > 0 needs it
+    from peft import get_peft_model, LoraConfig, PeftModel
+except ImportError:  # pragma: no cover - depends on the environment
+    get_peft_model = LoraConfig = PeftModel = None
 
 from rewardlab.models.loading import load_model_and_tokenizer, load_tokenizer, LoRAConfig, ModelConfig
 
 
 def is_peft(model) -> bool:
-    return isinstance(model, PeftModel)
+    return PeftModel is not None and isinstance(model, PeftModel)
+
+
+def require_peft() -> None:
+    """ImportError saying how to install peft, when it is missing (LoRA needs it)."""
+    if PeftModel is None:
+        raise ImportError("policy.lora.r > 0 needs peft: pip install 'rewardlab[lora]'")
 
 
 def peft_config(cfg: LoRAConfig) -> LoraConfig:
     """rewardlab's :class:`LoRAConfig` as peft's ``LoraConfig`` for a causal LM."""
+    require_peft()
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                       target_modules=cfg.modules(), bias="none", task_type="CAUSAL_LM")
 
@@ -45,6 +55,7 @@ def load_policy(mc: ModelConfig, checkpoint: str | Path | None = None, dtype: st
     if not mc.lora.enabled:
         return load_model_and_tokenizer(checkpoint or mc.name_or_path, dtype, mc.device,
                                         mc.trust_remote_code)
+    require_peft()
     base, tok = load_model_and_tokenizer(mc.name_or_path, dtype, mc.device, mc.trust_remote_code)
     with warnings.catch_warnings():   # peft asks transformers 5 for a deprecated attribute
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
@@ -79,6 +90,7 @@ def save_merged(adapter_dir: str | Path, mc: ModelConfig, out: str | Path,
     unmerged). None, writing nothing, when ``mc.lora`` is off."""
     if not mc.lora.enabled:
         return None
+    require_peft()
     model, _ = load_model_and_tokenizer(mc.name_or_path, dtype or mc.dtype, "cpu", mc.trust_remote_code)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out = Path(out)

@@ -49,7 +49,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from rewardlab.io import DataError, iter_jsonl
+from rewardlab.data.formats import iter_records
+from rewardlab.io import check_row, DataError
 from rewardlab.models.batching import IGNORE_INDEX, pad_ids
 
 
@@ -305,33 +306,36 @@ def _nonempty_str(v, path, line, fld) -> str:
 
 
 def read_rm_rows(paths: str | os.PathLike | Iterable[str | os.PathLike], kind: str,
-                 preference: bool = False) -> list[StepRow] | list[PairRow]:
+                 preference: bool = False, fmt: str = "auto") -> list[StepRow] | list[PairRow]:
     """Read and check RM training rows from one or more JSONL files.
 
     kind "prm" needs question/steps/step_labels (len(step_labels) == len(steps)); "orm" needs
     question/steps/outcome; "bt" needs question/chosen/rejected; "prm" with ``preference=True``
-    needs question/prefix/chosen_step/rejected_step. A bad row raises DataError naming the file,
-    the line and the field."""
+    needs question/prefix/chosen_step/rejected_step. TRL's formats are read too (stepwise
+    supervision for prm/orm, unpaired prompt/completion/label for orm, preference for bt),
+    detected per row or forced by ``fmt`` (rewardlab.data.formats). A bad row raises DataError
+    naming the file, the line and the field."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list = []
     for path in paths:
         if kind == "bt":
-            out += _read_bt(path)
+            out += _read_bt(path, fmt)
         elif kind == "prm" and preference:
-            out += _read_step_pref(path)
+            out += _read_step_pref(path, fmt)
         elif kind in ("prm", "orm"):
-            out += _read_steps(path, kind)
+            out += _read_steps(path, kind, fmt)
         else:
             raise ValueError(f"unknown reward-model kind {kind!r}; use orm, prm or bt")
     return out
 
 
-def _read_steps(path, kind: str) -> list[StepRow]:
+def _read_steps(path, kind: str, fmt: str = "auto") -> list[StepRow]:
     need = ["question", "steps", "step_labels" if kind == "prm" else "outcome"]
     rows = []
-    for line, r in iter_jsonl(path, need, {"question": str, "steps": list, "step_labels": list,
-                                           "id": (str, int)}):
+    for line, r, _ in iter_records(path, kind, fmt):
+        check_row(path, line, r, need, {"question": str, "steps": list, "step_labels": list,
+                                        "id": (str, int)})
         steps = _step_list(r["steps"], path, line, "steps")
         labels = None
         if r.get("step_labels") is not None:
@@ -354,21 +358,22 @@ def _read_steps(path, kind: str) -> list[StepRow]:
     return rows
 
 
-def _read_bt(path) -> list[PairRow]:
+def _read_bt(path, fmt: str = "auto") -> list[PairRow]:
     rows = []
-    for line, r in iter_jsonl(path, ["question", "chosen", "rejected"],
-                              {"question": str, "chosen": list, "rejected": list}):
+    for line, r, _ in iter_records(path, "bt", fmt):
+        check_row(path, line, r, ["question", "chosen", "rejected"],
+                  {"question": str, "chosen": list, "rejected": list})
         rows.append(PairRow(_nonempty_str(r["question"], path, line, "question"),
                             _step_list(r["chosen"], path, line, "chosen"),
                             _step_list(r["rejected"], path, line, "rejected"), (str(path), line)))
     return rows
 
 
-def _read_step_pref(path) -> list[PairRow]:
+def _read_step_pref(path, fmt: str = "auto") -> list[PairRow]:
     rows = []
-    for line, r in iter_jsonl(path, ["question", "prefix", "chosen_step", "rejected_step"],
-                              {"question": str, "prefix": list, "chosen_step": str,
-                               "rejected_step": str}):
+    for line, r, _ in iter_records(path, "prm-preference", fmt):
+        check_row(path, line, r, ["question", "prefix", "chosen_step", "rejected_step"],
+                  {"question": str, "prefix": list, "chosen_step": str, "rejected_step": str})
         prefix = _step_list(r["prefix"], path, line, "prefix", allow_empty=True)
         chosen = _nonempty_str(r["chosen_step"], path, line, "chosen_step")
         rejected = _nonempty_str(r["rejected_step"], path, line, "rejected_step")

@@ -1,7 +1,9 @@
 """Scoring solution files with a trained reward model (what ``rewardlab score`` runs).
 
 Input rows are ``{"id"?, "question", "steps": [str]}`` or ``{"id"?, "question", "response": str}``
-(the response is split into steps at its non-empty lines, each stripped). Output rows are the
+(the response is split into steps at its non-empty lines, each stripped), or rows in TRL's
+formats (prompt-completion, unpaired, stepwise supervision; rewardlab.data.formats), which get
+``question`` (the prompt as text) added. Output rows are the
 input rows with ``step_scores`` (PRM: one per step; empty for ORM/BT) and ``score`` added.
 """
 
@@ -11,8 +13,9 @@ import math
 import os
 from pathlib import Path
 
+from rewardlab.data.formats import ACCEPTED, detect_format, resolve_formats
 from rewardlab.data.steps import step_texts
-from rewardlab.io import DataError, iter_jsonl, write_jsonl
+from rewardlab.io import check_row, DataError, iter_jsonl, write_jsonl
 from rewardlab.reward_models.models import load_reward_model, RewardModel
 
 
@@ -20,8 +23,14 @@ def read_solution_rows(path: str | os.PathLike) -> tuple[list[dict], list[list[s
     """Rows of a solutions file and each row's steps; a bad row raises DataError naming the
     file, the line and the field."""
     rows, steps = [], []
-    for line, r in iter_jsonl(path, ["question"], {"question": str, "steps": list,
-                                                   "response": str}):
+    formats = resolve_formats(ACCEPTED["solutions"])
+    for line, r in iter_jsonl(path):
+        if "question" not in r:   # TRL's formats, or no format at all (the error lists both)
+            native = detect_format(r, formats, path, line).convert(r, str(path), line)
+            rows.append({**r, "question": native["question"]})
+            steps.append(native["steps"])
+            continue
+        check_row(path, line, r, ["question"], {"question": str, "steps": list, "response": str})
         if r.get("steps") is not None:
             for i, s in enumerate(r["steps"]):
                 if not isinstance(s, str):

@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 
 from rewardlab.config import check_numbers, ConfigError
+from rewardlab.data.formats import ACCEPTED, resolve_formats
 from rewardlab.io import DataError
 from rewardlab.models.batching import IGNORE_INDEX
 from rewardlab.models.loading import make_testbed_policy, training_precision
@@ -72,6 +73,9 @@ class RMTrainConfig:
     """Training JSONL file(s) (row formats in rewardlab.reward_models.data)."""
     eval_data: list[str] = field(default_factory=list)
     """Held-out JSONL file(s); when empty, ``eval_split`` of ``data`` is held out."""
+    data_format: str = "auto"
+    """Row format of ``data``/``eval_data``: auto (detected per row) | rewardlab | trl | a format
+    name such as trl-stepwise (rewardlab.data.formats)."""
     eval_split: float = 0.1
     """Fraction of ``data`` held out for evaluation when ``eval_data`` is empty (0: none)."""
     out: str = "runs/rm"
@@ -154,6 +158,11 @@ class RMTrainConfig:
         if isinstance(self.eval_data, str):
             self.eval_data = [self.eval_data]
         check_numbers(self)
+        try:
+            resolve_formats(ACCEPTED["prm-preference" if self.preference else self.kind],
+                            self.data_format)
+        except ValueError as e:
+            raise ConfigError(f"rm: data_format: {e}") from None
         if self.preference and self.kind != "prm":
             raise ConfigError("rm: preference=true is for kind=prm (step preferences); for "
                               "solution-level preferences use kind=bt")
@@ -412,9 +421,10 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     dist = eng.dist
     dist.check_divides("rm: batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
-    rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference)
+    rows = read_rm_rows(cfg.data, cfg.kind, cfg.preference, cfg.data_format)
     if cfg.eval_data:
-        train_rows, eval_rows = rows, read_rm_rows(cfg.eval_data, cfg.kind, cfg.preference)
+        train_rows, eval_rows = rows, read_rm_rows(cfg.eval_data, cfg.kind, cfg.preference,
+                                                    cfg.data_format)
     else:
         train_rows, eval_rows = split_rows(rows, cfg.eval_split, cfg.seed)
     prec = training_precision(cfg.dtype, cfg.device, cfg.mixed_precision)
