@@ -1,0 +1,168 @@
+"""Preference data from the policy's own labelled samples, and the reader the trainer uses.
+
+Input: sample rows as ``rewardlab sample`` / ``rewardlab label`` / ``rewardlab score`` write them
+(:mod:`rewardlab.reward_models.pipeline`)::
+
+    {"id", "question", "gold", "response", "steps": [str], "outcome": 0|1,
+     "step_labels": [float] (label), "score": float, "step_scores": [float] (score)}
+
+Output, one row per pair (rewardlab's own format)::
+
+    {"id", "question", "prefix": [str], "chosen": str, "rejected": str, "kind": "outcome"|"step"}
+
+- ``kind: outcome`` (:func:`outcome_pairs`): chosen = a correct response, rejected = an incorrect
+  response to the same problem, ``prefix`` empty. "Correct" is ``outcome == 1`` (the verifier),
+  or min(step_labels) / ``score`` above a threshold (the oracle, an MC estimate, a PRM or ORM).
+- ``kind: step`` (:func:`step_pairs`, Step-DPO, Lai et al. 2024, arXiv 2406.18629): for a
+  sample whose first wrong step is s_k, ``prefix`` = s_1..s_{k-1} (all right), ``rejected`` = s_k
+  and ``chosen`` = a right step s'_k of another sample of the same problem with the same prefix.
+- Unpaired rows for KTO (:func:`unpaired_rows`): ``{"id", "question", "prefix": [],
+  "completion", "label": true|false}``.
+
+The trainer's text for a pair: prompt = the policy's prompt of ``question`` followed by each
+prefix step and its separator; completion = ``chosen`` / ``rejected`` followed by EOS (outcome)
+or by the step separator (step). Rows in TRL's standard format (``{"prompt", "chosen",
+"rejected"}``) are read too: ``prompt`` is then used verbatim.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+from typing import Sequence
+
+from rewardlab.io import DataError, iter_jsonl
+
+KINDS = ("outcome", "step")
+LABEL_FIELDS = ("outcome", "step_labels", "score")
+STEP_LABEL_FIELDS = ("step_labels", "step_scores")
+
+
+def _response(row: dict) -> str:
+    text = row.get("response")
+    return text if isinstance(text, str) and text.strip() else "\n".join(row["steps"])
+
+
+def is_correct(row: dict, label: str = "outcome", threshold: float = 0.5) -> bool | None:
+    """Whether a sample row counts as correct: ``outcome`` (the verifier's 0/1), the least of its
+    ``step_labels`` (every step right) or its ``score`` (ORM/PRM), compared ``> threshold``.
+    None when the row has no such value."""
+    if label not in LABEL_FIELDS:
+        raise ValueError(f"label must be one of {', '.join(LABEL_FIELDS)}, got {label!r}")
+    v = row.get(label)
+    if v is None:
+        return None
+    if label == "step_labels":
+        v = min(v) if v else None
+    return None if v is None else float(v) > threshold
+
+
+def _groups(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[str(r.get("id") or r["question"])].append(r)
+    return groups
+
+
+def outcome_pairs(rows: Sequence[dict], label: str = "outcome", threshold: float = 0.5,
+                  max_per_problem: int | None = None, seed: int = 0) -> list[dict]:
+    """Every (correct, incorrect) pair of distinct responses to one problem (rows with no
+    ``label`` value skipped, duplicate responses counted once); at most ``max_per_problem`` per
+    problem, drawn with ``seed``. Problems appear in first-seen order."""
+    rng = random.Random(seed)
+    out = []
+    for pid, group in _groups(rows).items():
+        good = list(dict.fromkeys(_response(r) for r in group if is_correct(r, label, threshold) is True))
+        bad = list(dict.fromkeys(_response(r) for r in group if is_correct(r, label, threshold) is False))
+        pairs = [(g, b) for g in good for b in bad if g != b]
+        if max_per_problem is not None and len(pairs) > max_per_problem:
+            pairs = rng.sample(pairs, max_per_problem)
+        out += [{"id": pid, "question": group[0]["question"], "prefix": [], "chosen": g,
+                 "rejected": b, "kind": "outcome"} for g, b in pairs]
+    return out
+
+
+def first_error(labels: Sequence[float], threshold: float = 0.5) -> int | None:
+    """Index k of the first step whose label is ≤ ``threshold`` (None: every step is right)."""
+    return next((k for k, x in enumerate(labels) if float(x) <= threshold), None)
+
+
+def step_pairs(rows: Sequence[dict], step_label: str = "step_labels", threshold: float = 0.5,
+               max_per_problem: int | None = None, seed: int = 0) -> list[dict]:
+    """Step-DPO pairs (Lai et al. 2024): for each sample with a first wrong step k (its label
+    ≤ ``threshold``, every earlier one above), the right k-th steps of the problem's samples
+    that share its prefix s_1..s_{k-1} are ``chosen`` against its s_k. Deduplicated on
+    (prefix, chosen, rejected); at most ``max_per_problem`` per problem, drawn with ``seed``."""
+    if step_label not in STEP_LABEL_FIELDS:
+        raise ValueError(f"step_label must be one of {', '.join(STEP_LABEL_FIELDS)}, got {step_label!r}")
+    rng = random.Random(seed)
+    out = []
+    for pid, group in _groups(rows).items():
+        right: dict[tuple[str, ...], list[str]] = defaultdict(list)   # prefix -> right next steps
+        wrong: list[tuple[tuple[str, ...], str]] = []
+        for r in group:
+            labels = r.get(step_label)
+            if not labels:
+                continue
+            k = first_error(labels, threshold)
+            last = len(r["steps"]) if k is None else k
+            for j in range(last):                      # every right step, under its right prefix
+                right[tuple(r["steps"][:j])].append(r["steps"][j])
+            if k is not None:
+                wrong.append((tuple(r["steps"][:k]), r["steps"][k]))
+        pairs = list(dict.fromkeys((prefix, c, w) for prefix, w in wrong
+                                   for c in dict.fromkeys(right.get(prefix, [])) if c != w))
+        if max_per_problem is not None and len(pairs) > max_per_problem:
+            pairs = rng.sample(pairs, max_per_problem)
+        out += [{"id": pid, "question": group[0]["question"], "prefix": list(prefix), "chosen": c,
+                 "rejected": w, "kind": "step"} for prefix, c, w in pairs]
+    return out
+
+
+def unpaired_rows(rows: Sequence[dict], label: str = "outcome", threshold: float = 0.5) -> list[dict]:
+    """KTO rows: each distinct response of a problem once, ``label`` True when correct."""
+    out, seen = [], set()
+    for r in rows:
+        ok = is_correct(r, label, threshold)
+        key = (str(r.get("id") or r["question"]), _response(r))
+        if ok is None or key in seen:
+            continue
+        seen.add(key)
+        out.append({"id": key[0], "question": r["question"], "prefix": [], "completion": key[1],
+                    "label": ok})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading pair files
+
+PAIR_TYPES = {"id": (str, int), "question": str, "prompt": str, "prefix": list, "chosen": str,
+              "rejected": str, "kind": str}
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """Read and check a pair file (rewardlab's format, or TRL's standard prompt/chosen/rejected).
+
+    Raises :class:`~rewardlab.io.DataError` naming the file, line and field for: malformed JSON,
+    a missing ``chosen`` / ``rejected`` / ``question`` (or ``prompt``), an empty chosen or
+    rejected, identical chosen and rejected, a ``prefix`` that is not a list of strings, an
+    unknown ``kind``, and an empty file. Returns rows with ``prefix`` and ``kind`` filled in."""
+    rows = []
+    for line, row in iter_jsonl(path, required=("chosen", "rejected"), types=PAIR_TYPES):
+        if "question" not in row and "prompt" not in row:
+            raise DataError(path, "missing required field (a pair needs a question, or a prompt "
+                            "in TRL's format)", line, "question")
+        for f in ("chosen", "rejected"):
+            if not row[f].strip():
+                raise DataError(path, "is empty", line, f)
+        if row["chosen"] == row["rejected"]:
+            raise DataError(path, "chosen and rejected are identical", line, "rejected")
+        prefix = row.get("prefix") or []
+        if not all(isinstance(s, str) for s in prefix):
+            raise DataError(path, "expected a list of strings", line, "prefix")
+        kind = row.get("kind") or ("step" if prefix else "outcome")
+        if kind not in KINDS:
+            raise DataError(path, f"expected one of {', '.join(KINDS)}, got {kind!r}", line, "kind")
+        rows.append({**row, "prefix": prefix, "kind": kind, "line": line})
+    return rows
