@@ -166,3 +166,70 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
             raise DataError(path, f"expected one of {', '.join(KINDS)}, got {kind!r}", line, "kind")
         rows.append({**row, "prefix": prefix, "kind": kind, "line": line})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample file → pair file
+
+PAIR_KINDS = ("outcome", "step", "unpaired")
+
+
+def build_pairs(rows: Sequence[dict], kind: str = "outcome", label: str = "outcome",
+                step_label: str = "step_labels", threshold: float = 0.5,
+                max_per_problem: int | None = None, seed: int = 0) -> list[dict]:
+    """:func:`outcome_pairs`, :func:`step_pairs` or :func:`unpaired_rows` of sample rows."""
+    if kind == "outcome":
+        return outcome_pairs(rows, label, threshold, max_per_problem, seed)
+    if kind == "step":
+        return step_pairs(rows, step_label, threshold, max_per_problem, seed)
+    if kind == "unpaired":
+        return unpaired_rows(rows, label, threshold)
+    raise ValueError(f"kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+
+
+def read_labelled_samples(path: str | os.PathLike, kind: str = "outcome", label: str = "outcome",
+                          step_label: str = "step_labels") -> list[dict]:
+    """Sample rows checked for what ``kind`` reads: ``question``, ``steps`` (non-empty strings),
+    and the label field (``outcome`` 0/1, ``score`` a number, ``step_labels`` / ``step_scores``
+    one number per step). A bad row raises :class:`DataError` naming the file, line and field."""
+    need = step_label if kind == "step" else label
+    types = {"question": str, "steps": list, "response": str, "id": (str, int),
+             "outcome": (int, float), "score": (int, float), "step_labels": list, "step_scores": list}
+    rows = []
+    for line, row in iter_jsonl(path, required=("question", "steps", need), types=types):
+        steps = row["steps"]
+        if not steps or not all(isinstance(s, str) and s.strip() for s in steps):
+            raise DataError(path, "expected a non-empty list of non-empty strings", line, "steps")
+        if need in ("step_labels", "step_scores"):
+            v = row[need]
+            if len(v) != len(steps) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                               for x in v):
+                raise DataError(path, f"expected one number per step ({len(steps)})", line, need)
+        elif row[need] is None:
+            raise DataError(path, "is null", line, need)
+        rows.append(row)
+    return rows
+
+
+def make_pair_file(samples: str | os.PathLike, out: str | os.PathLike, kind: str = "outcome",
+                   label: str = "outcome", step_label: str = "step_labels", threshold: float = 0.5,
+                   max_per_problem: int | None = None, seed: int = 0) -> dict:
+    """Read labelled samples, build pairs (:func:`build_pairs`) and write them to ``out``
+    atomically. Returns a summary: ``n_rows``, ``n_problems``, ``n_pairs``,
+    ``problems_without_pair`` (problems whose samples are all right or all wrong). A file that
+    yields no pair at all raises :class:`DataError` and writes nothing."""
+    from rewardlab.io import write_jsonl
+
+    rows = read_labelled_samples(samples, kind, label, step_label)
+    pairs = build_pairs(rows, kind, label, step_label, threshold, max_per_problem, seed)
+    problems = {str(r.get("id") or r["question"]) for r in rows}
+    paired = {p["id"] for p in pairs} if kind != "unpaired" else problems
+    if not pairs:
+        why = {"outcome": f"no problem has both a correct and an incorrect response by {label!r}",
+               "step": f"no wrong step (by {step_label!r}) has a right alternative after the same prefix",
+               "unpaired": "no row has a label"}[kind]
+        raise DataError(samples, f"no {kind} pairs: {why} (threshold {threshold}; "
+                        f"{len(rows)} rows, {len(problems)} problems); sample more responses per problem")
+    write_jsonl(out, pairs)
+    return {"n_rows": len(rows), "n_problems": len(problems), "n_pairs": len(pairs),
+            "problems_without_pair": len(problems - paired)}

@@ -1,0 +1,244 @@
+"""`rewardlab pairs` and `rewardlab po`: pairs from labelled samples (outcome, Step-DPO, KTO
+unpaired), the trainer on a tiny testbed policy for every loss, exact resume, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardlab.cli.main import main
+from rewardlab.data.testbed import make_splits, TestbedConfig
+from rewardlab.io import DataError, write_jsonl
+from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.preference.losses import PREFERENCE_LOSSES, sequence_logps
+from rewardlab.preference.pairs import (first_error, make_pair_file, outcome_pairs, read_pairs,
+                                        step_pairs, unpaired_rows)
+from rewardlab.preference.trainer import POConfig, train_po
+from rewardlab.reward_models.labeling import get_labeler
+from rewardlab.reward_models.pipeline import corrupt_rows, label_rows
+from rewardlab.training.metrics import read_metrics
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+# ------------------------------------------------------------------------------ pure functions
+
+def test_sequence_logps_is_the_loop_and_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    ids = torch.randint(0, 7, (2, 5))
+    labels = ids.clone()
+    labels[:, :2] = -100                       # prompt
+    labels[1, 4] = -100                        # padding
+    logps, lengths = sequence_logps(logits, labels)
+    lp = torch.log_softmax(logits, -1)
+    want = [sum(lp[b, t - 1, ids[b, t]].item() for t in range(1, 5) if labels[b, t] != -100)
+            for b in range(2)]
+    assert logps.tolist() == pytest.approx(want, abs=1e-5)
+    assert lengths.tolist() == [3, 2]
+    longer = torch.cat([logits, torch.randn(2, 3, 7)], 1)         # more padding: same result
+    padded = torch.cat([labels, torch.full((2, 3), -100)], 1)
+    assert sequence_logps(longer, padded)[0].tolist() == pytest.approx(logps.tolist(), abs=1e-6)
+
+
+def test_step_dpo_is_dpo_on_step_pairs():
+    x = [torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.5]), torch.tensor([-1.2, -2.2]),
+         torch.tensor([-2.5, -1.0])]
+    from rewardlab.preference.losses import dpo_loss, PreferenceInputs, PreferenceLossConfig
+    a, _ = PREFERENCE_LOSSES.get("step_dpo")(PreferenceInputs(*x), PreferenceLossConfig(beta=0.3))
+    b, _ = dpo_loss(*x, beta=0.3)
+    assert a.item() == pytest.approx(b.item())
+
+
+def _row(pid, steps, labels, outcome=None):
+    return {"id": pid, "question": f"q{pid}", "gold": "0", "steps": steps, "step_labels": labels,
+            "outcome": int(min(labels) > 0.5) if outcome is None else outcome}
+
+
+def test_outcome_pairs_hand_case():
+    rows = [_row("a", ["1", "#### 1"], [1, 1]), _row("a", ["2", "#### 2"], [0, 0]),
+            _row("a", ["2", "#### 2"], [0, 0]),                        # duplicate: counted once
+            _row("a", ["3", "#### 3"], [1, 0]), _row("b", ["1"], [1])]  # b: no wrong response
+    pairs = outcome_pairs(rows)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("1\n#### 1", "2\n#### 2"),
+                                                             ("1\n#### 1", "3\n#### 3")]
+    assert all(p["kind"] == "outcome" and p["prefix"] == [] for p in pairs)
+    assert len(outcome_pairs(rows, max_per_problem=1)) == 1
+    assert len(outcome_pairs(rows, label="step_labels")) == 2
+    kto = unpaired_rows(rows)
+    assert [r["label"] for r in kto] == [True, False, False, True]
+
+
+def test_step_pairs_first_error():
+    assert first_error([1, 0.9, 0.2, 1]) == 2 and first_error([1, 1]) is None
+    rows = [_row("a", ["x", "y", "z"], [1, 1, 1]),
+            _row("a", ["x", "w", "z"], [1, 0, 0]),      # first error at k=1, after prefix [x]
+            _row("a", ["v", "y"], [0, 1]),              # first error at k=0, after the empty prefix
+            _row("a", ["x", "w2"], [1, 0.4])]
+    pairs = step_pairs(rows)
+    got = {(tuple(p["prefix"]), p["chosen"], p["rejected"]) for p in pairs}
+    assert got == {(("x",), "y", "w"), ((), "x", "v"), (("x",), "y", "w2")}
+    assert all(p["kind"] == "step" for p in pairs)
+
+
+# ------------------------------------------------------------------------------ data fixtures
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """Oracle-labelled rows: each testbed problem's right solution and corrupted copies of it."""
+    train, _ = make_splits(TestbedConfig(max_steps=2), 12, 0, seed=0)
+    oracle = get_labeler("oracle")
+    base = label_rows([{"id": p.id, "question": p.question, "gold": p.answer, "steps": p.steps,
+                        "response": p.solution, "outcome": 1} for p in train], oracle)
+    rows = base + corrupt_rows(base, oracle, rate=2.0, seed=0)
+    path = tmp_path_factory.mktemp("samples") / "labelled.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair_files(samples, tmp_path_factory):
+    d = tmp_path_factory.mktemp("pairs")
+    s1 = make_pair_file(samples, d / "outcome.jsonl", "outcome")
+    s2 = make_pair_file(samples, d / "step.jsonl", "step")
+    assert s1["n_pairs"] > 8 and s2["n_pairs"] > 8
+    return {"outcome": d / "outcome.jsonl", "step": d / "step.jsonl"}
+
+
+def _cfg(out, pairs, loss="dpo", **kw):
+    cfg = POConfig(out=str(out), loss=loss, pairs=str(pairs), max_steps=4, batch_size=4,
+                   save_every=2, eval_every=0, log_every=1, progress=False, lr=1e-3,
+                   warmup_steps=1, max_len=48, **kw)
+    cfg.model.size = "tiny"
+    cfg.model.device = "cpu"
+    return cfg
+
+
+def test_pairs_cli_writes_outcome_and_step_pairs(samples, tmp_path, capsys):
+    assert main(["pairs", "--input", str(samples), "--out", str(tmp_path / "p.jsonl"),
+                 "--kind", "step"]) == 0
+    rows = read_pairs(tmp_path / "p.jsonl")
+    assert rows and all(r["kind"] == "step" for r in rows)
+    assert "step rows" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ the trainer
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "kto", "orpo", "simpo", "step_dpo"])
+def test_every_loss_trains(tmp_path, pair_files, loss):
+    pairs = pair_files["step" if loss == "step_dpo" else "outcome"]
+    res = train_po(_cfg(tmp_path / loss, pairs, loss, eval_pairs=str(pairs)))
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in res.items() if isinstance(v, float))
+    assert "po/rewards/chosen" in res and "eval/po/loss" in res
+    if loss in ("dpo", "ipo", "step_dpo"):        # the reference is the starting policy
+        first = read_metrics(tmp_path / loss / "metrics.jsonl")[0]
+        assert first["po/rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    m0, _ = load_model_and_tokenizer(tmp_path / loss / "init")
+    m1, _ = load_model_and_tokenizer(tmp_path / loss / "final")
+    changed = [not torch.equal(a, b) for a, b in zip(m0.parameters(), m1.parameters())]
+    assert sum(changed) / len(changed) > 0.9
+
+
+def test_resume_is_exact(tmp_path, pair_files):
+    full = train_po(_cfg(tmp_path / "full", pair_files["outcome"], max_steps=6))
+    part = train_po(_cfg(tmp_path / "part", pair_files["outcome"], max_steps=6, stop_at=3))
+    assert part["po/stopped_at"] == 3
+    res = train_po(_cfg(tmp_path / "part", pair_files["outcome"], max_steps=6))
+    assert res["po/loss"] == pytest.approx(full["po/loss"], abs=1e-6)
+    ma, _ = load_model_and_tokenizer(tmp_path / "full" / "final")
+    mb, _ = load_model_and_tokenizer(tmp_path / "part" / "final")
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ma.parameters(), mb.parameters()))
+    steps = [r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if "po/loss" in r]
+    assert steps == list(range(1, 7))
+
+
+# ------------------------------------------------------------------------------ bad input
+
+GOOD = {"question": "q", "chosen": "a", "rejected": "b"}
+BAD_PAIRS = {
+    "malformed JSON": ('{"question": "q", "chosen": ', None, "malformed JSON"),
+    "missing rejected": (json.dumps({"question": "q", "chosen": "a"}), "rejected", "missing"),
+    "missing question": (json.dumps({"chosen": "a", "rejected": "b"}), "question", "missing"),
+    "empty chosen": (json.dumps({**GOOD, "chosen": "  "}), "chosen", "empty"),
+    "identical": (json.dumps({**GOOD, "rejected": "a"}), "rejected", "identical"),
+    "chosen not a string": (json.dumps({**GOOD, "chosen": 3}), "chosen", "expected string"),
+    "unknown kind": (json.dumps({**GOOD, "kind": "x"}), "kind", "expected one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PAIRS))
+def test_bad_pairs_exit_2_naming_file_line_field(tmp_path, case, capsys):
+    line, field, msg = BAD_PAIRS[case]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
+    out = tmp_path / "run"
+    assert main(["po", "--pairs", str(path), "--out", str(out), "--set", "model.size=tiny"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{path}:2" in err and msg in err
+    if field:
+        assert f"field '{field}'" in err
+    assert not out.exists()                    # refused before any work
+
+
+def test_empty_pairs_file_and_missing_reference(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["po", "--pairs", str(empty), "--out", str(tmp_path / "r1")]) == 2
+    assert "file is empty" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(GOOD) + "\n")
+    assert main(["po", "--pairs", str(good), "--out", str(tmp_path / "r2"), "--set",
+                 f"ref_model={tmp_path / 'nowhere'}"]) == 2
+    assert "needs a reference model" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "r2").exists()
+    # ORPO needs none: the same setting does not stop it at that check
+    assert main(["po", "--pairs", str(empty), "--loss", "orpo", "--out", str(tmp_path / "r3")]) == 2
+
+
+def test_step_dpo_refuses_outcome_pairs(tmp_path, pair_files, capsys):
+    assert main(["po", "--loss", "step_dpo", "--pairs", str(pair_files["outcome"]),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "step pairs" in capsys.readouterr().err
+
+
+BAD_SAMPLES = {
+    "missing steps": ({"question": "q", "outcome": 1}, "steps"),
+    "missing outcome": ({"question": "q", "steps": ["a"]}, "outcome"),
+    "outcome not a number": ({"question": "q", "steps": ["a"], "outcome": "yes"}, "outcome"),
+    "empty step": ({"question": "q", "steps": ["a", " "], "outcome": 1}, "steps"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SAMPLES))
+def test_pairs_bad_samples_exit_2_and_write_nothing(tmp_path, case, capsys):
+    row, field = BAD_SAMPLES[case]
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"question": "q", "steps": ["a"], "outcome": 1}) + "\n"
+                    + json.dumps(row) + "\n")
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", "--input", str(path), "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{path}:2: field '{field}'" in err
+    assert not out.exists() and not list(tmp_path.glob(".p.jsonl*"))
+
+
+def test_pairs_with_no_pair_at_all_is_an_error(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_jsonl(path, [_row("a", ["1"], [1]), _row("b", ["2"], [0])])
+    with pytest.raises(DataError, match="no outcome pairs"):
+        make_pair_file(path, tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_cli_subprocess_bad_pairs_exit_2(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({**GOOD, "rejected": ""}) + "\n")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.run([sys.executable, "-m", "rewardlab", "po", "--pairs", str(path), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert f"{path}:1" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
