@@ -110,9 +110,9 @@ def pair_files(samples, tmp_path_factory):
 
 
 def _cfg(out, pairs, loss="dpo", **kw):
-    cfg = POConfig(out=str(out), loss=loss, pairs=str(pairs), max_steps=4, batch_size=4,
-                   save_every=2, eval_every=0, log_every=1, progress=False, lr=1e-3,
-                   warmup_steps=1, max_len=48, **kw)
+    kw = {"max_steps": 4, "batch_size": 4, "save_every": 2, "eval_every": 0, "log_every": 1,
+          "progress": False, "lr": 1e-3, "warmup_steps": 1, "max_len": 48, **kw}
+    cfg = POConfig(out=str(out), loss=loss, pairs=str(pairs), **kw)
     cfg.model.size = "tiny"
     cfg.model.device = "cpu"
     return cfg
