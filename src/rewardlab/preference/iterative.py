@@ -1,0 +1,195 @@
+"""Iterative (online) preference optimisation: R rounds of sample → label → pair → train.
+
+Round r (``<out>/round_<r>/``) samples ``sampling.n`` responses to ``problems_per_round``
+training problems from the current policy (the start policy in round 0, round r-1's ``final/``
+after), labels them (``labeler``: the verifier's outcome always, step labels from the oracle or
+Monte-Carlo completions), builds pairs (``kind``; written to ``pairs.jsonl``) and trains on them
+with :func:`~rewardlab.preference.trainer.train_po` for ``po.max_steps`` steps. The reference model
+of round r is the policy it starts from (``ref: previous``, iterative RPO, Pang et al. 2024,
+arXiv 2404.19733) or the start policy throughout (``ref: start``).
+
+A finished round is skipped on a rerun (its ``po_summary.json`` exists), a half-finished one
+resumes from its checkpoint with the same pairs, so the whole run resumes exactly. The end:
+greedy (and maj@k with ``eval_k``) held-out evaluation of the last policy in
+``<out>/po_summary.json`` with the RL runs' ``eval/...`` keys, plus ``po/n_samples`` (the
+sampled solutions, comparable with an RL run's steps × prompts × n) and ``po/n_pairs``;
+``<out>/metrics.jsonl`` holds one row per round.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+from rewardlab.config import check_numbers, ConfigError
+from rewardlab.data.config import load_problems, make_prompt_fn
+from rewardlab.eval.evaluate import evaluate_policy
+from rewardlab.io import write_json, write_jsonl
+from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.models.sampling import SamplingConfig
+from rewardlab.preference.pairs import build_pairs
+from rewardlab.preference.trainer import POConfig, train_po
+from rewardlab.training.engine import epoch_batch, quiet_transformers
+from rewardlab.training.rundir import prepare_run_dir
+
+
+@dataclass
+class IterativePOConfig:
+    """Iterative preference optimisation on the policy's own samples."""
+
+    RANGES: ClassVar[dict[str, str]] = {"rounds": "[1, inf)", "problems_per_round": "[1, inf)",
+                                        "threshold": "[0, 1]", "eval_k": "[0, inf)",
+                                        "max_pairs_per_problem": "[0, inf)"}
+
+    out: str = "runs/po_iter"
+    """Run directory: round_<r>/ (pairs.jsonl and a po run each), metrics.jsonl, po_summary.json."""
+    rounds: int = 3
+    """Rounds of sample → label → pair → train."""
+    problems_per_round: int = 64
+    """Training problems sampled each round (a seeded draw, different every round)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=8, temperature=1.0))
+    """How responses are sampled (n per problem)."""
+    kind: str = "outcome"
+    """Pairs: outcome (right vs wrong response; dpo/ipo/kto/orpo/simpo) | step (Step-DPO)."""
+    labeler: str = "oracle"
+    """Step labels for ``kind: step``: oracle (testbed) | mc (Monte-Carlo completions by the
+    current policy). Outcome pairs use the verifier and need no labeller."""
+    mc_n: int = 8
+    """Monte-Carlo completions per prefix (``labeler: mc``)."""
+    threshold: float = 0.5
+    """A step is right when its label is > this."""
+    max_pairs_per_problem: int = 4
+    """At most this many pairs per problem and round (0: all)."""
+    ref: str = "previous"
+    """Reference model of each round: previous (the policy the round starts from) | start."""
+    eval_k: int = 0
+    """Samples per held-out problem for maj@k at the end (0: greedy only)."""
+    overwrite: bool = False
+    """Start afresh in ``out``, deleting the run there (rounds included)."""
+    po: POConfig = field(default_factory=POConfig)
+    """The trainer of each round: loss, hparams, steps per round, the start policy (model),
+    ``data`` (training and held-out problems, prompts). Its ``out``/``pairs`` are set per round."""
+
+    def validate(self) -> None:
+        check_numbers(self)
+        if self.kind not in ("outcome", "step"):
+            raise ConfigError(f"kind: {self.kind!r} is not one of outcome, step")
+        if (self.kind == "step") != (self.po.loss == "step_dpo"):
+            raise ConfigError(f"po.loss={self.po.loss} with kind={self.kind}: step_dpo trains on step "
+                              "pairs and the other losses on outcome pairs; set kind=step with "
+                              "po.loss=step_dpo, else kind=outcome")
+        if self.ref not in ("previous", "start"):
+            raise ConfigError(f"ref: {self.ref!r} is not one of previous, start")
+        if self.labeler not in ("oracle", "mc"):
+            raise ConfigError(f"labeler: {self.labeler!r} is not one of oracle, mc")
+        if self.sampling.n < 2:
+            raise ConfigError("sampling.n must be >= 2: pairs need two responses to one problem")
+        self.po.validate()
+
+
+def _labeler(cfg: IterativePOConfig, model, tok, prompt_fn, style: str):
+    from rewardlab.reward_models.labeling import get_labeler
+    if cfg.labeler == "mc":
+        return get_labeler("mc", model=model, tokenizer=tok, n=cfg.mc_n, style=style,
+                           max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.po.seed,
+                           prompt_fn=prompt_fn)
+    return get_labeler(cfg.labeler)
+
+
+def sample_round_pairs(cfg: IterativePOConfig, policy_path: str, problems, round_: int) -> tuple[list[dict], dict]:
+    """Sample, label and pair one round's problems with the policy at ``policy_path``; returns
+    (pairs, round metrics)."""
+    from rewardlab.reward_models.pipeline import label_rows, sample_responses
+
+    model, tok = load_model_and_tokenizer(policy_path, cfg.po.model.dtype, cfg.po.model.device)
+    model.eval()
+    style = cfg.po.data.answer_style()
+    prompt_fn = make_prompt_fn(cfg.po.data, tok)
+    seed = cfg.po.seed * 1000 + round_
+    rows = sample_responses(model, tok, problems, cfg.sampling.n, cfg.sampling, seed=seed,
+                            style=style, prompt_fn=prompt_fn,
+                            step_split="blank" if style == "math" else "lines")
+    if cfg.kind == "step":
+        rows = label_rows(rows, _labeler(cfg, model, tok, prompt_fn, style))
+    pairs = build_pairs(rows, cfg.kind, "outcome", "step_labels", cfg.threshold,
+                        cfg.max_pairs_per_problem or None, seed)
+    acc = sum(r["outcome"] for r in rows) / max(len(rows), 1)
+    return pairs, {"round/sample_accuracy": acc, "round/n_samples": len(problems) * cfg.sampling.n,
+                   "round/n_pairs": len(pairs)}
+
+
+def train_po_iterative(cfg: IterativePOConfig,
+                       on_round: Callable[[int, dict], None] | None = None) -> dict:
+    """Run ``cfg.rounds`` rounds (module docstring); returns the final metrics, also written to
+    ``<out>/po_summary.json``. ``on_round(r, metrics)`` is called after each round."""
+    quiet_transformers()
+    cfg.validate()
+    out = Path(cfg.out)
+    if cfg.overwrite:
+        for d in [*out.glob("round_*"), out / "init"]:
+            shutil.rmtree(d, ignore_errors=True)
+    prepare_run_dir(out, cfg, "po iterative", overwrite=cfg.overwrite)   # same config, or refused
+    train, test = load_problems(cfg.po.data, cfg.po.seed, out)
+    if len(train) < 1:
+        raise ConfigError("po iterative: no training problems (set po.data.train_path or n_train)")
+    start = cfg.po.model.name_or_path
+    if start == "testbed":        # one random start policy for every round's reference
+        from rewardlab.models.loading import make_testbed_policy
+        start = str(out / "init")
+        if not (out / "init" / "config.json").exists():
+            make_testbed_policy(start, size=cfg.po.model.size, seed=cfg.po.seed)
+    policy, history, n_samples, n_pairs, steps = start, [], 0, 0, 0
+    t0 = time.time()
+    for r in range(cfg.rounds):
+        rdir = out / f"round_{r}"
+        idx = epoch_batch(len(train), min(cfg.problems_per_round, len(train)), r, cfg.po.seed,
+                          partial_last=True)
+        problems = [train[i] for i in idx]
+        pairs_path = rdir / "pairs.jsonl"
+        if (rdir / "round.json").exists():
+            info = json.loads((rdir / "round.json").read_text())
+        else:
+            pairs, info = sample_round_pairs(cfg, policy, problems, r)
+            if pairs:
+                write_jsonl(pairs_path, pairs)
+            write_json(rdir / "round.json", info)
+        n_samples += int(info["round/n_samples"])
+        n_pairs += int(info["round/n_pairs"])
+        if not info["round/n_pairs"]:
+            warnings.warn(f"po iterative: round {r} gave no pairs (every response to a problem right, "
+                          "or every one wrong); the policy carries over", stacklevel=2)
+        else:
+            rc = copy.deepcopy(cfg.po)
+            rc.out, rc.pairs, rc.eval_pairs = str(rdir), str(pairs_path), None
+            rc.model.name_or_path = policy
+            rc.ref_model = policy if cfg.ref == "previous" else start
+            rc.data = dataclasses.replace(rc.data, n_test=0, train_path=None, test_path=None)
+            rc.seed = cfg.po.seed * 1000 + r
+            done = rdir / "po_summary.json"
+            res = json.loads(done.read_text()) if done.exists() else train_po(rc)
+            policy = str(rdir / "final")
+            steps += rc.max_steps
+            info = {**info, **{k: v for k, v in res.items() if k.startswith("po/")}}
+        history.append({"step": steps, "round": r, **info})
+        write_jsonl(out / "metrics.jsonl", history)
+        if on_round is not None:
+            on_round(r, info)
+    model, tok = load_model_and_tokenizer(policy, cfg.po.model.dtype, cfg.po.model.device)
+    final: dict = {"po/rounds": cfg.rounds, "po/n_samples": n_samples, "po/n_pairs": n_pairs,
+                   "po/steps": steps, "po/final": policy}
+    if test:
+        summary, _ = evaluate_policy(model, tok, test, style=cfg.po.data.answer_style(), greedy=True,
+                                     k=cfg.eval_k, temperature=cfg.sampling.temperature or 1.0,
+                                     max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.po.seed,
+                                     prompt_fn=make_prompt_fn(cfg.po.data, tok))
+        final.update({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+    final["po/wall_s"] = time.time() - t0
+    write_json(out / "po_summary.json", final)
+    return final
