@@ -242,3 +242,50 @@ def test_cli_subprocess_bad_pairs_exit_2(tmp_path):
                            str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert f"{path}:1" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ iterative mode
+
+def _fake_sampler(model, tok, problems, n, sampling=None, seed=0, style="gsm8k", prompt_fn=None,
+                  step_split="lines"):
+    """Stands in for the policy: per problem, its right solution and n-1 corrupted copies."""
+    import random
+    from rewardlab.reward_models.pipeline import corrupt_steps
+    rng = random.Random(seed)
+    rows = []
+    for p in problems:
+        for j in range(n):
+            steps = list(p.steps) if j == 0 else (corrupt_steps(p.steps, rng) or list(p.steps))
+            rows.append({"id": p.id, "sample": j, "question": p.question, "gold": p.answer,
+                         "response": "\n".join(steps), "answer": None, "steps": steps,
+                         "outcome": int(steps == list(p.steps))})
+    return rows
+
+
+@pytest.mark.parametrize("design", ["dpo", "step_dpo"])
+def test_iterative_rounds_resume_and_budget(tmp_path, monkeypatch, design):
+    import rewardlab.preference.iterative as it
+    import rewardlab.reward_models.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "sample_responses", _fake_sampler)
+    cfg = it.po_design_config(design, out=str(tmp_path / "it"), seed=0, policy="testbed",
+                              train_path="", test_path="", n_samples=24, n=3, rounds=2,
+                              max_new_tokens=16,
+                              overrides=["po.model.size=tiny", "po.model.device=cpu",
+                                         "po.data.n_train=20", "po.data.n_test=2",
+                                         "po.data.testbed.max_steps=2", "po.batch_size=4",
+                                         "po.max_len=48", "po.save_every=0", "po.eval_every=0"])
+    assert cfg.rounds * cfg.problems_per_round * cfg.sampling.n == 24
+    res = it.train_po_iterative(cfg)
+    assert res["po/n_samples"] == 24 and res["po/n_pairs"] > 0 and "eval/accuracy" in res
+    rows = read_metrics(tmp_path / "it" / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1]
+    kinds = {r["kind"] for r in read_pairs(tmp_path / "it" / "round_1" / "pairs.jsonl")}
+    assert kinds == {"step" if design == "step_dpo" else "outcome"}
+    import yaml
+    r1 = yaml.safe_load((tmp_path / "it" / "round_1" / "config.yaml").read_text())
+    assert r1["ref_model"] == str(tmp_path / "it" / "round_0" / "final")   # ref: previous
+    # a rerun skips the finished rounds and gives the same result
+    monkeypatch.setattr(it, "train_po", lambda cfg: pytest.fail("a finished round was retrained"))
+    again = it.train_po_iterative(cfg)
+    assert {k: v for k, v in again.items() if k != "po/wall_s"} == \
+        {k: v for k, v in res.items() if k != "po/wall_s"}

@@ -41,6 +41,33 @@ def register(app: typer.Typer) -> None:
         res = train_po(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
 
+    @app.command("po-iterative")
+    def po_iterative(config: Optional[str] = typer.Option(None, "--config", "-c",
+                                                          help="YAML config (IterativePOConfig)."),
+                     set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set rounds=5"),
+                     design: Optional[str] = typer.Option(None, "--design",
+                                                          help="Preset: dpo | kto | step_dpo | ipo | orpo | simpo"),
+                     out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
+                     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out."),
+                     show_config: bool = PRINT_CONFIG_OPTION) -> None:
+        """Iterative preference optimisation: rounds of sample → label → pair → train."""
+        from rich.console import Console
+
+        from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
+
+        ov = []
+        if design is not None:
+            if design not in PO_DESIGNS:
+                raise typer.BadParameter(f"--design must be one of {', '.join(PO_DESIGNS)}")
+            ov += PO_DESIGNS[design]
+        ov += list(set_) + ([f"out={out}"] if out else []) + (["overwrite=true"] if overwrite else [])
+        cfg = load_config(IterativePOConfig, config, ov)
+        if show_config:
+            return print_config(cfg)
+        res = train_po_iterative(cfg, on_round=lambda r, m: Console().print(
+            f"round {r}: {m['round/n_pairs']} pairs, sample accuracy {m['round/sample_accuracy']:.3f}"))
+        Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
+
     @app.command("pairs")
     def pairs_(input_: Path = typer.Option(..., "--input", help="Labelled samples (rewardlab label / score)."),
                out: Path = typer.Option(Path("pairs.jsonl"), "--out", help="Output JSONL."),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 import warnings
@@ -46,7 +47,8 @@ class IterativePOConfig:
 
     RANGES: ClassVar[dict[str, str]] = {"rounds": "[1, inf)", "problems_per_round": "[1, inf)",
                                         "threshold": "[0, 1]", "eval_k": "[0, inf)",
-                                        "max_pairs_per_problem": "[0, inf)"}
+                                        "max_pairs_per_problem": "[0, inf)",
+                                        "epochs": "[0, inf)"}
 
     out: str = "runs/po_iter"
     """Run directory: round_<r>/ (pairs.jsonl and a po run each), metrics.jsonl, po_summary.json."""
@@ -67,6 +69,9 @@ class IterativePOConfig:
     """A step is right when its label is > this."""
     max_pairs_per_problem: int = 4
     """At most this many pairs per problem and round (0: all)."""
+    epochs: float = 2.0
+    """Passes over each round's pairs: po.max_steps = ⌈epochs · pairs / po.batch_size⌉ per round
+    (0: po.max_steps as set)."""
     ref: str = "previous"
     """Reference model of each round: previous (the policy the round starts from) | start."""
     eval_k: int = 0
@@ -172,6 +177,8 @@ def train_po_iterative(cfg: IterativePOConfig,
             rc.ref_model = policy if cfg.ref == "previous" else start
             rc.data = dataclasses.replace(rc.data, n_test=0, train_path=None, test_path=None)
             rc.seed = cfg.po.seed * 1000 + r
+            if cfg.epochs > 0:
+                rc.max_steps = max(1, math.ceil(cfg.epochs * info["round/n_pairs"] / rc.batch_size))
             done = rdir / "po_summary.json"
             res = json.loads(done.read_text()) if done.exists() else train_po(rc)
             policy = str(rdir / "final")
@@ -193,3 +200,39 @@ def train_po_iterative(cfg: IterativePOConfig,
     final["po/wall_s"] = time.time() - t0
     write_json(out / "po_summary.json", final)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo's preference designs
+
+PO_DESIGNS: dict[str, list[str]] = {
+    "dpo": ["po.loss=dpo", "kind=outcome"],
+    "kto": ["po.loss=kto", "kind=outcome"],
+    "step_dpo": ["po.loss=step_dpo", "kind=step", "labeler=oracle"],
+    "ipo": ["po.loss=ipo", "kind=outcome"],
+    "orpo": ["po.loss=orpo", "kind=outcome"],
+    "simpo": ["po.loss=simpo", "kind=outcome"],
+}
+"""Design name → overrides of :class:`IterativePOConfig` (dpo, kto, step_dpo are the demo's)."""
+
+
+def po_design_config(design: str, *, out: str, seed: int, policy: str, train_path: str,
+                     test_path: str, n_samples: int, n: int = 8, rounds: int = 3,
+                     eval_k: int = 0, max_new_tokens: int = 48, progress: bool = False,
+                     overrides: list[str] | None = None) -> IterativePOConfig:
+    """The iterative config of preference design ``design`` (:data:`PO_DESIGNS`) on the same
+    budget as an RL run: ``n_samples`` sampled solutions in all (an RL run's steps × prompts per
+    step × n), split into ``rounds`` rounds of ⌈n_samples / (rounds · n)⌉ problems × ``n``
+    samples. ``overrides``: dotted keys of :class:`IterativePOConfig`, applied last."""
+    from rewardlab.config import load_config
+
+    if design not in PO_DESIGNS:
+        raise ConfigError(f"unknown preference design {design!r}; valid: {', '.join(PO_DESIGNS)}")
+    per_round = max(1, math.ceil(n_samples / (rounds * n)))
+    ov = PO_DESIGNS[design] + [
+        f"out={out}", f"po.seed={seed}", f"po.model.name_or_path={policy}",
+        f"po.data.train_path={train_path}", f"po.data.test_path={test_path}",
+        f"rounds={rounds}", f"problems_per_round={per_round}", f"sampling.n={n}",
+        f"sampling.max_new_tokens={max_new_tokens}", f"eval_k={eval_k}",
+        f"po.progress={progress}"]
+    return load_config(IterativePOConfig, None, ov + list(overrides or []))
