@@ -166,7 +166,7 @@ BAD_PAIRS = {
     "empty chosen": (json.dumps({**GOOD, "chosen": "  "}), "chosen", "empty"),
     "identical": (json.dumps({**GOOD, "rejected": "a"}), "rejected", "identical"),
     "chosen not a string": (json.dumps({**GOOD, "chosen": 3}), "chosen", "expected string"),
-    "unknown kind": (json.dumps({**GOOD, "kind": "x"}), "kind", "expected one of"),
+    "unknown kind": (json.dumps({**GOOD, "kind": "x"}), "kind", "expected outcome, step"),
 }
 
 
@@ -289,3 +289,67 @@ def test_iterative_rounds_resume_and_budget(tmp_path, monkeypatch, design):
     again = it.train_po_iterative(cfg)
     assert {k: v for k, v in again.items() if k != "po/wall_s"} == \
         {k: v for k, v in res.items() if k != "po/wall_s"}
+
+
+# ------------------------------------------------------------------------------ formats
+
+def test_kto_on_unpaired_rows_and_trl_standard_pairs(tmp_path, samples):
+    s = make_pair_file(samples, tmp_path / "kto.jsonl", "unpaired")
+    rows = read_pairs(tmp_path / "kto.jsonl")
+    assert s["n_pairs"] == len(rows) and {r["label"] for r in rows} == {True, False}
+    res = train_po(_cfg(tmp_path / "kto", tmp_path / "kto.jsonl", "kto", max_steps=2))
+    assert "po/kl" in res and torch.isfinite(torch.tensor(res["po/loss"]))
+    # TRL's standard format: prompt used verbatim, EOS after the completions
+    trl = [{"prompt": f"{r['question']}\n", "chosen": r["chosen"], "rejected": r["rejected"]}
+           for r in read_pairs(make_pair_file(samples, tmp_path / "o.jsonl") and tmp_path / "o.jsonl")]
+    write_jsonl(tmp_path / "trl.jsonl", trl)
+    res = train_po(_cfg(tmp_path / "trl", tmp_path / "trl.jsonl", "simpo", max_steps=2))
+    assert torch.isfinite(torch.tensor(res["po/loss"]))
+
+
+def test_conversational_rows_use_the_chat_template(tiny_policy):
+    from rewardlab.models.loading import load_tokenizer
+    from rewardlab.preference.trainer import row_texts
+    tok = load_tokenizer(tiny_policy)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    row = {"prompt": [{"role": "user", "content": "1 + 1 ?"}],
+           "chosen": [{"role": "assistant", "content": "2"}],
+           "rejected": [{"role": "assistant", "content": "3"}], "kind": "outcome", "chat": True,
+           "prefix": [], "line": 1}
+    prompt, comps, eos = row_texts(row, tok, None)
+    assert prompt == "<user>1 + 1 ?</s><assistant>" and comps == ["2</s>", "3</s>"] and not eos
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        row_texts(row, tok, None)
+
+
+MORE_BAD = {
+    "mixed pairs and unpaired": (json.dumps({"question": "q", "completion": "a", "label": True}),
+                                 None, "mixes pairs and unpaired"),
+    "label not a bool": (json.dumps({"question": "q", "completion": "a", "label": 1}), "label",
+                         "expected boolean"),
+    "empty message": (json.dumps({"prompt": [{"role": "user", "content": "q"}],
+                                  "chosen": [{"role": "assistant", "content": ""}],
+                                  "rejected": [{"role": "assistant", "content": "b"}]}),
+                      "chosen", "empty"),
+    "string prompt, message completions": (json.dumps({"prompt": "q", "chosen": [
+        {"role": "assistant", "content": "a"}], "rejected": "b"}), "chosen", "all be strings"),
+}
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD))
+def test_more_bad_rows(tmp_path, case):
+    line, field, msg = MORE_BAD[case]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=msg) as e:
+        read_pairs(path)
+    assert e.value.line == 2 and e.value.field == field
+
+
+def test_unpaired_rows_need_kto(tmp_path, capsys):
+    path = tmp_path / "kto.jsonl"
+    path.write_text(json.dumps({"question": "q", "completion": "a", "label": True}) + "\n")
+    assert main(["po", "--pairs", str(path), "--loss", "dpo", "--out", str(tmp_path / "r")]) == 2
+    assert "loss kto only" in " ".join(capsys.readouterr().err.split())

@@ -21,8 +21,10 @@ Output, one row per pair (rewardlab's own format)::
 
 The trainer's text for a pair: prompt = the policy's prompt of ``question`` followed by each
 prefix step and its separator; completion = ``chosen`` / ``rejected`` followed by EOS (outcome)
-or by the step separator (step). Rows in TRL's standard format (``{"prompt", "chosen",
-"rejected"}``) are read too: ``prompt`` is then used verbatim.
+or by the step separator (step). TRL's formats are read too (:func:`read_pairs`):
+``{"prompt", "chosen", "rejected"}`` and ``{"prompt", "completion", "label"}`` with a string
+prompt (used verbatim; EOS appended to completions) or conversational, lists of
+``{"role", "content"}`` messages (rendered with the tokenizer's chat template).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Sequence
 
 from rewardlab.io import DataError, iter_jsonl
 
-KINDS = ("outcome", "step")
+KINDS = ("outcome", "step", "unpaired")
 LABEL_FIELDS = ("outcome", "step_labels", "score")
 STEP_LABEL_FIELDS = ("step_labels", "step_scores")
 
@@ -137,34 +139,74 @@ def unpaired_rows(rows: Sequence[dict], label: str = "outcome", threshold: float
 # ---------------------------------------------------------------------------------------------
 # Reading pair files
 
-PAIR_TYPES = {"id": (str, int), "question": str, "prompt": str, "prefix": list, "chosen": str,
-              "rejected": str, "kind": str}
+PAIR_TYPES = {"id": (str, int), "question": str, "prompt": (str, list), "prefix": list,
+              "chosen": (str, list), "rejected": (str, list), "completion": (str, list),
+              "label": bool, "kind": str}
+
+
+def _check_text(path, line: int, field: str, value) -> None:
+    """A completion or prompt: a non-empty string, or a non-empty list of chat messages
+    ``{"role": str, "content": str}`` (TRL's conversational format) whose contents are not all empty."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(path, "is empty", line, field)
+        return
+    if not value or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                            and isinstance(m.get("content"), str) for m in value):
+        raise DataError(path, "expected a string or a non-empty list of messages "
+                        '{"role": ..., "content": ...}', line, field)
+    if not any(m["content"].strip() for m in value):
+        raise DataError(path, "is empty", line, field)
 
 
 def read_pairs(path: str | os.PathLike) -> list[dict]:
-    """Read and check a pair file (rewardlab's format, or TRL's standard prompt/chosen/rejected).
+    """Read and check a preference file: pairs (rewardlab's format; TRL's prompt/chosen/rejected,
+    standard or conversational) or unpaired KTO rows (rewardlab's question/completion/label; TRL's
+    prompt/completion/label).
 
     Raises :class:`~rewardlab.io.DataError` naming the file, line and field for: malformed JSON,
-    a missing ``chosen`` / ``rejected`` / ``question`` (or ``prompt``), an empty chosen or
-    rejected, identical chosen and rejected, a ``prefix`` that is not a list of strings, an
-    unknown ``kind``, and an empty file. Returns rows with ``prefix`` and ``kind`` filled in."""
+    a missing ``chosen`` / ``rejected`` (``completion`` / ``label``) / ``question`` (or
+    ``prompt``), an empty completion, identical chosen and rejected, a ``prefix`` that is not a
+    list of strings, an unknown ``kind``, a file mixing pairs and unpaired rows, a conversational
+    row with a prefix, and an empty file. Returns the rows with ``prefix``, ``kind`` (outcome |
+    step | unpaired), ``chat`` (conversational) and ``line`` filled in."""
     rows = []
-    for line, row in iter_jsonl(path, required=("chosen", "rejected"), types=PAIR_TYPES):
+    for line, row in iter_jsonl(path, types=PAIR_TYPES):
+        unpaired = "completion" in row or "label" in row
+        need = ("completion", "label") if unpaired else ("chosen", "rejected")
+        for f in need:
+            if f not in row:
+                raise DataError(path, "missing required field", line, f)
         if "question" not in row and "prompt" not in row:
             raise DataError(path, "missing required field (a pair needs a question, or a prompt "
                             "in TRL's format)", line, "question")
-        for f in ("chosen", "rejected"):
-            if not row[f].strip():
-                raise DataError(path, "is empty", line, f)
-        if row["chosen"] == row["rejected"]:
+        if "prompt" in row:
+            _check_text(path, line, "prompt", row["prompt"])
+        for f in need[:1] if unpaired else need:
+            _check_text(path, line, f, row[f])
+        chat = isinstance(row.get("prompt"), list)
+        if not unpaired and row["chosen"] == row["rejected"]:
             raise DataError(path, "chosen and rejected are identical", line, "rejected")
         prefix = row.get("prefix") or []
         if not all(isinstance(s, str) for s in prefix):
             raise DataError(path, "expected a list of strings", line, "prefix")
-        kind = row.get("kind") or ("step" if prefix else "outcome")
-        if kind not in KINDS:
-            raise DataError(path, f"expected one of {', '.join(KINDS)}, got {kind!r}", line, "kind")
-        rows.append({**row, "prefix": prefix, "kind": kind, "line": line})
+        if chat and prefix:
+            raise DataError(path, "a conversational row takes no prefix (put it in the prompt)",
+                            line, "prefix")
+        texts = [row[f] for f in (need[:1] if unpaired else need)]
+        if any(isinstance(t, list) != chat for t in texts):
+            raise DataError(path, "prompt and completions must all be strings or all be message "
+                            "lists", line, need[0])
+        kind = "unpaired" if unpaired else (row.get("kind") or ("step" if prefix else "outcome"))
+        if kind not in KINDS or (kind == "unpaired") != unpaired:
+            allowed = "unpaired" if unpaired else "outcome, step"
+            raise DataError(path, f"expected {allowed}, got {kind!r}", line, "kind")
+        if unpaired and not isinstance(row["label"], bool):
+            raise DataError(path, "expected true or false", line, "label")
+        if rows and (kind == "unpaired") != (rows[0]["kind"] == "unpaired"):
+            raise DataError(path, "mixes pairs and unpaired (KTO) rows; keep them in separate files",
+                            line)
+        rows.append({**row, "prefix": prefix, "kind": kind, "chat": chat, "line": line})
     return rows
 
 

@@ -105,12 +105,35 @@ class POConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pairs → token ids
+# Rows → token ids. An example is (sequences, desirable): two (ids, labels) sequences
+# [chosen, rejected] for a pair, one for an unpaired KTO row (desirable True / False).
 
-def pair_texts(row: dict, prompt_fn, separator: str = "\n") -> tuple[str, str, str, bool]:
-    """(prompt, chosen, rejected, end_with_eos) of a pair row: the prompt is ``row["prompt"]``
-    verbatim (TRL) or the policy's prompt of ``question`` followed by each prefix step + separator;
-    an outcome completion ends with EOS, a step completion with the separator."""
+def completion_names(row: dict) -> list[str]:
+    return ["completion"] if row["kind"] == "unpaired" else ["chosen", "rejected"]
+
+
+def row_texts(row: dict, tok, prompt_fn, separator: str = "\n") -> tuple[str, list[str], bool]:
+    """(prompt, completions, end_with_eos) of a pair or unpaired row.
+
+    - rewardlab rows: the policy's prompt of ``question`` followed by each prefix step +
+      separator; an outcome completion ends with EOS, a step completion with the separator.
+    - TRL standard rows: ``prompt`` verbatim, completions + EOS.
+    - TRL conversational rows: the tokenizer's chat template; the prompt ends with the generation
+      prompt, a completion is what the template renders after it (its end-of-turn included)."""
+    names = completion_names(row)
+    if row.get("chat"):
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(f"po: line {row['line']} is conversational (message lists), and the "
+                             "policy's tokenizer has no chat template")
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        comps = []
+        for n in names:
+            full = tok.apply_chat_template(row["prompt"] + row[n], tokenize=False)
+            if not full.startswith(prompt):
+                raise ValueError(f"po: line {row['line']}: the chat template does not render the "
+                                 f"prompt as the start of prompt + {n}")
+            comps.append(full[len(prompt):])
+        return prompt, comps, False
     if "prompt" in row and "question" not in row:
         prompt = row["prompt"]
     else:
@@ -118,64 +141,79 @@ def pair_texts(row: dict, prompt_fn, separator: str = "\n") -> tuple[str, str, s
                                    answer="", source="pairs"))
     prompt += "".join(s + separator for s in row["prefix"])
     if row["kind"] == "step":
-        return prompt, row["chosen"] + separator, row["rejected"] + separator, False
-    return prompt, row["chosen"], row["rejected"], True
+        return prompt, [row[n] + separator for n in names], False
+    return prompt, [row[n] for n in names], True
 
 
-def encode_pair(tok, prompt: str, chosen: str, rejected: str, eos: bool, max_len: int):
-    """((ids, labels) of prompt + chosen, the same of prompt + rejected), labels -100 on the
-    prompt, cut to ``max_len``; None when either completion is cut away entirely."""
+def encode_row(tok, prompt: str, completions: list[str], eos: bool, max_len: int):
+    """[(ids, labels)] of prompt + each completion (labels -100 on the prompt), cut to
+    ``max_len``; None when a completion is cut away entirely."""
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     out = []
-    for text in (chosen, rejected):
+    for text in completions:
         r = tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
         ids, labels = (p + r)[:max_len], ([-100] * len(p) + r)[:max_len]
         if all(t == -100 for t in labels[1:]):
             return None
         out.append((ids, labels))
-    return out[0], out[1]
+    return out
 
 
-def encode_pairs(rows: list[dict], tok, prompt_fn, separator: str, max_len: int, what: str):
-    encoded = [encode_pair(tok, *pair_texts(r, prompt_fn, separator), max_len) for r in rows]
-    kept = [e for e in encoded if e is not None]
-    if not kept:
-        raise ValueError(f"po: max_len={max_len} tokens cuts a completion of every pair in {what}; "
+def encode_rows(rows: list[dict], tok, prompt_fn, separator: str, max_len: int, what: str) -> list:
+    """Examples (sequences, desirable) of ``rows``; rows that lose a completion at ``max_len``
+    are left out with a warning (all of them: ValueError)."""
+    examples = []
+    for r in rows:
+        seqs = encode_row(tok, *row_texts(r, tok, prompt_fn, separator), max_len)
+        if seqs is not None:
+            examples.append((seqs, r.get("label")))
+    if not examples:
+        raise ValueError(f"po: max_len={max_len} tokens cuts a completion of every row in {what}; "
                          "raise max_len")
-    if len(kept) < len(encoded):
-        warnings.warn(f"po: {len(encoded) - len(kept)} of {len(encoded)} pairs in {what} lose a whole "
+    if len(examples) < len(rows):
+        warnings.warn(f"po: {len(rows) - len(examples)} of {len(rows)} rows in {what} lose a whole "
                       f"completion at max_len={max_len} tokens and are left out", stacklevel=2)
-    return kept
+    return examples
 
 
-def pair_logps(model, pairs, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs and lengths of B pairs, each (B, 2) = [chosen, rejected]: one
-    forward pass over the 2B sequences (chosen 0..B-1, then rejected)."""
-    B = len(pairs)
-    batch = collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+def batch_logps(model, examples: list, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and lengths of B examples of S sequences each, both (B, S)
+    (S = 2: [chosen, rejected]; S = 1: unpaired): one forward pass over the S·B sequences."""
+    B, S = len(examples), len(examples[0][0])
+    batch = collate([seqs[s] for s in range(S) for seqs, _ in examples], pad_id)   # s-major
     batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps, lengths = sequence_logps(logits, batch["labels"])          # (2B,)
-    return logps.view(2, B).T, lengths.view(2, B).T.float()           # (B, 2)
+    logps, lengths = sequence_logps(logits, batch["labels"])          # (S·B,)
+    return logps.view(S, B).T, lengths.view(S, B).T.float()           # (B, S)
 
 
 @torch.no_grad()
-def reference_logps(model, pairs, pad_id: int, device, batch_size: int) -> torch.Tensor:
-    """(N, 2) reference log-probs of every pair, in batches, the model in eval mode."""
+def reference_logps(model, examples: list, pad_id: int, device, batch_size: int) -> torch.Tensor:
+    """(N, S) reference log-probs of every example, in batches, the model in eval mode."""
     model.eval()
-    out = [pair_logps(model, pairs[i:i + batch_size], pad_id, device)[0].cpu()
-           for i in range(0, len(pairs), batch_size)]
+    out = [batch_logps(model, examples[i:i + batch_size], pad_id, device)[0].cpu()
+           for i in range(0, len(examples), batch_size)]
     return torch.cat(out)
 
 
 def po_step_loss(name: str, hparams: PreferenceLossConfig, logps: torch.Tensor,
-                 lengths: torch.Tensor, ref: torch.Tensor | None):
-    """The registered loss on one batch: logps / lengths / ref all (B, 2) = [chosen, rejected]."""
-    x = PreferenceInputs(logps[:, 0], logps[:, 1], chosen_lengths=lengths[:, 0],
-                         rejected_lengths=lengths[:, 1])
+                 lengths: torch.Tensor, ref: torch.Tensor | None, desirable=None):
+    """The registered loss on one batch: logps / lengths / ref all (B, S) as :func:`batch_logps`
+    returns them; ``desirable`` (B,) bool for unpaired rows (S = 1, KTO)."""
+    x = PreferenceInputs(logps[:, 0], chosen_lengths=lengths[:, 0])
     if ref is not None:
-        x.ref_chosen_logps, x.ref_rejected_logps = ref[:, 0], ref[:, 1]
+        x.ref_chosen_logps = ref[:, 0]
+    if logps.shape[1] == 2:
+        x.policy_rejected_logps, x.rejected_lengths = logps[:, 1], lengths[:, 1]
+        if ref is not None:
+            x.ref_rejected_logps = ref[:, 1]
+    else:
+        x.desirable = torch.as_tensor(desirable, dtype=torch.bool, device=logps.device)
     return PREFERENCE_LOSSES.get(name)(x, hparams)
+
+
+def _desirable(examples: list) -> list | None:
+    return [d for _, d in examples] if examples and examples[0][1] is not None else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +233,9 @@ def _check_reference(cfg: POConfig) -> None:
 
 
 def _check_kind(cfg: POConfig, rows: list[dict], path: str) -> None:
+    if rows[0]["kind"] == "unpaired" and cfg.loss != "kto":
+        raise ConfigError(f"{path}: unpaired rows (completion/label) train with loss kto only, "
+                          f"not {cfg.loss}; build pairs instead (rewardlab pairs --kind outcome)")
     if cfg.loss == "step_dpo":
         bad = next((r for r in rows if r["kind"] != "step"), None)
         if bad is not None:
@@ -203,15 +244,15 @@ def _check_kind(cfg: POConfig, rows: list[dict], path: str) -> None:
 
 
 def evaluate_pairs(model, pairs, ref, cfg: POConfig, pad_id: int, device, prec) -> dict:
-    """The loss's metrics over held-out pairs (means over batches, weighted by batch size)."""
+    """The loss's metrics over held-out examples (means over batches, weighted by batch size)."""
     model.eval()
     sums: dict[str, float] = {}
     with torch.no_grad(), prec.autocast():
         for i in range(0, len(pairs), cfg.ref_batch_size):
             chunk = pairs[i:i + cfg.ref_batch_size]
-            logps, lengths = pair_logps(model, chunk, pad_id, device)
+            logps, lengths = batch_logps(model, chunk, pad_id, device)
             r = ref[i:i + len(chunk)].to(device) if ref is not None else None
-            loss, m = po_step_loss(cfg.loss, cfg.hparams, logps, lengths, r)
+            loss, m = po_step_loss(cfg.loss, cfg.hparams, logps, lengths, r, _desirable(chunk))
             for k, v in {"loss": loss.item(), **m}.items():
                 sums[k] = sums.get(k, 0.0) + v * len(chunk)
     model.train()
@@ -227,6 +268,8 @@ def train_po(cfg: POConfig) -> dict:
     rows = read_pairs(cfg.pairs)                   # bad input fails here, before any work
     eval_rows = read_pairs(cfg.eval_pairs) if cfg.eval_pairs else []
     _check_kind(cfg, rows, cfg.pairs)
+    if eval_rows:
+        _check_kind(cfg, eval_rows, cfg.eval_pairs)
     _check_reference(cfg)
     eng = Engine(cfg.out, "po", resume=cfg.resume, progress=cfg.progress, config=cfg)
     dist = eng.dist
@@ -240,8 +283,8 @@ def train_po(cfg: POConfig) -> dict:
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)
     sep = "\n\n" if cfg.data.answer_style() == "math" else "\n"
-    pairs = encode_pairs(rows, tok, prompt_fn, sep, cfg.max_len, cfg.pairs)
-    eval_set = encode_pairs(eval_rows, tok, prompt_fn, sep, cfg.max_len, cfg.eval_pairs) if eval_rows else []
+    pairs = encode_rows(rows, tok, prompt_fn, sep, cfg.max_len, cfg.pairs)
+    eval_set = encode_rows(eval_rows, tok, prompt_fn, sep, cfg.max_len, cfg.eval_pairs) if eval_rows else []
     ref = ref_eval = None
     if needs_reference(cfg.loss):
         ref_path = cfg.ref_model or (str(eng.out / "init") if cfg.model.name_or_path == "testbed"
@@ -266,10 +309,11 @@ def train_po(cfg: POConfig) -> dict:
             for micro in range(cfg.grad_accum):
                 idx = dist.shard(epoch_batch(len(pairs), cfg.batch_size,
                                              step * cfg.grad_accum + micro, cfg.seed))
+                chunk = [pairs[i] for i in idx]
                 with prec.autocast():
-                    logps, lengths = pair_logps(model, [pairs[i] for i in idx], tok.pad_token_id, device)
+                    logps, lengths = batch_logps(model, chunk, tok.pad_token_id, device)
                     r = ref[idx].to(device) if ref is not None else None
-                    loss, m = po_step_loss(cfg.loss, cfg.hparams, logps, lengths, r)
+                    loss, m = po_step_loss(cfg.loss, cfg.hparams, logps, lengths, r, _desirable(chunk))
                 # each rank's mean over its shard; gradients are summed over ranks
                 (loss / (cfg.grad_accum * dist.world)).backward()
                 for k, v in {"loss": loss.item(), **m}.items():
