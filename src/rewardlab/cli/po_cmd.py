@@ -9,6 +9,9 @@ import typer
 
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
 from rewardlab.config import load_config
+from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
+from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
+from rewardlab.preference.trainer import POConfig, train_po
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +28,6 @@ def register(app: typer.Typer) -> None:
            show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Preference optimisation (DPO, IPO, KTO, ORPO, SimPO, Step-DPO) on a file of pairs."""
         from rich.console import Console
-
-        from rewardlab.preference.trainer import POConfig, train_po
 
         ov = list(set_)
         for key, val in (("loss", loss), ("pairs", pairs), ("model.name_or_path", model), ("out", out),
@@ -52,8 +53,6 @@ def register(app: typer.Typer) -> None:
                      show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Iterative preference optimisation: rounds of sample → label → pair → train."""
         from rich.console import Console
-
-        from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
 
         ov = []
         if design is not None:
@@ -84,8 +83,6 @@ def register(app: typer.Typer) -> None:
         """Build preference pairs from sampled, labelled responses (chosen = right, rejected = wrong)."""
         from rich.console import Console
         from rich.markup import escape
-
-        from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
 
         if kind not in PAIR_KINDS:
             raise typer.BadParameter(f"--kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")

@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
-from rewardlab.config import check_numbers, ConfigError
+from rewardlab.config import check_numbers, ConfigError, load_config
 from rewardlab.data.config import load_problems, make_prompt_fn
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.io import write_json, write_jsonl
-from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
 from rewardlab.models.sampling import SamplingConfig
 from rewardlab.preference.pairs import build_pairs
 from rewardlab.preference.trainer import POConfig, train_po
+from rewardlab.reward_models.labeling import get_labeler
+from rewardlab.reward_models.pipeline import label_rows, sample_responses
 from rewardlab.training.engine import epoch_batch, quiet_transformers
 from rewardlab.training.rundir import prepare_run_dir
 
@@ -100,7 +102,6 @@ class IterativePOConfig:
 
 
 def _labeler(cfg: IterativePOConfig, model, tok, prompt_fn, style: str):
-    from rewardlab.reward_models.labeling import get_labeler
     if cfg.labeler == "mc":
         return get_labeler("mc", model=model, tokenizer=tok, n=cfg.mc_n, style=style,
                            max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.po.seed,
@@ -111,8 +112,6 @@ def _labeler(cfg: IterativePOConfig, model, tok, prompt_fn, style: str):
 def sample_round_pairs(cfg: IterativePOConfig, policy_path: str, problems, round_: int) -> tuple[list[dict], dict]:
     """Sample, label and pair one round's problems with the policy at ``policy_path``; returns
     (pairs, round metrics)."""
-    from rewardlab.reward_models.pipeline import label_rows, sample_responses
-
     model, tok = load_model_and_tokenizer(policy_path, cfg.po.model.dtype, cfg.po.model.device)
     model.eval()
     style = cfg.po.data.answer_style()
@@ -146,7 +145,6 @@ def train_po_iterative(cfg: IterativePOConfig,
         raise ConfigError("po iterative: no training problems (set po.data.train_path or n_train)")
     start = cfg.po.model.name_or_path
     if start == "testbed":        # one random start policy for every round's reference
-        from rewardlab.models.loading import make_testbed_policy
         start = str(out / "init")
         if not (out / "init" / "config.json").exists():
             make_testbed_policy(start, size=cfg.po.model.size, seed=cfg.po.seed)
@@ -224,8 +222,6 @@ def po_design_config(design: str, *, out: str, seed: int, policy: str, train_pat
     budget as an RL run: ``n_samples`` sampled solutions in all (an RL run's steps × prompts per
     step × n), split into ``rounds`` rounds of ⌈n_samples / (rounds · n)⌉ problems × ``n``
     samples. ``overrides``: dotted keys of :class:`IterativePOConfig`, applied last."""
-    from rewardlab.config import load_config
-
     if design not in PO_DESIGNS:
         raise ConfigError(f"unknown preference design {design!r}; valid: {', '.join(PO_DESIGNS)}")
     per_round = max(1, math.ceil(n_samples / (rounds * n)))

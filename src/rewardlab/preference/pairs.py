@@ -34,7 +34,7 @@ import random
 from collections import defaultdict
 from typing import Sequence
 
-from rewardlab.io import DataError, iter_jsonl
+from rewardlab.io import DataError, iter_jsonl, write_jsonl
 
 KINDS = ("outcome", "step", "unpaired")
 LABEL_FIELDS = ("outcome", "step_labels", "score")
@@ -260,8 +260,6 @@ def make_pair_file(samples: str | os.PathLike, out: str | os.PathLike, kind: str
     atomically. Returns a summary: ``n_rows``, ``n_problems``, ``n_pairs``,
     ``problems_without_pair`` (problems whose samples are all right or all wrong). A file that
     yields no pair at all raises :class:`DataError` and writes nothing."""
-    from rewardlab.io import write_jsonl
-
     rows = read_labelled_samples(samples, kind, label, step_label)
     pairs = build_pairs(rows, kind, label, step_label, threshold, max_per_problem, seed)
     problems = {str(r.get("id") or r["question"]) for r in rows}

@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+from transformers import AutoConfig
 
 from rewardlab.config import check_numbers, ConfigError
 from rewardlab.data.config import DataConfig, load_problems, make_prompt_fn
 from rewardlab.data.problem import Problem
-from rewardlab.models.loading import load_model_and_tokenizer, ModelConfig, training_precision
+from rewardlab.eval.evaluate import evaluate_policy
+from rewardlab.models.batching import pad_ids
+from rewardlab.models.loading import (load_model_and_tokenizer, make_testbed_policy, ModelConfig,
+                                      training_precision)
 from rewardlab.preference.losses import (needs_reference, PREFERENCE_LOSSES, PreferenceInputs,
                                          PreferenceLossConfig, sequence_logps)
 from rewardlab.preference.pairs import read_pairs
-from rewardlab.sft.trainer import build_model, collate, evaluate_greedy
 from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 from rewardlab.training.schedule import make_optimizer, warmup_cosine
@@ -176,6 +179,14 @@ def encode_rows(rows: list[dict], tok, prompt_fn, separator: str, max_len: int, 
     return examples
 
 
+def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, labels) sequences into input_ids / attention_mask / labels, each (N, L);
+    labels -100 on padding."""
+    ids, mask, _ = pad_ids([i for i, _ in seqs], pad_id)
+    labels, _, _ = pad_ids([lab for _, lab in seqs], -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def batch_logps(model, examples: list, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and lengths of B examples of S sequences each, both (B, S)
     (S = 2: [chosen, rejected]; S = 1: unpaired): one forward pass over the S·B sequences."""
@@ -218,11 +229,32 @@ def _desirable(examples: list) -> list | None:
 
 # ---------------------------------------------------------------------------------------------
 
+def load_policy(cfg: POConfig, eng: Engine, storage: str):
+    """The policy a run trains: from its checkpoint when resuming, else ``model.name_or_path``;
+    ``testbed`` creates a fresh random policy in ``<out>/init`` (the main process writes it)."""
+    if eng.checkpoint is not None:
+        return load_model_and_tokenizer(eng.checkpoint, storage, cfg.model.device)
+    path = cfg.model.name_or_path
+    if path == "testbed":
+        path = str(eng.out / "init")
+        if eng.dist.is_main:
+            make_testbed_policy(path, size=cfg.model.size, seed=cfg.seed)
+        eng.dist.barrier()
+    return load_model_and_tokenizer(path, storage, cfg.model.device, cfg.model.trust_remote_code)
+
+
+def evaluate_greedy(model, tok, problems, style: str, prompt_fn) -> dict:
+    """Greedy held-out accuracy (+ testbed diagnostics), keys ``eval/...``."""
+    testbed = all(p.source == "testbed" for p in problems)
+    summary, _ = evaluate_policy(model, tok, problems, style=style, greedy=True, k=0,
+                                 max_new_tokens=64 if testbed else 512, prompt_fn=prompt_fn)
+    return {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
+
+
 def _check_reference(cfg: POConfig) -> None:
     """Refuse, before any work, a loss that needs a reference model that cannot be loaded."""
     if not needs_reference(cfg.loss) or cfg.ref_model is None:
         return
-    from transformers import AutoConfig
     try:
         AutoConfig.from_pretrained(cfg.ref_model, trust_remote_code=cfg.model.trust_remote_code)
     except Exception as e:   # noqa: BLE001 - any failure means: no reference model
@@ -276,10 +308,7 @@ def train_po(cfg: POConfig) -> dict:
     dist.check_divides("po: batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
     prec = training_precision(cfg.model.dtype, cfg.model.device, cfg.model.mixed_precision)
-    if eng.checkpoint is not None:
-        model, tok = load_model_and_tokenizer(eng.checkpoint, prec.storage, cfg.model.device)
-    else:
-        model, tok = build_model(cfg.model, eng.out, cfg.seed, prec.storage, dist)
+    model, tok = load_policy(cfg, eng, prec.storage)
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)
     sep = "\n\n" if cfg.data.answer_style() == "math" else "\n"
