@@ -352,3 +352,11 @@ def test_unpaired_rows_need_kto(tmp_path, capsys):
     path.write_text(json.dumps({"question": "q", "completion": "a", "label": True}) + "\n")
     assert main(["po", "--pairs", str(path), "--loss", "dpo", "--out", str(tmp_path / "r")]) == 2
     assert "loss kto only" in " ".join(capsys.readouterr().err.split())
+
+
+def test_shipped_po_configs_load():
+    from rewardlab.config import load_config
+    from rewardlab.preference.iterative import IterativePOConfig
+    root = Path(__file__).resolve().parents[1] / "configs" / "po"
+    assert load_config(POConfig, root / "dpo.yaml").loss == "dpo"
+    assert load_config(IterativePOConfig, root / "iterative_step_dpo.yaml").po.loss == "step_dpo"
