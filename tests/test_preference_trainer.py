@@ -298,12 +298,16 @@ def test_kto_on_unpaired_rows_and_trl_standard_pairs(tmp_path, samples):
     assert s["n_pairs"] == len(rows) and {r["label"] for r in rows} == {True, False}
     res = train_po(_cfg(tmp_path / "kto", tmp_path / "kto.jsonl", "kto", max_steps=2))
     assert "po/kl" in res and torch.isfinite(torch.tensor(res["po/loss"]))
-    # TRL's standard format: prompt used verbatim, EOS after the completions
-    trl = [{"prompt": f"{r['question']}\n", "chosen": r["chosen"], "rejected": r["rejected"]}
-           for r in read_pairs(make_pair_file(samples, tmp_path / "o.jsonl") and tmp_path / "o.jsonl")]
-    write_jsonl(tmp_path / "trl.jsonl", trl)
-    res = train_po(_cfg(tmp_path / "trl", tmp_path / "trl.jsonl", "simpo", max_steps=2))
-    assert torch.isfinite(torch.tensor(res["po/loss"]))
+    # TRL's standard format (prompt used verbatim, EOS after the completions): the same
+    # sequences, so the same losses, as rewardlab's format
+    for kind in ("outcome", "step"):
+        make_pair_file(samples, tmp_path / f"{kind}.jsonl", kind)
+        make_pair_file(samples, tmp_path / f"{kind}_trl.jsonl", kind, fmt="trl")
+        trl = read_pairs(tmp_path / f"{kind}_trl.jsonl")
+        assert "prompt" in trl[0] and "question" not in trl[0]
+        a = train_po(_cfg(tmp_path / f"a_{kind}", tmp_path / f"{kind}.jsonl", "simpo", max_steps=2))
+        b = train_po(_cfg(tmp_path / f"b_{kind}", tmp_path / f"{kind}_trl.jsonl", "simpo", max_steps=2))
+        assert a["po/loss"] == pytest.approx(b["po/loss"], abs=1e-6)
 
 
 def test_conversational_rows_use_the_chat_template(tiny_policy):

@@ -79,6 +79,8 @@ def register(app: typer.Typer) -> None:
                threshold: float = typer.Option(0.5, "--threshold", help="Right when the value is > this."),
                max_per_problem: Optional[int] = typer.Option(None, "--max-per-problem", min=1,
                                                              help="At most N pairs per problem (seeded draw)."),
+               fmt: str = typer.Option("rewardlab", "--format",
+                                       help="rewardlab | trl (prompt/chosen/rejected, prompt/completion/label)."),
                seed: int = typer.Option(0, "--seed")) -> None:
         """Build preference pairs from sampled, labelled responses (chosen = right, rejected = wrong)."""
         from rich.console import Console
@@ -86,7 +88,7 @@ def register(app: typer.Typer) -> None:
 
         if kind not in PAIR_KINDS:
             raise typer.BadParameter(f"--kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
-        s = make_pair_file(input_, out, kind, label, step_label, threshold, max_per_problem, seed)
+        s = make_pair_file(input_, out, kind, label, step_label, threshold, max_per_problem, seed, fmt)
         Console().print(f"wrote {s['n_pairs']} {kind} rows from {s['n_rows']} samples of "
                         f"{s['n_problems']} problems ({s['problems_without_pair']} without a pair) "
                         f"to {escape(str(out))}")

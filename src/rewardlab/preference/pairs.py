@@ -34,6 +34,8 @@ import random
 from collections import defaultdict
 from typing import Sequence
 
+from rewardlab.data.problem import Problem
+from rewardlab.data.prompts import default_prompt
 from rewardlab.io import DataError, iter_jsonl, write_jsonl
 
 KINDS = ("outcome", "step", "unpaired")
@@ -253,13 +255,37 @@ def read_labelled_samples(path: str | os.PathLike, kind: str = "outcome", label:
     return rows
 
 
+FORMATS = ("rewardlab", "trl")
+
+
+def to_trl(rows: Sequence[dict], separator: str = "\n") -> list[dict]:
+    """rewardlab rows in TRL's standard format: ``{"prompt", "chosen", "rejected"}`` (pairs) or
+    ``{"prompt", "completion", "label"}`` (unpaired), the prompt being the default prompt
+    (question + newline) followed by the prefix steps. Step pairs keep ``"kind": "step"`` so that
+    rewardlab ends their completions with the separator instead of EOS (TRL ignores the key)."""
+    out = []
+    for r in rows:
+        prompt = default_prompt(Problem(id=str(r.get("id", "")), question=r["question"], solution="",
+                                        answer="", source="pairs"))
+        prompt += "".join(s + separator for s in r.get("prefix") or [])
+        if "completion" in r:
+            out.append({"prompt": prompt, "completion": r["completion"], "label": r["label"]})
+        else:
+            out.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"],
+                        **({"kind": "step"} if r.get("kind") == "step" else {})})
+    return out
+
+
 def make_pair_file(samples: str | os.PathLike, out: str | os.PathLike, kind: str = "outcome",
                    label: str = "outcome", step_label: str = "step_labels", threshold: float = 0.5,
-                   max_per_problem: int | None = None, seed: int = 0) -> dict:
+                   max_per_problem: int | None = None, seed: int = 0, fmt: str = "rewardlab") -> dict:
     """Read labelled samples, build pairs (:func:`build_pairs`) and write them to ``out``
     atomically. Returns a summary: ``n_rows``, ``n_problems``, ``n_pairs``,
     ``problems_without_pair`` (problems whose samples are all right or all wrong). A file that
-    yields no pair at all raises :class:`DataError` and writes nothing."""
+    yields no pair at all raises :class:`DataError` and writes nothing. ``fmt``: rewardlab | trl
+    (:func:`to_trl`)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     rows = read_labelled_samples(samples, kind, label, step_label)
     pairs = build_pairs(rows, kind, label, step_label, threshold, max_per_problem, seed)
     problems = {str(r.get("id") or r["question"]) for r in rows}
@@ -270,6 +296,6 @@ def make_pair_file(samples: str | os.PathLike, out: str | os.PathLike, kind: str
                "unpaired": "no row has a label"}[kind]
         raise DataError(samples, f"no {kind} pairs: {why} (threshold {threshold}; "
                         f"{len(rows)} rows, {len(problems)} problems); sample more responses per problem")
-    write_jsonl(out, pairs)
+    write_jsonl(out, to_trl(pairs) if fmt == "trl" else pairs)
     return {"n_rows": len(rows), "n_problems": len(problems), "n_pairs": len(pairs),
             "problems_without_pair": len(problems - paired)}
