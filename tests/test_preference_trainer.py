@@ -277,7 +277,7 @@ def test_iterative_rounds_resume_and_budget(tmp_path, monkeypatch, design):
     res = it.train_po_iterative(cfg)
     assert res["po/n_samples"] == 24 and res["po/n_pairs"] > 0 and "eval/accuracy" in res
     rows = read_metrics(tmp_path / "it" / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [0, 1]
+    assert [r["round"] for r in rows] == [0, 1] and all("eval/accuracy" in r for r in rows)
     kinds = {r["kind"] for r in read_pairs(tmp_path / "it" / "round_1" / "pairs.jsonl")}
     assert kinds == {"step" if design == "step_dpo" else "outcome"}
     import yaml

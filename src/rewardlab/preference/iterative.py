@@ -78,6 +78,8 @@ class IterativePOConfig:
     """Reference model of each round: previous (the policy the round starts from) | start."""
     eval_k: int = 0
     """Samples per held-out problem for maj@k at the end (0: greedy only)."""
+    eval_rounds: bool = True
+    """Greedy held-out accuracy after every round too (``eval/...`` rows of metrics.jsonl)."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there (rounds included)."""
     po: POConfig = field(default_factory=POConfig)
@@ -125,8 +127,20 @@ def sample_round_pairs(cfg: IterativePOConfig, policy_path: str, problems, round
     pairs = build_pairs(rows, cfg.kind, "outcome", "step_labels", cfg.threshold,
                         cfg.max_pairs_per_problem or None, seed)
     acc = sum(r["outcome"] for r in rows) / max(len(rows), 1)
+    del model
     return pairs, {"round/sample_accuracy": acc, "round/n_samples": len(problems) * cfg.sampling.n,
                    "round/n_pairs": len(pairs)}
+
+
+def evaluate_round(cfg: IterativePOConfig, policy_path: str, test, k: int = 0) -> dict:
+    """Held-out evaluation of the policy at ``policy_path`` (greedy; maj@k with ``k``), keys
+    ``eval/...`` as the RL runs write them."""
+    model, tok = load_model_and_tokenizer(policy_path, cfg.po.model.dtype, cfg.po.model.device)
+    summary, _ = evaluate_policy(model, tok, test, style=cfg.po.data.answer_style(), greedy=True,
+                                 k=k, temperature=cfg.sampling.temperature or 1.0,
+                                 max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.po.seed,
+                                 prompt_fn=make_prompt_fn(cfg.po.data, tok))
+    return {f"eval/{key}": v for key, v in summary.items() if isinstance(v, (int, float))}
 
 
 def train_po_iterative(cfg: IterativePOConfig,
@@ -148,8 +162,7 @@ def train_po_iterative(cfg: IterativePOConfig,
         start = str(out / "init")
         if not (out / "init" / "config.json").exists():
             make_testbed_policy(start, size=cfg.po.model.size, seed=cfg.po.seed)
-    policy, history, n_samples, n_pairs, steps = start, [], 0, 0, 0
-    t0 = time.time()
+    policy, history, n_samples, n_pairs, steps, wall = start, [], 0, 0, 0, 0.0
     for r in range(cfg.rounds):
         rdir = out / f"round_{r}"
         idx = epoch_batch(len(train), min(cfg.problems_per_round, len(train)), r, cfg.po.seed,
@@ -159,11 +172,14 @@ def train_po_iterative(cfg: IterativePOConfig,
         if (rdir / "round.json").exists():
             info = json.loads((rdir / "round.json").read_text())
         else:
+            t_sample = time.time()
             pairs, info = sample_round_pairs(cfg, policy, problems, r)
+            info["round/sample_s"] = time.time() - t_sample
             if pairs:
                 write_jsonl(pairs_path, pairs)
             write_json(rdir / "round.json", info)
         n_samples += int(info["round/n_samples"])
+        wall += info.get("round/sample_s", 0.0)
         n_pairs += int(info["round/n_pairs"])
         if not info["round/n_pairs"]:
             warnings.warn(f"po iterative: round {r} gave no pairs (every response to a problem right, "
@@ -182,20 +198,26 @@ def train_po_iterative(cfg: IterativePOConfig,
             policy = str(rdir / "final")
             steps += rc.max_steps
             info = {**info, **{k: v for k, v in res.items() if k.startswith("po/")}}
+            wall += res.get("po/wall_s", 0.0)
+        if test and cfg.eval_rounds:
+            cached = rdir / "eval.json"
+            if not cached.exists():
+                t_eval = time.time()
+                write_json(cached, {**evaluate_round(cfg, policy, test), "eval_s": time.time() - t_eval})
+            ev = json.loads(cached.read_text())
+            wall += ev.pop("eval_s", 0.0)
+            info = {**info, **ev}
         history.append({"step": steps, "round": r, **info})
         write_jsonl(out / "metrics.jsonl", history)
         if on_round is not None:
             on_round(r, info)
-    model, tok = load_model_and_tokenizer(policy, cfg.po.model.dtype, cfg.po.model.device)
     final: dict = {"po/rounds": cfg.rounds, "po/n_samples": n_samples, "po/n_pairs": n_pairs,
                    "po/steps": steps, "po/final": policy}
+    t_eval = time.time()
     if test:
-        summary, _ = evaluate_policy(model, tok, test, style=cfg.po.data.answer_style(), greedy=True,
-                                     k=cfg.eval_k, temperature=cfg.sampling.temperature or 1.0,
-                                     max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.po.seed,
-                                     prompt_fn=make_prompt_fn(cfg.po.data, tok))
-        final.update({f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
-    final["po/wall_s"] = time.time() - t0
+        final.update(evaluate_round(cfg, policy, test, cfg.eval_k))
+    # sampling + training + evaluation of every round (cached rounds count their recorded time)
+    final["po/wall_s"] = wall + time.time() - t_eval
     write_json(out / "po_summary.json", final)
     return final
 
