@@ -234,6 +234,34 @@ def test_pairs_with_no_pair_at_all_is_an_error(tmp_path):
     assert not (tmp_path / "p.jsonl").exists()
 
 
+def test_strict_pairs_name_the_problem_without_a_pair(tmp_path, capsys):
+    path = tmp_path / "s.jsonl"
+    write_jsonl(path, [_row("a", ["1"], [1]), _row("a", ["2"], [0]), _row("b", ["3"], [1])])
+    out = tmp_path / "p.jsonl"
+    assert main(["pairs", "--input", str(path), "--out", str(out)]) == 0      # b skipped, counted
+    assert "1 without a pair" in " ".join(capsys.readouterr().out.split())
+    out.unlink()
+    assert main(["pairs", "--input", str(path), "--out", str(out), "--strict"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{path}:3: problem 'b' has no outcome pair" in err and not out.exists()
+
+
+def test_pairs_from_orm_and_prm_scores(tmp_path):
+    rows = [{**_row("a", ["x", "y"], [1, 1]), "score": 0.9, "step_scores": [0.9, 0.8]},
+            {**_row("a", ["x", "z"], [1, 0]), "score": 0.2, "step_scores": [0.9, 0.1]}]
+    assert [p["chosen"] for p in outcome_pairs(rows, label="score")] == ["x\ny"]
+    assert [(p["prefix"], p["chosen"], p["rejected"]) for p in step_pairs(rows, "step_scores")] == \
+        [(["x"], "y", "z")]
+
+
+def test_print_config(capsys):
+    assert main(["po", "--loss", "orpo", "--print-config"]) == 0
+    assert "loss: orpo" in capsys.readouterr().out
+    assert main(["po-iterative", "--design", "step_dpo", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "kind: step" in text and "loss: step_dpo" in text
+
+
 def test_cli_subprocess_bad_pairs_exit_2(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({**GOOD, "rejected": ""}) + "\n")

@@ -81,6 +81,8 @@ def register(app: typer.Typer) -> None:
                                                              help="At most N pairs per problem (seeded draw)."),
                fmt: str = typer.Option("rewardlab", "--format",
                                        help="rewardlab | trl (prompt/chosen/rejected, prompt/completion/label)."),
+               strict: bool = typer.Option(False, "--strict",
+                                           help="A problem without a pair is an error (exit 2)."),
                seed: int = typer.Option(0, "--seed")) -> None:
         """Build preference pairs from sampled, labelled responses (chosen = right, rejected = wrong)."""
         from rich.console import Console
@@ -88,7 +90,8 @@ def register(app: typer.Typer) -> None:
 
         if kind not in PAIR_KINDS:
             raise typer.BadParameter(f"--kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
-        s = make_pair_file(input_, out, kind, label, step_label, threshold, max_per_problem, seed, fmt)
+        s = make_pair_file(input_, out, kind, label, step_label, threshold, max_per_problem, seed, fmt,
+                           strict)
         Console().print(f"wrote {s['n_pairs']} {kind} rows from {s['n_rows']} samples of "
                         f"{s['n_problems']} problems ({s['problems_without_pair']} without a pair) "
                         f"to {escape(str(out))}")

@@ -251,7 +251,7 @@ def read_labelled_samples(path: str | os.PathLike, kind: str = "outcome", label:
                 raise DataError(path, f"expected one number per step ({len(steps)})", line, need)
         elif row[need] is None:
             raise DataError(path, "is null", line, need)
-        rows.append(row)
+        rows.append({**row, "_line": line})
     return rows
 
 
@@ -278,12 +278,14 @@ def to_trl(rows: Sequence[dict], separator: str = "\n") -> list[dict]:
 
 def make_pair_file(samples: str | os.PathLike, out: str | os.PathLike, kind: str = "outcome",
                    label: str = "outcome", step_label: str = "step_labels", threshold: float = 0.5,
-                   max_per_problem: int | None = None, seed: int = 0, fmt: str = "rewardlab") -> dict:
+                   max_per_problem: int | None = None, seed: int = 0, fmt: str = "rewardlab",
+                   strict: bool = False) -> dict:
     """Read labelled samples, build pairs (:func:`build_pairs`) and write them to ``out``
     atomically. Returns a summary: ``n_rows``, ``n_problems``, ``n_pairs``,
     ``problems_without_pair`` (problems whose samples are all right or all wrong). A file that
     yields no pair at all raises :class:`DataError` and writes nothing. ``fmt``: rewardlab | trl
-    (:func:`to_trl`)."""
+    (:func:`to_trl`). ``strict``: a problem without a pair is an error too, naming the line of its
+    first sample."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     rows = read_labelled_samples(samples, kind, label, step_label)
@@ -296,6 +298,13 @@ def make_pair_file(samples: str | os.PathLike, out: str | os.PathLike, kind: str
                "unpaired": "no row has a label"}[kind]
         raise DataError(samples, f"no {kind} pairs: {why} (threshold {threshold}; "
                         f"{len(rows)} rows, {len(problems)} problems); sample more responses per problem")
+    if strict and problems - paired:
+        first = next(r for r in rows if str(r.get("id") or r["question"]) not in paired)
+        pid = str(first.get("id") or first["question"])
+        n = sum(str(r.get("id") or r["question"]) == pid for r in rows)
+        raise DataError(samples, f"problem {pid!r} has no {kind} pair ({n} samples; "
+                        f"{len(problems - paired)} of {len(problems)} problems have none); drop "
+                        "--strict to skip such problems", first["_line"])
     write_jsonl(out, to_trl(pairs) if fmt == "trl" else pairs)
     return {"n_rows": len(rows), "n_problems": len(problems), "n_pairs": len(pairs),
             "problems_without_pair": len(problems - paired)}
