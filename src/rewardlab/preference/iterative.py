@@ -238,18 +238,20 @@ PO_DESIGNS: dict[str, list[str]] = {
 
 def po_design_config(design: str, *, out: str, seed: int, policy: str, train_path: str,
                      test_path: str, n_samples: int, n: int = 8, rounds: int = 3,
-                     eval_k: int = 0, max_new_tokens: int = 48, progress: bool = False,
-                     overrides: list[str] | None = None) -> IterativePOConfig:
+                     eval_k: int = 0, n_test: int = 200, max_new_tokens: int = 48,
+                     progress: bool = False, overrides: list[str] | None = None) -> IterativePOConfig:
     """The iterative config of preference design ``design`` (:data:`PO_DESIGNS`) on the same
     budget as an RL run: ``n_samples`` sampled solutions in all (an RL run's steps × prompts per
     step × n), split into ``rounds`` rounds of ⌈n_samples / (rounds · n)⌉ problems × ``n``
-    samples. ``overrides``: dotted keys of :class:`IterativePOConfig`, applied last."""
+    samples; held-out evaluation on the first ``n_test`` problems of ``test_path``.
+    ``overrides``: dotted keys of :class:`IterativePOConfig`, applied last."""
     if design not in PO_DESIGNS:
         raise ConfigError(f"unknown preference design {design!r}; valid: {', '.join(PO_DESIGNS)}")
     per_round = max(1, math.ceil(n_samples / (rounds * n)))
     ov = PO_DESIGNS[design] + [
         f"out={out}", f"po.seed={seed}", f"po.model.name_or_path={policy}",
         f"po.data.train_path={train_path}", f"po.data.test_path={test_path}",
+        f"po.data.n_test={n_test}",
         f"rounds={rounds}", f"problems_per_round={per_round}", f"sampling.n={n}",
         f"sampling.max_new_tokens={max_new_tokens}", f"eval_k={eval_k}",
         f"po.progress={progress}"]
