@@ -111,7 +111,7 @@ def test_kto_z_ref_clamped_at_zero_and_batch_estimate():
 
 
 def test_registry_and_inputs():
-    assert PREFERENCE_LOSSES.names() == ["dpo", "ipo", "kto", "orpo", "simpo"]
+    assert PREFERENCE_LOSSES.names() == ["dpo", "ipo", "kto", "orpo", "simpo", "step_dpo"]
     x = PreferenceInputs(policy_chosen_logps=t(-10.0, -3.0), policy_rejected_logps=t(-12.0, -4.0),
                          ref_chosen_logps=t(-11.0, -3.0), ref_rejected_logps=t(-11.0, -3.5),
                          chosen_lengths=t(5.0, 2.0), rejected_lengths=t(4.0, 2.0))

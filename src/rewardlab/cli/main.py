@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 
-COMMAND_MODULES = ["data_cmd", "sft_cmd", "eval_cmd", "label_cmd", "rm_cmd", "rl_cmd", "demo_cmd"]
+COMMAND_MODULES = ["data_cmd", "sft_cmd", "eval_cmd", "label_cmd", "rm_cmd", "rl_cmd", "po_cmd", "demo_cmd"]
 
 err_console = Console(stderr=True)
 

@@ -1,4 +1,4 @@
-"""Preference-optimisation losses: DPO, IPO, KTO, ORPO, SimPO (SPEC "Preference optimisation").
+"""Preference-optimisation losses: DPO, IPO, KTO, ORPO, SimPO, Step-DPO (SPEC "Preference optimisation").
 
 Inputs are per-sequence SUMMED log-probabilities of the response tokens, shape (B,):
 ``policy_chosen_logps`` = Σ_t log π(y_w,t | x, y_w,<t) etc.; lengths |y| (B,) count response
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -134,8 +134,8 @@ class PreferenceInputs:
 
     policy_chosen_logps: torch.Tensor
     """(B,) Σ_t log π(y_w,t) of the chosen responses."""
-    policy_rejected_logps: torch.Tensor
-    """(B,) Σ_t log π(y_l,t) of the rejected responses."""
+    policy_rejected_logps: torch.Tensor | None = None
+    """(B,) Σ_t log π(y_l,t) of the rejected responses (None for unpaired KTO rows)."""
     ref_chosen_logps: torch.Tensor | None = None
     """(B,) the reference model's, for dpo / ipo / kto."""
     ref_rejected_logps: torch.Tensor | None = None
@@ -144,6 +144,9 @@ class PreferenceInputs:
     """(B,) response tokens of y_w, for orpo / simpo."""
     rejected_lengths: torch.Tensor | None = None
     """(B,) response tokens of y_l, for orpo / simpo."""
+    desirable: torch.Tensor | None = None
+    """(B,) bool: the rows are unpaired (KTO only): ``policy_chosen_logps`` / ``ref_chosen_logps``
+    hold each row's log-probs, desirable or not as given here."""
 
     def need(self, loss: str, *fields: str) -> None:
         missing = [f for f in fields if getattr(self, f) is None]
@@ -154,6 +157,10 @@ class PreferenceInputs:
 @dataclass
 class PreferenceLossConfig:
     """Hyper-parameters of the preference losses."""
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "beta": "(0, inf)", "kto_lambda_d": "[0, inf)", "kto_lambda_u": "[0, inf)",
+        "orpo_lambda": "[0, inf)", "simpo_beta": "(0, inf)"}
 
     beta: float = 0.1
     """β of DPO, KTO and IPO (IPO's τ): strength of the implicit KL to the reference."""
@@ -176,22 +183,27 @@ PREFERENCE_LOSSES: Registry[Callable[[PreferenceInputs, PreferenceLossConfig],
 
 @PREFERENCE_LOSSES.register("dpo")
 def _pref_dpo(x: PreferenceInputs, cfg: PreferenceLossConfig):
-    x.need("dpo", "ref_chosen_logps", "ref_rejected_logps")
+    x.need("dpo", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
     return dpo_loss(x.policy_chosen_logps, x.policy_rejected_logps, x.ref_chosen_logps,
                     x.ref_rejected_logps, cfg.beta)
 
 
 @PREFERENCE_LOSSES.register("ipo")
 def _pref_ipo(x: PreferenceInputs, cfg: PreferenceLossConfig):
-    x.need("ipo", "ref_chosen_logps", "ref_rejected_logps")
+    x.need("ipo", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
     return ipo_loss(x.policy_chosen_logps, x.policy_rejected_logps, x.ref_chosen_logps,
                     x.ref_rejected_logps, cfg.beta)
 
 
 @PREFERENCE_LOSSES.register("kto")
 def _pref_kto(x: PreferenceInputs, cfg: PreferenceLossConfig):
-    """Pairs as unpaired data: chosen desirable, rejected undesirable; z_ref from the batch."""
-    x.need("kto", "ref_chosen_logps", "ref_rejected_logps")
+    """Pairs as unpaired data (chosen desirable, rejected undesirable), or unpaired rows
+    (``x.desirable``); z_ref from the batch."""
+    if x.desirable is not None:
+        x.need("kto", "ref_chosen_logps")
+        return kto_loss(x.policy_chosen_logps, x.ref_chosen_logps, x.desirable, cfg.beta,
+                        cfg.kto_lambda_d, cfg.kto_lambda_u)
+    x.need("kto", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
     B = x.policy_chosen_logps.shape[0]
     desirable = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)])
     return kto_loss(torch.cat([x.policy_chosen_logps, x.policy_rejected_logps]),
@@ -202,19 +214,54 @@ def _pref_kto(x: PreferenceInputs, cfg: PreferenceLossConfig):
 
 @PREFERENCE_LOSSES.register("orpo")
 def _pref_orpo(x: PreferenceInputs, cfg: PreferenceLossConfig):
-    x.need("orpo", "chosen_lengths", "rejected_lengths")
+    x.need("orpo", "policy_rejected_logps", "chosen_lengths", "rejected_lengths")
     return orpo_loss(x.policy_chosen_logps, x.policy_rejected_logps, x.chosen_lengths,
                      x.rejected_lengths, cfg.orpo_lambda)
 
 
 @PREFERENCE_LOSSES.register("simpo")
 def _pref_simpo(x: PreferenceInputs, cfg: PreferenceLossConfig):
-    x.need("simpo", "chosen_lengths", "rejected_lengths")
+    x.need("simpo", "policy_rejected_logps", "chosen_lengths", "rejected_lengths")
     return simpo_loss(x.policy_chosen_logps, x.policy_rejected_logps, x.chosen_lengths,
                       x.rejected_lengths, cfg.simpo_beta, cfg.simpo_gamma)
 
 
+@PREFERENCE_LOSSES.register("step_dpo")
+def _pref_step_dpo(x: PreferenceInputs, cfg: PreferenceLossConfig):
+    """Step-DPO (Lai et al. 2024, arXiv 2406.18629): DPO's loss, −log σ(β (h_w − h_l)), on pairs
+    of single steps after a shared prefix (x = question + s_1..s_{k-1}, y_w / y_l = a right /
+    the first wrong step s_k); the pairs are what differ (:func:`rewardlab.preference.pairs.step_pairs`)."""
+    x.need("step_dpo", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+    return dpo_loss(x.policy_chosen_logps, x.policy_rejected_logps, x.ref_chosen_logps,
+                    x.ref_rejected_logps, cfg.beta)
+
+
+REFERENCE_FREE = frozenset({"orpo", "simpo"})
+"""Losses that need no reference model (every other registered loss reads ref_*_logps)."""
+
+
+def needs_reference(name: str) -> bool:
+    """Whether preference loss ``name`` reads the reference model's log-probs."""
+    PREFERENCE_LOSSES.get(name)          # unknown names fail here, listing the known ones
+    return name not in REFERENCE_FREE
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_t log π(y_t | x, y_<t) over the response tokens of each sequence, and their count |y|.
+
+    logits (B, T, V) of the input ids (B, T); labels (B, T): the input ids on response tokens,
+    -100 on the prompt and padding. Position t predicts token t+1, so the logits are shifted:
+    log π(y_t) = logits[t-1, y_t] − logsumexp(logits[t-1]). Returns (logps (B,), lengths (B,)),
+    float32; a sequence with no response token gets logp 0 and length 0."""
+    logits = logits[:, :-1].float()                     # (B, T-1, V)
+    target = labels[:, 1:]                              # (B, T-1)
+    mask = target != -100
+    picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)   # (B, T-1)
+    token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    return token_logps.sum(-1), mask.sum(-1)
+
+
 def preference_loss(name: str, inputs: PreferenceInputs, cfg: PreferenceLossConfig | None = None
                     ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``PREFERENCE_LOSSES[name]`` (dpo | ipo | kto | orpo | simpo) on a batch of pairs."""
+    """``PREFERENCE_LOSSES[name]`` (dpo | ipo | kto | orpo | simpo | step_dpo) on a batch of pairs."""
     return PREFERENCE_LOSSES.get(name)(inputs, cfg or PreferenceLossConfig())
