@@ -24,7 +24,8 @@ def test_rl_cli_rejects_bad_config(tmp_path, capsys):
 
 def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     from rewardlab.demo import DemoConfig, plan_jobs
-    cfg = DemoConfig(out=str(tmp_path), designs=["success", "prm_raw", "orm"], seeds=2)
+    cfg = DemoConfig(out=str(tmp_path), designs=["success", "prm_raw", "orm", "grpo_process"], seeds=2)
+    cfg.budget.rm_backbone_steps = 800   # a separate, longer-trained backbone
     jobs, runs, _ = plan_jobs(cfg)
     by = {j.name: j for j in jobs}
     assert by["rm backbone"].arg.max_steps == cfg.budget.rm_backbone_steps
@@ -34,6 +35,7 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert by["success/s0"].deps == ("sft",)
     names = [j.name for j in jobs]   # success-only runs last: they fill gaps, not the tail
     assert names[-2:] == ["success/s0", "success/s1"] and names[:2] == ["sft", "rm backbone"]
+    assert names[-5:-3] == ["grpo_process/s0", "grpo_process/s1"]   # short runs last, then bon
     assert runs["prm_raw"] == [tmp_path / "rl" / "prm_raw" / "s0", tmp_path / "rl" / "prm_raw" / "s1"]
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
     by = {j.name: j for j in plan_jobs(cfg)[0]}

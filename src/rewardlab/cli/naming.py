@@ -30,6 +30,7 @@ DEPRECATED: dict[str, dict[str, str]] = {
     "data testbed": {"--n": "--num-problems", "--min-steps": "--min-ops",
                      "--max-steps": "--max-ops"},
     "demo": {"--rl-steps": "--steps"},
+    "po": {"--max-steps": "--steps"},
 }
 """command → {old option: new option}; the old names go in the release after next."""
 

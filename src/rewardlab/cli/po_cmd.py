@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
 from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
@@ -15,14 +16,14 @@ from rewardlab.preference.trainer import POConfig, train_po
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("po")
+    @app.command("po", cls=aliased("po"))
     def po(config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (POConfig)."),
            set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set hparams.beta=0.2"),
            loss: Optional[str] = typer.Option(None, "--loss", help="dpo | ipo | kto | orpo | simpo | step_dpo"),
            pairs: Optional[str] = typer.Option(None, "--pairs", help="Training pairs (JSONL)."),
            model: Optional[str] = typer.Option(None, "--model", help="Policy: hub id, directory or 'testbed'."),
            out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
-           max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+           max_steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (config max_steps)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
                                           "afresh (else a run there with another config is refused)."),
            show_config: bool = PRINT_CONFIG_OPTION) -> None:

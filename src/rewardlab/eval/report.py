@@ -109,17 +109,30 @@ def drift(rows: list[dict], keys: Sequence[str], window: int = WINDOW) -> float 
     return statistics.fmean(xs[-window:]) - statistics.fmean(xs[:window])
 
 
+SUMMARY_FILES = ("rl_summary.json", "po_summary.json")
+"""A run's final metrics: an RL run's, or a preference (PO) design's, whose held-out ``eval/...``
+keys are the same."""
+
+
+def run_summary(run_dir: Path) -> dict | None:
+    """The final metrics of one run (the first of :data:`SUMMARY_FILES` there), or None."""
+    for name in SUMMARY_FILES:
+        path = Path(run_dir) / name
+        if path.exists():
+            return json.loads(path.read_text())
+    return None
+
+
 def seed_metrics(run_dir: Path) -> dict[str, float | None] | None:
-    """Every metric of one RL run (one seed); None when it has no ``rl_summary.json``.
+    """Every metric of one RL (or PO) run (one seed); None when it has no summary yet.
 
     Final metrics come from the held-out evaluation in ``rl_summary.json`` (``hacking`` =
     unnecessary + repeated step fraction), ``KL`` is the mean of ``kl/ref`` over the last
     ``WINDOW`` RL steps of ``metrics.jsonl`` (the summary's final estimate without a log), drifts
     as in :func:`drift`."""
-    path = Path(run_dir) / "rl_summary.json"
-    if not path.exists():
+    final = run_summary(run_dir)
+    if final is None:
         return None
-    final = json.loads(path.read_text())
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     out: dict[str, float | None] = {m: _sum(final, keys) for m, keys in FINAL.items()}
     kl = [v for _, v in _series(rows, (KL_KEY,))]
@@ -166,8 +179,8 @@ def summarise_runs(runs: Mapping[str, Sequence[Path]], baseline: str = BASELINE)
                 pairs = [(m[metric], base[s][metric]) for s, m in done.items() if base.get(s)]
                 cell[f"vs_{baseline}"] = paired_cell([a for a, _ in pairs], [b for _, b in pairs])
             row[metric] = cell
-        row["rl_wall_s"] = sum(json.loads((Path(d) / "rl_summary.json").read_text()).get("rl/wall_s", 0.0)
-                               for d in runs[design] if (Path(d) / "rl_summary.json").exists())
+        finals = [run_summary(d) for d in runs[design]]
+        row["rl_wall_s"] = sum(f.get("rl/wall_s", f.get("po/wall_s", 0.0)) for f in finals if f)
         table[design] = row
     return table
 
