@@ -37,6 +37,13 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert names[-2:] == ["success/s0", "success/s1"] and names[:2] == ["sft", "rm backbone"]
     assert names[-5:-3] == ["grpo_process/s0", "grpo_process/s1"]   # short runs last, then bon
     assert runs["prm_raw"] == [tmp_path / "rl" / "prm_raw" / "s0", tmp_path / "rl" / "prm_raw" / "s1"]
+    # a preference design: iterative PO on the RL runs' budget of samples, needing only the SFT policy
+    cfg.designs.append("step_dpo")
+    by = {j.name: j for j in plan_jobs(cfg)[0]}
+    po = by["step_dpo/s1"].arg
+    assert by["step_dpo/s1"].deps == ("sft",) and by["step_dpo/s1"].steps == po.rounds == 3
+    assert po.rounds * po.problems_per_round * po.sampling.n >= cfg.budget.rl_steps * cfg.budget.rl_prompts * cfg.budget.rl_n
+    assert po.out == str(tmp_path / "rl" / "step_dpo" / "s1") and po.po.loss == "step_dpo"
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
     by = {j.name: j for j in plan_jobs(cfg)[0]}
     assert "rm backbone" not in by and by["rm orm"].arg.base == str(tmp_path / "sft" / "final")
