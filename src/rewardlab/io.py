@@ -49,11 +49,13 @@ def _check_type(value: Any, typ: type | tuple) -> bool:
 
 def check_row(path: str | os.PathLike, line: int, row: dict, required: Iterable[str] = (),
               types: dict[str, type | tuple] | None = None) -> None:
-    """Raise :class:`DataError` (naming file, line and field) when ``row`` lacks a required field
-    or holds a non-null field of the wrong type."""
+    """Raise :class:`DataError` (naming file, line and field) when ``row`` lacks a required field,
+    holds null in one, or holds a non-null field of the wrong type."""
     for k in required:
         if k not in row:
             raise DataError(path, "missing required field", line, k)
+        if row[k] is None:
+            raise DataError(path, "null in a required field", line, k)
     for k, t in (types or {}).items():
         if k in row and row[k] is not None and not _check_type(row[k], t):
             want = " or ".join(_TYPE_NAMES.get(x, x.__name__)
