@@ -230,20 +230,15 @@ class Engine:
         ``README.md`` (``card``, or :func:`run_card` of this run); :meth:`summary` adds the
         run's closing metrics to it."""
         final = self.out / "final"
-        state_dict = self.dist.full_state_dict(model)   # FSDP: gathered to rank 0
-        if state_dict is not None:
-            if self.dist.is_main:
+        state_dict = self.dist.full_state_dict(model)   # FSDP: gathered to rank 0, else None
+        if state_dict is None:
+            check_finite_weights(model, what="final model")
+        if self.dist.is_main:
+            if state_dict is not None:
                 check_finite_state(state_dict, what="final model")
                 save_pretrained_full(model, final, state_dict)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(str(final))
-                self._card = card or run_card(self.name, self.config, final)
-                self._card.write(final)
-            self.dist.barrier()
-            return final
-        check_finite_weights(model, what="final model")
-        if self.dist.is_main:
-            model.save_pretrained(str(final))
+            else:
+                model.save_pretrained(str(final))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(final))
             self._card = card or run_card(self.name, self.config, final)
