@@ -225,16 +225,6 @@ def _log_sft(what: str, res: dict, log) -> None:
         f"{res['sft/wall_s']:.0f}s")
 
 
-def stage_sft(cfg: DemoConfig, log) -> Path:
-    """The SFT policy: the testbed recipe for ``sft_steps`` steps (cached)."""
-    out = Path(cfg.out) / "sft"
-    if _sft_cached(out):
-        log("sft: cached")
-    else:
-        _log_sft("sft", train_sft(_sft_config(cfg, out, cfg.budget.sft_steps)), log)
-    return out
-
-
 def stage_sft_eval(cfg: DemoConfig, sft_dir: Path, log) -> None:
     """The starting point's row of the table: the SFT policy, evaluated like the RL policies."""
 
@@ -412,9 +402,10 @@ def _job_sft(sc: SFTConfig, on_step) -> dict:
     return train_sft(sc)
 
 
-def _job_sft_eval(cfg: DemoConfig, on_step) -> dict:
-    stage_sft_eval(cfg, Path(cfg.out) / "sft", lambda s: None)
-    return json.loads((Path(cfg.out) / "sft" / "eval_summary.json").read_text())
+def _job_sft_eval(cfg: DemoConfig, on_step) -> list[str]:
+    lines: list[str] = []
+    stage_sft_eval(cfg, Path(cfg.out) / "sft", lines.append)
+    return lines
 
 
 def _job_rm_data(cfg: DemoConfig, on_step) -> list[str]:
@@ -710,10 +701,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         clock.add(job.stage, board.elapsed(job.name))
         if job.fn is _job_sft:
             _log_sft(job.name, res, log)
-        elif job.fn is _job_sft_eval:
-            log(f"sft: held-out greedy accuracy {res['accuracy']:.3f}, maj@{cfg.budget.eval_k} "
-                f"{res.get('maj@k', float('nan')):.3f}")
-        elif job.fn is _job_rm_data:
+        elif job.fn in (_job_sft_eval, _job_rm_data):   # their stages' own log lines
             for line in res:
                 log(line)
         elif job.fn is _job_rm:
