@@ -238,6 +238,47 @@ def test_shared_prompt_logits_and_gradients_match_transformers(tiny_policy, kind
         assert torch.allclose(g_got, g_ref, rtol=1e-4, atol=1e-4 * float(g_ref.abs().max()) + 1e-7), p.shape
 
 
+@pytest.mark.parametrize("kind", ["testbed", "qwen2"])
+def test_value_model_fast_values_and_gradients_match_transformers(tiny_policy, kind, tmp_path):
+    """A separate critic's V_t through the fast path (each distinct prompt once, responses in
+    length buckets) equals its plain transformers forward at every real response position, and
+    so do the gradients of a value loss; a bare decoder cannot sample or give logits."""
+    from rewardlab.models.fast import response_logits
+    from rewardlab.models.value import ValueModel
+
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    if kind != "testbed":
+        model = _random_model(kind, len(tok))
+    _scramble(model).save_pretrained(tmp_path / "m")
+    value = ValueModel.from_pretrained(tmp_path / "m")
+    torch.manual_seed(2)
+    with torch.no_grad():
+        value.head.weight.normal_(0, 1.0)
+        value.head.bias.fill_(0.3)
+    batch = generate_rollouts(model, tok, PROMPTS, SamplingConfig(n=3, max_new_tokens=10),
+                              seed=0, compute_logprobs=False)
+    B, T = batch.response_ids.shape
+    # responses of every length 1..T (as if each ended with EOS there), padding after
+    m = torch.arange(T)[None] < (torch.arange(B) % T + 1)[:, None]
+    resp = torch.where(m, batch.response_ids, torch.full_like(batch.response_ids, tok.pad_token_id))
+    ids = torch.cat([batch.prompt_ids, resp], 1)
+    att = torch.cat([batch.prompt_mask, m.long()], 1)
+    ref = value.response_values(ids, att, T, fast=False)
+    got = value.response_values(ids, att, T, fast=True)
+    assert got.shape == ref.shape == (len(ids), T)
+    assert torch.allclose(got[m], ref[m], rtol=1e-5, atol=1e-5 * float(ref.detach().abs().max()))
+    params = [p for p in value.parameters()]
+    target = torch.randn(ref.shape)
+
+    def grads(v):
+        return torch.autograd.grad((((v - target) ** 2) * m).sum(), params)
+    for g_ref, g_got, p in zip(grads(ref), grads(got), params):
+        assert torch.allclose(g_got, g_ref, rtol=1e-4, atol=1e-4 * float(g_ref.abs().max()) + 1e-7), p.shape
+    assert use_fast_engine(value.backbone, "auto", sampling=False)
+    with pytest.raises(ValueError, match="without an LM head"):
+        response_logits(value.backbone, ids, att, T)
+
+
 def test_rl_engine_setting_is_checked_and_used(tiny_policy, tmp_path):
     from rewardlab.config import load_config
     from rewardlab.rl.config import RLConfig

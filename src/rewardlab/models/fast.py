@@ -36,6 +36,12 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
+def _decoder(model):
+    """The decoder stack (embeddings, layers, final norm): a ``*ForCausalLM``'s ``model.model``,
+    or ``model`` itself when it is a bare decoder (``AutoModel``, e.g. a value model's backbone)."""
+    return model if hasattr(model, "layers") else getattr(model, "model", None)
+
+
 def fast_path_unsupported(model) -> str | None:
     """Why :func:`fast_generate` cannot run ``model`` exactly, or None when it can."""
     if getattr(model, "peft_config", None):   # a PeftModel, or adapters loaded by transformers
@@ -52,7 +58,7 @@ def fast_path_unsupported(model) -> str | None:
         return f"hidden_act {cfg.hidden_act!r}"
     if getattr(cfg, "use_sliding_window", False) or (mt == "mistral" and getattr(cfg, "sliding_window", None)):
         return "sliding-window attention"
-    inner = getattr(model, "model", None)
+    inner = _decoder(model)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "unexpected module layout"
     for layer in inner.layers:
@@ -62,7 +68,7 @@ def fast_path_unsupported(model) -> str | None:
                 return f"layer type {type(lin).__name__}"
         if getattr(att, "sliding_window", None):
             return "sliding-window attention"
-    if type(getattr(model, "lm_head", None)) is not torch.nn.Linear:
+    if inner is not model and type(getattr(model, "lm_head", None)) is not torch.nn.Linear:
         return "lm_head is not a plain Linear"
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
@@ -100,7 +106,7 @@ class _Weights:
 
     def __init__(self, model):
         cfg = model.config
-        inner = model.model
+        inner = _decoder(model)
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -109,7 +115,8 @@ class _Weights:
         self.padding_idx = inner.embed_tokens.padding_idx  # its row gets no gradient, as in nn.Embedding
         self.rotary = inner.rotary_emb
         self.norm_w, self.norm_eps = inner.norm.weight, _eps(inner.norm)
-        self.lm_head_w, self.lm_head_b = model.lm_head.weight, model.lm_head.bias
+        head = getattr(model, "lm_head", None) if inner is not model else None   # a bare decoder: none
+        self.lm_head_w, self.lm_head_b = (head.weight, head.bias) if head is not None else (None, None)
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
@@ -284,11 +291,12 @@ def _causal_mask(mask: torch.Tensor, prefix_mask: torch.Tensor | None) -> torch.
 
 
 def _distinct_prompt_pass(W: _Weights, ids: torch.Tensor, mask: torch.Tensor, cos_t: torch.Tensor,
-                          sin_t: torch.Tensor):
+                          sin_t: torch.Tensor, head=None):
     """Run each distinct left-padded prompt row of ids/mask (B, P) through the decoder once.
 
-    Returns the last position's logits for every input row (B, V), ``inverse`` (B,) mapping each
-    row to its distinct prompt, and every layer's (K, V) of the distinct prompts (U, n_kv, P, d)."""
+    Returns ``head`` (default: the LM head's logits) of the last position for every input row
+    (B, V), ``inverse`` (B,) mapping each row to its distinct prompt, and every layer's (K, V) of
+    the distinct prompts (U, n_kv, P, d)."""
     P = ids.shape[1]
     uniq, inverse = torch.unique(torch.cat([ids, mask.long()], dim=1), dim=0, return_inverse=True)
     u_ids, u_mask = uniq[:, :P], uniq[:, P:]
@@ -300,7 +308,7 @@ def _distinct_prompt_pass(W: _Weights, ids: torch.Tensor, mask: torch.Tensor, co
         return k, v
     x = _layers_forward(W, _embed(W, u_ids), cos_t[u_pos][:, None], sin_t[u_pos][:, None],
                         _causal_mask(u_mask, None), keep)
-    return _logits(W, x[:, -1]).index_select(0, inverse), inverse, kept
+    return (head or (lambda h: _logits(W, h)))(x[:, -1]).index_select(0, inverse), inverse, kept
 
 
 def _rope_table(W: _Weights, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,9 +401,7 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    top_p: float = 1.0, compact_below: float = 0.75,
                    min_new_tokens: int = 0) -> torch.Tensor:
     """:func:`fast_generate`'s body (run in inference mode)."""
-    reason = fast_path_unsupported(model)
-    if reason:
-        raise ValueError(f"fast_generate does not support this model: {reason}")
+    W = _checked_weights(model, "fast_generate", lm_head=True)
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError("fast_generate: input_ids and attention_mask must both be (B, P)")
     if not bool(attention_mask[:, -1].all()):
@@ -404,7 +410,6 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         raise ValueError("fast_generate: max_new_tokens must be >= 1")
     eos_ids = [] if eos_token_id is None else (
         [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id])
-    W = _Weights(model)
     B, P = input_ids.shape
     dev = input_ids.device
     C = P + max_new_tokens
@@ -550,24 +555,51 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     which is the same computation as one pass over the B × (P+T) tokens (same positions, same
     keys visible to each query) with (B−U)·P fewer token-rows. The response pass runs in
     ``buckets`` groups of rows of similar length (default: one per 32 rows, at most 4), each cut
-    to its longest response; logits at padding positions are 0. Differentiable: gradients reach
+    to its longest response; logits at padding positions are meaningless (0 or finite values the
+    caller masks). Differentiable: gradients reach
     the model's parameters. Raises ValueError for models :func:`fast_path_unsupported` rejects."""
+    W = _checked_weights(model, "response_logits", lm_head=True)
+    return response_outputs(W, lambda x: _logits(W, x), input_ids, attention_mask, n_response, buckets)
+
+
+def response_states(decoder, head, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    n_response: int, buckets: int | None = None) -> torch.Tensor:
+    """``head(h)`` (B, T, D) of the final-normed hidden states h of a bare decoder (``AutoModel``)
+    at the positions that predict the last T = ``n_response`` tokens, computed like
+    :func:`response_logits` (each distinct prompt once, responses in length buckets; meaningless
+    at padding positions): e.g. a value model's V_t. ``head`` maps (…, hidden) to (…, D)."""
+    W = _checked_weights(decoder, "response_states")
+    return response_outputs(W, lambda x: head(_rms_norm(x, W.norm_w, W.norm_eps)), input_ids,
+                            attention_mask, n_response, buckets)
+
+
+def _checked_weights(model, what: str, lm_head: bool = False) -> _Weights:
+    """The model's weights for the fast path; ValueError naming why it cannot run (and, with
+    ``lm_head``, when the model is a bare decoder without one)."""
     reason = fast_path_unsupported(model)
+    if reason is None and lm_head and _decoder(model) is model:
+        reason = "a bare decoder without an LM head"
     if reason:
-        raise ValueError(f"response_logits does not support this model: {reason}")
+        raise ValueError(f"{what} does not support this model: {reason}")
+    return _Weights(model)
+
+
+def response_outputs(W: _Weights, head, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     n_response: int, buckets: int | None = None) -> torch.Tensor:
+    """The teacher-forced pass of :func:`response_logits` with any ``head`` on the decoder's
+    (pre-norm) outputs x (…, hidden) → (…, D): (B, T, D), meaningless at padding positions."""
     B, L = input_ids.shape
     T = n_response
     P = L - T
     if not 1 <= T < L:
         raise ValueError(f"response_logits: need 1 <= n_response < sequence length, got {T} of {L}")
-    W = _Weights(model)
     p_ids, p_mask = input_ids[:, :P], attention_mask[:, :P].long()
     r_ids, r_mask = input_ids[:, P:], attention_mask[:, P:].long()
     if not bool(p_mask[:, -1].all()):
         raise ValueError("response_logits: prompts must be left-padded (a prompt ends in padding)")
     cos_t, sin_t = _rope_table(W, L, W.embed)
-    # prompt pass over the U distinct prompts; first (B, V) predicts response token 0
-    first, inverse, kept = _distinct_prompt_pass(W, p_ids, p_mask, cos_t, sin_t)
+    # prompt pass over the U distinct prompts; first (B, D) predicts response token 0
+    first, inverse, kept = _distinct_prompt_pass(W, p_ids, p_mask, cos_t, sin_t, head)
     # response pass: every row attends to its prompt's keys/values, then causally to its own
     # tokens. Rows run in buckets of similar length, each cut to its longest row, so the padding
     # after short responses costs nothing.
@@ -589,7 +621,7 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         pos = r_pos[rows, :Lc]
         x = _layers_forward(W, _embed(W, r_ids[rows, :Lc]), cos_t[pos][:, None], sin_t[pos][:, None],
                             _causal_mask(r_mask[rows, :Lc], p_mask[rows]), with_prompt)
-        parts.append(F.pad(_logits(W, x), (0, 0, 0, T - 1 - Lc)))
+        parts.append(F.pad(head(x), (0, 0, 0, T - 1 - Lc)))
     rest = torch.cat(parts)[torch.argsort(order)]          # back to the input row order
     return torch.cat([first[:, None], rest], dim=1)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from rewardlab.models.batching import position_ids_from_mask
+from rewardlab.models.fast import response_states
 from rewardlab.models.loading import full_precision
 
 
@@ -61,6 +62,18 @@ class ValueModel(nn.Module):
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
         return _float32_head(self.head, h)
+
+    def response_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int,
+                        fast: bool = False) -> torch.Tensor:
+        """V_t (B, T) for each of the last T = ``n_response`` tokens, read at the position that
+        predicts it (rows: left-padded prompt | right-padded response, as in a rollout batch).
+        ``fast``: through :func:`rewardlab.models.fast.response_states` (each distinct prompt
+        once, responses in length buckets), else ``forward``; values at padding positions are
+        meaningless (callers mask them)."""
+        if fast:
+            return response_states(self.backbone, lambda h: _float32_head(self.head, h).unsqueeze(-1),
+                                   input_ids, attention_mask, n_response).squeeze(-1)
+        return self(input_ids, attention_mask)[:, -n_response - 1:-1]
 
 
 class SharedValueHead(nn.Module):

@@ -126,6 +126,9 @@ class RLTrainer:
         self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
         self.device = next(self.policy.parameters()).device
         self.value = self._build_value(src)
+        # a separate critic's teacher-forced passes go through the fast path like the policy's
+        self.fast_value = (isinstance(self.value, ValueModel)
+                           and use_fast_engine(self.value.backbone, cfg.engine, sampling=False))
         self.prm = self._load_rm(cfg.reward.prm.path, cfg.reward.prm.spec())
         self.orm = self._load_rm(cfg.reward.orm.path)
         self._rollout_seed: int | None = None   # the seed of the latest rollout (vine's MC stream)
@@ -236,7 +239,7 @@ class RLTrainer:
         """V_t for each response token t: read at the position that predicts token t, (B, T)."""
         if self.cfg.value.kind == "shared":
             return self.value(hidden)[:, -n_resp - 1:-1]
-        return self.value(input_ids, attention_mask)[:, -n_resp - 1:-1]
+        return self.value.response_values(input_ids, attention_mask, n_resp, fast=self.fast_value)
 
     @_in_precision
     def rollout(self, step: int) -> tuple[list[Problem], RolloutBatch]:
