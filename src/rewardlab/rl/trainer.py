@@ -253,7 +253,8 @@ class RLTrainer:
         batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
                                   cfg.sampling, seed=self._rollout_seed,
                                   compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
-                                  skip_rows=lo * cfg.sampling.n)
+                                  skip_rows=lo * cfg.sampling.n,
+                                  sampler_logprobs=cfg.old_logprobs == "sampler")
         return problems, batch
 
     @_in_precision
@@ -548,7 +549,7 @@ class RLTrainer:
         cfg, eng = self.cfg, self.engine
         last: dict = {}
         with eng.progress_bar(cfg.steps) as bar:
-            if self.start_step == 0 and cfg.eval_every:
+            if self.start_step == 0 and cfg.eval_every and cfg.eval_at_start:
                 eng.log(0, self.evaluate())
             for step in range(self.start_step, cfg.steps):
                 problems, batch = self.rollout(step)
