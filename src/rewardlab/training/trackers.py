@@ -146,7 +146,8 @@ class Trackers:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """Log the finite numbers of ``values`` at ``step`` to every tracker."""
-        finite = {k: v for k, v in values.items() if isinstance(v, float) and math.isfinite(v)}
+        finite = {k: float(v) for k, v in values.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if finite:
             self.accelerator.log(finite, step=step)
 
