@@ -309,3 +309,51 @@ def test_rl_push_to_hub_uploads_the_final_folder(tiny_policy, problems_dir, tmp_
     assert repo == repo2 == "me/tiny-rl" and kw["folder_path"] == str(out / "final")
     [t] = fake.instances
     assert [s for s, _ in t.rows] == [r["step"] for r in read_metrics(out / "metrics.jsonl")]
+
+
+def test_train_rm_push_to_hub_flag_uploads_the_final_folder(tiny_policy, tmp_path, hub):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"question": f"{i} + 1 ?", "steps": [f"{i} + 1 = {i + 1}"],
+                                        "outcome": i % 2}) + "\n" for i in range(4)))
+    out = tmp_path / "rm"
+    assert main(["train-rm", "--kind", "orm", "--data", str(rows), "--model", str(tiny_policy),
+                 "--out", str(out), "--steps", "1", "--push-to-hub", "me/tiny-orm",
+                 "--set", "batch_size=4", "--set", "eval_split=0.0", "--set", "progress=false",
+                 "--set", "device=cpu"]) == 0
+    [(_, repo, _), (_, repo2, kw)] = hub.calls
+    assert repo == repo2 == "me/tiny-orm" and kw["folder_path"] == str(out / "final")
+    assert (out / "tb").is_dir()                      # the default tracker
+
+
+def _fake_sampler(model, tok, problems, n, sampling=None, seed=0, style="gsm8k", prompt_fn=None,
+                  step_split="lines"):
+    """Stands in for the policy: per problem, its right solution and n-1 wrong answers."""
+    return [{"id": p.id, "sample": j, "question": p.question, "gold": p.answer,
+             "response": p.solution if j == 0 else "the answer is 12345", "answer": None,
+             "steps": list(p.steps) if j == 0 else ["the answer is 12345"], "outcome": int(j == 0)}
+            for p in problems for j in range(n)]
+
+
+def test_po_iterative_logs_round_rows_to_its_trackers_and_pushes_the_last_policy(
+        tmp_path, monkeypatch, hub, fake):
+    import rewardlab.preference.iterative as it
+    monkeypatch.setattr(it, "sample_responses", _fake_sampler)
+    out = tmp_path / "it"
+    assert main(["po-iterative", "--design", "dpo", "--out", str(out), "--report-to", "fake",
+                 "--push-to-hub", "me/tiny-iter",
+                 "--set", "rounds=2", "--set", "problems_per_round=3", "--set", "sampling.n=2",
+                 "--set", "eval_rounds=false", "--set", "po.model.size=tiny",
+                 "--set", "po.model.device=cpu", "--set", "po.data.n_train=8",
+                 "--set", "po.data.n_test=0", "--set", "po.data.testbed.max_steps=2",
+                 "--set", "po.batch_size=2", "--set", "po.max_len=48", "--set", "po.save_every=0",
+                 "--set", "po.eval_every=0", "--set", "po.progress=false",
+                 "--set", "po.report_to=none"]) == 0
+    # the iterative run's tracker got one row per round (its metrics.jsonl rows); the rounds'
+    # trainers logged to po.report_to (none) and did not push
+    [t] = fake.instances
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [s for s, _ in t.rows] == [r["step"] for r in rows] and len(rows) == 2
+    assert [v["round/n_pairs"] for _, v in t.rows] == [r["round/n_pairs"] for r in rows]
+    assert t.finished and not (out / "round_0" / "tb").exists()
+    [(_, repo, _), (_, repo2, kw)] = hub.calls
+    assert repo == repo2 == "me/tiny-iter" and kw["folder_path"] == str(out / "round_1" / "final")
