@@ -1,7 +1,7 @@
 """Experiment trackers of a run (``report_to``), through accelerate's trackers.
 
     report_to: tensorboard            # the default: <out>/tb, as rewardlab always wrote
-    report_to: wandb,tensorboard      # a comma list (or a YAML list)
+    report_to: wandb,tensorboard      # a comma list
     report_to: none                   # metrics.jsonl only
 
 ``metrics.jsonl`` is always written (:class:`~rewardlab.training.metrics.MetricsLogger`); the
@@ -10,9 +10,9 @@ trackers get the same rows. The names are accelerate's (``tensorboard``, ``wandb
 subclass registered with :func:`accelerate.tracking.register_tracker_class`. Each tracker but
 TensorBoard is an optional package (``pip install 'rewardlab[wandb]'``, ``[trackio]``,
 ``[mlflow]``); :func:`check_report_to` refuses a missing one before any work. Only the main
-process logs. The trackers' own settings (``WANDB_PROJECT``, ``WANDB_MODE``,
-``MLFLOW_TRACKING_URI``, ...) come from the environment as usual; the project defaults to
-``rewardlab`` and the run is named after its ``out`` directory.
+process logs. The project is ``rewardlab`` and the run is named ``<trainer>-<out directory>``;
+the trackers' other settings (``WANDB_MODE``, ``WANDB_ENTITY``, ``MLFLOW_TRACKING_URI``,
+``MLFLOW_EXPERIMENT_NAME``, ...) come from the environment as usual.
 """
 
 from __future__ import annotations
