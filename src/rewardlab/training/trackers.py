@@ -18,7 +18,6 @@ the trackers' other settings (``WANDB_MODE``, ``WANDB_ENTITY``, ``MLFLOW_TRACKIN
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -61,16 +60,14 @@ def parse_report_to(value: str | Iterable[str] | None) -> list[str]:
 
 
 def installed(name: str) -> bool:
-    """Whether tracker ``name``'s package can be imported (a tracker registered by the user,
-    outside accelerate's list, counts as installed)."""
-    if name not in PACKAGES:
-        return True
-    module = "torch.utils.tensorboard" if name == "tensorboard" else name
-    try:
-        return importlib.util.find_spec(module) is not None and (
-            name != "tensorboard" or importlib.util.find_spec("tensorboard") is not None)
-    except (ImportError, ValueError):
-        return False
+    """Whether tracker ``name``'s package is installed, as accelerate checks it
+    (``accelerate.utils.is_<name>_available``). TensorBoard (``torch.utils.tensorboard``) is a
+    core dependency; a tracker registered by the user, outside accelerate's list, counts as
+    installed."""
+    import accelerate.utils
+
+    check = getattr(accelerate.utils, f"is_{name}_available", None)
+    return True if check is None or name not in PACKAGES else bool(check())
 
 
 def check_report_to(value: str | Iterable[str] | None) -> list[str]:
