@@ -244,6 +244,14 @@ class RLConfig:
     max_bad_steps: int = 3
     """A policy update (one minibatch) whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    report_to: str = "tensorboard"
+    """Experiment trackers of the metrics log (metrics.jsonl is always written): tensorboard
+    (``<out>/tb``) | wandb | trackio | mlflow | none, or a comma list, e.g. ``wandb,tensorboard``;
+    through accelerate's trackers (the non-default ones are extras: ``pip install
+    'rewardlab[wandb]'``). See rewardlab.training.trackers."""
+    push_to_hub: str | None = None
+    """Upload the final model (with its card) to this Hugging Face Hub repo (``owner/name``)
+    when the run finishes; the token is huggingface_hub's (``HF_TOKEN`` or a login)."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
     Without it, an ``out`` holding a run made with a different config is refused (the error lists
