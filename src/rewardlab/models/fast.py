@@ -36,7 +36,7 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
-def _decoder(model):
+def decoder_stack(model):
     """The decoder stack (embeddings, layers, final norm): a ``*ForCausalLM``'s ``model.model``,
     or ``model`` itself when it is a bare decoder (``AutoModel``, e.g. a value model's backbone)."""
     return model if hasattr(model, "layers") else getattr(model, "model", None)
@@ -58,7 +58,7 @@ def fast_path_unsupported(model) -> str | None:
         return f"hidden_act {cfg.hidden_act!r}"
     if getattr(cfg, "use_sliding_window", False) or (mt == "mistral" and getattr(cfg, "sliding_window", None)):
         return "sliding-window attention"
-    inner = _decoder(model)
+    inner = decoder_stack(model)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "unexpected module layout"
     for layer in inner.layers:
@@ -106,7 +106,7 @@ class _Weights:
 
     def __init__(self, model):
         cfg = model.config
-        inner = _decoder(model)
+        inner = decoder_stack(model)
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -600,7 +600,7 @@ def _checked_weights(model, what: str, lm_head: bool = False) -> _Weights:
     """The model's weights for the fast path; ValueError naming why it cannot run (and, with
     ``lm_head``, when the model is a bare decoder without one)."""
     reason = fast_path_unsupported(model)
-    if reason is None and lm_head and _decoder(model) is model:
+    if reason is None and lm_head and decoder_stack(model) is model:
         reason = "a bare decoder without an LM head"
     if reason:
         raise ValueError(f"{what} does not support this model: {reason}")
