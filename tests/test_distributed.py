@@ -68,9 +68,11 @@ def test_sft_two_processes_match_one(tmp_path, tiny_policy, probs):
 
 
 def test_train_rm_two_processes_match_one(tmp_path, tiny_policy):
+    # 9 rows in batches of 4: the third batch holds 1 row, so rank 1 has none (uneven shards)
     data = tmp_path / "rows.jsonl"
-    write_step_rows(data, n=16)
-    sets = [f"data=[{data}]", f"base={tiny_policy}", "kind=prm", "batch_size=8", "max_steps=3",
+    write_step_rows(data, n=5)
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:9]))
+    sets = [f"data=[{data}]", f"base={tiny_policy}", "kind=prm", "batch_size=4", "max_steps=3",
             "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
     train_reward_model(load_config(RMTrainConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["train-rm", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
@@ -110,6 +112,35 @@ def test_deepspeed_launches_are_refused_with_a_message(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ValueError, match="does not run under DeepSpeed"):
         Dist()
+
+
+@pytest.mark.parametrize("n, world", [(8, 2), (9, 2), (1, 2), (0, 3), (10, 4), (7, 7), (3, 5)])
+def test_split_bounds_covers_every_item_once(n, world):
+    from rewardlab.training.distributed import split_bounds
+    spans = [split_bounds(n, world, r) for r in range(world)]
+    assert spans[0][0] == 0 and spans[-1][1] == n                     # starts at 0, ends at n
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))        # contiguous, no overlap
+    sizes = [hi - lo for lo, hi in spans]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    if n % world == 0:                                                # the even split as before
+        assert spans == [(r * n // world, (r + 1) * n // world) for r in range(world)]
+
+
+def test_split_bounds_refuses_a_rank_outside_the_world():
+    from rewardlab.training.distributed import split_bounds
+    with pytest.raises(ValueError, match="rank < world"):
+        split_bounds(4, 2, 2)
+
+
+def test_shard_rows_gives_an_empty_fsdp_rank_a_placeholder_row(monkeypatch):
+    from rewardlab.training.distributed import Dist
+    d = Dist()
+    d.world, d.rank = 2, 1
+    assert d.shard_rows([5]) == ([], False)                  # DDP: the rank skips the forward
+    assert d.shard_rows([5, 6, 7]) == ([7], False)
+    monkeypatch.setattr(Dist, "sharded", property(lambda self: True))
+    assert d.shard_rows([5]) == ([5], True)                  # FSDP: a weight-0 copy of row 0
+    assert d.shard_rows([5, 6, 7]) == ([7], False)
 
 
 def test_one_process_collectives_are_the_identity():

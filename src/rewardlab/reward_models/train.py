@@ -455,12 +455,15 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
             for micro in range(cfg.grad_accum):
                 idx = epoch_batch(len(items), cfg.batch_size, step * cfg.grad_accum + micro,
                                   cfg.seed, partial_last=True)
+                rows, placeholder = dist.shard_rows(idx)   # a short last batch: uneven shards
                 batch = {k: v.to(device) for k, v in
-                         objective.collate(rm, [items[i] for i in dist.shard(idx)], cfg).items()}
+                         objective.collate(rm, [items[i] for i in rows], cfg).items()} if rows else None
                 share = 1.0   # sharded over processes: this rank's share of the batch's loss units
                 if dist.active:
-                    units = loss_units(batch)
+                    units = 0 if batch is None or placeholder else loss_units(batch)
                     share = units / max(dist.sum(units), 1)
+                if batch is None:   # no rows on this rank (DDP): its gradients are zeros
+                    continue
                 with prec.autocast():
                     loss, m = objective.loss(rm, batch, cfg)
                 (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()

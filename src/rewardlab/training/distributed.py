@@ -129,13 +129,25 @@ class Dist:
                              f"({self.world}); choose a multiple of {self.world}")
 
     def bounds(self, n: int) -> tuple[int, int]:
-        """This rank's contiguous slice [lo, hi) of ``n`` items (n divisible by the world)."""
-        per = n // self.world
-        return self.rank * per, (self.rank + 1) * per
+        """This rank's contiguous slice [lo, hi) of ``n`` items (:func:`split_bounds`: every item
+        on exactly one rank, also when the world does not divide ``n``)."""
+        return split_bounds(n, self.world, self.rank)
 
     def shard(self, items: Sequence) -> list:
+        """This rank's items of ``items`` (:meth:`bounds`; may be empty when len < world)."""
         lo, hi = self.bounds(len(items))
         return list(items[lo:hi])
+
+    def shard_rows(self, items: Sequence) -> tuple[list, bool]:
+        """(rows, placeholder): this rank's items of a global batch. Under FSDP every rank must
+        join every forward (each is a collective), so a rank left without items gets the batch's
+        first item with ``placeholder`` True: its loss must be weighted 0 (its units counted as 0)
+        so that the gradients stay those of the real rows. Otherwise (``placeholder`` False) the
+        rows may be empty, and the rank skips the forward."""
+        rows = self.shard(items)
+        if not rows and self.sharded and len(items):
+            return [items[0]], True
+        return rows, False
 
     # ------------------------------------------------------------------ collectives
     def sum(self, x):
@@ -151,11 +163,17 @@ class Dist:
         return type(x)(t.item()) if isinstance(x, int) else t.item()
 
     def sum_dict(self, d: dict[str, float]) -> dict[str, float]:
-        """Σ over ranks of every value of a dict with the same keys on every rank."""
-        if not self.active or not d:
+        """Σ over ranks of every value of a dict; a key missing on a rank counts 0 there (a rank
+        without rows in a short last batch has no metrics, a KTO shard without desirable rows no
+        ``rewards/chosen``). Every rank gets the union of the keys."""
+        if not self.active:
             return d
-        keys = sorted(d)
-        t = torch.tensor([float(d[k]) for k in keys], dtype=torch.float64)
+        names: list = [None] * self.world
+        tdist.all_gather_object(names, sorted(d))
+        keys = sorted(set().union(*names))
+        if not keys:
+            return {}
+        t = torch.tensor([float(d.get(k, 0.0)) for k in keys], dtype=torch.float64)
         tdist.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
@@ -191,6 +209,19 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             tdist.barrier()
+
+
+def split_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous slice [lo, hi) of ``n`` items over ``world`` ranks: the first
+    ``n mod world`` ranks get ⌈n / world⌉ items, the others ⌊n / world⌋, so the slices cover every
+    item once (a rank gets none when n < world). Trainers divide their losses by the GLOBAL count
+    of loss units, so uneven slices still sum to the one-process gradient."""
+    if world < 1 or not 0 <= rank < world or n < 0:
+        raise ValueError(f"split_bounds: need n >= 0 and 0 <= rank < world, got n={n}, "
+                         f"world={world}, rank={rank}")
+    per, extra = divmod(n, world)
+    lo = rank * per + min(rank, extra)
+    return lo, lo + per + (rank < extra)
 
 
 # ---------------------------------------------------------------------- launch environment
