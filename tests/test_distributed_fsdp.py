@@ -89,6 +89,61 @@ def test_fsdp_checkpoint_resumes_exactly(tmp_path, sft_setup):
     assert _max_diff(one, _weights(tmp_path / "two" / "final")) <= 1e-5
 
 
+# ---------------------------------------------------------------------------- train-rm
+@pytest.fixture(scope="module")
+def rm_data(tmp_path_factory):
+    """9 step-labelled rows (batches of 4: the third holds one row, so under FSDP rank 1 runs a
+    weight-0 placeholder row) and 11 preference pairs (the third batch splits 2 / 1)."""
+    from tests.test_rm_train import write_pair_rows, write_step_rows
+    d = tmp_path_factory.mktemp("fsdp_rm")
+    write_step_rows(d / "rows.jsonl", n=5)
+    (d / "rows.jsonl").write_text("".join((d / "rows.jsonl").read_text().splitlines(True)[:9]))
+    write_pair_rows(d / "pairs.jsonl", n=11)
+    return d
+
+
+def _train_rm_one(sets: list[str], out: Path) -> dict:
+    from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
+    train_reward_model(load_config(RMTrainConfig, None, sets + [f"out={out}"]))
+    return _weights(out / "final")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kind, data", [("prm", "rows.jsonl"), ("bt", "pairs.jsonl")])
+def test_fsdp_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_data, kind, data):
+    """The LM-head PRM reads the tied unembedding inside ``pair_logits``, the BT model its scalar
+    head inside ``token_logits``: both run through FSDP's hooks on sharded weights."""
+    sets = [f"data=[{rm_data / data}]", f"base={tiny_policy}", f"kind={kind}", "batch_size=4",
+            "max_steps=3", "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
+    one = _train_rm_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["train-rm", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = tmp_path / "two" / "final"
+    assert _max_diff(one, _weights(final)) <= 1e-5          # same keys: tied lm_head stored once
+    from rewardlab.reward_models.models import load_reward_model
+    rm = load_reward_model(final, "cpu")                     # a plain reward model again
+    assert rm.kind == kind and not any(type(m).__name__.startswith("FSDP") for m in rm.modules())
+
+
+@pytest.mark.timeout(900)
+def test_fsdp_train_rm_head_form_stops_and_resumes(tmp_path, tiny_policy, rm_data):
+    """The 2-class head PRM under FSDP, stopped after step 2 (a gathered checkpoint), resumed and
+    evaluated on held-out rows (``score`` on sharded weights): the one-process weights."""
+    sets = [f"data=[{rm_data / 'rows.jsonl'}]", f"base={tiny_policy}", "kind=prm", "form=head",
+            "batch_size=4", "max_steps=3", "progress=false", "device=cpu", "eval_split=0.2",
+            "tag=ки", "lr=1e-4", "save_every=1"]
+    one = _train_rm_one(sets, tmp_path / "one")
+    out = str(tmp_path / "two")
+    for extra in (["stop_after=2"], []):
+        r = _launch_fsdp(["train-rm", "--out", out, *_cli_sets(sets + extra)])
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(one, _weights(tmp_path / "two" / "final")) <= 1e-5
+    ev = json.loads((tmp_path / "one" / "rm_summary.json").read_text())
+    got = json.loads((tmp_path / "two" / "rm_summary.json").read_text())
+    assert got["eval/n_steps"] == ev["eval/n_steps"] > 0
+    assert got["eval/loss"] == pytest.approx(ev["eval/loss"], abs=1e-5)
+
+
 # ---------------------------------------------------------------------------- in one process
 @pytest.fixture
 def clean_env(monkeypatch):

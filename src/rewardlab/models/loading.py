@@ -251,5 +251,20 @@ def make_testbed_policy(out_dir: str | Path, size: str = "small", seed: int = 0)
     return out
 
 
+def share_tied_weights(model, state_dict: dict, prefix: str = "") -> dict:
+    """``state_dict`` with the tied weights of ``model`` (``all_tied_weights_keys``, e.g. lm_head =
+    embed_tokens) sharing one tensor again, where the two copies are equal: a state dict gathered
+    from FSDP shards holds separate copies, which ``save_pretrained`` would store twice. ``prefix``
+    is the model's own prefix in the keys (``"backbone."`` in a reward model's state dict)."""
+    out = dict(state_dict)
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    if isinstance(tied, dict):
+        for k, src in tied.items():
+            k, src = prefix + k, prefix + src
+            if k in out and src in out and torch.equal(out[k], out[src]):
+                out[k] = out[src]
+    return out
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())

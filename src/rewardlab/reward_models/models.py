@@ -52,7 +52,7 @@ from rewardlab.io import DataError, write_json
 from rewardlab.models.batching import last_token_index, pad_ids, position_ids_from_mask
 from rewardlab.models.fast import decoder_stack, response_states
 from rewardlab.models.sampling import use_fast_engine
-from rewardlab.models.loading import full_precision, load_model_and_tokenizer
+from rewardlab.models.loading import full_precision, load_model_and_tokenizer, share_tied_weights
 from rewardlab.reward_models.data import (collate_orm, collate_prm, encode_plain, encode_prm,
                                           encode_prm_chat, encode_prm_trl, Encoded,
                                           QWEN_PRM_SYSTEM, resolve_token_id)
@@ -157,6 +157,9 @@ class RewardModel(nn.Module):
     classification head ``backbone.score`` (None for the LM-head form)."""
 
     kind: str = ""
+    fsdp_forward_methods: tuple[str, ...] = ()
+    """The methods that run the model (instead of ``forward``): under FSDP they go through its
+    forward hooks (:func:`rewardlab.training.distributed.register_forward_methods`)."""
 
     def __init__(self, backbone, tokenizer, spec: RMSpec):
         super().__init__()
@@ -207,14 +210,19 @@ class RewardModel(nn.Module):
     # -- scoring ----------------------------------------------------------------------------
     aggregate = staticmethod(aggregate)
 
-    @torch.inference_mode()
     def score(self, questions: list[str], steps: list[list[str]], batch_size: int = 64
               ) -> list[ScoreResult]:
         """Score solutions (``steps[i]`` = the steps of solution i, no trailing newlines).
 
         Rows are length-sorted into batches of ``batch_size``; results come back in input order.
-        No gradient (inference mode: the results are Python floats); the model is put in eval
-        mode for the call."""
+        No gradient (inference mode: the results are Python floats; ``no_grad`` for a model
+        sharded by FSDP, whose gathered weights live in buffers it reuses outside the call); the
+        model is put in eval mode for the call."""
+        with torch.no_grad() if _fsdp_sharded(self) else torch.inference_mode():
+            return self._score(questions, steps, batch_size)
+
+    def _score(self, questions: list[str], steps: list[list[str]], batch_size: int
+               ) -> list[ScoreResult]:
         if len(questions) != len(steps):
             raise ValueError(f"score: {len(questions)} questions but {len(steps)} step lists")
         if batch_size < 1:
@@ -249,6 +257,8 @@ class RewardModel(nn.Module):
             cfg.id2label, cfg.label2id = dict(PRM_ID2LABEL), {v: k for k, v in PRM_ID2LABEL.items()}
         if getattr(cfg, "pad_token_id", None) is None:
             cfg.pad_token_id = self.tokenizer.pad_token_id
+        if kwargs.get("state_dict") is not None:   # this module's (gathered from FSDP shards)
+            kwargs["state_dict"] = backbone_state_dict(self.backbone, kwargs["state_dict"])
         self.backbone.save_pretrained(str(out), **kwargs)
         self.tokenizer.save_pretrained(str(out))
         (out / HEAD_FILE).unlink(missing_ok=True)   # a stale first-layout head would be misread
@@ -263,6 +273,29 @@ class RewardModel(nn.Module):
                                  dict(metrics or {}), command)
 
 
+def backbone_state_dict(backbone, state_dict: dict) -> dict:
+    """The backbone's part of a reward model's state dict (keys ``backbone.*``, prefix dropped;
+    keys without it are taken as the backbone's already), tied weights sharing one tensor."""
+    state_dict = share_tied_weights(backbone, state_dict, "backbone.")
+    return {k[len("backbone."):] if k.startswith("backbone.") else k: v
+            for k, v in state_dict.items()}
+
+
+def _fsdp_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded with FSDP2 (``fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:   # pragma: no cover - torch built without distributed
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied when it is a view: under FSDP the output of a model method carries the
+    backward hook that gathers the weights again, and an in-place op on a view would drop it."""
+    return t.clone() if t._is_view() else t
+
+
 def _uses_head(spec: RMSpec) -> bool:
     return not (spec.kind == "prm" and spec.form == "lm")
 
@@ -274,13 +307,15 @@ def _base_name(backbone) -> str | None:
 class _ScalarRM(RewardModel):
     """A scalar head read at the last non-padding token."""
 
+    fsdp_forward_methods = ("token_logits",)
+
     def encode(self, question: str, steps: Sequence[str]) -> Encoded:
         return encode_plain(self.tokenizer, question, steps)
 
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scalar head at every position (+ the spec's offset), (B, L) float32."""
         z = self._head(self.hidden_states(input_ids, attention_mask)).squeeze(-1).float()
-        return z + self.spec.offset if self.spec.offset else z
+        return _owned(z + self.spec.offset if self.spec.offset else z)
 
     def sequence_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
@@ -318,6 +353,7 @@ class ProcessRM(RewardModel):
     """PRM in LM-head or head form (see the module docstring)."""
 
     kind = "prm"
+    fsdp_forward_methods = ("pair_logits",)
 
     def __init__(self, backbone, tokenizer, spec: RMSpec):
         super().__init__(backbone, tokenizer, spec)
@@ -346,7 +382,7 @@ class ProcessRM(RewardModel):
     def _pair_head(self, h: torch.Tensor) -> torch.Tensor:
         """(z_bad, z_good) (…, 2) float32 from last-layer hidden states h (…, H)."""
         if self.head is not None:
-            return self._head(h).float()
+            return _owned(self._head(h).float())
         unembed = self.backbone.get_output_embeddings()
         idx = torch.tensor([self.bad_id, self.good_id], device=h.device)
         w = unembed.weight[idx]                                            # (2, H)
@@ -357,7 +393,7 @@ class ProcessRM(RewardModel):
         cap = getattr(self.backbone.config, "final_logit_softcapping", None)
         if cap:
             z = torch.tanh(z / cap) * cap
-        return z
+        return _owned(z)
 
     engine: str = "auto"
     """Scoring pass: ``auto`` runs Llama, Mistral and Qwen2 backbones through

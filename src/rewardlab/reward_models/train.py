@@ -39,7 +39,6 @@ from rewardlab.reward_models.models import (build_reward_model, load_reward_mode
                                             RMSpec)
 from rewardlab.stats import auroc, ece, f1_at, pairwise_accuracy
 from rewardlab.training.checkpoint import seed_everything
-from rewardlab.training.checkpoint import check_finite_weights
 from rewardlab.training.distributed import Dist
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 from rewardlab.training.modelcard import numeric_metrics
@@ -434,6 +433,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
         train_rows, eval_rows = split_rows(rows, cfg.eval_split, cfg.seed)
     prec = training_precision(cfg.dtype, cfg.device, cfg.mixed_precision)
     rm, _ = _build_or_resume(cfg, eng.out, prec.storage, eng.checkpoint, dist)
+    rm = eng.prepare(rm)   # FSDP launch: sharded (before the optimizer); else unchanged
     device = rm.device
     items, skipped = encode_rows(rm, train_rows, cfg)
     if not items:
@@ -493,11 +493,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
         **last, **ev, "rm/final_loss": last.get("rm/loss", float("nan")),
         "rm/steps": float(stop), "rm/total_steps": float(total), "rm/finished": float(finished),
         "rm/n_train": float(len(items)), "rm/skipped_long": float(skipped), "rm/wall_s": eng.wall_s}
-    if finished:
-        check_finite_weights(rm, what="final model")
-        if dist.is_main:
-            rm.save_pretrained(eng.out / "final", card=_card(rm, cfg, summary))
-        dist.barrier()
+    if finished:   # FSDP: the weights are gathered to rank 0, which writes them
+        eng.save_final(rm, None, card=_card(rm, cfg, summary))
     return eng.summary("rm_summary.json", summary)
 
 

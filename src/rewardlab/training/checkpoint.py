@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from rewardlab.io import atomic_path
+from rewardlab.models.loading import share_tied_weights
 
 
 class CheckpointWarning(UserWarning):
@@ -153,12 +154,7 @@ def save_pretrained_full(model, path: str | Path, state_dict: dict) -> None:
     """``model.save_pretrained`` with the weights of ``state_dict`` (the full state of an FSDP
     model): config.json names the model's own class, not FSDP's ``FSDP<Name>`` subclass, and tied
     weights (lm_head = embed_tokens) are stored once, as ``save_pretrained`` does by itself."""
-    tied = getattr(model, "all_tied_weights_keys", None) or {}
-    state_dict = dict(state_dict)
-    if isinstance(tied, dict):   # gathered copies: share the storage again, so it is seen as tied
-        for k, src in tied.items():
-            if k in state_dict and src in state_dict and torch.equal(state_dict[k], state_dict[src]):
-                state_dict[k] = state_dict[src]
+    state_dict = share_tied_weights(model, state_dict)   # gathered copies: stored once
     model.save_pretrained(str(path), state_dict=state_dict)
     cfg_path = Path(path) / "config.json"
     if cfg_path.is_file():

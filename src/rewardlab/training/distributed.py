@@ -82,7 +82,7 @@ class Dist:
         kw = {"mesh": mesh, "reshard_after_forward": self.fsdp["reshard_after_forward"]}
         if self.fsdp["offload_params"]:
             kw["offload_policy"] = CPUOffloadPolicy()
-        names = set(self.fsdp["layer_cls"] or getattr(model, "_no_split_modules", None) or ())
+        names = set(self.fsdp["layer_cls"] or block_class_names(model))
         blocks = [m for m in model.modules() if m is not model and type(m).__name__ in names]
         if self.fsdp["layer_cls"] and not blocks:
             raise ValueError(f"fsdp_transformer_layer_cls_to_wrap = {sorted(names)}: no such module "
@@ -90,6 +90,7 @@ class Dist:
         for m in blocks:
             fully_shard(m, **kw)
         fully_shard(model, **kw)
+        register_forward_methods(model)
         for m in model.modules():   # sum, not mean: losses are normalised by global counts
             if isinstance(m, FSDPModule):
                 m.set_gradient_divide_factor(1.0)
@@ -261,6 +262,27 @@ def fsdp_options() -> dict:
     return {"reshard_after_forward": _env_true("FSDP_RESHARD_AFTER_FORWARD", "true"),
             "offload_params": _env_true("FSDP_OFFLOAD_PARAMS"),
             "layer_cls": [n.strip() for n in names.split(",") if n.strip()]}
+
+
+def block_class_names(model) -> list[str]:
+    """The class names of ``model``'s transformer blocks, sharded one by one under FSDP: its
+    ``_no_split_modules`` or, for a wrapper such as a reward model, those of the first submodule
+    that has them (its Hugging Face backbone)."""
+    for m in model.modules():
+        names = getattr(m, "_no_split_modules", None)
+        if names:
+            return list(names)
+    return []
+
+
+def register_forward_methods(model) -> None:
+    """Route the methods named in ``model.fsdp_forward_methods`` (a reward model's
+    ``token_logits`` / ``pair_logits``) through FSDP's forward hooks, as ``forward`` is: they
+    gather the root's parameters (embeddings, final norm, heads) before the call and free them
+    after. Without it such a method would read the root's shards."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+    for name in getattr(model, "fsdp_forward_methods", ()) or ():
+        register_fsdp_forward_method(model, name)
 
 
 def _is_dtensor(t) -> bool:

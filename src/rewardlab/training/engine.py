@@ -257,10 +257,11 @@ class Engine:
 
     def summary(self, filename: str, metrics: dict) -> dict:
         """Write the run's closing metrics to ``<out>/<filename>`` (atomically, main process)
-        and, after :meth:`save_final`, into the final model's card; returns them."""
+        and, after :meth:`save_final`, into the final model's card (unless the trainer's card
+        lists its own choice of metrics already); returns them."""
         if self.dist.is_main:
             write_json(self.out / filename, metrics)
-            if self._card is not None:
+            if self._card is not None and not self._card.metrics:
                 self._card.metrics = numeric_metrics(metrics)
                 self._card.write(self.out / "final")
             self.push_final()
