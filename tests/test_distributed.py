@@ -4,6 +4,7 @@ same weights as a 1-process run of the same global batch, for sft, train-rm and 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,33 @@ def test_train_rm_two_processes_match_one(tmp_path, tiny_policy):
     r = _launch(["train-rm", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
     assert r.returncode == 0, r.stderr[-3000:]
     assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def po_pairs(tmp_path_factory):
+    """12 outcome pairs: a testbed solution against a corrupted copy."""
+    from tests.test_rm_train import _problems
+    path = tmp_path_factory.mktemp("ddp_po") / "pairs.jsonl"
+    write_jsonl(path, [{"question": p.question, "chosen": "\n".join(p.steps),
+                        "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
+    return path
+
+
+@pytest.mark.parametrize("loss", ["dpo", "kto"])
+def test_po_two_processes_match_one(tmp_path, tiny_policy, po_pairs, loss):
+    """KTO's z_ref is a statistic of the whole batch: reduced over the ranks, not per shard."""
+    from rewardlab.preference.trainer import POConfig, train_po
+    sets = [f"loss={loss}", f"pairs={po_pairs}", f"model.name_or_path={tiny_policy}",
+            "model.device=cpu", "batch_size=4", "max_steps=3", "warmup_steps=0", "lr=1e-3",
+            "max_len=48", "eval_every=0", "save_every=0", "progress=false"]
+    one = train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
+    r = _launch(["po", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
+    two = json.loads((tmp_path / "two" / "po_summary.json").read_text())
+    assert two["po/loss"] == pytest.approx(one["po/loss"], abs=1e-5)
+    if loss == "kto":
+        assert two["po/kl"] == pytest.approx(one["po/kl"], abs=1e-5) and one["po/kl"] > 0
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])

@@ -7,7 +7,8 @@ import torch
 
 from rewardlab.preference.losses import (PREFERENCE_LOSSES, PreferenceInputs,
                                          PreferenceLossConfig, dpo_loss, ipo_loss, kto_loss,
-                                         log1mexp, orpo_loss, preference_loss, simpo_loss)
+                                         kto_kl_sums, log1mexp, orpo_loss, preference_loss,
+                                         simpo_loss)
 
 
 def t(*xs, grad=False):
@@ -108,6 +109,25 @@ def test_kto_z_ref_clamped_at_zero_and_batch_estimate():
     assert m["kl"] == 0.0
     sig = lambda x: 1 / (1 + math.exp(-x))                             # noqa: E731
     assert loss.item() == pytest.approx(((1 - sig(-2)) + (1 - sig(2))) / 2)
+
+
+def test_kto_shards_use_the_whole_batch_z_ref():
+    """A batch split over two processes: the KL sums of the shards add up to the batch's, and
+    each shard's loss with that z_ref, weighted by its share, sums to the whole batch's loss."""
+    pol = torch.tensor([-3.0, -5.0, -2.0, -7.0])
+    ref = torch.tensor([-4.0, -4.5, -4.0, -7.5])                         # h = 1, −0.5, 2, 0.5
+    d = torch.tensor([True, False, True, False])
+    whole, m = kto_loss(pol, ref, d, beta=0.5)
+    s = kto_kl_sums(pol[:3], ref[:3]) + kto_kl_sums(pol[3:], ref[3:])
+    assert s.tolist() == [3.0, 4.0] and m["kl"] == pytest.approx(0.75)
+    parts = [kto_loss(pol[sl], ref[sl], d[sl], beta=0.5, kl_mean=s[0] / s[1])
+             for sl in (slice(0, 3), slice(3, 4))]
+    assert parts[0][0].item() * 3 / 4 + parts[1][0].item() / 4 == pytest.approx(whole.item())
+    assert parts[1][1]["kl"] == pytest.approx(0.75)
+    alone = kto_loss(pol[3:], ref[3:], d[3:], beta=0.5)[0]             # its own z_ref: 0.5
+    assert alone.item() != pytest.approx(parts[1][0].item())
+    x = PreferenceInputs(pol[:2], pol[2:], ref[:2], ref[2:], kto_kl=-1.0)   # clamped at 0
+    assert preference_loss("kto", x)[1]["kl"] == 0.0
 
 
 def test_registry_and_inputs():

@@ -57,12 +57,14 @@ def ipo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
 def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor,
              beta: float = 0.1, lambda_d: float = 1.0, lambda_u: float = 1.0,
-             policy_kl_logps: torch.Tensor | None = None, ref_kl_logps: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+             policy_kl_logps: torch.Tensor | None = None, ref_kl_logps: torch.Tensor | None = None,
+             kl_mean: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """KTO (Ethayarajh et al. 2024, arXiv 2402.01306), per example with h = log π − log π_ref:
     desirable   λ_D (1 − σ(β (h − z_ref))),   undesirable   λ_U (1 − σ(β (z_ref − h))),
     z_ref = max(0, mean KL(π‖π_ref)) detached, estimated from mismatched pairs
-    (``policy_kl_logps − ref_kl_logps``, (M,)) when given, else from this batch's h.
+    (``policy_kl_logps − ref_kl_logps``, (M,)) when given, else from this batch's h; ``kl_mean``
+    gives the estimate itself (the mean h of a batch sharded over processes, :func:`kto_kl_sums`
+    summed over the shards), so every shard uses the whole batch's z_ref.
 
     policy_logps, ref_logps: (B,) summed log-probs of unpaired responses; desirable: (B,) bool.
     Loss = mean over the B examples. Metrics: rewards/chosen and rewards/rejected (mean β·h of
@@ -70,8 +72,11 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     h = policy_logps - ref_logps                                         # (B,)
     d = torch.as_tensor(desirable, device=h.device).bool()
     with torch.no_grad():
-        kl = (policy_kl_logps - ref_kl_logps) if policy_kl_logps is not None else h
-        z_ref = kl.float().mean().clamp(min=0)
+        if kl_mean is not None:
+            z_ref = torch.as_tensor(kl_mean, dtype=torch.float32, device=h.device).clamp(min=0)
+        else:
+            kl = (policy_kl_logps - ref_kl_logps) if policy_kl_logps is not None else h
+            z_ref = kl.float().mean().clamp(min=0)
     losses = torch.where(d, lambda_d * (1 - torch.sigmoid(beta * (h - z_ref))),
                          lambda_u * (1 - torch.sigmoid(beta * (z_ref - h))))
     loss = losses.mean()
@@ -84,6 +89,15 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     if d.any() and (~d).any():
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     return loss, metrics
+
+
+def kto_kl_sums(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """[Σ h, n] over every response of a batch (any shape; a KTO batch of pairs counts its chosen
+    and rejected responses), h = log π − log π_ref, detached, float64: the parts of KTO's batch
+    estimate z_ref = max(0, Σ h / n) that add up over the shards of a batch."""
+    h = (policy_logps.detach() - ref_logps.detach()).double()
+    return torch.stack([h.sum(), torch.tensor(float(h.numel()), dtype=torch.float64,
+                                              device=h.device)])
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -147,6 +161,9 @@ class PreferenceInputs:
     desirable: torch.Tensor | None = None
     """(B,) bool: the rows are unpaired (KTO only): ``policy_chosen_logps`` / ``ref_chosen_logps``
     hold each row's log-probs, desirable or not as given here."""
+    kto_kl: float | None = None
+    """KTO only: the batch's mean log-ratio Σh/n over every shard of a batch sharded over
+    processes (:func:`kto_kl_sums`); None: estimated from this batch."""
 
     def need(self, loss: str, *fields: str) -> None:
         missing = [f for f in fields if getattr(self, f) is None]
@@ -202,14 +219,14 @@ def _pref_kto(x: PreferenceInputs, cfg: PreferenceLossConfig):
     if x.desirable is not None:
         x.need("kto", "ref_chosen_logps")
         return kto_loss(x.policy_chosen_logps, x.ref_chosen_logps, x.desirable, cfg.beta,
-                        cfg.kto_lambda_d, cfg.kto_lambda_u)
+                        cfg.kto_lambda_d, cfg.kto_lambda_u, kl_mean=x.kto_kl)
     x.need("kto", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
     B = x.policy_chosen_logps.shape[0]
     desirable = torch.cat([torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)])
     return kto_loss(torch.cat([x.policy_chosen_logps, x.policy_rejected_logps]),
                     torch.cat([x.ref_chosen_logps, x.ref_rejected_logps]),
                     desirable.to(x.policy_chosen_logps.device), cfg.beta, cfg.kto_lambda_d,
-                    cfg.kto_lambda_u)
+                    cfg.kto_lambda_u, kl_mean=x.kto_kl)
 
 
 @PREFERENCE_LOSSES.register("orpo")

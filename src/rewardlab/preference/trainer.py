@@ -28,8 +28,8 @@ from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.models.batching import pad_ids
 from rewardlab.models.loading import (load_model_and_tokenizer, make_testbed_policy, ModelConfig,
                                       training_precision)
-from rewardlab.preference.losses import (needs_reference, PREFERENCE_LOSSES, PreferenceInputs,
-                                         PreferenceLossConfig, sequence_logps)
+from rewardlab.preference.losses import (kto_kl_sums, needs_reference, PREFERENCE_LOSSES,
+                                         PreferenceInputs, PreferenceLossConfig, sequence_logps)
 from rewardlab.preference.pairs import read_pairs
 from rewardlab.training.checkpoint import seed_everything
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
@@ -216,10 +216,12 @@ def reference_logps(model, examples: list, pad_id: int, device, batch_size: int)
 
 
 def po_step_loss(name: str, hparams: PreferenceLossConfig, logps: torch.Tensor,
-                 lengths: torch.Tensor, ref: torch.Tensor | None, desirable=None):
+                 lengths: torch.Tensor, ref: torch.Tensor | None, desirable=None,
+                 kto_kl: float | None = None):
     """The registered loss on one batch: logps / lengths / ref all (B, S) as :func:`batch_logps`
-    returns them; ``desirable`` (B,) bool for unpaired rows (S = 1, KTO)."""
-    x = PreferenceInputs(logps[:, 0], chosen_lengths=lengths[:, 0])
+    returns them; ``desirable`` (B,) bool for unpaired rows (S = 1, KTO); ``kto_kl`` KTO's
+    mean log-ratio over the whole batch when this one is a shard of it (see :func:`shard_kl`)."""
+    x = PreferenceInputs(logps[:, 0], chosen_lengths=lengths[:, 0], kto_kl=kto_kl)
     if ref is not None:
         x.ref_chosen_logps = ref[:, 0]
     if logps.shape[1] == 2:
@@ -229,6 +231,16 @@ def po_step_loss(name: str, hparams: PreferenceLossConfig, logps: torch.Tensor,
     else:
         x.desirable = torch.as_tensor(desirable, dtype=torch.bool, device=logps.device)
     return PREFERENCE_LOSSES.get(name)(x, hparams)
+
+
+def shard_kl(name: str, logps: torch.Tensor, ref: torch.Tensor | None, dist) -> float | None:
+    """KTO's batch statistic for a batch sharded over processes: the mean log-ratio h of every
+    response of the WHOLE batch (:func:`kto_kl_sums` summed over the ranks, a collective every rank
+    joins); None for other losses and for one process (the loss estimates it from its batch)."""
+    if name != "kto" or ref is None or not dist.active:
+        return None
+    total, n = dist.sum(kto_kl_sums(logps, ref)).tolist()
+    return total / max(n, 1.0)
 
 
 def _desirable(examples: list) -> list | None:
@@ -350,11 +362,14 @@ def train_po(cfg: POConfig) -> dict:
                 with prec.autocast():
                     logps, lengths = batch_logps(model, chunk, tok.pad_token_id, device)
                     r = ref[idx].to(device) if ref is not None else None
-                    loss, m = po_step_loss(cfg.loss, cfg.hparams, logps, lengths, r, _desirable(chunk))
-                # each rank's mean over its shard; gradients are summed over ranks
-                (loss / (cfg.grad_accum * dist.world)).backward()
+                    loss, m = po_step_loss(cfg.loss, cfg.hparams, logps, lengths, r, _desirable(chunk),
+                                           shard_kl(cfg.loss, logps, r, dist))
+                # each rank's mean over its shard, weighted by its share of the batch; gradients
+                # are summed over ranks: the mean over the whole batch
+                share = len(idx) / (cfg.batch_size * cfg.grad_accum)
+                (loss * share).backward()
                 for k, v in {"loss": loss.item(), **m}.items():
-                    sums[k] = sums.get(k, 0.0) + v / (cfg.grad_accum * dist.world)
+                    sums[k] = sums.get(k, 0.0) + v * share
             sums = dist.sum_dict(sums)
             gnorm = eng.optimizer_step(model.parameters(), opt, cfg.grad_clip, sched, loss=sums["loss"])
             done = step + 1
