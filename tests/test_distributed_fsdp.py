@@ -144,6 +144,28 @@ def test_fsdp_train_rm_head_form_stops_and_resumes(tmp_path, tiny_policy, rm_dat
     assert got["eval/loss"] == pytest.approx(ev["eval/loss"], abs=1e-5)
 
 
+# ---------------------------------------------------------------------------- po
+@pytest.mark.timeout(900)
+def test_fsdp_po_kto_two_processes_match_one(tmp_path, tiny_policy):
+    """KTO under FSDP: the policy and the reference sharded, z_ref reduced over the ranks, and
+    the held-out pair metrics computed by every rank on sharded weights."""
+    from rewardlab.preference.trainer import POConfig, train_po
+    from tests.test_rm_train import _problems
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"question": p.question, "chosen": "\n".join(p.steps),
+                         "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
+    sets = ["loss=kto", f"pairs={pairs}", f"eval_pairs={pairs}", f"model.name_or_path={tiny_policy}",
+            "model.device=cpu", "batch_size=4", "max_steps=3", "warmup_steps=0", "lr=1e-3",
+            "max_len=48", "eval_every=0", "save_every=0", "progress=false"]
+    one = train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
+    r = _launch_fsdp(["po", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
+    two = json.loads((tmp_path / "two" / "po_summary.json").read_text())
+    for k in ("po/kl", "eval/po/loss", "eval/po/kl"):
+        assert two[k] == pytest.approx(one[k], abs=1e-5), k
+
+
 # ---------------------------------------------------------------------------- in one process
 @pytest.fixture
 def clean_env(monkeypatch):

@@ -329,6 +329,7 @@ def train_po(cfg: POConfig) -> dict:
     seed_everything(cfg.seed)
     prec = training_precision(cfg.model.dtype, cfg.model.device, cfg.model.mixed_precision)
     model, tok = load_policy(cfg, eng, prec.storage)
+    model = eng.prepare(model)   # FSDP launch: sharded (before the optimizer); else unchanged
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)
     sep = "\n\n" if cfg.data.answer_style() == "math" else "\n"
@@ -340,6 +341,7 @@ def train_po(cfg: POConfig) -> dict:
                                      else cfg.model.name_or_path)
         ref_model, _ = load_model_and_tokenizer(ref_path, prec.storage, cfg.model.device,
                                                 cfg.model.trust_remote_code)
+        ref_model = dist.wrap(ref_model)   # FSDP: sharded too; every rank scores every pair
         with prec.autocast():
             ref = reference_logps(ref_model, pairs, tok.pad_token_id, device, cfg.ref_batch_size)
             ref_eval = (reference_logps(ref_model, eval_set, tok.pad_token_id, device,
@@ -377,7 +379,9 @@ def train_po(cfg: POConfig) -> dict:
                     "po/lr": sched.get_last_lr()[0], "train/skipped_steps": eng.skipped_steps}
             if eng.due(done, cfg.log_every, cfg.max_steps):
                 eng.log(done, last)
-            if dist.is_main and eng.due(done, cfg.eval_every, cfg.max_steps) and (eval_set or test):
+            # sharded weights: every rank joins every forward, so all evaluate (rank 0 logs)
+            if (dist.is_main or dist.sharded) and eng.due(done, cfg.eval_every, cfg.max_steps) \
+                    and (eval_set or test):
                 ev = evaluate_pairs(model, eval_set, ref_eval, cfg, tok.pad_token_id, device, prec) \
                     if eval_set else {}
                 if test:
