@@ -4,7 +4,9 @@ A PRM reads p_k at the tag after step k. Causal attention means the hidden state
 depends only on the prefix up to it, so ONE pass over ``question + s_1 TAG + ... + s_K TAG``
 gives all K step scores; the naive alternative re-encodes every prefix (K passes, reading the
 last tag each time), costing ~K/2 times the tokens. This script times both on a batch of
-solutions at K = 2, 4, 8, 16 and checks that they agree (max |Δp| ~ 0).
+solutions at K = 2, 4, 8, 16 and checks that they agree (max |Δp| ~ 0). A second table times
+the one pass through transformers against the fast pass (``ProcessRM.engine``), where the
+solutions of a question share its keys/values.
 
     python benchmarks/prm_scoring.py [--hidden 256 --layers 4 --batch 32 --ks 2,4,8,16]
 
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3,
                     help="timings are the best of up to this many runs (fewer past 4 s)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--group", type=int, default=4, help="solutions per question in the hf/fast table")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,6 +127,25 @@ def main() -> None:
         tokens = sum(len(rm.encode(q, s).input_ids) for q, s in zip(questions, steps)) / len(steps)
         print(f"{k:>3} {tokens:>7.0f} {t_one * 1e3:>12.1f} {t_pre * 1e3:>14.1f} "
               f"{t_pre / t_one:>6.1f}x {diff:>10.2e}")
+    # the one pass itself: transformers (engine=hf) vs the fast pass (engine=auto), on RL-like
+    # batches where every question is followed by --group sampled solutions
+    print(f"\none pass, transformers vs the fast pass (each question shared by {args.group} "
+          f"solutions, as in an RL group); same batch of {args.batch}")
+    header = f"{'K':>3} {'hf ms':>8} {'fast ms':>8} {'hf / fast':>10} {'max|dp|':>10}"
+    print(header)
+    print("-" * len(header))
+    for k in [int(x) for x in args.ks.split(",")]:
+        questions, steps = make_solutions(max(args.batch // args.group, 1), k)
+        questions = [q for q in questions for _ in range(args.group)]
+        steps = [s for s in steps for _ in range(args.group)]
+        times, scores = {}, {}
+        for engine in ("hf", "auto"):
+            rm.engine = engine
+            times[engine], scores[engine] = best_time(lambda: score_one_pass(rm, questions, steps),
+                                                      args.repeats)
+        diff = max(abs(a - b) for r1, r2 in zip(scores["hf"], scores["auto"]) for a, b in zip(r1, r2))
+        print(f"{k:>3} {times['hf'] * 1e3:>8.1f} {times['auto'] * 1e3:>8.1f} "
+              f"{times['hf'] / times['auto']:>9.2f}x {diff:>10.2e}")
 
 
 if __name__ == "__main__":
