@@ -16,7 +16,7 @@ from rewardlab.data.prompts import check_prompt_settings
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.grading import STYLES
 from rewardlab.grading.predictions import default_style
-from rewardlab.io import DataError, write_json, write_jsonl
+from rewardlab.io import check_outputs, DataError, write_json, write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.reward_models.models import lm_prm_spec
 
@@ -150,6 +150,8 @@ def register(app: typer.Typer) -> None:
         style = infer_style(dataset, style)
         if k > 0 and temperature <= 0:
             raise typer.BadParameter("--samples > 0 needs --temperature > 0")
+        check_outputs(files=[("--out", out / "predictions.jsonl"), ("--out", out / "summary.json")],
+                      dirs=[("--out", out)], inputs=[("--data", data), ("--dataset", dataset)])
         problems = load_problems(dataset, split, data, limit)
         policy, tok = load_policy(model, device, dtype, trust_remote_code)
         summary, rows = evaluate_policy(

@@ -17,7 +17,7 @@ from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_ne
 from rewardlab.cli.naming import aliased
 from rewardlab.data.formats import has_soft_labels, to_trl_preference, to_trl_stepwise
 from rewardlab.eval.bon import bon_table, run_bon
-from rewardlab.io import DataError, write_jsonl
+from rewardlab.io import check_outputs, DataError, write_jsonl
 from rewardlab.models.loading import load_tokenizer
 from rewardlab.models.sampling import SamplingConfig
 from rewardlab.reward_models.labeling import get_labeler
@@ -101,6 +101,7 @@ def register(app: typer.Typer) -> None:
         """Sample responses from a policy, split into steps and graded (no step labels)."""
 
         style = infer_style(dataset, style)
+        check_outputs(files=[("--out", out)], inputs=[("--data", data), ("--dataset", dataset)])
         rows, _, _ = _sample(model, dataset, split, data, limit, n, temperature, max_new_tokens,
                              seed, style, device, (prompt_template, chat, system))
         write_jsonl(out, rows)
@@ -156,6 +157,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("TRL has no step-preference format; write --step-pairs "
                                      "with --format rewardlab", param_hint="--format")
         trl = out_format == "trl"
+        check_outputs(files=[("--out", out), ("--pairs", pairs), ("--step-pairs", step_pairs)],
+                      inputs=[("--input", input_), ("--data", data), ("--dataset", dataset)])
         policy = tok = None
         if input_ is not None:
             rows = read_samples(input_)
@@ -219,6 +222,8 @@ def register(app: typer.Typer) -> None:
         style = infer_style(dataset, style)
         if temperature <= 0:
             raise typer.BadParameter("--temperature must be > 0 for best-of-N")
+        check_outputs(files=[("--out", out / n) for n in ("bon.json", "bon.png", "samples.jsonl")],
+                      dirs=[("--out", out)], inputs=[("--data", data), ("--dataset", dataset)])
         rm_paths = {k: v for k, v in (("orm", orm), ("prm", prm), ("bt", bt)) if v}
         rm_specs = {}
         if prm_tag is not None:

@@ -8,6 +8,7 @@ import typer
 
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
 from rewardlab.config import load_config
+from rewardlab.training.rundir import check_run_out
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
 
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(RLConfig, config, ov)
         if show_config:
             return print_config(cfg)
+        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
         res = train_rl(cfg)   # checks --out before any work, then writes config.yaml there
         t = Table("metric", "value", title=f"rl: {cfg.out}")
         for k in sorted(res):

@@ -9,6 +9,7 @@ import typer
 from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
+from rewardlab.training.rundir import check_run_out
 from rewardlab.sft.trainer import SFTConfig, train_sft
 
 
@@ -38,5 +39,6 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(SFTConfig, config, ov)
         if show_config:
             return print_config(cfg)
+        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
         res = train_sft(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})

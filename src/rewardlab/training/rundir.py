@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rewardlab.config import ConfigError
-from rewardlab.io import write_text
+from rewardlab.io import check_output_dir, DataError, probe_write, write_text
 
 # fields that may differ between the calls of one run: where it is, how it is shown, when this
 # call stops, and what to do with an existing run
@@ -30,20 +29,31 @@ RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval
 RUN_GLOBS = ("*_summary.json",)
 
 
-def check_writable(out: str | os.PathLike) -> Path:
-    """Create ``out`` (and its parents) and check a file can be written there; a
-    :class:`ConfigError` of one line otherwise (a file in the way, no permission, read-only)."""
+def check_run_out(out: str | os.PathLike) -> Path:
+    """Check, creating nothing, that ``out`` can hold a run: a :class:`ConfigError` of one line
+    when it is a file, a file is on its way, or it (or its nearest existing parent) cannot be
+    written (a write-probe). The CLI calls it before loading any config'd model or data."""
     p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"out {p}: is a file, not a directory")
+    try:
+        check_output_dir(p)
+    except DataError:
+        raise ConfigError(f"out {p}: is a file, not a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"out {p}: cannot create the directory (a part of it is a file)") from None
+    except OSError as e:
+        raise ConfigError(f"out {p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """:func:`check_run_out`, then create ``out`` (and its parents) and probe it again."""
+    p = check_run_out(out)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"out {p}: cannot create the directory ({e.strerror or e})") from None
     try:
-        fd, probe = tempfile.mkstemp(prefix=".rewardlab-write-test.", dir=p)
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(p)
     except OSError as e:
         raise ConfigError(f"out {p}: cannot write there ({e.strerror or e})") from None
     return p
@@ -67,8 +77,11 @@ def config_diff(old: dict, new: dict, ignore=IGNORED_FIELDS) -> list[tuple[str, 
 
 
 def holds_run(out: Path) -> bool:
-    """True when ``out`` holds something a run wrote (a checkpoint, metrics, a final model)."""
-    return any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
+    """True when ``out`` holds something a run wrote (a checkpoint, metrics, a final model, a
+    round of po-iterative); a ``config.yaml`` alone (a run refused or stopped before any work)
+    is not a run."""
+    return (any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
+            or any(out.glob("round_*")))
 
 
 def clear_run(out: Path) -> None:
@@ -99,7 +112,7 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
 
     - ``out`` a file, or not writable: :class:`ConfigError` (one line).
     - ``overwrite``: the run already in ``out`` (if any) is deleted; a fresh run starts.
-    - ``out`` holds a run whose ``config.yaml`` differs from ``cfg`` (fields other than
+    - ``out`` holds a run (:func:`holds_run`) whose ``config.yaml`` differs from ``cfg`` (fields other than
       :data:`IGNORED_FIELDS`): :class:`ConfigError` listing each differing field, old → new.
     - ``resume`` false while ``out`` holds a run: :class:`ConfigError` (it would be overwritten).
     Returns ``out`` as a Path."""
@@ -108,7 +121,7 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
     new = _plain(cfg)
     if overwrite:
         clear_run(p)
-    elif saved.exists():
+    elif saved.exists() and holds_run(p):   # config.yaml alone: no run to resume or protect
         try:
             old = yaml.safe_load(saved.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
