@@ -31,7 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rewardlab.io import write_json
 from rewardlab.training.checkpoint import (check_finite_state, check_finite_weights,
-                                           latest_checkpoint, load_trainer_state,
+                                           clean_stale_temps, load_trainer_state, resume_point,
                                            save_checkpoint, save_pretrained_full,
                                            TrainingDivergedError)
 from rewardlab.training.distributed import Dist, is_sharded, to_float
@@ -111,12 +111,19 @@ class Engine:
         if config is not None and self.dist.is_main:   # the others wait for its checks and writes
             prepare_run_dir(self.out, config, name, resume=resume,
                             overwrite=bool(getattr(config, "overwrite", False)))
+        if self.dist.is_main:
+            clean_stale_temps(self.out)   # folders of a checkpoint write that was killed
         self.dist.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.show_progress = progress
         self.tensorboard = tensorboard
-        self.checkpoint: Path | None = latest_checkpoint(self.out) if resume else None
+        # the newest complete checkpoint and its trainer state, loaded up front: a damaged one is
+        # skipped (a warning) before any work, and none complete is refused (ConfigError)
+        self.checkpoint: Path | None = None
+        self._state: dict | None = None
+        if resume:
+            self.checkpoint, self._state = resume_point(self.out)
         self.start = 0
         self._card: ModelCard | None = None   # the final model's card, once it is saved
         self.logger: MetricsLogger | None = None
@@ -147,7 +154,8 @@ class Engine:
                 self.logger.truncate_after(-1)
             return {}
         sharded_opt = optimizer if optimizer is not None and is_sharded(self.model) else None
-        state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler)
+        state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler,
+                                   state=self._state)
         if sharded_opt is not None and state.get("optimizer") is not None:   # keyed by name
             self.dist.load_optimizer_state(self.model, sharded_opt, state["optimizer"])
         extra = state.get("extra") or {}
