@@ -38,7 +38,7 @@ from rewardlab.training.distributed import Dist, is_sharded, to_float
 from rewardlab.training.metrics import MetricsLogger
 from rewardlab.training.hub import push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
-from rewardlab.training.rundir import prepare_run_dir
+from rewardlab.training.rundir import prepare_run_dir, write_run_config
 
 
 def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int = 100_003,
@@ -96,7 +96,8 @@ class Engine:
     ``config`` is the run's config dataclass. With it, ``out`` is checked before any work
     (:func:`~rewardlab.training.rundir.prepare_run_dir`: writable; a run already there resumed
     only when its config matches, else refused unless ``config.overwrite``) and the config is
-    written to ``<out>/config.yaml``. Its ``max_bad_steps`` (default 3) is how many
+    written to ``<out>/config.yaml`` by :meth:`restore`, once the model and data have loaded (a
+    run refused for bad input leaves none). Its ``max_bad_steps`` (default 3) is how many
     optimizer steps in a row may be skipped for a non-finite loss or gradient norm
     (:meth:`optimizer_step`) before the run stops with :class:`TrainingDivergedError`."""
 
@@ -109,7 +110,7 @@ class Engine:
         self.bad_in_a_row = 0
         self.out = Path(out)
         if config is not None and self.dist.is_main:   # the others wait for its checks and writes
-            prepare_run_dir(self.out, config, name, resume=resume,
+            prepare_run_dir(self.out, config, name, resume=resume, write=False,
                             overwrite=bool(getattr(config, "overwrite", False)))
         if self.dist.is_main:
             clean_stale_temps(self.out)   # folders of a checkpoint write that was killed
@@ -147,6 +148,8 @@ class Engine:
                              "shards its model); launch it with configs/accelerate/ddp.yaml or "
                              "torchrun. See docs/distributed.md")
         if self.dist.is_main:
+            if self.config is not None:   # the model and data loaded: now the run is recorded
+                write_run_config(self.out, self.config)
             self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
         self.t0 = time.time()   # wall_s counts the loop, not the set-up
         if self.checkpoint is None:

@@ -106,8 +106,13 @@ def _show(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
+def write_run_config(out: str | os.PathLike, cfg: Any) -> Path:
+    """Record ``cfg`` in ``<out>/config.yaml`` (atomically); returns its path."""
+    return write_text(Path(out) / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+
+
 def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
-                    resume: bool = True, overwrite: bool = False) -> Path:
+                    resume: bool = True, overwrite: bool = False, write: bool = True) -> Path:
     """Check ``out`` before any work and record ``cfg`` in ``<out>/config.yaml``.
 
     - ``out`` a file, or not writable: :class:`ConfigError` (one line).
@@ -115,7 +120,9 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
     - ``out`` holds a run (:func:`holds_run`) whose ``config.yaml`` differs from ``cfg`` (fields other than
       :data:`IGNORED_FIELDS`): :class:`ConfigError` listing each differing field, old → new.
     - ``resume`` false while ``out`` holds a run: :class:`ConfigError` (it would be overwritten).
-    Returns ``out`` as a Path."""
+    ``write`` false: only check (and, with ``overwrite``, clear); the caller writes the config
+    later with :func:`write_run_config`, once the run's model and data have loaded, so a run
+    refused for bad input leaves no ``config.yaml`` behind. Returns ``out`` as a Path."""
     p = check_writable(out)
     saved = p / "config.yaml"
     new = _plain(cfg)
@@ -137,5 +144,6 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
     if not overwrite and not resume and holds_run(p):
         raise ConfigError(f"{name}: out {p} holds a run and resume=false would start afresh over it;"
                           " pass --overwrite (overwrite=true) to delete it, or choose another out")
-    write_text(saved, yaml.safe_dump(new, sort_keys=False))
+    if write:
+        write_run_config(p, cfg)
     return p
