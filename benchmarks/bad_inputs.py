@@ -472,6 +472,9 @@ def _child(case: Case, cwd: Path, out_path: Path, err_path: Path) -> None:
         fo, fe = os.open(out_path, os.O_WRONLY | os.O_CREAT), os.open(err_path, os.O_WRONLY | os.O_CREAT)
         os.dup2(fo, 1)
         os.dup2(fe, 2)
+        # a host that captures output (pytest) may have put other objects in sys.stdout/stderr
+        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
         try:
             rc = main(case.argv)
         except SystemExit as e:
@@ -487,9 +490,23 @@ def _child(case: Case, cwd: Path, out_path: Path, err_path: Path) -> None:
             os._exit(rc if isinstance(rc, int) and 0 <= rc < 256 else 1)
 
 
+def warm_up(work: Path) -> None:
+    """Import every command module and run one cheap failing command in this process, so the
+    forked cases start with everything imported (else each pays seconds of imports)."""
+    import contextlib
+    import io
+
+    build_app()
+    import transformers  # noqa: F401  (the children load models through it)
+    missing = str(work / "missing.jsonl")
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        main(["pairs", "--input", missing, "--out", missing])
+
+
 def run_cases(cases: list[Case], work: Path, jobs: int = 2, limit: float = 60.0) -> None:
     """Run every case in a forked process, ``jobs`` at a time; fills rc, out, err, wall, left."""
     work.mkdir(parents=True, exist_ok=True)
+    warm_up(work)
     pending = list(enumerate(cases))
     running: dict[int, tuple[int, Case, Path, float]] = {}
     while pending or running:
@@ -557,8 +574,6 @@ def main_(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", default=None, help="Build in this folder and keep it.")
     args = ap.parse_args(argv)
     t0 = time.time()
-    build_app()   # import every command module before forking
-    import transformers  # noqa: F401  (the children load models through it)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bad_inputs."))
     try:
         cases = build(root / "fixtures")
