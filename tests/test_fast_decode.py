@@ -325,3 +325,40 @@ def test_sampling_and_logprob_outputs_can_enter_autograd(tiny_policy):
     w = torch.randn(len(tok), 3, requires_grad=True)
     (torch.nn.functional.embedding(out, w).sum() * torch.exp(lp).sum()).backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("temperature,top_p,min_new", [(1.0, 1.0, 0), (0.7, 0.9, 3), (0.0, 1.0, 0)])
+def test_sampler_logprobs_equal_a_teacher_forced_pass(tiny_policy, temperature, top_p, min_new):
+    """The sampler's own log π(y_t) at τ (1 when greedy), from the unfiltered logits, equal what
+    a teacher-forced pass gives on real tokens (rows stop at different steps, so compaction runs),
+    and the tokens are the same draws as without them. Through generate_rollouts, the batch gets
+    the sampler's values instead of a pass's."""
+    from rewardlab.models.sampling import forward_logprobs, response_mask_from_ids
+    model, tok = load_model_and_tokenizer(tiny_policy, dtype="float32", device="cpu")
+    _scramble(model).eval()
+    enc = tok(PROMPTS * 4, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    free = fast_generate(model, enc["input_ids"], enc["attention_mask"], 16, None, tok.pad_token_id,
+                         temperature=1.3)
+    eos = int(free[:, 2:8].flatten().mode().values)   # a frequent mid-way token stands in for EOS
+
+    def draw(lp):
+        torch.manual_seed(5)
+        return fast_generate(model, enc["input_ids"], enc["attention_mask"], 16, eos, tok.pad_token_id,
+                             temperature=temperature, top_p=top_p, min_new_tokens=min_new,
+                             return_logprobs=lp)
+    toks, lp = draw(True)
+    assert torch.equal(toks, draw(False))
+    mask, _ = response_mask_from_ids(toks, [eos])
+    assert mask.sum(1).unique().numel() >= 2 and not mask.all()        # rows ended at different steps
+    ref = forward_logprobs(model, torch.cat([enc["input_ids"], toks], 1),
+                           torch.cat([enc["attention_mask"], mask], 1), toks.shape[1],
+                           temperature=temperature or 1.0)
+    assert torch.allclose(lp * mask, ref * mask, atol=1e-5)
+    assert (lp[mask == 0] == 0).all() and (lp[mask.bool()] < 0).all()
+
+    cfg = SamplingConfig(n=2, temperature=temperature, top_p=top_p, max_new_tokens=10)
+    a = generate_rollouts(model, tok, PROMPTS, cfg, seed=3, sampler_logprobs=True)
+    b = generate_rollouts(model, tok, PROMPTS, cfg, seed=3)
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5) and not torch.equal(a.logprobs, b.logprobs)

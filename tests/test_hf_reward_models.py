@@ -373,6 +373,7 @@ def test_train_rm_push_to_hub_uploads_the_final_model(tiny_policy, tmp_path, mon
 
     hub = _FakeHub()
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: hub)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")   # a push without a token is refused before work
     rows = [{"question": q, "steps": s, "outcome": i % 2}
             for i, (q, s) in enumerate(zip(QUESTIONS * 2, STEPS * 2))]
     data = tmp_path / "rows.jsonl"

@@ -187,3 +187,17 @@ def test_job_board_live_panel_drains_a_queue():
         task = board._progress.tasks[0]
         assert (task.completed, task.total, task.fields["state"]) == (4, 4, "done")
     assert board.done["a/s0"] == 2 and q.empty()
+
+
+def test_accuracy_curve_takes_step_0_from_the_start_policy(runs, tmp_path):
+    """A run that did not evaluate at step 0 gets the starting policy's accuracy there; a run
+    that did keeps its own; smoothed training curves get no invented point."""
+    from rewardlab.eval.report import curve_bands
+    dirs = runs["success"]
+    for d in dirs:   # drop the step-0 evaluation, as demo runs (eval_at_start=false) log it
+        lines = (d / "metrics.jsonl").read_text().splitlines()[1:]
+        (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    bands = curve_bands(dirs, ["eval/accuracy"], 1, start=0.42)
+    assert bands[0][:4] == (0, 0.42, 0.42, 0.42) and [b[0] for b in bands] == [0, 20]
+    assert curve_bands(dirs, ["eval/accuracy"], 1)[0][0] == 20
+    assert curve_bands(runs["prm_clip"], ["eval/accuracy"], 1, start=0.42)[0][1] == pytest.approx(0.1)

@@ -236,3 +236,31 @@ def test_every_head_parameter_changes_after_a_step(tiny_policy, kind, form):
         assert before["backbone.model.embed_tokens.weight"] or before.get("backbone.lm_head.weight")
         assert w.grad[rm.good_id].abs().sum() > 0 and w.grad[rm.bad_id].abs().sum() > 0
     assert all(changed.values()), [n for n, c in changed.items() if not c]
+
+
+@pytest.mark.parametrize("form,tag", [("lm", " ки"), ("head", "<extra_0>")])
+def test_fast_scoring_equals_the_transformers_pass(tiny_policy, form, tag, monkeypatch):
+    """engine=auto scores through the fast pass (questions shared by their solutions), with the
+    step scores of the transformers pass; the fast pass is really taken."""
+    import rewardlab.reward_models.models as rm_mod
+    rm = _rm(tiny_policy, kind="prm", form=form, tag=tag)
+    torch.manual_seed(1)
+    with torch.no_grad():   # large weights: every position and key matters
+        for p in rm.backbone.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.25)
+    qs, steps = QUESTIONS * 3 + ["x"], STEPS * 3 + [[]]
+    calls = []
+    real = rm_mod.response_states
+    monkeypatch.setattr(rm_mod, "response_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = rm.score(qs, steps, batch_size=5)
+    assert calls
+    rm.engine = "hf"
+    calls.clear()
+    ref = rm.score(qs, steps, batch_size=5)
+    assert not calls
+    assert fast[-1].step_scores == [] and len({round(s, 4) for r in ref for s in r.step_scores}) > 5
+    for a, b in zip(fast, ref):
+        assert len(a.step_scores) == len(b.step_scores)
+        assert all(abs(x - y) < 1e-5 for x, y in zip(a.step_scores, b.step_scores))
+        assert abs(a.score - b.score) < 1e-5

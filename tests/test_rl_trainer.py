@@ -287,3 +287,61 @@ def test_trust_remote_code_reaches_every_model_the_rl_run_loads(tmp_path, tiny_p
     loads = {name for name, _ in seen}
     assert {"AutoModelForCausalLM", "AutoModel", "AutoTokenizer"} <= loads   # policy, critic, tokenizers
     assert seen and all(flag is True for _, flag in seen), seen
+
+
+def test_old_logprobs_from_the_sampler_skip_the_pass_and_match_it(tmp_path, tiny_policy, problems_dir,
+                                                                 monkeypatch):
+    """old_logprobs=sampler: PPO with the KL in the reward takes log π_old from the fast sampler
+    (no teacher-forced pass after sampling) and they equal the recomputed ones up to rounding."""
+    import rewardlab.models.sampling as sampling
+    calls = []
+    real = sampling.forward_logprobs
+    monkeypatch.setattr(sampling, "forward_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match="old_logprobs"):
+        _cfg(tmp_path, tiny_policy, problems_dir, "bad", ["old_logprobs=vllm"])
+    batches = {}
+    for mode in ("recompute", "sampler"):
+        tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, mode, [f"old_logprobs={mode}"]))
+        assert not tr.on_policy_single_update(4)        # KL in the reward: π_old is needed
+        calls.clear()
+        _, batches[mode] = tr.rollout(0)
+        assert len(calls) == (1 if mode == "recompute" else 0)
+    a, b = batches["recompute"], batches["sampler"]
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert (b.logprobs[b.response_mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+def test_eval_at_start_decides_the_step_0_evaluation(tmp_path, tiny_policy, problems_dir, at_start):
+    cfg = _cfg(tmp_path, tiny_policy, problems_dir, "ev", ["steps=2", "eval_every=1",
+                                                           f"eval_at_start={str(at_start).lower()}"])
+    train_rl(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = sorted(r["step"] for r in rows if "eval/accuracy" in r)
+    assert evaluated == ([0, 1, 2] if at_start else [1, 2])
+
+
+def test_single_pass_critic_gives_the_two_pass_update(tmp_path, tiny_policy, problems_dir, monkeypatch):
+    """One epoch and one minibatch: the critic's values for GAE and for the value loss come from
+    one pass with gradient; the policy and critic after a step equal those of the two-pass update
+    (micro_batch_size=7 of 8 rows: a pass at scoring and another in the update)."""
+    res = {}
+    for name, extra in (("one", []), ("two", ["ppo_epochs=1", "minibatch_size=8", "micro_batch_size=7"])):
+        tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, name, ["steps=1", "minibatch_size=8",
+                                                                        "reward.incorrect_reward=-1.0", *extra]))
+        assert tr.single_pass_critic(8) == (name == "one")
+        calls = []
+        real = tr.values_of
+        monkeypatch.setattr(tr, "values_of", lambda *a, **k: calls.append(1) or real(*a, **k))
+        problems, batch = tr.rollout(0)
+        sb = tr.score(problems, batch)
+        before = [p.detach().clone() for p in tr.value.parameters()]
+        tr.update(sb)
+        assert any(not torch.equal(a, b) for a, b in zip(before, tr.value.parameters()))
+        assert len(calls) == (1 if name == "one" else 4)   # two-pass: 2 micro-batches in each
+        res[name] = (sb.values, [p.detach().clone() for p in tr.policy.parameters()],
+                     [p.detach().clone() for p in tr.value.parameters()])
+    assert torch.allclose(res["one"][0], res["two"][0], atol=1e-6)
+    for a, b in zip(res["one"][1] + res["one"][2], res["two"][1] + res["two"][2]):
+        assert torch.allclose(a, b, atol=1e-6)

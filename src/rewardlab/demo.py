@@ -133,7 +133,7 @@ class DemoBudget:
     """The policy's RL learning rate (``RLConfig.lr``)."""
     rl_prompts: int = 16
     rl_n: int = 4
-    eval_every: int = 10
+    eval_every: int = 15
     eval_k: int = 4
 
     def validate(self) -> None:
@@ -350,7 +350,10 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
         f"policy.name_or_path={sft_dir / 'final'}", f"data.train_path={sft_dir / 'train.jsonl'}",
         f"data.test_path={sft_dir / 'test.jsonl'}", f"steps={b.rl_steps}", f"lr={b.rl_lr}",
         f"prompts_per_step={b.rl_prompts}", f"sampling.n={b.rl_n}", f"eval_every={b.eval_every}",
-        f"eval_k={b.eval_k}", f"save_every={max(b.rl_steps // 4, 1)}", f"progress={cfg.progress}"]
+        f"eval_k={b.eval_k}", f"save_every={max(b.rl_steps // 4, 1)}", f"progress={cfg.progress}",
+        # step 0 is the SFT policy, evaluated once by the SFT-eval job (the report's curves take it
+        # from there); π_old from the sampler saves a pass per step (float32 on the CPU)
+        "eval_at_start=false", "old_logprobs=sampler"]
     if design in USES_PRM:
         ov += [f"reward.prm.path={rm_dir / 'prm'}", f"reward.prm.alpha={cfg.prm_alpha}",
                f"reward.prm.eta={cfg.prm_eta}"]

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, PUSH_TO_HUB_OPTION,
+                           REPORT_TO_OPTION)
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.io import check_outputs
@@ -28,6 +29,8 @@ def register(app: typer.Typer) -> None:
            max_steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (config max_steps)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
                                           "afresh (else a run there with another config is refused)."),
+           report_to: Optional[str] = REPORT_TO_OPTION,
+           push_to_hub: Optional[str] = PUSH_TO_HUB_OPTION,
            show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Preference optimisation (DPO, IPO, KTO, ORPO, SimPO, Step-DPO) on a file of pairs."""
         from rich.console import Console
@@ -39,6 +42,7 @@ def register(app: typer.Typer) -> None:
                 ov.append(f"{key}={val}")
         if overwrite:
             ov.append("overwrite=true")
+        ov = output_overrides(report_to, push_to_hub) + ov
         cfg = load_config(POConfig, config, ov)
         if show_config:
             return print_config(cfg)
@@ -54,6 +58,8 @@ def register(app: typer.Typer) -> None:
                                                           help="Preset: dpo | kto | step_dpo | ipo | orpo | simpo"),
                      out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
                      overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out."),
+                     report_to: Optional[str] = REPORT_TO_OPTION,
+                     push_to_hub: Optional[str] = PUSH_TO_HUB_OPTION,
                      show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Iterative preference optimisation: rounds of sample → label → pair → train."""
         from rich.console import Console
@@ -63,7 +69,7 @@ def register(app: typer.Typer) -> None:
             if design not in PO_DESIGNS:
                 raise typer.BadParameter(f"--design must be one of {', '.join(PO_DESIGNS)}")
             ov += PO_DESIGNS[design]
-        ov += list(set_) + ([f"out={out}"] if out else []) + (["overwrite=true"] if overwrite else [])
+        ov += output_overrides(report_to, push_to_hub) + list(set_) + ([f"out={out}"] if out else []) + (["overwrite=true"] if overwrite else [])
         cfg = load_config(IterativePOConfig, config, ov)
         if show_config:
             return print_config(cfg)

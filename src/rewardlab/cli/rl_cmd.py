@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, PUSH_TO_HUB_OPTION,
+                           REPORT_TO_OPTION)
 from rewardlab.config import load_config
 from rewardlab.training.rundir import check_run_out
 from rewardlab.rl.config import RLConfig
@@ -25,6 +26,8 @@ def register(app: typer.Typer) -> None:
                                                help="RL steps (config: steps)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start afresh "
                                           "(else a run there with another config is refused)."),
+           report_to: Optional[str] = REPORT_TO_OPTION,
+           push_to_hub: Optional[str] = PUSH_TO_HUB_OPTION,
            show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Train a policy with RL (see configs/ for the shipped reward designs)."""
         from rich.console import Console
@@ -33,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         ov = [f"{k}={v}" for k, v in (("out", out), ("policy.name_or_path", model),
                                       ("steps", steps)) if v is not None]
-        ov = ov + list(set_) + (["overwrite=true"] if overwrite else [])
+        ov = ov + output_overrides(report_to, push_to_hub) + list(set_) + (["overwrite=true"] if overwrite else [])
         cfg = load_config(RLConfig, config, ov)
         if show_config:
             return print_config(cfg)

@@ -14,7 +14,8 @@ import typer
 
 from rich.console import Console
 
-from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, PUSH_TO_HUB_OPTION,
+                           REPORT_TO_OPTION)
 from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
@@ -54,6 +55,8 @@ def train_rm(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Delete the run in --out and start afresh (else a run there with "
         "another config is refused).")] = False,
+    report_to: Optional[str] = REPORT_TO_OPTION,
+    push_to_hub: Optional[str] = PUSH_TO_HUB_OPTION,
     show_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train an ORM, PRM or Bradley–Terry reward model.
@@ -71,6 +74,7 @@ def train_rm(
             overrides.append(f"{key}={json.dumps(list(value))}")
     if overwrite:
         overrides.append("overwrite=true")
+    overrides += output_overrides(report_to, push_to_hub)
     cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
     if show_config:
         return print_config(cfg)

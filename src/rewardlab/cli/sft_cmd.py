@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from rewardlab.cli import print_config, PRINT_CONFIG_OPTION
+from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, PUSH_TO_HUB_OPTION,
+                           REPORT_TO_OPTION)
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.training.rundir import check_run_out
@@ -24,6 +25,8 @@ def register(app: typer.Typer) -> None:
                                                     help="Optimizer steps (config: max_steps)."),
             overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
                                            "afresh (else a run there with another config is refused)."),
+            report_to: Optional[str] = REPORT_TO_OPTION,
+            push_to_hub: Optional[str] = PUSH_TO_HUB_OPTION,
             show_config: bool = PRINT_CONFIG_OPTION) -> None:
         """Fine-tune a policy on problem → reference solution (loss on solution tokens only)."""
         from rich.console import Console
@@ -36,6 +39,7 @@ def register(app: typer.Typer) -> None:
                 ov.append(f"{key}={val}")
         if overwrite:
             ov.append("overwrite=true")
+        ov = output_overrides(report_to, push_to_hub) + ov
         cfg = load_config(SFTConfig, config, ov)
         if show_config:
             return print_config(cfg)

@@ -295,26 +295,32 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return [statistics.fmean(values[max(0, i - h):i + h + 1]) for i in range(len(values))]
 
 
-def curve_bands(dirs: Sequence[Path], keys: Sequence[str], smooth: int
+def curve_bands(dirs: Sequence[Path], keys: Sequence[str], smooth: int, start: float | None = None
                 ) -> list[tuple[float, float, float, float]]:
-    """``(step, mean, lo, hi)`` across seeds of a (moving-averaged) metric of RL runs."""
+    """``(step, mean, lo, hi)`` across seeds of a (moving-averaged) metric of RL runs; ``start``:
+    the metric at step 0 for a run that did not log it (the policy every run starts from)."""
     by_step: dict[int, list[float]] = {}
     for d in dirs:
         pts = _series(read_metrics(Path(d) / "metrics.jsonl"), keys)
+        if start is not None and pts and pts[0][0] != 0:
+            pts = [(0, start)] + pts
         for (s, _), v in zip(pts, _smooth([v for _, v in pts], smooth)):
             by_step.setdefault(s, []).append(v)
     return [(s, statistics.fmean(v), *t_interval(v)) for s, v in sorted(by_step.items())]
 
 
 def training_curves(runs: Mapping[str, Sequence[Path]], out: Path, descriptions: Mapping[str, str],
-                    setting: Mapping | None = None) -> list[Path]:
+                    setting: Mapping | None = None, start: Mapping[str, float] | None = None) -> list[Path]:
     """One PNG per curve: mean ± 95 % interval across seeds against the RL step, one band per
-    design (training metrics moving-averaged over ``SMOOTH`` steps)."""
+    design (training metrics moving-averaged over ``SMOOTH`` steps). ``start``: metrics of the
+    starting policy (e.g. ``eval/accuracy`` of the SFT policy), the step-0 point of an unsmoothed
+    curve whose runs did not evaluate at step 0."""
     note = caption(setting or {})
     paths = []
     for stem, (title, ylabel, keys, smooth) in CURVES.items():
+        s0 = None if smooth else _sum(start or {}, keys)
         bands = {descriptions.get(d, d): b for d, dirs in runs.items()
-                 if (b := curve_bands(dirs, keys, SMOOTH if smooth else 1))}
+                 if (b := curve_bands(dirs, keys, SMOOTH if smooth else 1, s0))}
         if bands:
             sub = note + ("; " if note else "") + "mean ± 95 % t-interval over seeds" + (
                 f", moving average over {SMOOTH} steps" if smooth else "")
@@ -361,7 +367,7 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
     rm_metrics = {k: json.loads((rm_dir / f"{k}_metrics.json").read_text())
                   for k in ("orm", "prm") if (rm_dir / f"{k}_metrics.json").exists()}
     bon = json.loads((bon_dir / "bon.json").read_text()) if (bon_dir / "bon.json").exists() else None
-    curves = training_curves(runs, out, descriptions, setting)
+    curves = training_curves(runs, out, descriptions, setting, baseline)
     summaries = summary_plots(table, out, descriptions, setting)
     results = {"designs": table, "descriptions": descriptions, "baseline_design": BASELINE,
                "setting": setting, "sft": baseline, "reward_models": rm_metrics, "bon": bon,

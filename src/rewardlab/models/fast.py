@@ -36,7 +36,7 @@ import torch.nn.functional as F
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
-def _decoder(model):
+def decoder_stack(model):
     """The decoder stack (embeddings, layers, final norm): a ``*ForCausalLM``'s ``model.model``,
     or ``model`` itself when it is a bare decoder (``AutoModel``, e.g. a value model's backbone)."""
     return model if hasattr(model, "layers") else getattr(model, "model", None)
@@ -58,7 +58,7 @@ def fast_path_unsupported(model) -> str | None:
         return f"hidden_act {cfg.hidden_act!r}"
     if getattr(cfg, "use_sliding_window", False) or (mt == "mistral" and getattr(cfg, "sliding_window", None)):
         return "sliding-window attention"
-    inner = _decoder(model)
+    inner = decoder_stack(model)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "unexpected module layout"
     for layer in inner.layers:
@@ -106,7 +106,7 @@ class _Weights:
 
     def __init__(self, model):
         cfg = model.config
-        inner = _decoder(model)
+        inner = decoder_stack(model)
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -370,7 +370,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                   eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 1.0,
                   top_p: float = 1.0, compact_below: float = 0.75,
-                  min_new_tokens: int = 0) -> torch.Tensor:
+                  min_new_tokens: int = 0, return_logprobs: bool = False):
     """Sample up to ``max_new_tokens`` tokens after LEFT-padded prompts (B, P).
 
     Returns the response ids (B, T), T ≤ max_new_tokens: after a row's EOS it holds
@@ -389,18 +389,26 @@ def fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
       computing finished rows to the end).
 
     Greedy output equals ``model.generate``'s; sampled output is a different draw from the same
-    distribution (``generate`` uses ``torch.multinomial``)."""
+    distribution (``generate`` uses ``torch.multinomial``).
+
+    ``return_logprobs``: also return (B, T) float32 log π(y_t) = log_softmax(z_t / τ')[y_t] of each
+    sampled token, τ' = ``temperature`` or 1 when greedy, from the unfiltered logits (before top-p
+    and the ``min_new_tokens`` ban), i.e. what a teacher-forced pass at τ' gives, up to float
+    rounding (the decoding step multiplies in another order); positions after a row's EOS hold 0."""
     with torch.inference_mode():  # no autograd bookkeeping per op: ~12 % less time per rollout
-        out = _fast_generate(model, input_ids, attention_mask, max_new_tokens, eos_token_id,
-                             pad_token_id, temperature, top_p, compact_below, min_new_tokens)
+        out, lp = _fast_generate(model, input_ids, attention_mask, max_new_tokens, eos_token_id,
+                                 pad_token_id, temperature, top_p, compact_below, min_new_tokens,
+                                 return_logprobs)
+    if return_logprobs:
+        return out.clone(), lp.clone()
     return out.clone()            # an ordinary tensor: inference tensors cannot enter autograd
 
 
 def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                    eos_token_id: int | Sequence[int] | None, pad_token_id: int, temperature: float = 1.0,
-                   top_p: float = 1.0, compact_below: float = 0.75,
-                   min_new_tokens: int = 0) -> torch.Tensor:
-    """:func:`fast_generate`'s body (run in inference mode)."""
+                   top_p: float = 1.0, compact_below: float = 0.75, min_new_tokens: int = 0,
+                   return_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`fast_generate`'s body (run in inference mode): (tokens, log-probs or None)."""
     W = _checked_weights(model, "fast_generate", lm_head=True)
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError("fast_generate: input_ids and attention_mask must both be (B, P)")
@@ -426,6 +434,9 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     pos = attention_mask.long().sum(1) - 1      # position of each row's last prompt token
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=dev)
     live_out = out                           # the rows still in the batch (out itself until compaction)
+    lp_out = torch.zeros(B, max_new_tokens, device=dev) if return_logprobs else None
+    live_lp = lp_out
+    lp_temp = temperature or 1.0
     rows = torch.arange(B, device=dev)       # the output row of each sequence still in the batch
     cache = _Cache(W, B, C, W.embed.new_empty(0, dtype=kv_dtype))   # each row gets its prompt's K/V
     for i, (k, v) in enumerate(kept):
@@ -436,11 +447,17 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     eos_t = torch.tensor(eos_ids, dtype=torch.long, device=dev)
     n = 0
     for t in range(max_new_tokens):
+        logp = None
+        if return_logprobs:   # the unfiltered distribution, before the EOS ban alters ``logits``
+            z = logits.float()
+            logp = torch.log_softmax(z / lp_temp if lp_temp != 1.0 else z, dim=-1)
         if t < min_new_tokens and banned:
             logits[:, banned] = float("-inf")
         tok = sample_next(logits, temperature, top_p, None if u is None else u[:, t])
         tok = tok.masked_fill_(done, pad_token_id)
         live_out[:, t] = tok
+        if logp is not None:
+            live_lp[:, t] = logp.gather(1, tok[:, None]).squeeze(1).masked_fill_(done, 0.0)
         n = t + 1
         done = done | torch.isin(tok, eos_t)
         n_live = len(rows) - int(done.sum())
@@ -450,11 +467,15 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             # finished rows leave the batch: later steps compute only the live ones
             if live_out is not out:
                 out.index_copy_(0, rows, live_out)
+                if lp_out is not None:
+                    lp_out.index_copy_(0, rows, live_lp)
             keep = (~done).nonzero().squeeze(1)
             cache.k = [k[keep] for k in cache.k]
             cache.v = [v[keep] for v in cache.v]
             bias, pos, rows, done, tok = bias[keep], pos[keep], rows[keep], done[keep], tok[keep]
             live_out = live_out[keep]
+            if lp_out is not None:
+                live_lp = live_lp[keep]
             if u is not None:
                 u = u[keep]
         col = P + t
@@ -466,7 +487,9 @@ def _fast_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = _logits(W, x)
     if live_out is not out:
         out.index_copy_(0, rows, live_out)
-    return out[:, :n]
+        if lp_out is not None:
+            lp_out.index_copy_(0, rows, live_lp)
+    return out[:, :n], (lp_out[:, :n] if lp_out is not None else None)
 
 
 # decoding rows from which the step's projections run as 2–3 independent matmuls in one ``bmm``:
@@ -577,7 +600,7 @@ def _checked_weights(model, what: str, lm_head: bool = False) -> _Weights:
     """The model's weights for the fast path; ValueError naming why it cannot run (and, with
     ``lm_head``, when the model is a bare decoder without one)."""
     reason = fast_path_unsupported(model)
-    if reason is None and lm_head and _decoder(model) is model:
+    if reason is None and lm_head and decoder_stack(model) is model:
         reason = "a bare decoder without an LM head"
     if reason:
         raise ValueError(f"{what} does not support this model: {reason}")

@@ -199,9 +199,12 @@ def check_sample_count(n_prompts: int, n: int, max_new_tokens: int) -> None:
 def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,
                       seed: int | None = None, compute_logprobs: bool = True,
                       use_cache: bool = True, show_progress: bool = False,
-                      logprob_rows: int = 64, skip_rows: int = 0) -> RolloutBatch:
+                      logprob_rows: int = 64, skip_rows: int = 0,
+                      sampler_logprobs: bool = False) -> RolloutBatch:
     """Sample ``cfg.n`` responses for every prompt (see the module docstring for the layout);
-    with ``compute_logprobs``, their log-probs in passes of ``logprob_rows`` rows.
+    with ``compute_logprobs``, their log-probs in passes of ``logprob_rows`` rows, or, with
+    ``sampler_logprobs`` where the fast engine sampled every row, the sampler's own (no extra
+    pass; equal up to float rounding: :func:`rewardlab.models.fast.fast_generate`).
 
     ``skip_rows``: these prompts are rows ``skip_rows …`` of a larger batch sampled with the same
     ``seed`` (one process's shard); the fast engine then draws the uniforms those rows get in the
@@ -239,11 +242,13 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         enc = {k: v[where].to(device) for k, v in enc.items()}
         if fast and bool(enc["attention_mask"][:, -1].all()):  # left-padded prompts
 
+            want_lp = compute_logprobs and sampler_logprobs
             resp = fast_generate(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens,
                                  eos, tokenizer.pad_token_id,
                                  temperature=cfg.temperature, top_p=cfg.top_p,
-                                 min_new_tokens=min_new or 0)
-            chunks.append((enc["input_ids"], enc["attention_mask"], resp))
+                                 min_new_tokens=min_new or 0, return_logprobs=want_lp)
+            resp, lp = resp if want_lp else (resp, None)
+            chunks.append((enc["input_ids"], enc["attention_mask"], resp, lp))
             continue
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
@@ -251,7 +256,7 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
         if not greedy:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         out = model.generate(**enc, **gen_kwargs)
-        chunks.append((enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:]))
+        chunks.append((enc["input_ids"], enc["attention_mask"], out[:, enc["input_ids"].shape[1]:], None))
     if was_training:
         model.train()
     prompt_ids = pad_stack([c[0] for c in chunks], tokenizer.pad_token_id, left=True)
@@ -263,7 +268,9 @@ def generate_rollouts(model, tokenizer, prompts: list[str], cfg: SamplingConfig 
     resp = torch.where(mask.bool(), resp, torch.full_like(resp, tokenizer.pad_token_id))
     texts = decode_responses(tokenizer, resp, mask, finished)
     batch = RolloutBatch(prompt_ids, prompt_mask, resp, mask, texts, rows, finished)
-    if compute_logprobs:
+    if compute_logprobs and all(c[3] is not None for c in chunks):   # the sampler's own
+        batch.logprobs = pad_stack([c[3] for c in chunks], 0, left=False)[:, :resp.shape[1]] * mask
+    elif compute_logprobs:
         batch.logprobs = forward_logprobs(model, batch.input_ids, batch.attention_mask,
                                           resp.shape[1], temperature=cfg.temperature or 1.0,
                                           micro_batch=logprob_rows, fast=fast) * mask

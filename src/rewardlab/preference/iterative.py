@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ from rewardlab.preference.trainer import POConfig, train_po
 from rewardlab.reward_models.labeling import get_labeler
 from rewardlab.reward_models.pipeline import label_rows, sample_responses
 from rewardlab.training.engine import epoch_batch, quiet_transformers
+from rewardlab.training.hub import check_push, push_to_hub
 from rewardlab.training.rundir import prepare_run_dir, write_run_config
+from rewardlab.training.trackers import check_report_to, Trackers
 
 
 @dataclass
@@ -80,6 +83,13 @@ class IterativePOConfig:
     """Samples per held-out problem for maj@k at the end (0: greedy only)."""
     eval_rounds: bool = True
     """Greedy held-out accuracy after every round too (``eval/...`` rows of metrics.jsonl)."""
+    report_to: str = "tensorboard"
+    """Experiment trackers of the round rows (``<out>/metrics.jsonl`` is always written):
+    tensorboard | wandb | trackio | mlflow | none, or a comma list. Each round's trainer logs to
+    ``po.report_to`` (in ``round_<r>/``)."""
+    push_to_hub: str | None = None
+    """Upload the last round's policy (``round_<r>/final``, with its card) to this Hugging Face
+    Hub repo (``owner/name``) when the run finishes."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there (rounds included)."""
     po: POConfig = field(default_factory=POConfig)
@@ -149,6 +159,9 @@ def train_po_iterative(cfg: IterativePOConfig,
     ``<out>/po_summary.json``. ``on_round(r, metrics)`` is called after each round."""
     quiet_transformers()
     cfg.validate()
+    trackers = check_report_to(cfg.report_to)     # before any work: packages, repo id, token
+    check_report_to(cfg.po.report_to)
+    check_push(cfg.push_to_hub)
     out = Path(cfg.out)
     if cfg.overwrite:
         for d in [*out.glob("round_*"), out / "init"]:
@@ -161,6 +174,16 @@ def train_po_iterative(cfg: IterativePOConfig,
         check_model_path(cfg.po.model.name_or_path)
     write_run_config(out, cfg)   # the checks passed: the run is recorded
     save_splits(cfg.po.data, train, test, out)
+    tracker = Trackers(trackers, out, f"po-iterative-{out.resolve().name}", cfg) if trackers else None
+    try:
+        return _run_rounds(cfg, out, train, test, tracker, on_round)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _run_rounds(cfg: IterativePOConfig, out: Path, train, test, tracker,
+                on_round: Callable[[int, dict], None] | None) -> dict:
     start = cfg.po.model.name_or_path
     if start == "testbed":        # one random start policy for every round's reference
         start = str(out / "init")
@@ -191,6 +214,7 @@ def train_po_iterative(cfg: IterativePOConfig,
         else:
             rc = copy.deepcopy(cfg.po)
             rc.out, rc.pairs, rc.eval_pairs = str(rdir), str(pairs_path), None
+            rc.push_to_hub = None                     # only the last round's policy is pushed
             rc.model.name_or_path = policy
             rc.ref_model = policy if cfg.ref == "previous" else start
             rc.data = dataclasses.replace(rc.data, n_test=0, train_path=None, test_path=None)
@@ -213,6 +237,8 @@ def train_po_iterative(cfg: IterativePOConfig,
             info = {**info, **ev}
         history.append({"step": steps, "round": r, **info})
         write_jsonl(out / "metrics.jsonl", history)
+        if tracker is not None:
+            tracker.log(steps, {k: v for k, v in info.items() if k != "round/sample_s"} | {"round": r})
         if on_round is not None:
             on_round(r, info)
     final: dict = {"po/rounds": cfg.rounds, "po/n_samples": n_samples, "po/n_pairs": n_pairs,
@@ -223,6 +249,8 @@ def train_po_iterative(cfg: IterativePOConfig,
     # sampling + training + evaluation of every round (cached rounds count their recorded time)
     final["po/wall_s"] = wall + time.time() - t_eval
     write_json(out / "po_summary.json", final)
+    if cfg.push_to_hub and (Path(policy) / "config.json").exists():
+        print(f"po iterative: pushed {policy} to {push_to_hub(policy, cfg.push_to_hub)}", file=sys.stderr)
     return final
 
 

@@ -95,6 +95,14 @@ class POConfig:
     """Stop after this step as if interrupted, leaving a checkpoint (0: never). For budgets and tests."""
     max_bad_steps: int = 3
     """Optimizer steps in a row with a nan/inf loss or gradient norm before the run stops."""
+    report_to: str = "tensorboard"
+    """Experiment trackers of the metrics log (metrics.jsonl is always written): tensorboard
+    (``<out>/tb``) | wandb | trackio | mlflow | none, or a comma list, e.g. ``wandb,tensorboard``;
+    through accelerate's trackers (the non-default ones are extras: ``pip install
+    'rewardlab[wandb]'``). See rewardlab.training.trackers."""
+    push_to_hub: str | None = None
+    """Upload the final model (with its card) to this Hugging Face Hub repo (``owner/name``)
+    when the run finishes; the token is huggingface_hub's (``HF_TOKEN`` or a login)."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there."""
 

@@ -49,7 +49,9 @@ import torch
 from torch import nn
 
 from rewardlab.io import DataError, write_json
-from rewardlab.models.batching import last_token_index, position_ids_from_mask
+from rewardlab.models.batching import last_token_index, pad_ids, position_ids_from_mask
+from rewardlab.models.fast import decoder_stack, response_states
+from rewardlab.models.sampling import use_fast_engine
 from rewardlab.models.loading import full_precision, load_model_and_tokenizer
 from rewardlab.reward_models.data import (collate_orm, collate_prm, encode_plain, encode_prm,
                                           encode_prm_chat, encode_prm_trl, Encoded,
@@ -339,7 +341,10 @@ class ProcessRM(RewardModel):
 
     def pair_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """z = (z_bad, z_good) at every position, (B, L, 2) float32."""
-        h = self.hidden_states(input_ids, attention_mask)                  # (B, L, H)
+        return self._pair_head(self.hidden_states(input_ids, attention_mask))
+
+    def _pair_head(self, h: torch.Tensor) -> torch.Tensor:
+        """(z_bad, z_good) (…, 2) float32 from last-layer hidden states h (…, H)."""
         if self.head is not None:
             return self._head(h).float()
         unembed = self.backbone.get_output_embeddings()
@@ -354,7 +359,39 @@ class ProcessRM(RewardModel):
             z = torch.tanh(z / cap) * cap
         return z
 
+    engine: str = "auto"
+    """Scoring pass: ``auto`` runs Llama, Mistral and Qwen2 backbones through
+    :func:`rewardlab.models.fast.response_states` (each distinct question once, its keys/values
+    shared by the solutions that follow it, e.g. the n samples of an RL group) | ``hf``. Same
+    scores up to float rounding."""
+
+    def _fast_scoring(self, encs: list[Encoded]) -> bool:
+        if self.engine != "auto" or self.spec.layout != "rewardlab" or self.training:
+            return False
+        if not all(0 < e.n_prompt <= min(e.tag_positions, default=e.n_prompt) for e in encs):
+            return False
+        if getattr(self, "_fast_ok", None) is None:
+            self._fast_ok = use_fast_engine(decoder_stack(self.backbone), "auto", sampling=False)
+        return self._fast_ok
+
+    def _fast_step_probs(self, encs: list[Encoded]) -> list[list[float]]:
+        """P('+') at each tag through the fast pass: rows [left-padded question | right-padded
+        solution + one filler token]; output j of the pass is position P−1+j, so the tag at
+        solution index k is output k+1 (the filler makes the last tag's output part of it)."""
+        pad = self.tokenizer.pad_token_id
+        q_ids, q_mask, _ = pad_ids([e.input_ids[:e.n_prompt] for e in encs], pad, "left")
+        r_ids, r_mask, _ = pad_ids([e.input_ids[e.n_prompt:] + [pad] for e in encs], pad, "right")
+        dev = self.device
+        z = response_states(decoder_stack(self.backbone), self._pair_head,
+                            torch.cat([q_ids, r_ids], 1).to(dev), torch.cat([q_mask, r_mask], 1).to(dev),
+                            r_ids.shape[1])
+        p = step_probs(z).cpu()
+        return [[float(p[b, t - e.n_prompt + 1]) for t in e.tag_positions] for b, e in enumerate(encs)]
+
     def _score_batch(self, encs: list[Encoded]) -> list[ScoreResult]:
+        if self._fast_scoring(encs):
+            return [ScoreResult(steps, aggregate(steps, self.spec.aggregation))
+                    for steps in self._fast_step_probs(encs)]
         b = collate_prm(encs, None, self.tokenizer.pad_token_id, self.padding_side)
         p = step_probs(self.pair_logits(b["input_ids"].to(self.device),
                                         b["attention_mask"].to(self.device))).cpu()  # (B, L)

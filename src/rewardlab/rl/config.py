@@ -214,6 +214,12 @@ class RLConfig:
     Mistral and Qwen2 models through :func:`rewardlab.models.fast.response_logits` (each distinct
     prompt once per batch, its keys/values shared by the n samples of its group) | ``hf``
     (``model(...)``) | ``auto`` (fast where supported). Same numbers either way."""
+    old_logprobs: str = "recompute"
+    """Where log π_old (PPO's ratio denominator, the KL in the reward) comes from when the update
+    cannot use its own: ``recompute`` (a teacher-forced pass after sampling, as verl and TRL do) |
+    ``sampler`` (the fast sampler's own log-probs of the tokens it drew: no extra pass; they equal
+    the recomputed ones up to float rounding, ~1e-6 in float32; where the fast engine did not
+    sample, the pass runs anyway). Use ``recompute`` with bfloat16, where the rounding is larger."""
     gamma: float = 1.0
     lam: float = 0.95
     entropy_coef: float = 0.0
@@ -224,6 +230,9 @@ class RLConfig:
     """PPO: whiten GAE advantages over the batch."""
     eval_every: int = 20
     """Greedy accuracy on the held-out set every N steps (0: only at the end)."""
+    eval_at_start: bool = True
+    """With ``eval_every``, also evaluate the starting policy (step 0); off when that number is
+    known already (the demo takes it from the SFT evaluation that every RL run starts from)."""
     eval_k: int = 4
     """maj@k / pass@k samples at the final evaluation (0: greedy only)."""
     save_every: int = 20
@@ -235,6 +244,14 @@ class RLConfig:
     max_bad_steps: int = 3
     """A policy update (one minibatch) whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    report_to: str = "tensorboard"
+    """Experiment trackers of the metrics log (metrics.jsonl is always written): tensorboard
+    (``<out>/tb``) | wandb | trackio | mlflow | none, or a comma list, e.g. ``wandb,tensorboard``;
+    through accelerate's trackers (the non-default ones are extras: ``pip install
+    'rewardlab[wandb]'``). See rewardlab.training.trackers."""
+    push_to_hub: str | None = None
+    """Upload the final model (with its card) to this Hugging Face Hub repo (``owner/name``)
+    when the run finishes; the token is huggingface_hub's (``HF_TOKEN`` or a login)."""
     overwrite: bool = False
     """Start afresh in ``out``, deleting the run there (checkpoints, metrics, final model).
     Without it, an ``out`` holding a run made with a different config is refused (the error lists
@@ -281,6 +298,8 @@ class RLConfig:
                              f"{self.prime.lr}")
         if self.advantage_name() == "vine" and self.vine.k < 1:
             raise ValueError(f"rl: vine.k must be >= 1, got {self.vine.k}")
+        if self.old_logprobs not in ("recompute", "sampler"):
+            raise ValueError(f"rl: old_logprobs={self.old_logprobs!r}; use recompute | sampler")
         if self.value.kind not in ("separate", "shared"):
             raise ValueError("rl: value.kind must be separate or shared")
         try:

@@ -129,6 +129,7 @@ class RLTrainer:
         # a separate critic's teacher-forced passes go through the fast path like the policy's
         self.fast_value = (isinstance(self.value, ValueModel)
                            and use_fast_engine(self.value.backbone, cfg.engine, sampling=False))
+        self._critic_values: torch.Tensor | None = None   # single_pass_critic: scoring → update
         self.prm = self._load_rm(cfg.reward.prm.path, cfg.reward.prm.spec())
         self.orm = self._load_rm(cfg.reward.orm.path)
         self._rollout_seed: int | None = None   # the seed of the latest rollout (vine's MC stream)
@@ -157,6 +158,15 @@ class RLTrainer:
         cfg = self.cfg
         return (cfg.ppo_epochs == 1 and cfg.minibatch_size >= n_prompts * cfg.sampling.n
                 and not cfg.kl.in_reward)
+
+    def single_pass_critic(self, n_rows: int) -> bool:
+        """A separate critic, one epoch, one minibatch of all ``n_rows`` responses in one pass, one
+        process: the critic is the same at scoring and at the update, so the values GAE uses
+        and the value loss's come from one pass with gradient (the update's pass is skipped)."""
+        cfg = self.cfg
+        return (self.value is not None and cfg.value.kind == "separate" and cfg.ppo_epochs == 1
+                and cfg.minibatch_size >= n_rows and (cfg.micro_batch_size or n_rows) >= n_rows
+                and not self.dist.active)
 
     # ------------------------------------------------------------------ set-up helpers
     def _build_value(self, src):
@@ -253,7 +263,8 @@ class RLTrainer:
         batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
                                   cfg.sampling, seed=self._rollout_seed,
                                   compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
-                                  skip_rows=lo * cfg.sampling.n)
+                                  skip_rows=lo * cfg.sampling.n,
+                                  sampler_logprobs=cfg.old_logprobs == "sampler")
         return problems, batch
 
     @_in_precision
@@ -305,7 +316,12 @@ class RLTrainer:
         if cfg.kl.in_reward and kl is not None:
             rewards = add_kl_to_rewards(rewards, kl, self.kl_coef, mask)
         values = None
-        if self.value is not None:
+        self._critic_values = None
+        if self.single_pass_critic(B):   # kept with its graph for the update's value loss
+            with torch.enable_grad():
+                self._critic_values = self.values_of(batch.input_ids, batch.attention_mask, T)
+            values = self._critic_values.detach() * mask
+        elif self.value is not None:
             parts = []
             ids_all, att_all = batch.input_ids, batch.attention_mask
             rows = cfg.micro_batch_size or B
@@ -461,6 +477,7 @@ class RLTrainer:
                                                                         loss=mb_loss)
                 for k, v in metrics.items():
                     agg.setdefault(k, []).append(float(v))
+        self._critic_values = None   # its graph is spent
         return {**{k: sum(v) / len(v) for k, v in agg.items()},
                 "train/skipped_steps": self.engine.skipped_steps}
 
@@ -512,7 +529,8 @@ class RLTrainer:
             metrics.update(km)
         vloss = None
         if self.value is not None:
-            v = self.values_of(input_ids, att, T, hidden)
+            v = (self._critic_values[rows] if self._critic_values is not None
+                 else self.values_of(input_ids, att, T, hidden))
             vl, vm = value_loss(v, sb.values[rows], sb.returns[rows], mmask, clip_eps=cfg.value.clip_eps)
             vloss = cfg.value.coef * vl
             metrics.update(vm)
@@ -548,7 +566,7 @@ class RLTrainer:
         cfg, eng = self.cfg, self.engine
         last: dict = {}
         with eng.progress_bar(cfg.steps) as bar:
-            if self.start_step == 0 and cfg.eval_every:
+            if self.start_step == 0 and cfg.eval_every and cfg.eval_at_start:
                 eng.log(0, self.evaluate())
             for step in range(self.start_step, cfg.steps):
                 problems, batch = self.rollout(step)

@@ -73,6 +73,11 @@ class SFTConfig:
     max_bad_steps: int = 3
     """An optimizer step whose loss or gradient norm is nan/inf is skipped (its gradients dropped,
     counted in ``train/skipped_steps``); this many skips in a row stop the run with an error."""
+    report_to: str = "tensorboard"
+    """Experiment trackers of the metrics log (metrics.jsonl is always written): tensorboard
+    (``<out>/tb``) | wandb | trackio | mlflow | none, or a comma list, e.g. ``wandb,tensorboard``;
+    through accelerate's trackers (the non-default ones are extras: ``pip install
+    'rewardlab[wandb]'``). See rewardlab.training.trackers."""
     push_to_hub: str | None = None
     """Upload the final model (with its card) to this Hugging Face Hub repo (``owner/name``)
     when the run finishes; the token is huggingface_hub's (``HF_TOKEN`` or a login)."""

@@ -36,9 +36,10 @@ from rewardlab.training.checkpoint import (check_finite_state, check_finite_weig
                                            TrainingDivergedError)
 from rewardlab.training.distributed import Dist, is_sharded, to_float
 from rewardlab.training.metrics import MetricsLogger
-from rewardlab.training.hub import push_to_hub
+from rewardlab.training.hub import check_push, push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
 from rewardlab.training.rundir import prepare_run_dir, write_run_config
+from rewardlab.training.trackers import report_to_of
 
 
 def epoch_batch(n: int, batch_size: int, k: int, seed: int, *, seed_stride: int = 100_003,
@@ -99,10 +100,16 @@ class Engine:
     written to ``<out>/config.yaml`` by :meth:`restore`, once the model and data have loaded (a
     run refused for bad input leaves none). Its ``max_bad_steps`` (default 3) is how many
     optimizer steps in a row may be skipped for a non-finite loss or gradient norm
-    (:meth:`optimizer_step`) before the run stops with :class:`TrainingDivergedError`."""
+    (:meth:`optimizer_step`) before the run stops with :class:`TrainingDivergedError`. Its
+    ``report_to`` (default ``tensorboard``) names the experiment trackers of the metrics log
+    (:mod:`rewardlab.training.trackers`), and its ``push_to_hub`` a hub repo for the final
+    model; both are checked first (a tracker package not installed, a malformed repo id, no
+    token: an error before any work)."""
 
     def __init__(self, out: str | Path, name: str, *, resume: bool = True, progress: bool = True,
                  tensorboard: bool = True, config=None):
+        self.report_to = report_to_of(config, tensorboard)   # checked before any work
+        check_push(getattr(config, "push_to_hub", None))
         self.dist = Dist()
         self.config = config
         self.max_bad_steps = int(getattr(config, "max_bad_steps", 3))
@@ -150,7 +157,9 @@ class Engine:
         if self.dist.is_main:
             if self.config is not None:   # the model and data loaded: now the run is recorded
                 write_run_config(self.out, self.config)
-            self.logger = MetricsLogger(self.out, tensorboard=self.tensorboard)
+            self.logger = MetricsLogger(self.out, report_to=self.report_to,
+                                        run_name=f"{self.name}-{self.out.resolve().name}",
+                                        config=self.config)
         self.t0 = time.time()   # wall_s counts the loop, not the set-up
         if self.checkpoint is None:
             if self.logger is not None:   # rows of an earlier attempt that left no checkpoint

@@ -11,8 +11,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewardlab.config import ConfigError
+
 NOT_UPLOADED = ["trainer_state.pt", "*.tmp", ".*"]
 """Files of a model folder that stay local."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` when it is a hub model repo id (``owner/name`` or ``name``, as
+    huggingface_hub validates it), else a one-line ValueError."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ValueError(f"push_to_hub: {repo_id!r} is not a hub repo id (owner/name or name: "
+                         "letters, digits, '-', '_', '.')") from None
+    return repo_id
+
+
+def check_push(repo_id: str | None, token: str | None = None) -> None:
+    """Refuse, before any work, a push that cannot happen: a malformed repo id (ValueError) or
+    no Hugging Face token (ConfigError: ``HF_TOKEN`` unset and no ``hf auth login``)."""
+    if not repo_id:
+        return
+    check_repo_id(str(repo_id))
+    from huggingface_hub import get_token
+
+    if not (token or get_token()):
+        raise ConfigError(f"push_to_hub={repo_id}: no Hugging Face token; set HF_TOKEN or run "
+                          "`hf auth login` first (or leave push_to_hub unset)")
 
 
 def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None,
@@ -25,9 +53,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None,
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no saved model (no config.json)")
-    parts = repo_id.split("/")
-    if not 1 <= len(parts) <= 2 or not all(parts):
-        raise ValueError(f"push_to_hub: {repo_id!r} is not a hub repo id (owner/name or name)")
+    check_repo_id(repo_id)
     if api is None:
         from huggingface_hub import HfApi
         api = HfApi(token=token)

@@ -1,9 +1,10 @@
-"""The metrics log of a run: ``metrics.jsonl`` (one row per logged step) and TensorBoard (``tb/``)."""
+"""The metrics log of a run: ``metrics.jsonl`` (one row per logged step, always) and the run's
+experiment trackers (``report_to``: TensorBoard in ``tb/`` by default; see
+:mod:`rewardlab.training.trackers`)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -13,19 +14,23 @@ import numpy as np
 import torch
 
 from rewardlab.io import to_json, write_text
+from rewardlab.training.trackers import check_report_to, DEFAULT, Trackers
 
 
 class MetricsLogger:
-    """Writes every logged dict to ``metrics.jsonl`` and to TensorBoard (``<out>/tb``)."""
+    """Writes every logged dict to ``metrics.jsonl`` and to the trackers of ``report_to``
+    (:class:`~rewardlab.training.trackers.Trackers`; default TensorBoard in ``<out>/tb``;
+    ``tensorboard=False`` leaves TensorBoard out). ``run_name`` and ``config`` go to the
+    trackers that record them (wandb, trackio, mlflow)."""
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True,
+                 report_to: str | list[str] | None = DEFAULT, run_name: str | None = None,
+                 config=None):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "metrics.jsonl"
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out / "tb"))
+        names = [n for n in check_report_to(report_to) if tensorboard or n != "tensorboard"]
+        self.trackers = Trackers(names, self.out, run_name or self.out.name, config) if names else None
         self._t0 = time.time()
 
     def truncate_after(self, step: int) -> None:
@@ -48,15 +53,15 @@ class MetricsLogger:
             if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
                 v = float(v)
                 row[k] = v
-                if self.writer is not None and math.isfinite(v):
-                    self.writer.add_scalar(k, v, step)
         with self.path.open("a") as f:
             f.write(to_json(row) + "\n")   # a NaN loss is logged as null: valid JSON
+        if self.trackers is not None:    # the same numbers (the finite ones), at the same step
+            self.trackers.log(step, {k: v for k, v in row.items() if k not in ("step", "time")})
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 def _parse_rows(path: Path) -> tuple[list[tuple[str, dict]], str | None]:

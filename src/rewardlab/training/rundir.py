@@ -20,10 +20,10 @@ import yaml
 from rewardlab.config import ConfigError
 from rewardlab.io import check_output_dir, DataError, probe_write, write_text
 
-# fields that may differ between the calls of one run: where it is, how it is shown, when this
-# call stops, and what to do with an existing run
-IGNORED_FIELDS = frozenset({"out", "resume", "progress", "tensorboard", "stop_at", "stop_after",
-                            "overwrite", "max_bad_steps"})
+# fields that may differ between the calls of one run: where it is, how it is shown (and to
+# which trackers), when this call stops, what to do with an existing run, where it is published
+IGNORED_FIELDS = frozenset({"out", "resume", "progress", "tensorboard", "report_to", "stop_at",
+                            "stop_after", "overwrite", "max_bad_steps", "push_to_hub"})
 # what a run writes under its ``out``; ``overwrite`` deletes exactly these
 RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval_predictions.jsonl")
 RUN_GLOBS = ("*_summary.json",)
