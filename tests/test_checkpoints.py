@@ -148,3 +148,10 @@ def test_torn_metrics_line_in_the_middle_is_an_error(tmp_path):
         read_metrics(p)
     p.write_text('{"step": 1}\n{"step": 2, "x')
     assert read_metrics(p) == [{"step": 1}]
+
+
+def test_cli_warnings_are_one_line(tmp_path):
+    from rewardlab.cli.main import one_line_warning
+    text = one_line_warning(f"{tmp_path}: checkpoint step_2 is incomplete\n (no checkpoint.json)",
+                            CheckpointWarning, "engine.py", 120)
+    assert text == f"warning: {tmp_path}: checkpoint step_2 is incomplete (no checkpoint.json)\n"
