@@ -144,3 +144,25 @@ def test_config_yaml_alone_is_not_a_run(tmp_path):
     with pytest.raises(ConfigError, match="lr: 0.005 → 0.001"):
         prepare_run_dir(out, SFTConfig(out=str(out), lr=1e-3), "sft")
     assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 5e-3   # not rewritten
+
+
+def test_a_run_input_inside_what_the_run_writes_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "final").mkdir(parents=True)
+    rows = '{"question": "q", "steps": ["a"], "step_labels": [1], "outcome": 1}\n'
+    (out / "metrics.jsonl").write_text(rows)
+    (out / "final" / "pairs.jsonl").write_text('{"question": "q", "chosen": "a", "rejected": "b"}\n')
+    (out / "train.jsonl").write_text(rows)   # not a file a run writes over: allowed
+    for argv, words in [
+        (["train-rm", "--data", str(out / "metrics.jsonl"), "--out", str(out)],
+         "metrics.jsonl): the run writes there"),
+        (["po", "--pairs", str(out / "final" / "pairs.jsonl"), "--out", str(out), "--overwrite"],
+         "(final): --overwrite would delete it"),
+        (["sft", "--out", str(out), "--set", f"data.train_path={out / 'metrics.jsonl'}"],
+         "lies in the run in out"),
+    ]:
+        assert main(argv) == 2, argv
+        assert words in _one_line(capsys), argv
+    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "train.jsonl"]
+    from rewardlab.training.rundir import check_run_inputs
+    check_run_inputs(out, [out / "train.jsonl", None, tmp_path / "missing.jsonl"], overwrite=True)

@@ -12,7 +12,7 @@ from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, 
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.io import check_outputs
-from rewardlab.training.rundir import check_run_out
+from rewardlab.training.rundir import check_run_inputs, check_run_out
 from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
 from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
 from rewardlab.preference.trainer import POConfig, train_po
@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         if show_config:
             return print_config(cfg)
         check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
+        check_run_inputs(cfg.out, [cfg.pairs or None, cfg.eval_pairs], cfg.overwrite)
         res = train_po(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
 

@@ -45,6 +45,23 @@ def check_run_out(out: str | os.PathLike) -> Path:
     return p
 
 
+def check_run_inputs(out: str | os.PathLike, inputs, overwrite: bool = False) -> None:
+    """A :class:`ConfigError` when an input file of a run (``inputs``: paths, None skipped) is a
+    file the run writes in ``out`` (its metrics, config, summaries, checkpoints, final model), or,
+    with ``overwrite``, lies in the run that would be deleted."""
+    root = Path(out).resolve()
+    written = [root / n for n in RUN_FILES] + [p.resolve() for g in RUN_GLOBS for p in root.glob(g)]
+    for src in inputs:
+        if src is None or not Path(src).exists():
+            continue
+        p = Path(src).resolve()
+        for w in written:
+            if p == w or w in p.parents:
+                why = "--overwrite would delete it" if overwrite else "the run writes there"
+                raise ConfigError(f"input {src} lies in the run in out {out} ({w.name}): {why}; "
+                                  "copy it elsewhere or choose another out")
+
+
 def check_writable(out: str | os.PathLike) -> Path:
     """:func:`check_run_out`, then create ``out`` (and its parents) and probe it again."""
     p = check_run_out(out)
