@@ -392,7 +392,13 @@ def corpus(f: dict) -> list[Case]:
                                             "--pairs", "o.jsonl"]),
                        ("label pairs=step-pairs", ["label", "--input", f["samples"], "--pairs",
                                                    "p.jsonl", "--step-pairs", "./p.jsonl"]),
-                       ("sample out=data", ["sample", "--model", pol, "--data", P, "--out", P])):
+                       ("sample out=data", ["sample", "--model", pol, "--data", P, "--out", P]),
+                       ("train-rm data in its run", [*base["train-rm"], "--data",
+                                                     os.path.join(f["sft_run"], "metrics.jsonl"),
+                                                     "--out", f["sft_run"]]),
+                       ("po pairs in the run --overwrite deletes",
+                        ["po", *po_args(f), "--pairs", os.path.join(f["sft_run"], "metrics.jsonl"),
+                         "--out", f["sft_run"], "--overwrite"])):
         add("output path", name, argv)
 
     # run folders
