@@ -1,15 +1,22 @@
-"""Damaged checkpoints: the last two complete ones are kept; a corrupt latest one is skipped with
-a warning and the run resumes exactly from the one before; a torn metrics line is dropped."""
+"""Damaged checkpoints: the last two complete ones are kept; a corrupt latest one (truncated or
+empty weights, a truncated or wrong trainer state, no checkpoint.json, non-finite weights) is
+skipped with a warning and the run resumes exactly from the one before; a torn metrics line is
+dropped; none complete is refused naming the directory; stale temporary folders are removed."""
 
 import json
 
 import pytest
 import torch
 
+from safetensors.torch import load_file, save_file
+
+from rewardlab.cli.main import main
+from rewardlab.config import ConfigError
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.sft.trainer import SFTConfig, train_sft
 from rewardlab.training.checkpoint import (checkpoint_problem, CheckpointWarning, latest_checkpoint,
-                                           save_checkpoint)
+                                           MANIFEST, non_finite_weights, save_checkpoint,
+                                           write_manifest)
 from rewardlab.training.metrics import read_metrics
 
 
@@ -33,9 +40,24 @@ def _truncate(path, keep=0.5):
     path.write_bytes(data[:int(len(data) * keep)])
 
 
+def _nan_weights(ck):
+    """Non-finite weights in a checkpoint that is otherwise whole (same sizes, a fresh manifest)."""
+    w = load_file(ck / "model.safetensors")
+    k = next(k for k, t in w.items() if t.is_floating_point())
+    w[k] = w[k].clone()
+    w[k].view(-1)[0] = float("nan")
+    save_file(w, ck / "model.safetensors", metadata={"format": "pt"})
+    (ck / MANIFEST).unlink()
+    write_manifest(ck, 6)
+
+
 CORRUPTIONS = {
     "truncated model.safetensors": lambda ck: _truncate(ck / "model.safetensors"),
+    "empty model.safetensors": lambda ck: (ck / "model.safetensors").write_bytes(b""),
     "truncated trainer_state.pt": lambda ck: _truncate(ck / "trainer_state.pt", 0.9),
+    "trainer state without a step": lambda ck: torch.save({"rng": None}, ck / "trainer_state.pt"),
+    "no checkpoint.json": lambda ck: (ck / MANIFEST).unlink(),
+    "non-finite weights": _nan_weights,
     "latest pointing nowhere": lambda ck: (ck.parent / "latest").write_text("step_0000099"),
 }
 
@@ -48,6 +70,8 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path, full
     root = out / "checkpoints"
     assert sorted(p.name for p in root.glob("step_*")) == ["step_0000003", "step_0000006"]  # keep=2
     CORRUPTIONS[how](root / "step_0000006")
+    (root / ".tmp_step_0000007").mkdir()                 # a checkpoint write that was killed
+    (root / ".tmp_step_0000007" / "model.safetensors").write_bytes(b"x")
     with (out / "metrics.jsonl").open("a") as f:          # a row cut short by a crash
         f.write('{"step": 7, "sft/lo')
     resumed_from = "step_0000006" if how == "latest pointing nowhere" else "step_0000003"
@@ -70,6 +94,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path, full
     kept = sorted(p.name for p in root.glob("step_*"))
     assert kept == ["step_0000006", "step_0000009"]
     assert all(checkpoint_problem(root / k) is None for k in kept)
+    assert not list(root.glob(".tmp_step_*"))             # the stale temporary folder is gone
 
 
 def test_checkpoint_problem_names_the_damage(tmp_path, tiny_policy):
@@ -84,11 +109,36 @@ def test_checkpoint_problem_names_the_damage(tmp_path, tiny_policy):
     assert "model.safetensors" in checkpoint_problem(root / "step_0000003")
     (root / "step_0000002" / "trainer_state.pt").unlink()
     assert checkpoint_problem(root / "step_0000002") == "no trainer_state.pt"
-    with pytest.warns(CheckpointWarning, match="no complete checkpoint left: starting afresh"):
-        assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(ConfigError, match=f"{root}: no complete checkpoint to resume from"):
+        latest_checkpoint(tmp_path)
     # a new save keeps it and drops the damaged ones
     save_checkpoint(tmp_path, 4, model, tok, opt)
     assert sorted(p.name for p in root.glob("step_*")) == ["step_0000004"]
+    ck = root / "step_0000004"
+    listed = json.loads((ck / MANIFEST).read_text())
+    assert listed["step"] == 4 and listed["files"]["model.safetensors"] == (
+        ck / "model.safetensors").stat().st_size
+    assert {"trainer_state.pt", "config.json"} <= set(listed["files"])
+    assert non_finite_weights(ck) is None
+    (ck / "tokenizer.json").write_text("{}")              # any listed file of another size
+    assert "tokenizer.json" in checkpoint_problem(ck) and MANIFEST in checkpoint_problem(ck)
+
+
+def test_no_complete_checkpoint_is_refused_by_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["sft", "--out", str(out), "--set", "max_steps=4", "--set", "batch_size=4",
+            "--set", "model.size=tiny", "--set", "data.n_train=16", "--set", "data.n_test=0",
+            "--set", "progress=false", "--set", "eval_every=0", "--set", "save_every=1",
+            "--set", "stop_at=2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    for ck in (out / "checkpoints").glob("step_*"):
+        (ck / "model.safetensors").write_bytes(b"")
+    assert main(args[:-2]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{out / 'checkpoints'}: no complete checkpoint" in " ".join(err.split())
+    assert "--overwrite" in err and not (out / "final").exists()
 
 
 def test_torn_metrics_line_in_the_middle_is_an_error(tmp_path):
@@ -98,3 +148,10 @@ def test_torn_metrics_line_in_the_middle_is_an_error(tmp_path):
         read_metrics(p)
     p.write_text('{"step": 1}\n{"step": 2, "x')
     assert read_metrics(p) == [{"step": 1}]
+
+
+def test_cli_warnings_are_one_line(tmp_path):
+    from rewardlab.cli.main import one_line_warning
+    text = one_line_warning(f"{tmp_path}: checkpoint step_2 is incomplete\n (no checkpoint.json)",
+                            CheckpointWarning, "engine.py", 120)
+    assert text == f"warning: {tmp_path}: checkpoint step_2 is incomplete (no checkpoint.json)\n"

@@ -57,12 +57,14 @@ def test_sft_refuses_another_config_resumes_the_same_and_overwrites_on_request(t
 def test_rl_and_train_rm_refuse_another_config(tmp_path, capsys):
     rl = tmp_path / "rl"
     prepare_run_dir(rl, RLConfig(out=str(rl)), "ppo")
+    (rl / "metrics.jsonl").write_text('{"step": 1}\n')       # a run was made there
     assert main(["rl", "--out", str(rl), "--set", "kl.coef=0.5"]) == 2
     err = _one_line_error(capsys)
     assert "kl.coef: 0.1 → 0.5" in err
     rm = tmp_path / "rm"
     (rm).mkdir()
     (rm / "config.yaml").write_text("kind: orm\nlr: 0.0001\n")
+    (rm / "checkpoints").mkdir()
     assert main(["train-rm", "--out", str(rm), "--kind", "prm", "--data", "x.jsonl"]) == 2
     err = _one_line_error(capsys)
     assert "kind: orm → prm" in err

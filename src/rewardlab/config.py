@@ -233,7 +233,10 @@ def load_config(cls: type[T], path: str | Path | None = None,
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            what = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ConfigError(f"{where}: malformed YAML: {what}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         _deep_update(data, loaded, cls, str(p) + ": ")

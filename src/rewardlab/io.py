@@ -108,20 +108,95 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (),
     return [row for _, row in iter_jsonl(path, required, types, allow_empty)]
 
 
+def probe_write(directory: str | os.PathLike) -> None:
+    """Create and delete a temporary file in ``directory``: :class:`PermissionError` naming it
+    when that fails (no permission, a read-only file system; ``os.access`` is not enough, as root
+    passes it on a read-only mount)."""
+    d = Path(directory)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rewardlab-write-test.", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(e.errno or errno.EACCES, e.strerror or "cannot write there",
+                              str(d)) from None
+
+
+def _nearest_existing(p: Path) -> Path:
+    """``p`` or its nearest ancestor that exists."""
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Raise the OSError that writing ``path`` would meet (it is a directory, a parent is a file,
-    the directory is not writable) before any work is done; returns it as a Path."""
+    """Raise the OSError that writing the file ``path`` would meet (it is a directory, a parent is
+    a file, the directory is not writable: a write-probe) before any work is done; creates
+    nothing. Returns it as a Path."""
     p = Path(path)
     if p.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(p))
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(p.parent)
     if not parent.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "a part of it is not a directory", str(p))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, "permission denied", str(p))
+    try:
+        probe_write(parent)
+    except PermissionError as e:   # name the path the user gave, not its directory
+        raise PermissionError(e.errno, e.strerror, str(p)) from None
     return p
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """:func:`check_output_path` for an output folder: a :class:`DataError` when ``path`` is a
+    file, an OSError when a parent is a file or the folder (or the nearest existing ancestor, as
+    nothing is created) cannot be written. Returns it as a Path."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DataError(p, "is a file, not a directory (an output folder is wanted here)")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a part of it is not a directory", str(p))
+    try:
+        probe_write(base)
+    except PermissionError as e:   # name the path the user gave, not its nearest parent
+        raise PermissionError(e.errno, e.strerror, str(p)) from None
+    return p
+
+
+def _same(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file (also through links and ``..``)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+Named = Iterable[tuple[str, "str | os.PathLike | None"]]
+
+
+def check_outputs(files: Named = (), dirs: Named = (), inputs: Named = ()) -> None:
+    """Check a command's outputs before it does any work: every output file
+    (:func:`check_output_path`) and folder (:func:`check_output_dir`) writable, no two output
+    files the same path, and no output file the same as an input file (it would be overwritten
+    by what is read from it). Each is ``(option name, path)``; None paths are skipped. Raises
+    :class:`DataError` or an OSError naming the path and the options."""
+    files = [(n, Path(p)) for n, p in files if p is not None]
+    dirs = [(n, Path(p)) for n, p in dirs if p is not None]
+    ins = [(n, Path(p)) for n, p in inputs if p is not None and Path(p).is_file()]
+    for _, d in dirs:
+        check_output_dir(d)
+    for _, f in files:
+        check_output_path(f)
+    for i, (na, a) in enumerate(files):
+        for nb, b in files[i + 1:]:
+            if _same(a, b):
+                raise DataError(a, f"{na} and {nb} name the same output file; give each its own")
+        for ni, src in ins:
+            if _same(a, src):
+                raise DataError(a, f"the output ({na}) is also an input ({ni}); writing it would "
+                                   "destroy the input: choose another output path")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from rewardlab.data.datasets import load_dataset_by_name
 from rewardlab.data.testbed import generate_problems, TestbedConfig
 from rewardlab.grading import STYLES
 from rewardlab.grading.predictions import accuracy, default_style, grade_predictions
-from rewardlab.io import write_jsonl
+from rewardlab.io import check_outputs, write_jsonl
 
 
 console = Console()
@@ -45,6 +45,7 @@ def _testbed(n: int, out: Path, seed: int, min_steps: Optional[int], max_steps: 
              max_operand: Optional[int]) -> None:
     """Generate testbed problems and write them as ``Problem.to_dict()`` rows."""
 
+    check_outputs(files=[("--out", out)])
     knobs = {"min_steps": min_steps, "max_steps": max_steps, "max_operand": max_operand}
     cfg = TestbedConfig(**{k: v for k, v in knobs.items() if v is not None})
     try:
@@ -63,9 +64,11 @@ def _grade(dataset: str, predictions: Path, split: str, out: Optional[Path],
     style = style or default_style(dataset)
     if style not in STYLES:
         raise ConfigError(f"--style must be one of {STYLES}, got {style!r}")
+    out = out or predictions.with_name(predictions.name.removesuffix(".jsonl") + ".graded.jsonl")
+    check_outputs(files=[("--out", out)],
+                  inputs=[("--predictions", predictions), ("--path", path), ("--dataset", dataset)])
     problems = load_dataset_by_name(dataset, split, path=path)
     results = grade_predictions(problems, predictions, style=style, pred_field=pred_field)
-    out = out or predictions.with_name(predictions.name.removesuffix(".jsonl") + ".graded.jsonl")
     write_jsonl(out, results)
     n_ok = sum(r["correct"] for r in results)
     console.print(f"accuracy: {accuracy(results):.4f} ({n_ok}/{len(results)})  "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -16,8 +17,10 @@ from rewardlab.data.prompts import check_prompt_settings
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.grading import STYLES
 from rewardlab.grading.predictions import default_style
-from rewardlab.io import DataError, write_json, write_jsonl
-from rewardlab.models.loading import load_model_and_tokenizer
+from rewardlab.io import check_outputs, DataError, write_json, write_jsonl
+from rewardlab.models.loading import check_model_path, load_model_and_tokenizer
+from rewardlab.models.sampling import check_sample_count
+from rewardlab.training.engine import quiet_transformers
 from rewardlab.reward_models.models import lm_prm_spec
 
 
@@ -44,25 +47,15 @@ def load_problems(dataset: str, split: str, data: Optional[str], limit: Optional
 
 def check_model_ref(ref: str) -> None:
     """A model reference must be an existing directory or look like a hub id (``org/name``)."""
-
-    p = Path(ref).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise DataError(ref, "expected a model directory, got a file")
-        return
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise DataError(ref, "model directory not found")
+    check_model_path(ref)
 
 
 def load_policy(model: str, device: str = "auto", dtype: str = "auto",
                 trust_remote_code: bool = False):
     """``(model, tokenizer)``; a directory or hub id that cannot be loaded is bad input."""
 
-    check_model_ref(model)
-    try:
-        return load_model_and_tokenizer(model, dtype, device, trust_remote_code)
-    except (OSError, ValueError) as e:  # missing files, no usable tokenizer, unknown hub id (offline)
-        raise DataError(model, f"cannot load model: {str(e).splitlines()[0]}") from None
+    quiet_transformers()   # no weight-loading bars around a one-line error
+    return load_model_and_tokenizer(model, dtype, device, trust_remote_code)   # DataError if bad
 
 
 # the prompt options of eval, sample, label and bon (the same meaning as data.prompt_template,
@@ -101,6 +94,16 @@ def prompt_function(tokenizer, template: Optional[str], chat: bool, system: Opti
         return make_prompt_fn(data, tokenizer)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+
+
+def check_sampling_options(temperature: float, top_p: float = 1.0, sampling: bool = True) -> None:
+    """``--temperature`` finite (and > 0 when ``sampling``), ``--top-p`` in (0, 1]: else exit 2
+    naming the option (nan passes typer's range checks, so they are repeated here)."""
+    if not math.isfinite(temperature) or (sampling and temperature <= 0):
+        raise typer.BadParameter(f"must be a finite number{' > 0 to sample' if sampling else ''}, "
+                                 f"got {temperature}", param_hint="--temperature")
+    if not 0 < top_p <= 1:   # false for nan too
+        raise typer.BadParameter(f"must lie in (0, 1], got {top_p}", param_hint="--top-p")
 
 
 def default_max_new_tokens(dataset: str) -> int:
@@ -150,7 +153,11 @@ def register(app: typer.Typer) -> None:
         style = infer_style(dataset, style)
         if k > 0 and temperature <= 0:
             raise typer.BadParameter("--samples > 0 needs --temperature > 0")
+        check_sampling_options(temperature, top_p, sampling=k > 0)
+        check_outputs(files=[("--out", out / "predictions.jsonl"), ("--out", out / "summary.json")],
+                      dirs=[("--out", out)], inputs=[("--data", data), ("--dataset", dataset)])
         problems = load_problems(dataset, split, data, limit)
+        check_sample_count(len(problems), max(k, 1), max_new_tokens or default_max_new_tokens(dataset))
         policy, tok = load_policy(model, device, dtype, trust_remote_code)
         summary, rows = evaluate_policy(
             policy, tok, problems, style=style, greedy=True, k=k, temperature=temperature,

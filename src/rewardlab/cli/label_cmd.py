@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_new_tokens,
+from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, check_sampling_options, default_max_new_tokens,
                                     infer_style, load_policy, load_problems,
                                     NUM_PROBLEMS_OPTION, PRM_TAG_OPTION,
                                     prompt_function, PROMPT_TEMPLATE_OPTION, SYSTEM_OPTION,
@@ -17,9 +17,9 @@ from rewardlab.cli.eval_cmd import (CHAT_OPTION, check_model_ref, default_max_ne
 from rewardlab.cli.naming import aliased
 from rewardlab.data.formats import has_soft_labels, to_trl_preference, to_trl_stepwise
 from rewardlab.eval.bon import bon_table, run_bon
-from rewardlab.io import DataError, write_jsonl
+from rewardlab.io import check_outputs, DataError, write_jsonl
 from rewardlab.models.loading import load_tokenizer
-from rewardlab.models.sampling import SamplingConfig
+from rewardlab.models.sampling import check_sample_count, SamplingConfig
 from rewardlab.reward_models.labeling import get_labeler
 from rewardlab.reward_models.models import saved_reward_model_dir
 from rewardlab.reward_models.pipeline import (label_rows, make_pairs, make_step_pairs,
@@ -43,9 +43,9 @@ def _sample(model: str, dataset: str, split: str, data: Optional[str], limit: Op
     """Sample and grade ``n`` responses per problem; returns ``(rows, policy, tokenizer)``.
     ``prompt``: (--prompt-template, --chat, --system)."""
 
-    if temperature <= 0:
-        raise typer.BadParameter("--temperature must be > 0 to sample")
+    check_sampling_options(temperature)
     problems = load_problems(dataset, split, data, limit)
+    check_sample_count(len(problems), n, max_new_tokens or default_max_new_tokens(dataset))
     policy, tok = load_policy(model, device)
     prompt_fn = prompt_function(tok, *prompt)
     cfg = SamplingConfig(n=n, temperature=temperature,
@@ -101,6 +101,7 @@ def register(app: typer.Typer) -> None:
         """Sample responses from a policy, split into steps and graded (no step labels)."""
 
         style = infer_style(dataset, style)
+        check_outputs(files=[("--out", out)], inputs=[("--data", data), ("--dataset", dataset)])
         rows, _, _ = _sample(model, dataset, split, data, limit, n, temperature, max_new_tokens,
                              seed, style, device, (prompt_template, chat, system))
         write_jsonl(out, rows)
@@ -156,6 +157,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("TRL has no step-preference format; write --step-pairs "
                                      "with --format rewardlab", param_hint="--format")
         trl = out_format == "trl"
+        check_outputs(files=[("--out", out), ("--pairs", pairs), ("--step-pairs", step_pairs)],
+                      inputs=[("--input", input_), ("--data", data), ("--dataset", dataset)])
         policy = tok = None
         if input_ is not None:
             rows = read_samples(input_)
@@ -217,8 +220,9 @@ def register(app: typer.Typer) -> None:
         """Best-of-N accuracy of each reward model against majority vote and random choice."""
 
         style = infer_style(dataset, style)
-        if temperature <= 0:
-            raise typer.BadParameter("--temperature must be > 0 for best-of-N")
+        check_sampling_options(temperature)
+        check_outputs(files=[("--out", out / n) for n in ("bon.json", "bon.png", "samples.jsonl")],
+                      dirs=[("--out", out)], inputs=[("--data", data), ("--dataset", dataset)])
         rm_paths = {k: v for k, v in (("orm", orm), ("prm", prm), ("bt", bt)) if v}
         rm_specs = {}
         if prm_tag is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 from rewardlab.config import ConfigError
 from rewardlab.io import DataError
@@ -45,21 +46,33 @@ def os_error_message(e: OSError) -> str:
     return f"cannot use {e.filename}: {what}" if e.filename else str(e)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a message of several lines (some libraries' errors) joined."""
+    return " ".join(ln.strip() for ln in str(text).splitlines() if ln.strip())
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warning: message`` on one line (``warnings.formatwarning`` for the CLI): a skipped
+    checkpoint or a dropped metrics line is a note to the user, not a source location."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input or config, 1 a diverged run or
-    another failure). Errors print as one line, without a traceback."""
+    another failure). Errors print as one line, without a traceback; so do warnings."""
+    warnings.formatwarning = one_line_warning
     app = build_app()
     try:
         app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(one_line(e))}", soft_wrap=True)
         return 2
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         # an output path the user gave that cannot be written: their error, one line
         err_console.print(f"[bold red]error:[/] {escape(os_error_message(e))}", soft_wrap=True)
         return 2
     except TrainingDivergedError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(one_line(e))}", soft_wrap=True)
         return 1
     except typer.Exit as e:
         return e.exit_code

@@ -11,6 +11,8 @@ from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, 
                            REPORT_TO_OPTION)
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
+from rewardlab.io import check_outputs
+from rewardlab.training.rundir import check_run_inputs, check_run_out
 from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
 from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
 from rewardlab.preference.trainer import POConfig, train_po
@@ -44,6 +46,8 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(POConfig, config, ov)
         if show_config:
             return print_config(cfg)
+        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
+        check_run_inputs(cfg.out, [cfg.pairs or None, cfg.eval_pairs], cfg.overwrite)
         res = train_po(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
 
@@ -70,6 +74,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(IterativePOConfig, config, ov)
         if show_config:
             return print_config(cfg)
+        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
         res = train_po_iterative(cfg, on_round=lambda r, m: Console().print(
             f"round {r}: {m['round/n_pairs']} pairs, sample accuracy {m['round/sample_accuracy']:.3f}"))
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
@@ -97,6 +102,7 @@ def register(app: typer.Typer) -> None:
 
         if kind not in PAIR_KINDS:
             raise typer.BadParameter(f"--kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+        check_outputs(files=[("--out", out)], inputs=[("--input", input_)])
         s = make_pair_file(input_, out, kind, label, step_label, threshold, max_per_problem, seed, fmt,
                            strict)
         Console().print(f"wrote {s['n_pairs']} {kind} rows from {s['n_rows']} samples of "

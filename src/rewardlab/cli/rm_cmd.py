@@ -20,12 +20,13 @@ from rewardlab.cli.eval_cmd import PRM_TAG_HELP, tag_spec
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.eval.prm_eval import evaluate_prm_on_rows, read_processbench
-from rewardlab.io import write_json, write_jsonl
+from rewardlab.io import check_outputs, write_json, write_jsonl
 from rewardlab.reward_models.losses import AGGREGATIONS
 from rewardlab.reward_models.models import load_reward_model
 from rewardlab.reward_models.scoring import read_solution_rows, score_file
 from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
 from rewardlab.training.engine import quiet_transformers
+from rewardlab.training.rundir import check_run_inputs, check_run_out
 
 
 console = Console()
@@ -77,6 +78,8 @@ def train_rm(
     cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
     if show_config:
         return print_config(cfg)
+    check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
+    check_run_inputs(cfg.out, [*cfg.data, *cfg.eval_data], cfg.overwrite)
     metrics = train_reward_model(cfg)
     keys = [k for k in metrics if k.startswith("eval/")] + ["rm/final_loss", "rm/steps"]
     console.print(f"[bold]train-rm[/] {cfg.objective} → {cfg.out}")
@@ -99,6 +102,7 @@ def score(
 ) -> None:
     """Score solutions with a reward model and write step_scores and score per row."""
 
+    check_outputs(files=[("--out", out)], inputs=[("--input", input_path)])
     read_solution_rows(input_path)  # fail on bad input before importing torch and the model
 
 
@@ -147,6 +151,9 @@ def eval_prm(
     threshold against the labelled earliest wrong step; accuracy on erroneous and on correct
     solutions and their harmonic mean (F1)."""
 
+    if out is not None:
+        check_outputs(files=[("--out", f"{out}/summary.json"), ("--out", f"{out}/predictions.jsonl")],
+                      dirs=[("--out", out)], inputs=[("--data", data)])
     rows = read_processbench(data, split, config_name, limit)  # bad input fails before any model
     if threshold is None and not 0.0 < val_fraction < 1.0:
         raise typer.BadParameter("must lie strictly between 0 and 1", param_hint="--val-fraction")

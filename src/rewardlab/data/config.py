@@ -55,6 +55,16 @@ class DataConfig:
         return self.style or ("math" if self.dataset == "math500" else "gsm8k")
 
 
+def save_splits(data: DataConfig, train: list[Problem], test: list[Problem],
+                out_dir: Path | None) -> None:
+    """Record generated testbed splits under ``out_dir`` as train.jsonl / test.jsonl (nothing
+    for a file or hub dataset, or without ``out_dir``)."""
+    if out_dir is None or data.train_path or data.dataset != "testbed":
+        return
+    write_jsonl(Path(out_dir) / "train.jsonl", [p.to_dict() for p in train])
+    write_jsonl(Path(out_dir) / "test.jsonl", [p.to_dict() for p in test])
+
+
 def load_problems(data: DataConfig, seed: int, out_dir: Path | None = None) -> tuple[list[Problem], list[Problem]]:
     """Train and held-out problems for a run; testbed problems are generated (and saved under
     ``out_dir`` as train.jsonl / test.jsonl) from the seed."""
@@ -65,9 +75,7 @@ def load_problems(data: DataConfig, seed: int, out_dir: Path | None = None) -> t
         return train, test
     if data.dataset == "testbed":
         train, test = make_splits(data.testbed, data.n_train, data.n_test, seed=seed)
-        if out_dir is not None:
-            write_jsonl(out_dir / "train.jsonl", [p.to_dict() for p in train])
-            write_jsonl(out_dir / "test.jsonl", [p.to_dict() for p in test])
+        save_splits(data, train, test, out_dir)
         return train, test
     train = load_dataset_by_name(data.dataset, "train") if data.dataset != "math500" else []
     test = load_dataset_by_name(data.dataset, "test", limit=data.n_test)

@@ -18,6 +18,7 @@ import torch
 from accelerate import PartialState
 
 from rewardlab.data.testbed import build_tokenizer
+from rewardlab.io import DataError
 
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -140,7 +141,10 @@ def resolve_device(device: str = "auto") -> torch.device:
             dev = PartialState(cpu=not torch.cuda.is_available()).device
             return torch.device("cpu") if dev.type == "cpu" else dev
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -170,6 +174,23 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     return prepare_tokenizer(tok)
 
 
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (transformers' run to many lines)."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), e.__class__.__name__)
+
+
+def check_model_path(ref: str | Path) -> None:
+    """A model reference that names a local path must be a directory: :class:`DataError` for a
+    file, or for a path that does not exist (a hub id, ``org/name``, is left to the loader)."""
+    s = str(ref)
+    p = Path(s).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise DataError(s, "expected a model directory, got a file")
+    elif s.startswith((".", "/", "~")) or s.count("/") > 1:
+        raise DataError(s, "model directory not found")
+
+
 def load_model_and_tokenizer(name_or_path: str | Path, dtype: str = "auto", device: str = "auto",
                              trust_remote_code: bool = False, model_class=None, **model_kwargs):
     """Load ``(model, tokenizer)`` from a hub id or local directory.
@@ -180,10 +201,15 @@ def load_model_and_tokenizer(name_or_path: str | Path, dtype: str = "auto", devi
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    check_model_path(name_or_path)
     cls = model_class or AutoModelForCausalLM
-    tok = load_tokenizer(name_or_path, trust_remote_code)
-    model = cls.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype, dev),
-                                trust_remote_code=trust_remote_code, **model_kwargs)
+    try:
+        tok = load_tokenizer(name_or_path, trust_remote_code)
+        model = cls.from_pretrained(str(name_or_path), dtype=torch_dtype,
+                                    trust_remote_code=trust_remote_code, **model_kwargs)
+    except (OSError, ValueError) as e:   # no model files, a damaged config, no usable tokenizer
+        raise DataError(name_or_path, f"cannot load the model: {first_line(e)}") from None
     model.to(dev)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id

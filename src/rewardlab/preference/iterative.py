@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from rewardlab.config import check_numbers, ConfigError, load_config
-from rewardlab.data.config import load_problems, make_prompt_fn
+from rewardlab.data.config import load_problems, make_prompt_fn, save_splits
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.io import write_json, write_jsonl
-from rewardlab.models.loading import load_model_and_tokenizer, make_testbed_policy
+from rewardlab.models.loading import check_model_path, load_model_and_tokenizer, make_testbed_policy
 from rewardlab.models.sampling import SamplingConfig
 from rewardlab.preference.pairs import build_pairs
 from rewardlab.preference.trainer import POConfig, train_po
@@ -42,7 +42,7 @@ from rewardlab.reward_models.labeling import get_labeler
 from rewardlab.reward_models.pipeline import label_rows, sample_responses
 from rewardlab.training.engine import epoch_batch, quiet_transformers
 from rewardlab.training.hub import check_push, push_to_hub
-from rewardlab.training.rundir import prepare_run_dir
+from rewardlab.training.rundir import prepare_run_dir, write_run_config
 from rewardlab.training.trackers import check_report_to, Trackers
 
 
@@ -166,10 +166,14 @@ def train_po_iterative(cfg: IterativePOConfig,
     if cfg.overwrite:
         for d in [*out.glob("round_*"), out / "init"]:
             shutil.rmtree(d, ignore_errors=True)
-    prepare_run_dir(out, cfg, "po iterative", overwrite=cfg.overwrite)   # same config, or refused
-    train, test = load_problems(cfg.po.data, cfg.po.seed, out)
+    prepare_run_dir(out, cfg, "po iterative", overwrite=cfg.overwrite, write=False)   # or refused
+    train, test = load_problems(cfg.po.data, cfg.po.seed)
     if len(train) < 1:
         raise ConfigError("po iterative: no training problems (set po.data.train_path or n_train)")
+    if cfg.po.model.name_or_path != "testbed":
+        check_model_path(cfg.po.model.name_or_path)
+    write_run_config(out, cfg)   # the checks passed: the run is recorded
+    save_splits(cfg.po.data, train, test, out)
     tracker = Trackers(trackers, out, f"po-iterative-{out.resolve().name}", cfg) if trackers else None
     try:
         return _run_rounds(cfg, out, train, test, tracker, on_round)

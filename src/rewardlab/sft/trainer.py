@@ -17,7 +17,7 @@ from typing import Callable, ClassVar
 import torch
 
 from rewardlab.config import check_numbers
-from rewardlab.data.config import DataConfig, load_problems, make_prompt_fn
+from rewardlab.data.config import DataConfig, load_problems, make_prompt_fn, save_splits
 from rewardlab.data.problem import Problem
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.models.loading import (load_model_and_tokenizer, make_testbed_policy, ModelConfig,
@@ -173,16 +173,18 @@ def train_sft(cfg: SFTConfig) -> dict:
     dist = eng.dist
     dist.check_divides("sft: batch_size", cfg.batch_size)
     seed_everything(cfg.seed)
-    train, test = load_problems(cfg.data, cfg.seed, eng.out if dist.is_main else None)
-    if not train:
-        raise ValueError(f"sft: no training problems for dataset {cfg.data.dataset!r}")
     # float32 weights + bfloat16 autocast for bfloat16 runs (ModelConfig.mixed_precision)
     prec = training_precision(cfg.model.dtype, cfg.model.device, cfg.model.mixed_precision)
+    train, test = load_problems(cfg.data, cfg.seed)   # recorded in out once the model loads
+    if not train:
+        raise ValueError(f"sft: no training problems for dataset {cfg.data.dataset!r}")
     if eng.checkpoint is not None:
         model, tok = load_model_and_tokenizer(eng.checkpoint, prec.storage, cfg.model.device,
                                               cfg.model.trust_remote_code)
     else:
         model, tok = build_model(cfg.model, eng.out, cfg.seed, prec.storage, dist)
+    if dist.is_main:
+        save_splits(cfg.data, train, test, eng.out)
     model = eng.prepare(model)   # FSDP launch: sharded (before the optimizer); else unchanged
     device = next(model.parameters()).device
     prompt_fn = make_prompt_fn(cfg.data, tok)

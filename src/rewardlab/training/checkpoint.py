@@ -4,10 +4,13 @@ A checkpoint directory ``<out>/checkpoints/step_<N>/`` holds the model and token
 Face format (so ``from_pretrained`` loads it) plus ``trainer_state.pt`` with the optimizer and
 scheduler states, every RNG state and the step. ``<out>/checkpoints/latest`` names the newest.
 
-A checkpoint is written under a temporary name and renamed, so a crash never leaves a torn one;
-should one still be damaged (a truncated weight or state file, a ``latest`` naming nothing),
-:func:`latest_checkpoint` warns and falls back to the newest complete one, and
-:func:`save_checkpoint` keeps the last ``keep`` (2) complete ones.
+A checkpoint is written under a temporary name and renamed, and its ``checkpoint.json`` (every
+file with its size) is written last, so a crash never leaves a torn one; should one still be
+damaged (a missing, empty or truncated weight or state file, no ``checkpoint.json``, weights that
+are not finite, a ``latest`` naming nothing), :func:`resume_point` warns and falls back to the
+newest complete one, and refuses (:class:`~rewardlab.config.ConfigError`, naming the directory)
+when checkpoints exist but none is complete. :func:`save_checkpoint` keeps the last ``keep`` (2)
+complete ones; temporary checkpoint folders left by a killed write are removed.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rewardlab.io import atomic_path
+from rewardlab.config import ConfigError
+from rewardlab.io import atomic_path, write_json
 from rewardlab.models.loading import share_tied_weights
+
+MANIFEST = "checkpoint.json"   # written last: the files of a complete checkpoint, with sizes
 
 
 class CheckpointWarning(UserWarning):
@@ -94,6 +100,9 @@ def checkpoint_problem(ckpt: str | Path) -> str | None:
         why = _torch_file_problem(b)
         if why:
             return why
+    why = _manifest_problem(p)
+    if why:
+        return why
     for index in p.rglob("*.index.json"):   # sharded weights: every shard present
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
@@ -103,6 +112,60 @@ def checkpoint_problem(ckpt: str | Path) -> str | None:
         if missing:
             return f"{index.name}: shard {missing[0]} is missing"
     return None
+
+
+def write_manifest(ckpt: Path, step: int) -> None:
+    """Write ``<ckpt>/checkpoint.json``: the step and every file (relative path → bytes). Call
+    it last, once every other file of the checkpoint is written."""
+    files = {str(f.relative_to(ckpt)): f.stat().st_size for f in sorted(ckpt.rglob("*"))
+             if f.is_file() and f.name != MANIFEST}
+    write_json(ckpt / MANIFEST, {"step": step, "files": files})
+
+
+def _manifest_problem(p: Path) -> str | None:
+    """Why the files of checkpoint ``p`` do not match its ``checkpoint.json`` (missing, which
+    means the write never finished; a listed file missing or of another size), or None."""
+    m = p / MANIFEST
+    if not m.is_file():
+        return f"no {MANIFEST} (its write did not finish)"
+    try:
+        files = json.loads(m.read_text(encoding="utf-8"))["files"]
+        files = {str(k): int(v) for k, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return f"{MANIFEST}: unreadable"
+    for name, size in files.items():
+        f = p / name
+        if not f.is_file():
+            return f"{name}: missing (listed in {MANIFEST})"
+        if f.stat().st_size != size:
+            return f"{name}: {f.stat().st_size} bytes, {MANIFEST} says {size}"
+    return None
+
+
+def non_finite_weights(ckpt: str | Path) -> str | None:
+    """The first tensor of a checkpoint's ``*.safetensors`` files holding a nan or inf (``file:
+    name``), or None. Reads the tensors one at a time."""
+    from safetensors import safe_open
+
+    p = Path(ckpt)
+    for w in sorted(p.rglob("*.safetensors")):
+        with safe_open(str(w), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"{w.relative_to(p)}: {name}"
+    return None
+
+
+def clean_stale_temps(out_dir: str | Path) -> list[str]:
+    """Remove the temporary checkpoint folders (``checkpoints/.tmp_step_*``) a killed write left;
+    returns their names. Only the process that writes checkpoints may call it."""
+    root = Path(out_dir) / "checkpoints"
+    gone = []
+    for d in sorted(root.glob(".tmp_step_*")) if root.is_dir() else []:
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d.name)
+    return gone
 
 
 def _step_dirs(root: Path) -> list[Path]:
@@ -207,8 +270,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optim
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
     tmp = ckpt_root / f".tmp_step_{step:07d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    clean_stale_temps(out_dir)
     tmp.mkdir()
     if state_dict is not None:
         save_pretrained_full(model, tmp, state_dict)
@@ -223,6 +285,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optim
              else optimizer.state_dict() if optimizer is not None else None,
              "scheduler": scheduler.state_dict() if scheduler is not None else None}
     torch.save(state, tmp / "trainer_state.pt")
+    write_manifest(tmp, step)   # last: a checkpoint without it never finished
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -239,41 +302,79 @@ def save_checkpoint(out_dir: str | Path, step: int, model, tokenizer=None, optim
     return final
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``<out_dir>/checkpoints`` (None: there is none).
+def _load_state(ckpt: Path) -> dict:
+    """The trainer state of ``ckpt`` (ValueError when it does not load or lacks step / rng)."""
+    try:
+        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+    except Exception as e:   # a damaged pickle raises anything from EOFError to KeyError
+        raise ValueError(f"trainer_state.pt does not load ({e.__class__.__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "rng" not in state:
+        raise ValueError("trainer_state.pt lacks the step or the RNG states")
+    return state
 
-    Damaged ones (see :func:`checkpoint_problem`) are skipped with a :class:`CheckpointWarning`
-    that says why and which checkpoint the run resumes from instead; so is a ``latest`` marker
-    that names no complete checkpoint."""
+
+def resume_point(out_dir: str | Path, *, load_state: bool = True,
+                 check_weights: bool = True) -> tuple[Path | None, dict | None]:
+    """The newest complete checkpoint under ``<out_dir>/checkpoints`` and its trainer state,
+    loaded up front (``(None, None)``: there is no checkpoint, so the run starts afresh).
+
+    Each candidate, newest first, must pass :func:`checkpoint_problem`, hold finite weights
+    (``check_weights``; :func:`non_finite_weights`) and, with ``load_state``, a trainer state
+    that loads. A damaged one is skipped with a one-line :class:`CheckpointWarning` that says why
+    and which checkpoint the run resumes from instead; so is a ``latest`` marker naming no
+    complete checkpoint. When checkpoints exist but none is complete: :class:`ConfigError`
+    naming the directory (start afresh there with ``--overwrite``)."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
-        return None
+        return None, None
     notes = []
     marker = root / "latest"
-    named = None
     if marker.exists():
         try:
             named = marker.read_text().strip()
         except (OSError, UnicodeDecodeError):
             named = "?"
-        if not (root / named).is_dir():
+        if not named or not (root / named).is_dir():
             notes.append(f"checkpoints/latest names {named!r}, which does not exist")
-    found = None
-    for d in _step_dirs(root):
+    found, state = None, None
+    dirs = _step_dirs(root)
+    for d in dirs:
         why = checkpoint_problem(d)
+        if why is None and check_weights:
+            bad = non_finite_weights(d)
+            why = f"weights not finite ({bad})" if bad else None
+        if why is None and load_state:
+            try:
+                state = _load_state(d)
+            except ValueError as e:
+                why = str(e)
         if why is None:
             found = d
             break
         notes.append(f"checkpoint {d.name} is incomplete or corrupt ({why})")
+    if dirs and found is None:
+        raise ConfigError(f"{root}: no complete checkpoint to resume from ({'; '.join(notes)}); "
+                          "pass --overwrite (overwrite=true) to start afresh there, or choose "
+                          "another out")
     if notes:
-        then = f"resuming from {found.name}" if found else "no complete checkpoint left: starting afresh"
-        warnings.warn(f"{root}: {'; '.join(notes)}; {then}", CheckpointWarning, stacklevel=2)
-    return found
+        warnings.warn(f"{root}: {'; '.join(notes)}; resuming from {found.name}"
+                      if found else f"{root}: {'; '.join(notes)}; starting afresh",
+                      CheckpointWarning, stacklevel=2)
+    return found, state
 
 
-def load_trainer_state(ckpt: str | Path, optimizer=None, scheduler=None) -> dict:
-    """Restore optimizer, scheduler and RNG states from a checkpoint; returns the state dict."""
-    state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``<out_dir>/checkpoints`` (None: there is none);
+    :func:`resume_point` without loading the trainer state."""
+    return resume_point(out_dir, load_state=False)[0]
+
+
+def load_trainer_state(ckpt: str | Path, optimizer=None, scheduler=None,
+                       state: dict | None = None) -> dict:
+    """Restore optimizer, scheduler and RNG states from a checkpoint (``state``: its trainer
+    state, already loaded by :func:`resume_point`); returns the state dict."""
+    if state is None:
+        state = _load_state(Path(ckpt))
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

@@ -31,14 +31,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rewardlab.io import write_json
 from rewardlab.training.checkpoint import (check_finite_state, check_finite_weights,
-                                           latest_checkpoint, load_trainer_state,
+                                           clean_stale_temps, load_trainer_state, resume_point,
                                            save_checkpoint, save_pretrained_full,
                                            TrainingDivergedError)
 from rewardlab.training.distributed import Dist, is_sharded, to_float
 from rewardlab.training.metrics import MetricsLogger
 from rewardlab.training.hub import check_push, push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
-from rewardlab.training.rundir import prepare_run_dir
+from rewardlab.training.rundir import prepare_run_dir, write_run_config
 from rewardlab.training.trackers import report_to_of
 
 
@@ -97,7 +97,8 @@ class Engine:
     ``config`` is the run's config dataclass. With it, ``out`` is checked before any work
     (:func:`~rewardlab.training.rundir.prepare_run_dir`: writable; a run already there resumed
     only when its config matches, else refused unless ``config.overwrite``) and the config is
-    written to ``<out>/config.yaml``. Its ``max_bad_steps`` (default 3) is how many
+    written to ``<out>/config.yaml`` by :meth:`restore`, once the model and data have loaded (a
+    run refused for bad input leaves none). Its ``max_bad_steps`` (default 3) is how many
     optimizer steps in a row may be skipped for a non-finite loss or gradient norm
     (:meth:`optimizer_step`) before the run stops with :class:`TrainingDivergedError`. Its
     ``report_to`` (default ``tensorboard``) names the experiment trackers of the metrics log
@@ -116,14 +117,21 @@ class Engine:
         self.bad_in_a_row = 0
         self.out = Path(out)
         if config is not None and self.dist.is_main:   # the others wait for its checks and writes
-            prepare_run_dir(self.out, config, name, resume=resume,
+            prepare_run_dir(self.out, config, name, resume=resume, write=False,
                             overwrite=bool(getattr(config, "overwrite", False)))
+        if self.dist.is_main:
+            clean_stale_temps(self.out)   # folders of a checkpoint write that was killed
         self.dist.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.show_progress = progress
         self.tensorboard = tensorboard
-        self.checkpoint: Path | None = latest_checkpoint(self.out) if resume else None
+        # the newest complete checkpoint and its trainer state, loaded up front: a damaged one is
+        # skipped (a warning) before any work, and none complete is refused (ConfigError)
+        self.checkpoint: Path | None = None
+        self._state: dict | None = None
+        if resume:
+            self.checkpoint, self._state = resume_point(self.out)
         self.start = 0
         self._card: ModelCard | None = None   # the final model's card, once it is saved
         self.logger: MetricsLogger | None = None
@@ -147,6 +155,8 @@ class Engine:
                              "shards its model); launch it with configs/accelerate/ddp.yaml or "
                              "torchrun. See docs/distributed.md")
         if self.dist.is_main:
+            if self.config is not None:   # the model and data loaded: now the run is recorded
+                write_run_config(self.out, self.config)
             self.logger = MetricsLogger(self.out, report_to=self.report_to,
                                         run_name=f"{self.name}-{self.out.resolve().name}",
                                         config=self.config)
@@ -156,7 +166,8 @@ class Engine:
                 self.logger.truncate_after(-1)
             return {}
         sharded_opt = optimizer if optimizer is not None and is_sharded(self.model) else None
-        state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler)
+        state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler,
+                                   state=self._state)
         if sharded_opt is not None and state.get("optimizer") is not None:   # keyed by name
             self.dist.load_optimizer_state(self.model, sharded_opt, state["optimizer"])
         extra = state.get("extra") or {}

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rewardlab.config import ConfigError
-from rewardlab.io import write_text
+from rewardlab.io import check_output_dir, DataError, probe_write, write_text
 
 # fields that may differ between the calls of one run: where it is, how it is shown (and to
 # which trackers), when this call stops, what to do with an existing run, where it is published
@@ -30,20 +29,48 @@ RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval
 RUN_GLOBS = ("*_summary.json",)
 
 
-def check_writable(out: str | os.PathLike) -> Path:
-    """Create ``out`` (and its parents) and check a file can be written there; a
-    :class:`ConfigError` of one line otherwise (a file in the way, no permission, read-only)."""
+def check_run_out(out: str | os.PathLike) -> Path:
+    """Check, creating nothing, that ``out`` can hold a run: a :class:`ConfigError` of one line
+    when it is a file, a file is on its way, or it (or its nearest existing parent) cannot be
+    written (a write-probe). The CLI calls it before loading any config'd model or data."""
     p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"out {p}: is a file, not a directory")
+    try:
+        check_output_dir(p)
+    except DataError:
+        raise ConfigError(f"out {p}: is a file, not a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(f"out {p}: cannot create the directory (a part of it is a file)") from None
+    except OSError as e:
+        raise ConfigError(f"out {p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
+def check_run_inputs(out: str | os.PathLike, inputs, overwrite: bool = False) -> None:
+    """A :class:`ConfigError` when an input file of a run (``inputs``: paths, None skipped) is a
+    file the run writes in ``out`` (its metrics, config, summaries, checkpoints, final model), or,
+    with ``overwrite``, lies in the run that would be deleted."""
+    root = Path(out).resolve()
+    written = [root / n for n in RUN_FILES] + [p.resolve() for g in RUN_GLOBS for p in root.glob(g)]
+    for src in inputs:
+        if src is None or not Path(src).exists():
+            continue
+        p = Path(src).resolve()
+        for w in written:
+            if p == w or w in p.parents:
+                why = "--overwrite would delete it" if overwrite else "the run writes there"
+                raise ConfigError(f"input {src} lies in the run in out {out} ({w.name}): {why}; "
+                                  "copy it elsewhere or choose another out")
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """:func:`check_run_out`, then create ``out`` (and its parents) and probe it again."""
+    p = check_run_out(out)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"out {p}: cannot create the directory ({e.strerror or e})") from None
     try:
-        fd, probe = tempfile.mkstemp(prefix=".rewardlab-write-test.", dir=p)
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(p)
     except OSError as e:
         raise ConfigError(f"out {p}: cannot write there ({e.strerror or e})") from None
     return p
@@ -67,8 +94,11 @@ def config_diff(old: dict, new: dict, ignore=IGNORED_FIELDS) -> list[tuple[str, 
 
 
 def holds_run(out: Path) -> bool:
-    """True when ``out`` holds something a run wrote (a checkpoint, metrics, a final model)."""
-    return any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
+    """True when ``out`` holds something a run wrote (a checkpoint, metrics, a final model, a
+    round of po-iterative); a ``config.yaml`` alone (a run refused or stopped before any work)
+    is not a run."""
+    return (any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "final"))
+            or any(out.glob("round_*")))
 
 
 def clear_run(out: Path) -> None:
@@ -93,22 +123,29 @@ def _show(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
+def write_run_config(out: str | os.PathLike, cfg: Any) -> Path:
+    """Record ``cfg`` in ``<out>/config.yaml`` (atomically); returns its path."""
+    return write_text(Path(out) / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+
+
 def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
-                    resume: bool = True, overwrite: bool = False) -> Path:
+                    resume: bool = True, overwrite: bool = False, write: bool = True) -> Path:
     """Check ``out`` before any work and record ``cfg`` in ``<out>/config.yaml``.
 
     - ``out`` a file, or not writable: :class:`ConfigError` (one line).
     - ``overwrite``: the run already in ``out`` (if any) is deleted; a fresh run starts.
-    - ``out`` holds a run whose ``config.yaml`` differs from ``cfg`` (fields other than
+    - ``out`` holds a run (:func:`holds_run`) whose ``config.yaml`` differs from ``cfg`` (fields other than
       :data:`IGNORED_FIELDS`): :class:`ConfigError` listing each differing field, old → new.
     - ``resume`` false while ``out`` holds a run: :class:`ConfigError` (it would be overwritten).
-    Returns ``out`` as a Path."""
+    ``write`` false: only check (and, with ``overwrite``, clear); the caller writes the config
+    later with :func:`write_run_config`, once the run's model and data have loaded, so a run
+    refused for bad input leaves no ``config.yaml`` behind. Returns ``out`` as a Path."""
     p = check_writable(out)
     saved = p / "config.yaml"
     new = _plain(cfg)
     if overwrite:
         clear_run(p)
-    elif saved.exists():
+    elif saved.exists() and holds_run(p):   # config.yaml alone: no run to resume or protect
         try:
             old = yaml.safe_load(saved.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -124,5 +161,6 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
     if not overwrite and not resume and holds_run(p):
         raise ConfigError(f"{name}: out {p} holds a run and resume=false would start afresh over it;"
                           " pass --overwrite (overwrite=true) to delete it, or choose another out")
-    write_text(saved, yaml.safe_dump(new, sort_keys=False))
+    if write:
+        write_run_config(p, cfg)
     return p
