@@ -76,6 +76,28 @@ def test_run_jobs_respects_dependencies(tmp_path, workers):
         run_jobs([Job("x", "s", _record_job, (str(log), "x"), ("y",))], workers, board, lambda j, r: None)
 
 
+@pytest.mark.parametrize("design,loss,kind", [("dpo", "dpo", "outcome"), ("kto", "kto", "outcome"),
+                                              ("step_dpo", "step_dpo", "step")])
+def test_demo_po_designs_carry_the_tuned_settings(tmp_path, design, loss, kind):
+    """The demo's preference designs train at the testbed-tuned learning rate (3e-6, not
+    POConfig's 1e-4, at which they collapsed the SFT policy: docs/preference.md) with the
+    sweep's other settings, on exactly an RL run's budget of sampled solutions."""
+    from pathlib import Path
+
+    from rewardlab.demo import DemoConfig, po_config
+    from rewardlab.preference.iterative import PO_TESTBED_LR
+    from rewardlab.preference.trainer import POConfig
+    cfg = DemoConfig(out=str(tmp_path), designs=[design], seeds=1)
+    pc = po_config(cfg, design, 0, Path(tmp_path) / "sft")
+    assert PO_TESTBED_LR == 3e-6 and pc.po.lr == PO_TESTBED_LR != POConfig().lr
+    assert (pc.po.loss, pc.kind) == (loss, kind)
+    assert pc.po.hparams.beta == 0.1 and pc.epochs == 2.0 and pc.max_pairs_per_problem == 4
+    assert pc.ref == "previous" and pc.rounds == 3 and pc.sampling.n == 8
+    b = cfg.budget
+    assert pc.rounds * pc.problems_per_round * pc.sampling.n == b.rl_steps * b.rl_prompts * b.rl_n == 1920
+
+
+
 def test_demo_budget_overrides(tmp_path, capsys):
     from rewardlab.demo import QUICK, DemoBudget, budget_with
     b = budget_with(True, ["rl_steps=3", "rm_lr=1e-4"])
