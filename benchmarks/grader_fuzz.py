@@ -10,7 +10,7 @@ and after (and its peak). A call that raises ``ValueError`` (``parse_expr`` on t
 arithmetic) counts as handled; any other exception is a failure, listed at the end, and the
 script exits 1. A call still running after ``--call-limit`` seconds is stopped and listed too.
 
-    python benchmarks/grader_fuzz.py [--n 300 --max-bytes 100000 --seed 0]
+    python benchmarks/grader_fuzz.py [--n 300 --max-bytes 100000 --seed 0] [--threads 4]
 
 ``is_equiv`` and ``grade`` run with ``timeout=0``: their exact and numeric stages, in this
 process (the symbolic stage is a worker process with its own time limit).
@@ -23,6 +23,7 @@ import random
 import resource
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -152,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--call-limit", type=float, default=10.0, help="seconds before a call is stopped")
     ap.add_argument("--only", default=None, help="comma-separated function names")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="run the whole fuzz in this many threads at once (times are per call, "
+                         "as each thread saw them; no per-call alarm, which only the main thread gets)")
     args = ap.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -164,33 +168,49 @@ def main(argv=None) -> int:
         except ValueError:
             pass
     rss0 = rss_mb()
-    signal.signal(signal.SIGALRM, _alarm)
     times: dict[str, list[float]] = {k: [] for k in funcs}
     worst: dict[str, tuple[float, str]] = {k: (0.0, "") for k in funcs}
-    failures = []
-    for name, f in funcs.items():
-        for label, text in inputs:
-            signal.setitimer(signal.ITIMER_REAL, args.call_limit)
-            t0 = time.perf_counter()
-            try:
-                f(text)
-            except ValueError:
-                pass
-            except CallTimeout:
-                failures.append(f"{name}({label}): still running after {args.call_limit:g} s")
-            except Exception as e:  # noqa: BLE001 - a fuzzer reports whatever breaks
-                failures.append(f"{name}({label}): {type(e).__name__}: {str(e)[:120]}")
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            dt = time.perf_counter() - t0
-            times[name].append(dt)
-            if dt > worst[name][0]:
-                worst[name] = (dt, label)
+    failures: list[str] = []
+    alarm = args.threads == 1
+    if alarm:
+        signal.signal(signal.SIGALRM, _alarm)
+
+    def fuzz() -> None:
+        for name, f in funcs.items():
+            for label, text in inputs:
+                if alarm:
+                    signal.setitimer(signal.ITIMER_REAL, args.call_limit)
+                t0 = time.perf_counter()
+                try:
+                    f(text)
+                except ValueError:
+                    pass
+                except CallTimeout:
+                    failures.append(f"{name}({label}): still running after {args.call_limit:g} s")
+                except Exception as e:  # noqa: BLE001 - a fuzzer reports whatever breaks
+                    failures.append(f"{name}({label}): {type(e).__name__}: {str(e)[:120]}")
+                finally:
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                dt = time.perf_counter() - t0
+                times[name].append(dt)     # list.append is atomic under the GIL
+                if dt > worst[name][0]:
+                    worst[name] = (dt, label)
+
+    if args.threads == 1:
+        fuzz()
+    else:
+        pool = [threading.Thread(target=fuzz) for _ in range(args.threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
     rss1 = rss_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = [len(t) for _, t in inputs]
     print(f"{len(inputs)} strings ({len(inputs) - args.n} adversarial, {args.n} random; "
-          f"longest {max(sizes)} chars, median {sorted(sizes)[len(sizes) // 2]})")
+          f"longest {max(sizes)} chars, median {sorted(sizes)[len(sizes) // 2]}); "
+          f"{args.threads} thread(s) at once")
     print(f"{'function':<24} {'calls':>6} {'max ms':>9} {'p99 ms':>9} {'mean ms':>9}  slowest input")
     for name, ts in times.items():
         print(f"{name:<24} {len(ts):>6} {1e3 * max(ts):>9.2f} {1e3 * p99(ts):>9.2f} "

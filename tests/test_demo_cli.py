@@ -31,6 +31,12 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert by["rm backbone"].arg.max_steps == cfg.budget.rm_backbone_steps
     assert by["rm prm"].arg.base == str(tmp_path / "rm" / "backbone" / "final")
     assert set(by["rm prm"].deps) == {"rm data", "rm backbone"}
+    # the ORM starts from the SFT policy and trains while the backbone does (unless asked)
+    assert by["rm orm"].arg.base == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
+    cfg.budget.orm_from_backbone = True
+    orm = {j.name: j for j in plan_jobs(cfg)[0]}["rm orm"]
+    assert orm.arg.base == by["rm prm"].arg.base and set(orm.deps) == {"rm data", "rm backbone"}
+    cfg.budget.orm_from_backbone = False
     assert by["prm_raw/s1"].deps == ("sft", "rm prm") and by["orm/s0"].deps == ("sft", "rm orm")
     assert by["success/s0"].deps == ("sft",)
     names = [j.name for j in jobs]   # success-only runs last: they fill gaps, not the tail
@@ -174,10 +180,10 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
                 "curve_hacking.png", "curve_kl.png", "summary.png", "paired.png"]:
         assert (out / png).stat().st_size > 1000, png
     assert res["reward_models"]["prm"]["eval/n"] > 0
-    # the reward models start from the longer-trained backbone, not from the policy
+    # the PRM starts from the longer-trained backbone, the ORM from the policy (budget.orm_from_backbone)
     assert (out / "rm" / "backbone" / "final" / "config.json").exists()
-    for kind in ("orm", "prm"):
-        assert str(out / "rm" / "backbone" / "final") in (out / "rm" / kind / "config.yaml").read_text()
+    for kind, base in (("prm", out / "rm" / "backbone" / "final"), ("orm", out / "sft" / "final")):
+        assert f"base: {base}\n" in (out / "rm" / kind / "config.yaml").read_text()
     # a second run continues from the cached stages instead of starting over
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]

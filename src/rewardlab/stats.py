@@ -12,6 +12,7 @@ Labels are 0/1 (``bool`` is fine) except in :func:`ece`, which also takes soft l
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from typing import Sequence
@@ -125,6 +126,7 @@ def _t_cdf(x: float, df: float) -> float:
     return 0.5 + float((w * f).sum() * x / (3 * n))
 
 
+@functools.lru_cache(maxsize=1024)   # a report asks for the same few (p, df) thousands of times
 def t_quantile(p: float, df: float) -> float:
     """The ``p`` quantile of Student's t with ``df`` > 0 degrees of freedom (t_{p, df}); e.g.
     ``t_quantile(0.975, 2)`` = 4.303. scipy's when installed, else the inverse of the CDF by

@@ -16,31 +16,34 @@ transformers.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from pathlib import Path
-
-try:  # the optional 'lora' extra (pip install 'rewardlab[lora]'); only policy.lora.r > 0 needs it
-    from peft import get_peft_model, LoraConfig, PeftModel
-except ImportError:  # pragma: no cover - depends on the environment
-    get_peft_model = LoraConfig = PeftModel = None
 
 from rewardlab.models.loading import load_model_and_tokenizer, load_tokenizer, LoRAConfig, ModelConfig
 
 
 def is_peft(model) -> bool:
-    return PeftModel is not None and isinstance(model, PeftModel)
+    """Whether ``model`` is a peft ``PeftModel`` (False without importing peft when nothing has
+    imported it: no model can be one then)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
-def require_peft() -> None:
-    """ImportError saying how to install peft, when it is missing (LoRA needs it)."""
-    if PeftModel is None:
-        raise ImportError("policy.lora.r > 0 needs peft: pip install 'rewardlab[lora]'")
+def require_peft():
+    """The peft module, imported on first use (the optional 'lora' extra: importing it costs
+    ~3 s, which runs without LoRA, e.g. every demo worker, do not pay); ImportError saying how to
+    install it when it is missing."""
+    try:
+        import peft
+    except ImportError:
+        raise ImportError("policy.lora.r > 0 needs peft: pip install 'rewardlab[lora]'") from None
+    return peft
 
 
-def peft_config(cfg: LoRAConfig) -> LoraConfig:
+def peft_config(cfg: LoRAConfig):
     """rewardlab's :class:`LoRAConfig` as peft's ``LoraConfig`` for a causal LM."""
-    require_peft()
-    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+    return require_peft().LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                       target_modules=cfg.modules(), bias="none", task_type="CAUSAL_LM")
 
 
@@ -55,14 +58,14 @@ def load_policy(mc: ModelConfig, checkpoint: str | Path | None = None, dtype: st
     if not mc.lora.enabled:
         return load_model_and_tokenizer(checkpoint or mc.name_or_path, dtype, mc.device,
                                         mc.trust_remote_code)
-    require_peft()
+    peft = require_peft()
     base, tok = load_model_and_tokenizer(mc.name_or_path, dtype, mc.device, mc.trust_remote_code)
     with warnings.catch_warnings():   # peft asks transformers 5 for a deprecated attribute
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
         if checkpoint is None:
-            model = get_peft_model(base, peft_config(mc.lora))
+            model = peft.get_peft_model(base, peft_config(mc.lora))
         else:
-            model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
+            model = peft.PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
     return model, tok
 
 
@@ -90,9 +93,9 @@ def save_merged(adapter_dir: str | Path, mc: ModelConfig, out: str | Path,
     unmerged). None, writing nothing, when ``mc.lora`` is off."""
     if not mc.lora.enabled:
         return None
-    require_peft()
+    peft = require_peft()
     model, _ = load_model_and_tokenizer(mc.name_or_path, dtype or mc.dtype, "cpu", mc.trust_remote_code)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged = peft.PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out = Path(out)
     merged.save_pretrained(str(out))
     has_tok = (Path(adapter_dir) / "tokenizer_config.json").exists()
