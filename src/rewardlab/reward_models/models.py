@@ -406,9 +406,8 @@ class ProcessRM(RewardModel):
             return False
         if not all(0 < e.n_prompt <= min(e.tag_positions, default=e.n_prompt) for e in encs):
             return False
-        if getattr(self, "_fast_ok", None) is None:
-            self._fast_ok = use_fast_engine(decoder_stack(self.backbone), "auto", sampling=False)
-        return self._fast_ok
+        # checked on every call, not cached: the backbone may since have been sharded (FSDP)
+        return use_fast_engine(decoder_stack(self.backbone), "auto", sampling=False)
 
     def _fast_step_probs(self, encs: list[Encoded]) -> list[list[float]]:
         """P('+') at each tag through the fast pass: rows [left-padded question | right-padded
