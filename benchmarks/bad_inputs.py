@@ -5,8 +5,8 @@ It builds, in a temporary folder, a tiny policy, small valid data files and a se
 without bound, unwritable or clashing outputs, runs of another config, damaged checkpoints,
 things that are not models, bad config files and options), then runs every case as its own
 process and checks, per class, that it exits 2 with one line of error (``error: ...``, or click's
-usage error naming the option) and no traceback, and that it wrote nothing into its (empty)
-working folder. Cases that fail are listed; the script exits 1 when any does.
+usage error naming the option) and no traceback, that it wrote nothing into its (empty)
+working folder, and that the inputs it was given to overwrite or delete are still there. Cases that fail are listed; the script exits 1 when any does.
 
 The processes are forked from this one after ``rewardlab`` and its heavy dependencies are
 imported, so a case costs milliseconds to start instead of seconds (the whole corpus runs in
@@ -60,6 +60,8 @@ class Case:
     err: str = ""
     wall: float = 0.0
     left: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)   # inputs that must still exist afterwards
+    lost: list[str] = field(default_factory=list)   # those of them that do not
 
     @property
     def message(self) -> list[str]:
@@ -82,6 +84,8 @@ class Case:
             return f"not one line of error ({len(msg)} lines): {' | '.join(msg)[:200]}"
         if self.left:
             return f"wrote {', '.join(self.left[:3])} before refusing"
+        if self.lost:
+            return f"deleted its input {', '.join(self.lost[:3])}"
         return None
 
 
@@ -223,6 +227,19 @@ def make_runs(root: Path, f: dict) -> None:
                                     + [f"out={rl}", f"policy.name_or_path={f['policy']}"]), "ppo")
     (rl / "metrics.jsonl").write_text('{"step": 1}\n')
     f["rl_run"] = str(rl)
+    # a po-iterative run (a finished round's policy, round rows) and a demo's folder: their own
+    # outputs given back to them as inputs
+    poi = root / "poi_run"
+    (poi / "round_0" / "final").mkdir(parents=True)
+    (poi / "round_0" / "final" / "config.json").write_text("{}\n")
+    (poi / "metrics.jsonl").write_text('{"step": 1, "round": 0}\n')
+    (poi / "config.yaml").write_text("rounds: 1\n")
+    f["poi_run"] = str(poi)
+    demo = root / "demo_run"
+    (demo / "sft" / "final").mkdir(parents=True)
+    (demo / "sft" / "final" / "config.json").write_text("{}\n")
+    (demo / "results.json").write_text("{}\n")
+    f["demo_run"] = str(demo)
     damage = {
         "empty_step_dir": {},
         "empty_weights": {"model.safetensors": b"", "trainer_state.pt": b"PK", "checkpoint.json": b"{}"},
@@ -250,8 +267,8 @@ def make_runs(root: Path, f: dict) -> None:
 def corpus(f: dict) -> list[Case]:
     C: list[Case] = []
 
-    def add(cls, name, argv):
-        C.append(Case(cls, name, [str(a) for a in argv]))
+    def add(cls, name, argv, keep=()):
+        C.append(Case(cls, name, [str(a) for a in argv], keep=[str(k) for k in keep]))
 
     P, pol = f["problems"], f["policy"]
     # readers: (command name, argv with {} for the bad file)
@@ -400,6 +417,37 @@ def corpus(f: dict) -> list[Case]:
                         ["po", *po_args(f), "--pairs", os.path.join(f["sft_run"], "metrics.jsonl"),
                          "--out", f["sft_run"], "--overwrite"])):
         add("output path", name, argv)
+    # an input that the run writes over, or that --overwrite deletes: refused, and still there
+    poi, demo = Path(f["poi_run"]), Path(f["demo_run"])
+    r0 = poi / "round_0" / "final"
+    for name, argv, keep in (
+            ("po-iterative start policy in its rounds --overwrite",
+             [*base["po-iterative"], "--set", f"po.model.name_or_path={r0}", "--out", poi,
+              "--overwrite"], r0),
+            ("po-iterative start policy in its rounds",
+             [*base["po-iterative"], "--set", f"po.model.name_or_path={r0}", "--out", poi], r0),
+            ("po-iterative data in its run --overwrite",
+             [*base["po-iterative"], "--set", f"po.data.train_path={poi / 'metrics.jsonl'}",
+              "--out", poi, "--overwrite"], poi / "metrics.jsonl"),
+            ("po-iterative data in its run",
+             [*base["po-iterative"], "--set", f"po.data.train_path={poi / 'metrics.jsonl'}",
+              "--out", poi], poi / "metrics.jsonl"),
+            ("demo --rl-set data = its results.json",
+             ["demo", "--quick", "--out", demo, "--rl-set", f"data.train_path={demo / 'results.json'}"],
+             demo / "results.json"),
+            ("demo --rl-set policy in its stages",
+             ["demo", "--quick", "--out", demo, "--rl-set",
+              f"policy.name_or_path={demo / 'sft' / 'final'}"], demo / "sft" / "final"),
+            ("rl policy = its own final --overwrite",
+             [*base["rl"], "--model", r0, "--out", r0.parent, "--overwrite"], r0),
+            ("rl critic init = its own final",
+             [*base["rl"], "--set", f"value.init={r0}", "--out", r0.parent], r0),
+            ("sft model = its own final --overwrite",
+             [*base["sft"], "--model", r0, "--out", r0.parent, "--overwrite"], r0),
+            ("train-rm base = its own final", [*base["train-rm"], "--model", r0, "--out", r0.parent], r0),
+            ("po ref model = its own final --overwrite",
+             [*base["po"], "--set", f"ref_model={r0}", "--out", r0.parent, "--overwrite"], r0)):
+        add("output path", name, argv, keep=[keep])
 
     # run folders
     run = f["sft_run"]
@@ -545,6 +593,7 @@ def run_cases(cases: list[Case], work: Path, jobs: int = 2, limit: float = 60.0)
         case.out = (logs / "out").read_text(errors="replace")
         case.err = (logs / "err").read_text(errors="replace")
         case.left = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.is_file())
+        case.lost = [k for k in case.keep if not Path(k).exists()]
 
 
 def report(cases: list[Case]) -> int:

@@ -5,12 +5,17 @@ operators, parentheses, LaTeX commands, letters, spaces; up to ``--max-bytes``) 
 ones (long sums that end in a word, long ``=`` chains, deep or unbalanced parentheses, power
 towers, huge numbers, harmonic sums, annotation floods, LaTeX bombs such as ``\\frac{`` ×
 10⁴ or ``\\text{ a}`` × 10⁴, whitespace floods, 100 kB inputs). For each function it prints the
-number of calls, the largest and 99th-percentile time per call, and the process's RSS before
-and after (and its peak). A call that raises ``ValueError`` (``parse_expr`` on text that is not
+number of calls, the largest and 99th-percentile time per call, and the process's memory: RSS
+before any call, after a warm-up pass (the adversarial strings, which hold the largest inputs,
+and ``--warmup-n`` random ones of another seed, from the same number of threads: imports, regex
+compilation, thread stacks and the allocator's per-thread arenas reach their size there), at each
+quarter of the measured run and after it, and the growth per 1,000 strings after the warm-up
+(a leak grows with the number of strings; a warm-up does not). A call that raises ``ValueError`` (``parse_expr`` on text that is not
 arithmetic) counts as handled; any other exception is a failure, listed at the end, and the
 script exits 1. A call still running after ``--call-limit`` seconds is stopped and listed too.
 
     python benchmarks/grader_fuzz.py [--n 300 --max-bytes 100000 --seed 0] [--threads 4]
+                                     [--warmup-n 200]
 
 ``is_equiv`` and ``grade`` run with ``timeout=0``: their exact and numeric stages, in this
 process (the symbolic stage is a worker process with its own time limit).
@@ -19,6 +24,7 @@ process (the symbolic stage is a worker process with its own time limit).
 from __future__ import annotations
 
 import argparse
+from array import array
 import random
 import resource
 import signal
@@ -153,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--call-limit", type=float, default=10.0, help="seconds before a call is stopped")
     ap.add_argument("--only", default=None, help="comma-separated function names")
+    ap.add_argument("--warmup-n", type=int, default=200,
+                    help="random strings (another seed) of the warm-up pass, besides the adversarial ones")
     ap.add_argument("--threads", type=int, default=1,
                     help="run the whole fuzz in this many threads at once (times are per call, "
                          "as each thread saw them; no per-call alarm, which only the main thread gets)")
@@ -162,22 +170,21 @@ def main(argv=None) -> int:
     inputs = list(adversarial(args.max_bytes).items())
     inputs += [(f"random #{i}", random_text(rng, args.max_bytes)) for i in range(args.n)]
     funcs = {k: v for k, v in FUNCTIONS.items() if not args.only or k in args.only.split(",")}
-    for f in funcs.values():       # warm-up (imports, regex compilation)
-        try:
-            f("1 + 1 = 2")
-        except ValueError:
-            pass
     rss0 = rss_mb()
-    times: dict[str, list[float]] = {k: [] for k in funcs}
+    # per-call times in arrays allocated up front (thread t fills slots t·len(inputs) ...), so
+    # that recording them does not itself grow the RSS being measured (a list of floats would:
+    # 32 bytes a call, 14 MiB for 10,000 strings × 11 functions × 4 threads)
+    times = {k: array("d", bytes(8 * len(inputs) * max(args.threads, 1))) for k in funcs}
     worst: dict[str, tuple[float, str]] = {k: (0.0, "") for k in funcs}
     failures: list[str] = []
     alarm = args.threads == 1
     if alarm:
         signal.signal(signal.SIGALRM, _alarm)
+    done = [0]      # calls finished in the measured pass (+= under the GIL; an estimate is enough)
 
-    def fuzz() -> None:
+    def fuzz(strings, record: bool, tid: int = 0) -> None:
         for name, f in funcs.items():
-            for label, text in inputs:
+            for i, (label, text) in enumerate(strings):
                 if alarm:
                     signal.setitimer(signal.ITIMER_REAL, args.call_limit)
                 t0 = time.perf_counter()
@@ -193,18 +200,51 @@ def main(argv=None) -> int:
                     if alarm:
                         signal.setitimer(signal.ITIMER_REAL, 0)
                 dt = time.perf_counter() - t0
-                times[name].append(dt)     # list.append is atomic under the GIL
-                if dt > worst[name][0]:
-                    worst[name] = (dt, label)
+                if record:
+                    times[name][tid * len(strings) + i] = dt
+                    done[0] += 1
+                    if dt > worst[name][0]:
+                        worst[name] = (dt, label)
 
-    if args.threads == 1:
-        fuzz()
-    else:
-        pool = [threading.Thread(target=fuzz) for _ in range(args.threads)]
+    def run_pass(strings, record: bool) -> None:
+        if args.threads == 1:
+            fuzz(strings, record)
+            return
+        pool = [threading.Thread(target=fuzz, args=(strings, record, t)) for t in range(args.threads)]
         for t in pool:
             t.start()
         for t in pool:
             t.join()
+
+    # warm-up: every function on the adversarial strings (the largest inputs) and on random ones
+    # of another seed, from the same number of threads, so that imports, compiled regexes,
+    # thread stacks and the allocator's arenas have their size before memory is measured
+    wrng = random.Random(args.seed + 10_007)
+    warm = list(adversarial(args.max_bytes).items())
+    warm += [(f"warm-up #{i}", random_text(wrng, args.max_bytes)) for i in range(args.warmup_n)]
+    t_warm = time.perf_counter()
+    run_pass(warm, record=False)
+    t_warm = time.perf_counter() - t_warm
+    rss_warm = rss_mb()
+
+    total = len(funcs) * len(inputs) * args.threads
+    marks: list[tuple[int, float]] = []     # (quarter, RSS) as the measured pass goes
+    stop = threading.Event()
+
+    def watch() -> None:
+        q = 1
+        while not stop.wait(0.05) and q < 4:
+            if done[0] >= q * total / 4:
+                marks.append((q, rss_mb()))
+                q += 1
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t_run = time.perf_counter()
+    run_pass(inputs, record=True)
+    t_run = time.perf_counter() - t_run
+    stop.set()
+    watcher.join()
     rss1 = rss_mb()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sizes = [len(t) for _, t in inputs]
@@ -215,7 +255,13 @@ def main(argv=None) -> int:
     for name, ts in times.items():
         print(f"{name:<24} {len(ts):>6} {1e3 * max(ts):>9.2f} {1e3 * p99(ts):>9.2f} "
               f"{1e3 * sum(ts) / len(ts):>9.3f}  {worst[name][1]}")
-    print(f"RSS: {rss0:.1f} MiB before, {rss1:.1f} MiB after, peak {peak:.1f} MiB")
+    quarters = ", ".join(f"{25 * q}% {r:.1f}" for q, r in marks)
+    per_k = (rss1 - rss_warm) / (len(inputs) / 1000)
+    print(f"RSS (MiB): {rss0:.1f} before any call, {rss_warm:.1f} after the warm-up pass "
+          f"({len(warm)} strings, {t_warm:.0f} s), during the run {quarters or '-'}, "
+          f"{rss1:.1f} after it ({t_run:.0f} s); peak {peak:.1f}")
+    print(f"growth after the warm-up: {rss1 - rss_warm:+.1f} MiB over {len(inputs)} strings, "
+          f"{per_k:+.3f} MiB per 1,000 strings")
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

@@ -46,6 +46,7 @@ from rewardlab.rl.trainer import train_rl
 from rewardlab.sft.trainer import SFTConfig, train_sft
 from rewardlab.training.engine import quiet_transformers
 from rewardlab.training.progress import JobBoard, queue_reporter
+from rewardlab.training.rundir import check_run_inputs, INPUT_FIELDS
 
 
 # name -> (description, dotted overrides on RLConfig)
@@ -602,6 +603,28 @@ def stage_settings(cfg: DemoConfig) -> dict[str, dict]:
             for stage in own}
 
 
+# what the demo writes under its ``out``: the stages' folders and the report's files
+DEMO_WRITES = ("sft", "rm", "bon", "rl", "report.md", "results.json", "*.png", "stage_s.json",
+               SETTINGS_FILE)
+
+
+def demo_inputs(cfg: DemoConfig) -> list[tuple[str, str]]:
+    """``(option, path)`` for every input the user names (the ``--rl-set`` overrides of an input
+    field: a policy, data, a reward model; the demo's own stages feed the rest)."""
+    found = []
+    for o in cfg.rl_overrides:
+        key, sep, val = o.partition("=")
+        if sep and key.strip().split(".")[-1] in INPUT_FIELDS and val.strip():
+            found.append((f"--rl-set {key.strip()}", val.strip()))
+    return found
+
+
+def check_demo_out(cfg: DemoConfig) -> None:
+    """Before any stage: ConfigError (one line) when an input the user names lies in what the
+    demo writes in ``out`` (:data:`DEMO_WRITES`), which a stage or the report would overwrite."""
+    check_run_inputs(cfg.out, demo_inputs(cfg), written=DEMO_WRITES, what="the demo")
+
+
 def check_cached_settings(cfg: DemoConfig, outputs: dict[str, list[Path]]) -> None:
     """Refuse to reuse a stage's cached outputs made with other settings: ConfigError naming the
     stage, each setting that differs and the fix. Records the settings of this run (in
@@ -697,6 +720,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     if cfg.quick:
         cfg.budget = QUICK
     cfg.validate()
+    check_demo_out(cfg)
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ import typer
 
 from rewardlab.cli.naming import aliased
 from rewardlab.config import ConfigError, load_config
-from rewardlab.demo import budget_with, DEFAULT_DESIGNS, DemoConfig, DESIGNS, run_demo
+from rewardlab.demo import (budget_with, check_demo_out, DEFAULT_DESIGNS, DemoConfig, DESIGNS,
+                            run_demo)
 from rewardlab.eval.report import compact_table
 from rewardlab.io import check_output_dir
 from rewardlab.rl.config import RLConfig
@@ -55,6 +56,7 @@ def register(app: typer.Typer) -> None:
             except ConfigError as e:
                 raise typer.BadParameter(f"--rl-set: {e}") from None
         check_output_dir(out)   # a file, or not writable: one line, before any stage runs
+        check_demo_out(cfg)     # an --rl-set input in what the demo writes there: likewise
         console = Console()
         results = run_demo(cfg, log=lambda s: console.print(f"[cyan]demo[/] {s}"))
         console.print(compact_table(results))

@@ -12,7 +12,7 @@ from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, 
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.io import check_outputs
-from rewardlab.training.rundir import check_run_inputs, check_run_out
+from rewardlab.training.rundir import check_run
 from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
 from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
 from rewardlab.preference.trainer import POConfig, train_po
@@ -46,8 +46,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(POConfig, config, ov)
         if show_config:
             return print_config(cfg)
-        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
-        check_run_inputs(cfg.out, [cfg.pairs or None, cfg.eval_pairs], cfg.overwrite)
+        check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
         res = train_po(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
 
@@ -74,7 +73,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(IterativePOConfig, config, ov)
         if show_config:
             return print_config(cfg)
-        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
+        check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
         res = train_po_iterative(cfg, on_round=lambda r, m: Console().print(
             f"round {r}: {m['round/n_pairs']} pairs, sample accuracy {m['round/sample_accuracy']:.3f}"))
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})

@@ -9,7 +9,7 @@ import typer
 from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, PUSH_TO_HUB_OPTION,
                            REPORT_TO_OPTION)
 from rewardlab.config import load_config
-from rewardlab.training.rundir import check_run_inputs, check_run_out
+from rewardlab.training.rundir import check_run
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
 
@@ -40,8 +40,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(RLConfig, config, ov)
         if show_config:
             return print_config(cfg)
-        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
-        check_run_inputs(cfg.out, [cfg.data.train_path, cfg.data.test_path], cfg.overwrite)
+        check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
         res = train_rl(cfg)   # checks --out before any work, then writes config.yaml there
         t = Table("metric", "value", title=f"rl: {cfg.out}")
         for k in sorted(res):

@@ -26,7 +26,7 @@ from rewardlab.reward_models.models import load_reward_model
 from rewardlab.reward_models.scoring import read_solution_rows, score_file
 from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
 from rewardlab.training.engine import quiet_transformers
-from rewardlab.training.rundir import check_run_inputs, check_run_out
+from rewardlab.training.rundir import check_run
 
 
 console = Console()
@@ -78,8 +78,7 @@ def train_rm(
     cfg = load_config(RMTrainConfig, config, overrides + list(set_ or []))
     if show_config:
         return print_config(cfg)
-    check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
-    check_run_inputs(cfg.out, [*cfg.data, *cfg.eval_data], cfg.overwrite)
+    check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
     metrics = train_reward_model(cfg)
     keys = [k for k in metrics if k.startswith("eval/")] + ["rm/final_loss", "rm/steps"]
     console.print(f"[bold]train-rm[/] {cfg.objective} → {cfg.out}")

@@ -10,7 +10,7 @@ from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, 
                            REPORT_TO_OPTION)
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
-from rewardlab.training.rundir import check_run_inputs, check_run_out
+from rewardlab.training.rundir import check_run
 from rewardlab.sft.trainer import SFTConfig, train_sft
 
 
@@ -43,7 +43,6 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(SFTConfig, config, ov)
         if show_config:
             return print_config(cfg)
-        check_run_out(cfg.out)   # a file or unwritable: one line, before any model or data
-        check_run_inputs(cfg.out, [cfg.data.train_path, cfg.data.test_path], cfg.overwrite)
+        check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
         res = train_sft(cfg)
         Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})

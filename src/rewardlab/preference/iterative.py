@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -163,10 +162,9 @@ def train_po_iterative(cfg: IterativePOConfig,
     check_report_to(cfg.po.report_to)
     check_push(cfg.push_to_hub)
     out = Path(cfg.out)
-    if cfg.overwrite:
-        for d in [*out.glob("round_*"), out / "init"]:
-            shutil.rmtree(d, ignore_errors=True)
-    prepare_run_dir(out, cfg, "po iterative", overwrite=cfg.overwrite, write=False)   # or refused
+    # refused (an input in out, another run's config), or, with overwrite, the run there deleted
+    # (rounds and testbed start included: rundir.RUN_FILES / RUN_GLOBS)
+    prepare_run_dir(out, cfg, "po iterative", overwrite=cfg.overwrite, write=False)
     train, test = load_problems(cfg.po.data, cfg.po.seed)
     if len(train) < 1:
         raise ConfigError("po iterative: no training problems (set po.data.train_path or n_train)")

@@ -24,9 +24,14 @@ from rewardlab.io import check_output_dir, DataError, probe_write, write_text
 # which trackers), when this call stops, what to do with an existing run, where it is published
 IGNORED_FIELDS = frozenset({"out", "resume", "progress", "tensorboard", "report_to", "stop_at",
                             "stop_after", "overwrite", "max_bad_steps", "push_to_hub"})
-# what a run writes under its ``out``; ``overwrite`` deletes exactly these
-RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval_predictions.jsonl")
-RUN_GLOBS = ("*_summary.json",)
+# what a run writes under its ``out`` (``init``: a testbed model's random start; ``round_<r>``:
+# the rounds of po-iterative); ``overwrite`` deletes exactly these
+RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval_predictions.jsonl",
+             "init")
+RUN_GLOBS = ("*_summary.json", "round_*")
+# config fields (at any depth) that name an input: a model, a data or pairs file, a reward model
+INPUT_FIELDS = frozenset({"name_or_path", "train_path", "test_path", "path", "init", "base", "data",
+                          "eval_data", "pairs", "eval_pairs", "ref_model"})
 
 
 def check_run_out(out: str | os.PathLike) -> Path:
@@ -45,21 +50,54 @@ def check_run_out(out: str | os.PathLike) -> Path:
     return p
 
 
-def check_run_inputs(out: str | os.PathLike, inputs, overwrite: bool = False) -> None:
-    """A :class:`ConfigError` when an input file of a run (``inputs``: paths, None skipped) is a
-    file the run writes in ``out`` (its metrics, config, summaries, checkpoints, final model), or,
-    with ``overwrite``, lies in the run that would be deleted."""
+def run_inputs(cfg: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted field, path)`` for every input a run config names (:data:`INPUT_FIELDS`, in
+    nested configs too; a list field gives each item): its models, data, pairs and reward
+    models. Hub ids and ``testbed`` are returned as well; :func:`check_run_inputs` skips what is
+    not on disk."""
+    found: list[tuple[str, str]] = []
+    for f in dataclasses.fields(cfg):
+        v, name = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            found += run_inputs(v, f"{name}.")
+        elif f.name in INPUT_FIELDS and isinstance(v, str) and v:
+            found.append((name, v))
+        elif f.name in INPUT_FIELDS and isinstance(v, (list, tuple)):
+            found += [(name, x) for x in v if isinstance(x, str) and x]
+    return found
+
+
+def check_run_inputs(out: str | os.PathLike, inputs, overwrite: bool = False, written=None,
+                     what: str = "the run") -> None:
+    """A :class:`ConfigError` when an input of a run (``inputs``: paths, or ``(field, path)``
+    pairs as :func:`run_inputs` gives them; None and what is not on disk skipped) is, or lies in,
+    a file or folder the run writes in ``out`` (``written``: names or globs under ``out``,
+    default :data:`RUN_FILES` and :data:`RUN_GLOBS`: its metrics, config, summaries,
+    checkpoints, final model, testbed start, rounds), which would overwrite it, or, with
+    ``overwrite``, delete it first."""
     root = Path(out).resolve()
-    written = [root / n for n in RUN_FILES] + [p.resolve() for g in RUN_GLOBS for p in root.glob(g)]
-    for src in inputs:
+    names = (*RUN_FILES, *RUN_GLOBS) if written is None else tuple(written)
+    targets = [p.resolve() for n in names for p in (root.glob(n) if "*" in n else [root / n])]
+    for item in inputs:
+        field, src = item if isinstance(item, tuple) else (None, item)
         if src is None or not Path(src).exists():
             continue
         p = Path(src).resolve()
-        for w in written:
+        for w in targets:
             if p == w or w in p.parents:
-                why = "--overwrite would delete it" if overwrite else "the run writes there"
-                raise ConfigError(f"input {src} lies in the run in out {out} ({w.name}): {why}; "
+                why = "--overwrite would delete it" if overwrite else f"{what} writes there"
+                named = f"input {src}" + (f" ({field})" if field else "")
+                raise ConfigError(f"{named} lies in {what} in out {out} ({w.name}): {why}; "
                                   "copy it elsewhere or choose another out")
+
+
+def check_run(cfg: Any) -> Path:
+    """Everything about a run's ``cfg.out`` that can be checked before any model or data is
+    loaded (the CLI calls it first): :func:`check_run_out`, then :func:`check_run_inputs` on
+    every input the config names (:func:`run_inputs`)."""
+    p = check_run_out(cfg.out)
+    check_run_inputs(cfg.out, run_inputs(cfg), bool(getattr(cfg, "overwrite", False)))
+    return p
 
 
 def check_writable(out: str | os.PathLike) -> Path:
@@ -133,6 +171,8 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
     """Check ``out`` before any work and record ``cfg`` in ``<out>/config.yaml``.
 
     - ``out`` a file, or not writable: :class:`ConfigError` (one line).
+    - an input the config names is a file the run writes in ``out``, or would be deleted by
+      ``overwrite``: :class:`ConfigError` naming the field (:func:`check_run_inputs`).
     - ``overwrite``: the run already in ``out`` (if any) is deleted; a fresh run starts.
     - ``out`` holds a run (:func:`holds_run`) whose ``config.yaml`` differs from ``cfg`` (fields other than
       :data:`IGNORED_FIELDS`): :class:`ConfigError` listing each differing field, old → new.
@@ -141,6 +181,7 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
     later with :func:`write_run_config`, once the run's model and data have loaded, so a run
     refused for bad input leaves no ``config.yaml`` behind. Returns ``out`` as a Path."""
     p = check_writable(out)
+    check_run_inputs(p, run_inputs(cfg), overwrite)
     saved = p / "config.yaml"
     new = _plain(cfg)
     if overwrite:
