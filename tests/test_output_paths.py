@@ -166,3 +166,34 @@ def test_a_run_input_inside_what_the_run_writes_is_refused(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "train.jsonl"]
     from rewardlab.training.rundir import check_run_inputs
     check_run_inputs(out, [out / "train.jsonl", None, tmp_path / "missing.jsonl"], overwrite=True)
+
+
+def test_run_inputs_are_every_path_a_config_names(tmp_path, capsys):
+    from rewardlab.config import load_config
+    from rewardlab.preference.iterative import IterativePOConfig
+    from rewardlab.reward_models.train import RMTrainConfig
+    from rewardlab.rl.config import RLConfig
+    from rewardlab.training.rundir import run_inputs
+
+    rl = dict(run_inputs(load_config(RLConfig, None, [
+        "policy.name_or_path=p", "value.init=v", "reward.prm.path=prm", "reward.orm.path=orm",
+        "data.train_path=t.jsonl", "data.test_path=e.jsonl"])))
+    assert {k: rl[k] for k in ("policy.name_or_path", "value.init", "reward.prm.path",
+                               "reward.orm.path", "data.train_path", "data.test_path")} == {
+        "policy.name_or_path": "p", "value.init": "v", "reward.prm.path": "prm",
+        "reward.orm.path": "orm", "data.train_path": "t.jsonl", "data.test_path": "e.jsonl"}
+    rm = run_inputs(RMTrainConfig(base="b", data=["a.jsonl", "b.jsonl"], eval_data=["c.jsonl"]))
+    assert ("data", "b.jsonl") in rm and ("eval_data", "c.jsonl") in rm and ("base", "b") in rm
+    it = dict(run_inputs(load_config(IterativePOConfig, None, ["po.model.name_or_path=m",
+                                                               "po.ref_model=r"])))
+    assert it["po.model.name_or_path"] == "m" and it["po.ref_model"] == "r"
+    # sft --dataset names a file the run writes: refused before any work, the file kept
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"question": "q", "answer": "1"}\n')
+    assert main(["sft", "--dataset", str(out / "metrics.jsonl"), "--out", str(out)]) == 2
+    assert "(data.dataset) lies in the run" in _one_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+    # a rule-free call: a hub id or testbed is not on disk, so never refused
+    from rewardlab.training.rundir import check_run_inputs
+    check_run_inputs(out, [("policy.name_or_path", "Qwen/Qwen2.5-0.5B"), ("x", "testbed")], True)
