@@ -2,6 +2,7 @@
 to fail), look at a bounded number of annotations and equations, and bound every value."""
 
 import importlib.util
+import re
 import time
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def test_fuzz_benchmark_runs_every_checker_within_a_second_per_call(capsys):
     spec = importlib.util.spec_from_file_location("grader_fuzz", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--n", "20", "--max-bytes", "100000", "--call-limit", "1"]) == 0
+    assert mod.main(["--n", "20", "--max-bytes", "100000", "--call-limit", "1", "--warmup-n", "5"]) == 0
     out = capsys.readouterr().out
-    assert "step_arithmetic_ok" in out and "RSS:" in out and "FAILED" not in out
+    assert "step_arithmetic_ok" in out and "FAILED" not in out
+    # memory: before any call, after the warm-up pass, after the run, and the growth per 1,000
+    assert re.search(r"RSS \(MiB\): [\d.]+ before any call, [\d.]+ after the warm-up pass "
+                     r"\(58 strings, .*[\d.]+ after it", out), out
+    assert re.search(r"growth after the warm-up: [+-][\d.]+ MiB over 73 strings, [+-][\d.]+ MiB per "
+                     r"1,000 strings", out), out
+    # from 2 threads: every call of both threads is timed (2 × 73 per function)
+    assert mod.main(["--n", "20", "--threads", "2", "--warmup-n", "0", "--only", "parse_expr"]) == 0
+    assert re.search(r"parse_expr\s+146\s", capsys.readouterr().out)
