@@ -28,14 +28,14 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     cfg.budget.rm_backbone_steps = 800   # a separate, longer-trained backbone
     jobs, runs, _ = plan_jobs(cfg)
     by = {j.name: j for j in jobs}
-    assert by["rm backbone"].arg.max_steps == cfg.budget.rm_backbone_steps
-    assert by["rm prm"].arg.base == str(tmp_path / "rm" / "backbone" / "final")
+    assert by["rm backbone"].arg.steps == cfg.budget.rm_backbone_steps
+    assert by["rm prm"].arg.model == str(tmp_path / "rm" / "backbone" / "final")
     assert set(by["rm prm"].deps) == {"rm data", "rm backbone"}
     # the ORM starts from the SFT policy and trains while the backbone does (unless asked)
-    assert by["rm orm"].arg.base == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
+    assert by["rm orm"].arg.model == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
     cfg.budget.orm_from_backbone = True
     orm = {j.name: j for j in plan_jobs(cfg)[0]}["rm orm"]
-    assert orm.arg.base == by["rm prm"].arg.base and set(orm.deps) == {"rm data", "rm backbone"}
+    assert orm.arg.model == by["rm prm"].arg.model and set(orm.deps) == {"rm data", "rm backbone"}
     cfg.budget.orm_from_backbone = False
     assert by["prm_raw/s1"].deps == ("sft", "rm prm") and by["orm/s0"].deps == ("sft", "rm orm")
     assert by["success/s0"].deps == ("sft",)
@@ -52,7 +52,7 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert po.out == str(tmp_path / "rl" / "step_dpo" / "s1") and po.po.loss == "step_dpo"
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
     by = {j.name: j for j in plan_jobs(cfg)[0]}
-    assert "rm backbone" not in by and by["rm orm"].arg.base == str(tmp_path / "sft" / "final")
+    assert "rm backbone" not in by and by["rm orm"].arg.model == str(tmp_path / "sft" / "final")
     assert by["rm orm"].deps == ("rm data",)   # no backbone job to wait for
 
 

@@ -200,7 +200,7 @@ def test_sft_report_to_wandb_goes_through_accelerate_with_run_name_and_config(tm
     [t] = fake_wandb.instances
     assert t.started and t.finished
     assert t.run_name == "rewardlab" and t.kwargs == {"name": "sft-w", "dir": str(out)}
-    assert t.config["max_steps"] == 2 and t.config["model.size"] == "tiny"
+    assert t.config["steps"] == 2 and t.config["model.size"] == "tiny"
     assert t.config["report_to"] == "wandb"
     # every metrics.jsonl row reached the tracker, value for value
     rows = _rows_without_time(out / "metrics.jsonl")
@@ -344,7 +344,7 @@ def test_po_iterative_logs_round_rows_to_its_trackers_and_pushes_the_last_policy
                  "--set", "rounds=2", "--set", "problems_per_round=3", "--set", "sampling.n=2",
                  "--set", "eval_rounds=false", "--set", "po.model.size=tiny",
                  "--set", "po.model.device=cpu", "--set", "po.data.n_train=8",
-                 "--set", "po.data.n_test=0", "--set", "po.data.testbed.max_steps=2",
+                 "--set", "po.data.n_test=0", "--set", "po.data.testbed.max_ops=2",
                  "--set", "po.batch_size=2", "--set", "po.max_len=48", "--set", "po.save_every=0",
                  "--set", "po.eval_every=0", "--set", "po.progress=false",
                  "--set", "po.report_to=none"]) == 0

@@ -130,6 +130,7 @@ def rename_override_keys(cls: type, overrides: list[str]) -> list[str]:
     """
     out: list[str] = []
     spelled: dict[str, str] = {}   # new dotted key → how it was first written
+    warned: set[str] = set()
     for ov in overrides:
         if "=" not in ov:
             out.append(ov)   # apply_overrides says what is wrong with it
@@ -142,8 +143,10 @@ def rename_override_keys(cls: type, overrides: list[str]) -> list[str]:
         for i, part in enumerate(parts):
             new = RENAMED_KEYS.get(node.__name__, {}).get(part) if node is not None else None
             if new is not None:
-                _deprecated_key(".".join(new_parts + [part]), ".".join(new_parts + [new]),
-                                "--set: ")
+                old_path = ".".join(new_parts + [part])
+                if old_path not in warned:
+                    warned.add(old_path)
+                    _deprecated_key(old_path, ".".join(new_parts + [new]), "--set: ")
                 part = new
             new_parts.append(part)
             node = _field_class(node, part) if node is not None and i < len(parts) - 1 else None
