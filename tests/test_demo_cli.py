@@ -183,7 +183,7 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     # the PRM starts from the longer-trained backbone, the ORM from the policy (budget.orm_from_backbone)
     assert (out / "rm" / "backbone" / "final" / "config.json").exists()
     for kind, base in (("prm", out / "rm" / "backbone" / "final"), ("orm", out / "sft" / "final")):
-        assert f"base: {base}\n" in (out / "rm" / kind / "config.yaml").read_text()
+        assert f"model: {base}\n" in (out / "rm" / kind / "config.yaml").read_text()
     # a second run continues from the cached stages instead of starting over
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
