@@ -311,6 +311,24 @@ def test_sft_logs_its_metrics_to_the_real_tracker_offline(tmp_path, monkeypatch,
     _assert_same_metrics(history(out), out)
 
 
+@pytest.mark.parametrize("name", ["wandb", "mlflow", "trackio"])
+def test_rl_logs_its_metrics_to_the_real_tracker_offline(tiny_policy, problems_dir, tmp_path,
+                                                         monkeypatch, name):
+    history = _offline(name, tmp_path, monkeypatch)
+    out = tmp_path / "rl"
+    assert main(["rl", "--model", str(tiny_policy), "--out", str(out), "--steps", "2",
+                 "--report-to", name, "--set", "algo=grpo",
+                 "--set", f"data.train_path={problems_dir / 'train.jsonl'}",
+                 "--set", f"data.test_path={problems_dir / 'test.jsonl'}",
+                 "--set", "prompts_per_step=2", "--set", "sampling.n=2",
+                 "--set", "sampling.max_new_tokens=8", "--set", "minibatch_size=4",
+                 "--set", "eval_every=0", "--set", "eval_k=0", "--set", "save_every=0",
+                 "--set", "progress=false", "--set", "data.n_test=2"]) == 0
+    hist = history(out)
+    _assert_same_metrics(hist, out)
+    assert all("reward/total" in hist[s] for s in (1, 2)), hist   # both steps arrived
+
+
 def test_report_to_is_not_part_of_a_runs_identity():
     from rewardlab.training.rundir import config_diff
     old = {"report_to": "tensorboard", "push_to_hub": None, "lr": 1.0}
