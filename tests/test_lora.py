@@ -61,7 +61,7 @@ def test_lora_config_fields_and_errors(tmp_path, tiny_policy, problems_dir):
     assert LoRAConfig(r=2, target_modules="q_proj, v_proj").modules() == ["q_proj", "v_proj"]
     cfg = _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "model.lora.target_modules=[q_proj,o_proj]"])
     assert cfg.model.lora.modules() == ["q_proj", "o_proj"] and cfg.model.lora.r == 4
-    with pytest.raises(ValueError, match=r"policy\.lora\.r > 0 .*value\.kind=shared"):
+    with pytest.raises(ValueError, match=r"model\.lora\.r > 0 .*value\.kind=shared"):
         _cfg(tmp_path, tiny_policy, problems_dir, "c", ["algo=ppo", "value.kind=separate"])
     _cfg(tmp_path, tiny_policy, problems_dir, "c", ["algo=ppo", "value.kind=separate", "model.lora.r=0"])
     with pytest.raises(ValueError, match="engine=fast cannot run a LoRA policy"):
