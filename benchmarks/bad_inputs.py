@@ -181,7 +181,7 @@ def make_fixtures(root: Path, policy: str | None = None) -> dict[str, str]:
     return f
 
 
-SFT = ["--set", "model.size=tiny", "--set", "max_steps=1", "--set", "batch_size=2",
+SFT = ["--set", "model.size=tiny", "--set", "steps=1", "--set", "batch_size=2",
        "--set", "data.n_train=4", "--set", "data.n_test=0", "--set", "progress=false",
        "--set", "eval_every=0", "--set", "save_every=0"]
 
@@ -194,12 +194,12 @@ def rl_args(f):
 
 
 def rm_args(f):
-    return ["--kind", "prm", "--set", "max_steps=1", "--set", "batch_size=2",
+    return ["--kind", "prm", "--set", "steps=1", "--set", "batch_size=2",
             "--set", "progress=false", "--set", "tensorboard=false"]
 
 
 def po_args(f):
-    return ["--model", f["policy"], "--set", "max_steps=1", "--set", "batch_size=2",
+    return ["--model", f["policy"], "--set", "steps=1", "--set", "batch_size=2",
             "--set", "progress=false", "--set", "eval_every=0", "--set", "save_every=0",
             "--set", "data.n_test=0"]
 
@@ -224,7 +224,7 @@ def make_runs(root: Path, f: dict) -> None:
     f["sft_run"] = str(run)
     rl = root / "rl_run"
     prepare_run_dir(rl, load_config(RLConfig, None, [a for a in rl_args(f)[2:] if a != "--set"]
-                                    + [f"out={rl}", f"policy.name_or_path={f['policy']}"]), "ppo")
+                                    + [f"out={rl}", f"model.name_or_path={f['policy']}"]), "ppo")
     (rl / "metrics.jsonl").write_text('{"step": 1}\n')
     f["rl_run"] = str(rl)
     # a po-iterative run (a finished round's policy, round rows) and a demo's folder: their own
@@ -347,7 +347,7 @@ def corpus(f: dict) -> list[Case]:
         "rl": ["reward.prm.eta=5", "reward.prm.eta=-3", "lr=-1", "sampling.temperature=-1",
                "ppo_epochs=0", "sampling.top_p=2", "steps=0", "prompts_per_step=0", "kl.coef=-1",
                "algo=nope", "sampling.n=0"],
-        "sft": ["batch_size=0", "max_steps=-1", "lr=-1", "warmup_steps=-5", "max_len=0"],
+        "sft": ["batch_size=0", "steps=-1", "lr=-1", "warmup_steps=-5", "max_len=0"],
         "train-rm": ["lr=-1", "eval_split=2", "batch_size=0", "kind=nope", "form=nope"],
         "po": ["loss=nope", "batch_size=0", "hparams.beta=-1"],
         "po-iterative": ["rounds=0", "problems_per_round=0", "kind=nope"],
@@ -480,7 +480,7 @@ def corpus(f: dict) -> list[Case]:
                  ["score", "--model", pol, "--input", f["solutions"], "--out", "o.jsonl", "--device", "foo"],
                  ["eval", "--model", pol, "--data", P, "--dtype", "float7"],
                  ["sft", *SFT, "--set", "model.device=foo"],
-                 ["rl", *rl_args(f), "--set", "policy.dtype=float7"]):
+                 ["rl", *rl_args(f), "--set", "model.dtype=float7"]):
         add("not a model", " ".join(argv[:1] + argv[-2:]), argv)
 
     # config files and --set

@@ -58,8 +58,8 @@ def build_trainer(design: str, policy: Path, d: Path, args):
 
     B = args.prompts * args.n
     ov = list({**DESIGNS, **EXTRA}[design][1]) + [
-        f"out={d / 'rl' / design}", f"policy.name_or_path={policy}", "policy.dtype=float32",
-        "policy.device=cpu", f"data.train_path={d / 'train.jsonl'}", f"data.test_path={d / 'test.jsonl'}",
+        f"out={d / 'rl' / design}", f"model.name_or_path={policy}", "model.dtype=float32",
+        "model.device=cpu", f"data.train_path={d / 'train.jsonl'}", f"data.test_path={d / 'test.jsonl'}",
         f"prompts_per_step={args.prompts}", f"sampling.n={args.n}",
         f"sampling.max_new_tokens={args.max_new_tokens}", f"sampling.batch_size={max(B, 256)}",
         f"steps={args.warmup + args.steps}", "eval_every=0", "eval_k=0", "save_every=0",

@@ -71,7 +71,7 @@ def make_model(out: Path, hidden: int, layers: int) -> Path:
 def make_data(out: Path) -> Path:
     from rewardlab.data.testbed import make_splits, TestbedConfig
     from rewardlab.io import write_jsonl
-    train, _ = make_splits(TestbedConfig(max_steps=2), 64, 4, seed=0)
+    train, _ = make_splits(TestbedConfig(max_ops=2), 64, 4, seed=0)
     write_jsonl(out, [p.to_dict() for p in train])
     return out
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
            "NVIDIA_TF32_OVERRIDE": "0",   # float32 matmuls in float32, for the parity figures
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     sets = [f"model.name_or_path={model}", f"data.train_path={data}", "batch_size=8",
-            f"max_steps={args.steps}", "eval_every=0", "progress=false", "lr=1e-3",
+            f"steps={args.steps}", "eval_every=0", "progress=false", "lr=1e-3",
             "model.dtype=float32", "model.device=auto"]
 
     def launch(config: str | None, nproc: int, extra_sets=(), extra_launch=()) -> list[str]:

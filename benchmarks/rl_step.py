@@ -107,8 +107,8 @@ class RewardlabBench:
 
         B = args.prompts * args.n
         self.cfg = load_config(RLConfig, None, [
-            f"out={run_dir}", f"policy.name_or_path={policy}", "policy.dtype=float32",
-            "policy.device=cpu", f"data.train_path={train_path}", f"data.test_path={test_path}",
+            f"out={run_dir}", f"model.name_or_path={policy}", "model.dtype=float32",
+            "model.device=cpu", f"data.train_path={train_path}", f"data.test_path={test_path}",
             "algo=grpo", "advantage=grpo_outcome", "reward.success=true", "kl.in_reward=false",
             "kl.estimator=k3", f"kl.coef={args.beta}", f"prompts_per_step={args.prompts}",
             f"sampling.n={args.n}", f"sampling.max_new_tokens={args.max_new_tokens}",

@@ -84,8 +84,8 @@ def data_parallel(args, work: Path) -> dict:
           "--set", f"save_every={args.sft_steps}"], threads=2)
     small_test = work / "test_small.jsonl"   # the final evaluation is not what is measured
     small_test.write_text("".join((sft / "test.jsonl").read_text().splitlines(keepends=True)[:8]))
-    common = ["--set", f"policy.name_or_path={sft / 'final'}", "--set", "policy.device=cpu",
-              "--set", "policy.dtype=float32", "--set", f"data.train_path={sft / 'train.jsonl'}",
+    common = ["--set", f"model.name_or_path={sft / 'final'}", "--set", "model.device=cpu",
+              "--set", "model.dtype=float32", "--set", f"data.train_path={sft / 'train.jsonl'}",
               "--set", f"data.test_path={small_test}", "--set", "algo=grpo",
               "--set", "kl.in_reward=false", "--set", "kl.estimator=k3",
               "--set", f"prompts_per_step={args.prompts}", "--set", f"sampling.n={args.n}",
@@ -146,13 +146,13 @@ def memory_child(a) -> None:
     torch.set_num_threads(2)
     B = a.prompts * a.n
     cfg = load_config(RLConfig, None, [
-        f"out={a.out}", f"policy.name_or_path={a.model}", "policy.dtype=float32", "policy.device=cpu",
+        f"out={a.out}", f"model.name_or_path={a.model}", "model.dtype=float32", "model.device=cpu",
         f"data.train_path={a.train}", f"data.test_path={a.train}", "algo=grpo",
         "kl.in_reward=false", "kl.estimator=k3", f"prompts_per_step={a.prompts}", f"sampling.n={a.n}",
         f"sampling.max_new_tokens={a.max_new_tokens}", f"minibatch_size={B}", "steps=100",
         "eval_every=0", "eval_k=0", "save_every=0", "progress=false", "resume=false", "lr=1e-3",
         "entropy_coef=0.01", "engine=hf", "sampling.engine=hf",   # the same passes for both
-        f"policy.lora.r={a.lora_r if a.mode == 'lora' else 0}",
+        f"model.lora.r={a.lora_r if a.mode == 'lora' else 0}",
         f"micro_batch_size={int(a.micro) or 'null'}"])
     base = _maxrss_mib()
     tr = RLTrainer(cfg)

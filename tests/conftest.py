@@ -23,7 +23,7 @@ def problems_dir(tmp_path_factory):
     from rewardlab.data.testbed import TestbedConfig, make_splits
     from rewardlab.io import write_jsonl
     d = tmp_path_factory.mktemp("rlprobs")
-    train, test = make_splits(TestbedConfig(max_steps=2), 40, 6, seed=0)
+    train, test = make_splits(TestbedConfig(max_ops=2), 40, 6, seed=0)
     write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
     write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
     return d

@@ -131,7 +131,7 @@ def test_sft_then_rl_on_gsm8k_with_chat_prompts(tmp_path, chat_model, monkeypatc
     data = ["data.dataset=gsm8k", "data.n_test=3", "data.chat=true", f'data.system_prompt="{system}"']  # quoted: YAML reads " #" as a comment
     sft = train_sft(load_config(SFTConfig, None, [
         f"out={tmp_path / 'sft'}", f"model.name_or_path={chat_model}", "model.device=cpu",
-        "max_steps=2", "batch_size=4", "max_len=320", "warmup_steps=1", "eval_every=0",
+        "steps=2", "batch_size=4", "max_len=320", "warmup_steps=1", "eval_every=0",
         "save_every=0", "progress=false", *data]))
     assert len(seen) > 7000     # every GSM8K training problem
     assert all(s.startswith(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")
@@ -141,8 +141,8 @@ def test_sft_then_rl_on_gsm8k_with_chat_prompts(tmp_path, chat_model, monkeypatc
     # the shipped GSM8K chat config, scaled down to the tiny model on the CPU, in the precision
     # `dtype: auto` gives on a GPU: float32 weights, bfloat16 autocast
     cfg = load_config(RLConfig, "configs/gsm8k_grpo_chat.yaml", [
-        f"out={tmp_path / 'rl'}", f"policy.name_or_path={tmp_path / 'sft' / 'final'}",
-        "policy.device=cpu", "policy.dtype=bfloat16", "data.n_test=3",
+        f"out={tmp_path / 'rl'}", f"model.name_or_path={tmp_path / 'sft' / 'final'}",
+        "model.device=cpu", "model.dtype=bfloat16", "data.n_test=3",
         "steps=1", "prompts_per_step=2", "sampling.n=2", "sampling.max_new_tokens=8",
         "minibatch_size=4", "progress=false",
         "entropy_coef=0.01"])  # a gradient even when every sample gets the same reward
@@ -169,7 +169,7 @@ def test_sft_rejects_max_len_that_leaves_no_solution_tokens(tmp_path, chat_model
     from rewardlab.sft.trainer import train_sft
     cfg = load_config(SFTConfig, None, [
         f"out={tmp_path / 'sft'}", f"model.name_or_path={chat_model}", "model.device=cpu",
-        "data.dataset=gsm8k", "data.chat=true", "max_steps=1", "max_len=16", "progress=false"])
+        "data.dataset=gsm8k", "data.chat=true", "steps=1", "max_len=16", "progress=false"])
     with pytest.raises(ValueError, match="max_len=16 tokens cuts every example"):
         train_sft(cfg)
     assert not (tmp_path / "sft" / "final").exists()
@@ -192,7 +192,7 @@ def test_cli_prompt_options(tmp_path, chat_model, capsys):
     from rewardlab.data.testbed import TestbedConfig, make_splits
     from rewardlab.io import write_jsonl
 
-    train, _ = make_splits(TestbedConfig(max_steps=2), 2, 1, seed=0)
+    train, _ = make_splits(TestbedConfig(max_ops=2), 2, 1, seed=0)
     probs = tmp_path / "p.jsonl"
     write_jsonl(probs, [p.to_dict() for p in train])
     base = ["sample", "--model", str(chat_model), "--data", str(probs), "--n", "2",

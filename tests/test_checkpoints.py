@@ -21,7 +21,7 @@ from rewardlab.training.metrics import read_metrics
 
 
 def _cfg(out, **kw):
-    cfg = SFTConfig(out=str(out), max_steps=9, batch_size=8, save_every=3, eval_every=0, log_every=1,
+    cfg = SFTConfig(out=str(out), steps=9, batch_size=8, save_every=3, eval_every=0, log_every=1,
                     progress=False, lr=3e-3, warmup_steps=2, **kw)
     cfg.model.size = "tiny"
     cfg.data.n_train, cfg.data.n_test = 64, 0
@@ -126,7 +126,7 @@ def test_checkpoint_problem_names_the_damage(tmp_path, tiny_policy):
 
 def test_no_complete_checkpoint_is_refused_by_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["sft", "--out", str(out), "--set", "max_steps=4", "--set", "batch_size=4",
+    args = ["sft", "--out", str(out), "--set", "steps=4", "--set", "batch_size=4",
             "--set", "model.size=tiny", "--set", "data.n_train=16", "--set", "data.n_test=0",
             "--set", "progress=false", "--set", "eval_every=0", "--set", "save_every=1",
             "--set", "stop_at=2"]

@@ -88,14 +88,14 @@ def test_new_names_end_to_end(tmp_path, capsys):
     assert len(read_jsonl(out)) == 2
     assert main(["sft", "--steps", "0", "--out", str(tmp_path / "s")]) == 2   # --steps >= 1
     assert main(["sft", "--steps", "4", "--print-config"]) == 0
-    assert "max_steps: 4" in capsys.readouterr().out
+    assert "\nsteps: 4\n" in capsys.readouterr().out
     assert main(["rl", "--model", "runs/x", "--steps", "7", "--print-config"]) == 0
     printed = capsys.readouterr().out
-    assert "name_or_path: runs/x" in printed and "steps: 7" in printed
+    assert "model:\n" in printed and "name_or_path: runs/x" in printed and "\nsteps: 7\n" in printed
     assert main(["train-rm", "--model", "some/policy", "--steps", "9", "--format", "trl",
                  "--print-config"]) == 0
     printed = capsys.readouterr().out
-    assert "base: some/policy" in printed and "max_steps: 9" in printed
+    assert "\nmodel: some/policy\n" in printed and "\nsteps: 9\n" in printed
     assert "data_format: trl" in printed
 
 

@@ -15,7 +15,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.reward.prm.refine == "clip_delta" and cfg.reward.prm.eta == 0.7
     assert cfg.reward.prm.path == "x" and cfg.seed == 3 and cfg.sampling.n == 8
     assert cfg.kl.in_reward is False
-    assert cfg.policy.name_or_path == "runs/sft/final"  # defaults kept
+    assert cfg.model.name_or_path == "runs/sft/final"  # defaults kept
 
 
 @pytest.mark.parametrize("ov,msg", [

@@ -28,14 +28,14 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     cfg.budget.rm_backbone_steps = 800   # a separate, longer-trained backbone
     jobs, runs, _ = plan_jobs(cfg)
     by = {j.name: j for j in jobs}
-    assert by["rm backbone"].arg.max_steps == cfg.budget.rm_backbone_steps
-    assert by["rm prm"].arg.base == str(tmp_path / "rm" / "backbone" / "final")
+    assert by["rm backbone"].arg.steps == cfg.budget.rm_backbone_steps
+    assert by["rm prm"].arg.model == str(tmp_path / "rm" / "backbone" / "final")
     assert set(by["rm prm"].deps) == {"rm data", "rm backbone"}
     # the ORM starts from the SFT policy and trains while the backbone does (unless asked)
-    assert by["rm orm"].arg.base == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
+    assert by["rm orm"].arg.model == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
     cfg.budget.orm_from_backbone = True
     orm = {j.name: j for j in plan_jobs(cfg)[0]}["rm orm"]
-    assert orm.arg.base == by["rm prm"].arg.base and set(orm.deps) == {"rm data", "rm backbone"}
+    assert orm.arg.model == by["rm prm"].arg.model and set(orm.deps) == {"rm data", "rm backbone"}
     cfg.budget.orm_from_backbone = False
     assert by["prm_raw/s1"].deps == ("sft", "rm prm") and by["orm/s0"].deps == ("sft", "rm orm")
     assert by["success/s0"].deps == ("sft",)
@@ -52,7 +52,7 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert po.out == str(tmp_path / "rl" / "step_dpo" / "s1") and po.po.loss == "step_dpo"
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
     by = {j.name: j for j in plan_jobs(cfg)[0]}
-    assert "rm backbone" not in by and by["rm orm"].arg.base == str(tmp_path / "sft" / "final")
+    assert "rm backbone" not in by and by["rm orm"].arg.model == str(tmp_path / "sft" / "final")
     assert by["rm orm"].deps == ("rm data",)   # no backbone job to wait for
 
 
@@ -183,7 +183,7 @@ def test_quick_demo_trains_every_design_and_writes_report(tmp_path):
     # the PRM starts from the longer-trained backbone, the ORM from the policy (budget.orm_from_backbone)
     assert (out / "rm" / "backbone" / "final" / "config.json").exists()
     for kind, base in (("prm", out / "rm" / "backbone" / "final"), ("orm", out / "sft" / "final")):
-        assert f"base: {base}\n" in (out / "rm" / kind / "config.yaml").read_text()
+        assert f"model: {base}\n" in (out / "rm" / kind / "config.yaml").read_text()
     # a second run continues from the cached stages instead of starting over
     r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]

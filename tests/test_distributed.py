@@ -49,7 +49,7 @@ def _max_diff(a: Path, b: Path) -> float:
 @pytest.fixture(scope="module")
 def probs(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp_probs")
-    train, test = make_splits(TestbedConfig(max_steps=2), 48, 4, seed=0)
+    train, test = make_splits(TestbedConfig(max_ops=2), 48, 4, seed=0)
     write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
     write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
     return d
@@ -57,7 +57,7 @@ def probs(tmp_path_factory):
 
 def test_sft_two_processes_match_one(tmp_path, tiny_policy, probs):
     sets = [f"model.name_or_path={tiny_policy}", f"data.train_path={probs / 'train.jsonl'}",
-            "batch_size=8", "max_steps=3", "eval_every=0", "save_every=0", "progress=false",
+            "batch_size=8", "steps=3", "eval_every=0", "save_every=0", "progress=false",
             "model.device=cpu", "lr=1e-2"]
     train_sft(load_config(SFTConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["sft", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])],
@@ -73,7 +73,7 @@ def test_train_rm_two_processes_match_one(tmp_path, tiny_policy):
     data = tmp_path / "rows.jsonl"
     write_step_rows(data, n=5)
     data.write_text("".join(data.read_text().splitlines(keepends=True)[:9]))
-    sets = [f"data=[{data}]", f"base={tiny_policy}", "kind=prm", "batch_size=4", "max_steps=3",
+    sets = [f"data=[{data}]", f"model={tiny_policy}", "kind=prm", "batch_size=4", "steps=3",
             "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
     train_reward_model(load_config(RMTrainConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["train-rm", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
@@ -96,7 +96,7 @@ def test_po_two_processes_match_one(tmp_path, tiny_policy, po_pairs, loss):
     """KTO's z_ref is a statistic of the whole batch: reduced over the ranks, not per shard."""
     from rewardlab.preference.trainer import POConfig, train_po
     sets = [f"loss={loss}", f"pairs={po_pairs}", f"model.name_or_path={tiny_policy}",
-            "model.device=cpu", "batch_size=4", "max_steps=3", "warmup_steps=0", "lr=1e-3",
+            "model.device=cpu", "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-3",
             "max_len=48", "eval_every=0", "save_every=0", "progress=false"]
     one = train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["po", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
@@ -110,9 +110,9 @@ def test_po_two_processes_match_one(tmp_path, tiny_policy, po_pairs, loss):
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_rl_two_processes_match_one(tmp_path, tiny_policy, probs, algo):
-    sets = [f"algo={algo}", f"policy.name_or_path={tiny_policy}", f"data.train_path={probs / 'train.jsonl'}",
+    sets = [f"algo={algo}", f"model.name_or_path={tiny_policy}", f"data.train_path={probs / 'train.jsonl'}",
             f"data.test_path={probs / 'test.jsonl'}", "steps=3", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
-            "eval_every=0", "eval_k=0", "save_every=10", "progress=false", "policy.device=cpu",
+            "eval_every=0", "eval_k=0", "save_every=10", "progress=false", "model.device=cpu",
             "lr=1e-3"]
     train_rl(load_config(RLConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["rl", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
@@ -128,7 +128,7 @@ def test_rl_two_processes_match_one(tmp_path, tiny_policy, probs, algo):
 def test_a_world_size_that_does_not_divide_the_batch_stops_before_any_work(tmp_path, tiny_policy, probs):
     r = _launch(["sft", "--out", str(tmp_path / "odd"), "--set", f"model.name_or_path={tiny_policy}",
                  "--set", f"data.train_path={probs / 'train.jsonl'}", "--set", "batch_size=7",
-                 "--set", "max_steps=2", "--set", "progress=false"])
+                 "--set", "steps=2", "--set", "progress=false"])
     assert r.returncode != 0
     assert "batch_size = 7 is not divisible by the number of processes (2)" in r.stdout + r.stderr
     assert not (tmp_path / "odd" / "checkpoints").exists() and not (tmp_path / "odd" / "final").exists()

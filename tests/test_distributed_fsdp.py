@@ -48,10 +48,10 @@ def _max_diff(a: dict, b: dict) -> float:
 def sft_setup(tmp_path_factory, tiny_policy):
     """The SFT settings and the weights of a one-process run of 3 steps."""
     d = tmp_path_factory.mktemp("fsdp")
-    train, test = make_splits(TestbedConfig(max_steps=2), 48, 4, seed=0)
+    train, test = make_splits(TestbedConfig(max_ops=2), 48, 4, seed=0)
     write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
     sets = [f"model.name_or_path={tiny_policy}", f"data.train_path={d / 'train.jsonl'}",
-            "batch_size=8", "max_steps=3", "eval_every=0", "progress=false", "model.device=cpu",
+            "batch_size=8", "steps=3", "eval_every=0", "progress=false", "model.device=cpu",
             "lr=1e-2"]
     train_sft(load_config(SFTConfig, None, sets + ["save_every=0", f"out={d / 'one'}"]))
     return sets, _weights(d / "one" / "final")
@@ -113,8 +113,8 @@ def _train_rm_one(sets: list[str], out: Path) -> dict:
 def test_fsdp_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_data, kind, data):
     """The LM-head PRM reads the tied unembedding inside ``pair_logits``, the BT model its scalar
     head inside ``token_logits``: both run through FSDP's hooks on sharded weights."""
-    sets = [f"data=[{rm_data / data}]", f"base={tiny_policy}", f"kind={kind}", "batch_size=4",
-            "max_steps=3", "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
+    sets = [f"data=[{rm_data / data}]", f"model={tiny_policy}", f"kind={kind}", "batch_size=4",
+            "steps=3", "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
     one = _train_rm_one(sets, tmp_path / "one")
     r = _launch_fsdp(["train-rm", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -129,8 +129,8 @@ def test_fsdp_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_data, k
 def test_fsdp_train_rm_head_form_stops_and_resumes(tmp_path, tiny_policy, rm_data):
     """The 2-class head PRM under FSDP, stopped after step 2 (a gathered checkpoint), resumed and
     evaluated on held-out rows (``score`` on sharded weights): the one-process weights."""
-    sets = [f"data=[{rm_data / 'rows.jsonl'}]", f"base={tiny_policy}", "kind=prm", "form=head",
-            "batch_size=4", "max_steps=3", "progress=false", "device=cpu", "eval_split=0.2",
+    sets = [f"data=[{rm_data / 'rows.jsonl'}]", f"model={tiny_policy}", "kind=prm", "form=head",
+            "batch_size=4", "steps=3", "progress=false", "device=cpu", "eval_split=0.2",
             "tag=ки", "lr=1e-4", "save_every=1"]
     one = _train_rm_one(sets, tmp_path / "one")
     out = str(tmp_path / "two")
@@ -155,7 +155,7 @@ def test_fsdp_po_kto_two_processes_match_one(tmp_path, tiny_policy):
     write_jsonl(pairs, [{"question": p.question, "chosen": "\n".join(p.steps),
                          "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
     sets = ["loss=kto", f"pairs={pairs}", f"eval_pairs={pairs}", f"model.name_or_path={tiny_policy}",
-            "model.device=cpu", "batch_size=4", "max_steps=3", "warmup_steps=0", "lr=1e-3",
+            "model.device=cpu", "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-3",
             "max_len=48", "eval_every=0", "save_every=0", "progress=false"]
     one = train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch_fsdp(["po", "--out", str(tmp_path / "two"), *_cli_sets(sets)])

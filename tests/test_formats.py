@@ -142,7 +142,7 @@ def test_trl_stepwise_file_trains_a_prm_as_it_is(tmp_path, tiny_policy, capsys):
     from rewardlab.config import load_config
     from rewardlab.reward_models.train import RMTrainConfig
     cfg = load_config(RMTrainConfig, str(out / "config.yaml"))
-    assert cfg.max_steps == 3 and cfg.base == str(tiny_policy) and cfg.data_format == "auto"
+    assert cfg.steps == 3 and cfg.model == str(tiny_policy) and cfg.data_format == "auto"
 
 
 def test_label_format_trl_writes_stepwise_and_preference(tmp_path, capsys):

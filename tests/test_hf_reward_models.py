@@ -314,8 +314,8 @@ def test_train_rm_in_trl_layout_gives_a_model_trl_users_read(tiny_policy, tmp_pa
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     train_reward_model(RMTrainConfig(kind="prm", form="head", layout="trl", tag="\n",
-                                     base=str(tiny_policy), data=[str(data)], out=str(tmp_path / "r"),
-                                     max_steps=2, batch_size=4, progress=False, device="cpu",
+                                     model=str(tiny_policy), data=[str(data)], out=str(tmp_path / "r"),
+                                     steps=2, batch_size=4, progress=False, device="cpu",
                                      eval_split=0.0, tensorboard=False))
     final = tmp_path / "r" / "final"
     rm = load_reward_model(final, device="cpu")
@@ -378,8 +378,8 @@ def test_train_rm_push_to_hub_uploads_the_final_model(tiny_policy, tmp_path, mon
             for i, (q, s) in enumerate(zip(QUESTIONS * 2, STEPS * 2))]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train_reward_model(RMTrainConfig(kind="orm", base=str(tiny_policy), data=[str(data)],
-                                     out=str(tmp_path / "r"), max_steps=1, batch_size=4,
+    train_reward_model(RMTrainConfig(kind="orm", model=str(tiny_policy), data=[str(data)],
+                                     out=str(tmp_path / "r"), steps=1, batch_size=4,
                                      progress=False, device="cpu", eval_split=0.0,
                                      tensorboard=False, push_to_hub="me/tiny-orm"))
     [(_, _, _), (_, repo, kw)] = hub.calls

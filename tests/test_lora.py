@@ -1,4 +1,4 @@
-"""LoRA policies through peft (policy.lora): the reference is the policy with its adapter off,
+"""LoRA policies through peft (model.lora): the reference is the policy with its adapter off,
 only the adapter (and a value head) trains, checkpoints hold the adapter and resume exactly,
 final/ and final_merged/ load, and the fast engine is not used."""
 
@@ -41,11 +41,11 @@ def tiny_qwen2(tmp_path_factory):
 
 
 def _cfg(tmp_path, policy, probs, name, extra=()):
-    ov = [f"out={tmp_path / name}", f"policy.name_or_path={policy}",
+    ov = [f"out={tmp_path / name}", f"model.name_or_path={policy}",
           f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
           "steps=2", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=16",
           "minibatch_size=4", "ppo_epochs=1", "eval_every=0", "eval_k=0", "save_every=1",
-          "progress=false", "lr=1e-2", "entropy_coef=0.01", "policy.lora.r=4", "policy.dtype=float32", *extra]
+          "progress=false", "lr=1e-2", "entropy_coef=0.01", "model.lora.r=4", "model.dtype=float32", *extra]
     return load_config(RLConfig, None, ov)
 
 
@@ -59,23 +59,23 @@ def _no_fast_path(monkeypatch):
 def test_lora_config_fields_and_errors(tmp_path, tiny_policy, problems_dir):
     assert not LoRAConfig().enabled and LoRAConfig().modules() == "all-linear"
     assert LoRAConfig(r=2, target_modules="q_proj, v_proj").modules() == ["q_proj", "v_proj"]
-    cfg = _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "policy.lora.target_modules=[q_proj,o_proj]"])
-    assert cfg.policy.lora.modules() == ["q_proj", "o_proj"] and cfg.policy.lora.r == 4
-    with pytest.raises(ValueError, match=r"policy\.lora\.r > 0 .*value\.kind=shared"):
+    cfg = _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "model.lora.target_modules=[q_proj,o_proj]"])
+    assert cfg.model.lora.modules() == ["q_proj", "o_proj"] and cfg.model.lora.r == 4
+    with pytest.raises(ValueError, match=r"model\.lora\.r > 0 .*value\.kind=shared"):
         _cfg(tmp_path, tiny_policy, problems_dir, "c", ["algo=ppo", "value.kind=separate"])
-    _cfg(tmp_path, tiny_policy, problems_dir, "c", ["algo=ppo", "value.kind=separate", "policy.lora.r=0"])
+    _cfg(tmp_path, tiny_policy, problems_dir, "c", ["algo=ppo", "value.kind=separate", "model.lora.r=0"])
     with pytest.raises(ValueError, match="engine=fast cannot run a LoRA policy"):
         _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "sampling.engine=fast"])
     with pytest.raises(ValueError, match="lora.dropout"):
-        _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "policy.lora.dropout=1.5"])
+        _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "model.lora.dropout=1.5"])
     with pytest.raises(ConfigError):
-        _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "policy.lora.rank=4"])
+        _cfg(tmp_path, tiny_policy, problems_dir, "c", [*GRPO, "model.lora.rank=4"])
     with pytest.raises(ValueError, match="sft: model.lora"):
         load_config(SFTConfig, None, ["model.lora.r=4"])
 
 
 @pytest.mark.parametrize("kind,extra", [("testbed", PPO), ("testbed", GRPO),
-                                        ("qwen2", [*GRPO, "policy.lora.target_modules=q_proj,v_proj,down_proj"])])
+                                        ("qwen2", [*GRPO, "model.lora.target_modules=q_proj,v_proj,down_proj"])])
 def test_reference_is_the_adapter_off_and_only_the_adapter_trains(
         tmp_path, tiny_policy, tiny_qwen2, problems_dir, monkeypatch, kind, extra):
     _no_fast_path(monkeypatch)
@@ -125,7 +125,7 @@ def test_reference_is_the_adapter_off_and_only_the_adapter_trains(
 def test_resume_is_exact_and_final_dirs_load(tmp_path, tiny_policy, problems_dir, monkeypatch):
     _no_fast_path(monkeypatch)
     common = [*PPO, "steps=3", "reward.incorrect_reward=-1.0"]
-    full = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "full", [*common, "policy.lora.save_merged=true"]))
+    full = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "full", [*common, "model.lora.save_merged=true"]))
     part = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "part", [*common, "stop_at=1"]))
     assert part["rl/stopped_at"] == 1
     ckpt = tmp_path / "part" / "checkpoints" / "step_0000001"

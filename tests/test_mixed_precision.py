@@ -44,8 +44,8 @@ def _lm_head_dtypes(model) -> list[torch.dtype]:
 def _step(tmp_path, policy, probs, name, mixed: bool):
     # lr 1e-6, as for GSM8K fine-tuning: far below the spacing of bfloat16 near typical weights
     cfg = _cfg(tmp_path, policy, probs, name,
-               ["steps=1", "policy.dtype=bfloat16",
-                f"policy.mixed_precision={str(mixed).lower()}", "lr=1e-6",
+               ["steps=1", "model.dtype=bfloat16",
+                f"model.mixed_precision={str(mixed).lower()}", "lr=1e-6",
                 "reward.incorrect_reward=-1.0", "engine=hf", "sampling.engine=hf"])
     tr = RLTrainer(cfg)
     before = {n: p.detach().clone() for n, p in tr.policy.named_parameters()}

@@ -59,7 +59,7 @@ def test_no_checkpoint_of_non_finite_weights(tmp_path, tiny_policy):
 
 
 def _sft_cfg(tmp_path, **kw):
-    cfg = SFTConfig(out=str(tmp_path / "sft"), max_steps=6, batch_size=8, save_every=2, eval_every=0,
+    cfg = SFTConfig(out=str(tmp_path / "sft"), steps=6, batch_size=8, save_every=2, eval_every=0,
                     log_every=1, progress=False, lr=3e-3, warmup_steps=2, **kw)
     cfg.model.size = "tiny"
     cfg.data.n_train, cfg.data.n_test = 64, 0
@@ -102,7 +102,7 @@ def test_sft_persistent_nan_stops_with_a_clear_error(tmp_path, monkeypatch):
 
 
 def _rl_args(tmp_path, policy, probs):
-    return [f"out={tmp_path / 'rl'}", f"policy.name_or_path={policy}",
+    return [f"out={tmp_path / 'rl'}", f"model.name_or_path={policy}",
             f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
             "steps=2", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
             "minibatch_size=4", "eval_every=0", "eval_k=0", "save_every=1", "progress=false",

@@ -90,7 +90,7 @@ def test_step_pairs_first_error():
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """Oracle-labelled rows: each testbed problem's right solution and corrupted copies of it."""
-    train, _ = make_splits(TestbedConfig(max_steps=2), 12, 0, seed=0)
+    train, _ = make_splits(TestbedConfig(max_ops=2), 12, 0, seed=0)
     oracle = get_labeler("oracle")
     base = label_rows([{"id": p.id, "question": p.question, "gold": p.answer, "steps": p.steps,
                         "response": p.solution, "outcome": 1} for p in train], oracle)
@@ -110,7 +110,7 @@ def pair_files(samples, tmp_path_factory):
 
 
 def _cfg(out, pairs, loss="dpo", **kw):
-    kw = {"max_steps": 4, "batch_size": 4, "save_every": 2, "eval_every": 0, "log_every": 1,
+    kw = {"steps": 4, "batch_size": 4, "save_every": 2, "eval_every": 0, "log_every": 1,
           "progress": False, "lr": 1e-3, "warmup_steps": 1, "max_len": 48, **kw}
     cfg = POConfig(out=str(out), loss=loss, pairs=str(pairs), **kw)
     cfg.model.size = "tiny"
@@ -144,10 +144,10 @@ def test_every_loss_trains(tmp_path, pair_files, loss):
 
 
 def test_resume_is_exact(tmp_path, pair_files):
-    full = train_po(_cfg(tmp_path / "full", pair_files["outcome"], max_steps=6))
-    part = train_po(_cfg(tmp_path / "part", pair_files["outcome"], max_steps=6, stop_at=3))
+    full = train_po(_cfg(tmp_path / "full", pair_files["outcome"], steps=6))
+    part = train_po(_cfg(tmp_path / "part", pair_files["outcome"], steps=6, stop_at=3))
     assert part["po/stopped_at"] == 3
-    res = train_po(_cfg(tmp_path / "part", pair_files["outcome"], max_steps=6))
+    res = train_po(_cfg(tmp_path / "part", pair_files["outcome"], steps=6))
     assert res["po/loss"] == pytest.approx(full["po/loss"], abs=1e-6)
     ma, _ = load_model_and_tokenizer(tmp_path / "full" / "final")
     mb, _ = load_model_and_tokenizer(tmp_path / "part" / "final")
@@ -299,7 +299,7 @@ def test_iterative_rounds_resume_and_budget(tmp_path, monkeypatch, design):
                               max_new_tokens=16,
                               overrides=["po.model.size=tiny", "po.model.device=cpu",
                                          "po.data.n_train=20", "po.data.n_test=2",
-                                         "po.data.testbed.max_steps=2", "po.batch_size=4",
+                                         "po.data.testbed.max_ops=2", "po.batch_size=4",
                                          "po.max_len=48", "po.save_every=0", "po.eval_every=0"])
     assert cfg.rounds * cfg.problems_per_round * cfg.sampling.n == 24
     res = it.train_po_iterative(cfg)
@@ -324,7 +324,7 @@ def test_kto_on_unpaired_rows_and_trl_standard_pairs(tmp_path, samples):
     s = make_pair_file(samples, tmp_path / "kto.jsonl", "unpaired")
     rows = read_pairs(tmp_path / "kto.jsonl")
     assert s["n_pairs"] == len(rows) and {r["label"] for r in rows} == {True, False}
-    res = train_po(_cfg(tmp_path / "kto", tmp_path / "kto.jsonl", "kto", max_steps=2))
+    res = train_po(_cfg(tmp_path / "kto", tmp_path / "kto.jsonl", "kto", steps=2))
     assert "po/kl" in res and torch.isfinite(torch.tensor(res["po/loss"]))
     # TRL's standard format (prompt used verbatim, EOS after the completions): the same
     # sequences, so the same losses, as rewardlab's format
@@ -333,8 +333,8 @@ def test_kto_on_unpaired_rows_and_trl_standard_pairs(tmp_path, samples):
         make_pair_file(samples, tmp_path / f"{kind}_trl.jsonl", kind, fmt="trl")
         trl = read_pairs(tmp_path / f"{kind}_trl.jsonl")
         assert "prompt" in trl[0] and "question" not in trl[0]
-        a = train_po(_cfg(tmp_path / f"a_{kind}", tmp_path / f"{kind}.jsonl", "simpo", max_steps=2))
-        b = train_po(_cfg(tmp_path / f"b_{kind}", tmp_path / f"{kind}_trl.jsonl", "simpo", max_steps=2))
+        a = train_po(_cfg(tmp_path / f"a_{kind}", tmp_path / f"{kind}.jsonl", "simpo", steps=2))
+        b = train_po(_cfg(tmp_path / f"b_{kind}", tmp_path / f"{kind}_trl.jsonl", "simpo", steps=2))
         assert a["po/loss"] == pytest.approx(b["po/loss"], abs=1e-6)
 
 

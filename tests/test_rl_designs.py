@@ -16,7 +16,7 @@ from rewardlab.rl.vine import distinct_prefixes, mc_step_values, step_prefix
 
 
 def _cfg(tmp_path, policy, probs, name, extra=()):
-    ov = [f"out={tmp_path / name}", f"policy.name_or_path={policy}",
+    ov = [f"out={tmp_path / name}", f"model.name_or_path={policy}",
           f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
           "steps=2", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=16",
           "minibatch_size=4", "ppo_epochs=1", "eval_every=0", "eval_k=0", "save_every=1",

@@ -16,7 +16,7 @@ def prompt_batch_indices(n, per_step, step, seed):
 
 
 def _cfg(tmp_path, policy, probs, name, extra=()):
-    ov = [f"out={tmp_path / name}", f"policy.name_or_path={policy}",
+    ov = [f"out={tmp_path / name}", f"model.name_or_path={policy}",
           f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
           "steps=2", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=16",
           "minibatch_size=4", "ppo_epochs=1", "eval_every=0", "eval_k=0", "save_every=1",
@@ -62,7 +62,7 @@ def test_ppo_updates_every_policy_and_value_parameter(tmp_path, tiny_policy, pro
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])   # bfloat16: mixed precision
 def test_rl_resume_is_exact(tmp_path, tiny_policy, problems_dir, dtype):
-    d = [f"policy.dtype={dtype}"]
+    d = [f"model.dtype={dtype}"]
     full = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "full", ["steps=3", *d]))
     part = train_rl(_cfg(tmp_path, tiny_policy, problems_dir, "part", ["steps=3", "stop_at=1", *d]))
     assert part["rl/stopped_at"] == 1
@@ -282,7 +282,7 @@ def test_trust_remote_code_reaches_every_model_the_rl_run_loads(tmp_path, tiny_p
             return _orig(c, *a, **k)
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "trc",
-                   ["policy.trust_remote_code=true", f"reward.prm.path={tiny_policy}",
+                   ["model.trust_remote_code=true", f"reward.prm.path={tiny_policy}",
                     'reward.prm.tag=" ки"']))
     loads = {name for name, _ in seen}
     assert {"AutoModelForCausalLM", "AutoModel", "AutoTokenizer"} <= loads   # policy, critic, tokenizers

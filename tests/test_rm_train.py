@@ -57,7 +57,7 @@ def write_pair_rows(path, n=24, seed=0, step_pref=False):
 
 
 def _cfg(tmp_path, tiny_policy, data, **kw):
-    base = dict(base=str(tiny_policy), data=[str(data)], out=str(tmp_path / "run"), batch_size=8,
+    base = dict(model=str(tiny_policy), data=[str(data)], out=str(tmp_path / "run"), batch_size=8,
                 epochs=1, lr=3e-3, warmup_ratio=0.0, progress=False, device="cpu", log_every=1,
                 eval_split=0.2)
     base.update(kw)
@@ -172,10 +172,10 @@ def test_every_objective_trains(tmp_path, tiny_policy, kind, extra, key):
         data = write_pair_rows(tmp_path / "d.jsonl", n=16, step_pref=kind == "prm_pref")
     cfg_kind = {"prm_pref": "prm", "prm_soft": "prm"}.get(kind, kind)
     cfg = _cfg(tmp_path, tiny_policy, data, kind=cfg_kind, preference=kind == "prm_pref",
-               max_steps=4, **extra)
+               steps=4, **extra)
     m = train_reward_model(cfg)
     assert key in m and math.isfinite(m["rm/final_loss"])
-    assert m["rm/steps"] == m["rm/total_steps"] == 4                 # max_steps sets the run
+    assert m["rm/steps"] == m["rm/total_steps"] == 4                 # steps sets the run
     rm = load_reward_model(tmp_path / "run", device="cpu")            # a run dir loads final/
     assert rm.kind == cfg_kind
     if kind == "prm_soft":

@@ -50,7 +50,7 @@ def test_sft_labels_mask_prompt(tiny_policy):
 
 
 def _sft_cfg(tmp_path, out, **kw):
-    cfg = SFTConfig(out=str(tmp_path / out), max_steps=6, batch_size=8, save_every=3, eval_every=0,
+    cfg = SFTConfig(out=str(tmp_path / out), steps=6, batch_size=8, save_every=3, eval_every=0,
                     log_every=1, progress=False, lr=3e-3, warmup_steps=2, **kw)
     cfg.model.size = "tiny"
     cfg.data.n_train, cfg.data.n_test = 64, 0
@@ -75,7 +75,7 @@ def test_sft_resume_matches_uninterrupted_run(tmp_path):
 
 def test_sft_lowers_loss(tmp_path):
     cfg = _sft_cfg(tmp_path, "c")
-    cfg.max_steps = 30
+    cfg.steps = 30
     cfg.save_every = 0
     train_sft(cfg)
     from rewardlab.training.metrics import read_metrics

@@ -14,7 +14,7 @@ from rewardlab.rl.config import RLConfig
 from rewardlab.sft.trainer import SFTConfig
 from rewardlab.training.rundir import config_diff, prepare_run_dir
 
-SFT = ["--set", "max_steps=2", "--set", "batch_size=4", "--set", "model.size=tiny",
+SFT = ["--set", "steps=2", "--set", "batch_size=4", "--set", "model.size=tiny",
        "--set", "data.n_train=16", "--set", "data.n_test=0", "--set", "progress=false",
        "--set", "eval_every=0", "--set", "save_every=1", "--set", "log_every=1"]
 

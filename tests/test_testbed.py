@@ -23,7 +23,7 @@ def test_reference_solutions_are_correct_and_compact():
 
 
 def test_generation_is_seeded_and_knobs_hold():
-    cfg = TestbedConfig(min_steps=3, max_steps=3, max_operand=5, ops="+-", unnecessary_rate=0)
+    cfg = TestbedConfig(min_ops=3, max_ops=3, max_operand=5, ops="+-", unnecessary_rate=0)
     a = generate_problems(cfg, 50, seed=7)
     b = generate_problems(cfg, 50, seed=7)
     assert [p.question for p in a] == [p.question for p in b]
@@ -62,8 +62,8 @@ def test_oracle_handles_garbage():
 
 
 def test_bad_knobs_fail_loudly():
-    with pytest.raises(ValueError, match="min_steps"):
-        generate_problems(TestbedConfig(min_steps=5, max_steps=2), 5)
+    with pytest.raises(ValueError, match="min_ops"):
+        generate_problems(TestbedConfig(min_ops=5, max_ops=2), 5)
     with pytest.raises(ValueError, match="ops"):
         generate_problems(TestbedConfig(ops="^"), 5)
     with pytest.raises(ValueError, match="out of range"):

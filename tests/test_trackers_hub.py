@@ -200,12 +200,133 @@ def test_sft_report_to_wandb_goes_through_accelerate_with_run_name_and_config(tm
     [t] = fake_wandb.instances
     assert t.started and t.finished
     assert t.run_name == "rewardlab" and t.kwargs == {"name": "sft-w", "dir": str(out)}
-    assert t.config["max_steps"] == 2 and t.config["model.size"] == "tiny"
+    assert t.config["steps"] == 2 and t.config["model.size"] == "tiny"
     assert t.config["report_to"] == "wandb"
     # every metrics.jsonl row reached the tracker, value for value
     rows = _rows_without_time(out / "metrics.jsonl")
     assert [(s, v) for s, v in t.rows] == [(r.pop("step"), r) for r in rows]
     assert not (out / "tb").exists()                 # wandb only: TensorBoard left out
+
+
+# ------------------------------------------------------------------------------ real trackers
+#
+# With the tracker's package installed (``pip install 'rewardlab[wandb]'``, ``[mlflow]``,
+# ``[trackio]``), a run logs to its offline store, and the values read back from that store are
+# metrics.jsonl's. Without the package the test is skipped.
+
+def _wandb_history(out) -> dict[int, dict]:
+    """step → the values an offline wandb run in ``out/wandb`` recorded, read from its
+    transaction log (``run-*.wandb``: LevelDB log records of ``wandb_internal_pb2.Record``)."""
+    import struct
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    pos, part, block, hist = 7, b"", 32768, {}
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:            # a block's tail too short for a header: padding
+            pos += block - pos % block
+            continue
+        _crc, n, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        data, pos = raw[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind == 0:
+            break
+        part = data if kind in (1, 2) else part + data      # full, first | middle, last
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(part)
+            if rec.WhichOneof("record_type") == "history":
+                row = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                       for i in rec.history.item}                  # "sft/loss": nested_key
+                hist.setdefault(rec.history.step.num, {}).update(
+                    {k: v for k, v in row.items() if not k.startswith("_")})
+    return hist
+
+
+def _mlflow_history(out) -> dict[int, dict]:
+    """step → the metrics of the one run in the MLflow store at ``MLFLOW_TRACKING_URI``."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient()
+    [exp] = [e for e in client.search_experiments() if e.name == T.PROJECT]
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.data.tags["mlflow.runName"].endswith(f"-{out.name}")   # <trainer>-<out dir>
+    hist: dict[int, dict] = {}
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            hist.setdefault(m.step, {})[key] = m.value
+    return hist
+
+
+def _trackio_history(out) -> dict[int, dict]:
+    """step → the values of the local trackio run (its SQLite store under ``TRACKIO_DIR``)."""
+    from trackio.sqlite_storage import SQLiteStorage
+    [run] = SQLiteStorage.get_runs(T.PROJECT)
+    hist: dict[int, dict] = {}
+    for row in SQLiteStorage.get_logs(T.PROJECT, run):
+        step = row.get("step")
+        hist.setdefault(step, {}).update({k: v for k, v in row.items()
+                                          if k not in ("step", "timestamp") and not k.startswith("_")})
+    return hist
+
+
+def _offline(name: str, tmp_path, monkeypatch):
+    """Point tracker ``name`` at a store under ``tmp_path``, fully offline; returns its reader."""
+    pytest.importorskip(name)
+    if name == "wandb":
+        for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb-dir"),
+                           "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+                           "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+                           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+        return _wandb_history
+    if name == "mlflow":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        return _mlflow_history
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    monkeypatch.delenv("TRACKIO_SPACE_ID", raising=False)
+    for mod in [m for n, m in sys.modules.items() if n.split(".")[0] == "trackio"]:
+        if hasattr(mod, "TRACKIO_DIR"):   # read from the environment once, at import
+            monkeypatch.setattr(mod, "TRACKIO_DIR", tmp_path / "trackio")
+    return _trackio_history
+
+
+def _assert_same_metrics(hist: dict[int, dict], out) -> None:
+    """Every metrics.jsonl row's finite numbers are in the tracker's history at its step."""
+    rows = _rows_without_time(out / "metrics.jsonl")
+    assert rows
+    for r in rows:
+        step = r.pop("step")
+        want = {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
+        assert {k: hist.get(step, {}).get(k) for k in want} == pytest.approx(want), step
+
+
+@pytest.mark.parametrize("name", ["wandb", "mlflow", "trackio"])
+def test_sft_logs_its_metrics_to_the_real_tracker_offline(tmp_path, monkeypatch, name):
+    history = _offline(name, tmp_path, monkeypatch)
+    out = tmp_path / "s"
+    assert main(SFT + ["--out", str(out), "--report-to", name]) == 0
+    _assert_same_metrics(history(out), out)
+
+
+@pytest.mark.parametrize("name", ["wandb", "mlflow", "trackio"])
+def test_rl_logs_its_metrics_to_the_real_tracker_offline(tiny_policy, problems_dir, tmp_path,
+                                                         monkeypatch, name):
+    history = _offline(name, tmp_path, monkeypatch)
+    out = tmp_path / "rl"
+    assert main(["rl", "--model", str(tiny_policy), "--out", str(out), "--steps", "2",
+                 "--report-to", name, "--set", "algo=grpo",
+                 "--set", f"data.train_path={problems_dir / 'train.jsonl'}",
+                 "--set", f"data.test_path={problems_dir / 'test.jsonl'}",
+                 "--set", "prompts_per_step=2", "--set", "sampling.n=2",
+                 "--set", "sampling.max_new_tokens=8", "--set", "minibatch_size=4",
+                 "--set", "eval_every=0", "--set", "eval_k=0", "--set", "save_every=0",
+                 "--set", "progress=false", "--set", "data.n_test=2"]) == 0
+    hist = history(out)
+    _assert_same_metrics(hist, out)
+    assert all("reward/total" in hist[s] for s in (1, 2)), hist   # both steps arrived
 
 
 def test_report_to_is_not_part_of_a_runs_identity():
@@ -344,7 +465,7 @@ def test_po_iterative_logs_round_rows_to_its_trackers_and_pushes_the_last_policy
                  "--set", "rounds=2", "--set", "problems_per_round=3", "--set", "sampling.n=2",
                  "--set", "eval_rounds=false", "--set", "po.model.size=tiny",
                  "--set", "po.model.device=cpu", "--set", "po.data.n_train=8",
-                 "--set", "po.data.n_test=0", "--set", "po.data.testbed.max_steps=2",
+                 "--set", "po.data.n_test=0", "--set", "po.data.testbed.max_ops=2",
                  "--set", "po.batch_size=2", "--set", "po.max_len=48", "--set", "po.save_every=0",
                  "--set", "po.eval_every=0", "--set", "po.progress=false",
                  "--set", "po.report_to=none"]) == 0

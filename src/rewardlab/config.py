@@ -13,6 +13,11 @@ where the field's range closes on it, ``"[0, inf]"``), and a field named in its 
     RANGES: ClassVar[dict[str, str]] = {"lr": "(0, inf)", "gamma": "[0, 1]", "grad_clip": "[0, inf]"}
 
 The error names the dotted field, the value and the allowed interval.
+
+Renamed keys (one naming across the CLI and configs, docs/cli_naming.md) are listed in one place,
+:data:`RENAMED_KEYS`: a YAML file, a ``--set`` override or a dict given to :func:`from_dict` may
+still use the old key for one release; it loads as the new one with a
+:class:`ConfigKeyDeprecationWarning` naming both, and giving both is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +41,122 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value that cannot be used; the message names the dotted key."""
+
+
+class ConfigKeyDeprecationWarning(DeprecationWarning):
+    """A config key that was renamed: it still loads (as the new key) for one release."""
+
+
+# Shown by default (Python hides DeprecationWarning outside __main__): a user's YAML file is
+# where the old key is, so the library has to say so wherever it is loaded.
+warnings.filterwarnings("default", category=ConfigKeyDeprecationWarning)
+
+
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "SFTConfig": {"max_steps": "steps"},
+    "POConfig": {"max_steps": "steps"},
+    "RMTrainConfig": {"max_steps": "steps", "base": "model"},
+    "RLConfig": {"policy": "model"},
+    "TestbedConfig": {"min_steps": "min_ops", "max_steps": "max_ops"},
+}
+"""config class name → {old key: new key}: the deprecated keys, which load (with a warning) for
+one release and then go. Nested sections follow their class wherever they sit
+(``po.max_steps`` of an ``IterativePOConfig``, ``data.testbed.max_steps`` of any config)."""
+
+
+def _section_class(typ: Any) -> type | None:
+    """The dataclass a field of type ``typ`` holds (through ``X | None``), else None."""
+    if dataclasses.is_dataclass(typ) and isinstance(typ, type):
+        return typ
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        for a in typing.get_args(typ):
+            if dataclasses.is_dataclass(a) and isinstance(a, type):
+                return a
+    return None
+
+
+def _field_class(cls: type, name: str) -> type | None:
+    """The dataclass that field ``name`` of config class ``cls`` holds, else None."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:   # noqa: BLE001 - an unresolvable annotation: no section to follow
+        return None
+    return _section_class(hints.get(name)) if name in hints else None
+
+
+def _deprecated_key(old: str, new: str, where: str) -> None:
+    warnings.warn(f"{where}config key {old} is deprecated, use {new} (the old key will be removed "
+                  "in the next release)", ConfigKeyDeprecationWarning, stacklevel=4)
+
+
+def rename_keys(cls: type, data: dict, prefix: str = "", where: str = "", *,
+                strict: bool = True, warn: bool = True, recurse: bool = True) -> dict:
+    """``data`` (a nested dict of config ``cls``) with every deprecated key of
+    :data:`RENAMED_KEYS` renamed to its new name, warning once per key (``warn``), in the nested
+    sections too (``recurse``). ``prefix`` is the dotted path of ``data`` and ``where`` the
+    message's start (a file name). An old key given beside its new one is a :class:`ConfigError`
+    (``strict``), else the new one wins. Other keys are left as they are (:func:`from_dict`
+    refuses the unknown ones).
+
+    >>> rename_keys(type("SFTConfig", (), {}), {"max_steps": 5}, warn=False)
+    {'steps': 5}
+    """
+    renames = RENAMED_KEYS.get(cls.__name__, {})
+    out: dict = {}
+    for key, value in data.items():
+        new = renames.get(key) if isinstance(key, str) else None
+        if new is not None:
+            if new in data:
+                if strict:
+                    raise ConfigError(f"{where}config keys {prefix}{key} and {prefix}{new} are both "
+                                      f"given: {prefix}{key} is the deprecated name of {prefix}{new}; "
+                                      f"keep only {prefix}{new}")
+                continue
+            if warn:
+                _deprecated_key(prefix + key, prefix + new, where)
+            key = new
+        sub = _field_class(cls, key) if recurse and isinstance(value, dict) else None
+        out[key] = rename_keys(sub, value, f"{prefix}{key}.", where, strict=strict, warn=warn) \
+            if sub is not None else value
+    return out
+
+
+def rename_override_keys(cls: type, overrides: list[str]) -> list[str]:
+    """``key.sub=value`` overrides with their deprecated keys (at any depth) renamed, warning
+    once per key; the same field given under its old and its new name is a :class:`ConfigError`.
+
+    >>> rename_override_keys(type("RLConfig", (), {}), ["policy=x", "seed=1"])
+    ['model=x', 'seed=1']
+    """
+    out: list[str] = []
+    spelled: dict[str, str] = {}   # new dotted key → how it was first written
+    warned: set[str] = set()
+    for ov in overrides:
+        if "=" not in ov:
+            out.append(ov)   # apply_overrides says what is wrong with it
+            continue
+        key, raw = ov.split("=", 1)
+        dashes = "--" if key.strip().startswith("--") else ""
+        parts = key.strip().removeprefix("--").split(".")
+        node: type | None = cls
+        new_parts: list[str] = []
+        for i, part in enumerate(parts):
+            new = RENAMED_KEYS.get(node.__name__, {}).get(part) if node is not None else None
+            if new is not None:
+                old_path = ".".join(new_parts + [part])
+                if old_path not in warned:
+                    warned.add(old_path)
+                    _deprecated_key(old_path, ".".join(new_parts + [new]), "--set: ")
+                part = new
+            new_parts.append(part)
+            node = _field_class(node, part) if node is not None and i < len(parts) - 1 else None
+        new_key, old_key = ".".join(new_parts), ".".join(parts)
+        first = spelled.setdefault(new_key, old_key)
+        if first != old_key:
+            raise ConfigError(f"overrides {first}=... and {old_key}=... set the same config key: "
+                              f"{new_key} (the old name is deprecated); keep only {new_key}")
+        out.append(f"{dashes}{new_key}={raw}" if new_key != old_key else ov)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +307,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict, checking keys and types."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = rename_keys(cls, data, prefix, recurse=False)
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}"
@@ -239,12 +362,12 @@ def load_config(cls: type[T], path: str | Path | None = None,
             raise ConfigError(f"{where}: malformed YAML: {what}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
-        _deep_update(data, loaded, cls, str(p) + ": ")
-    apply_overrides(data, list(overrides or []))
+        _deep_update(data, rename_keys(cls, loaded, where=f"{p}: "))
+    apply_overrides(data, rename_override_keys(cls, list(overrides or [])))
     return from_dict(cls, data)
 
 
-def _deep_update(base: dict, new: dict, cls: Any = None, where: str = "") -> None:
+def _deep_update(base: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             _deep_update(base[k], v)

@@ -215,7 +215,7 @@ def _done(path: Path) -> bool:
 def _sft_config(cfg: DemoConfig, out: Path, steps: int) -> SFTConfig:
     """The testbed SFT recipe for ``steps`` steps into ``out``."""
     b = cfg.budget
-    sc = SFTConfig(out=str(out), max_steps=steps, eval_every=0, save_every=100,
+    sc = SFTConfig(out=str(out), steps=steps, eval_every=0, save_every=100,
                    progress=cfg.progress)
     sc.data.n_train, sc.data.n_test = b.n_train, b.n_test
     sc.data.testbed.unnecessary_rate = b.unnecessary_rate
@@ -292,9 +292,9 @@ def rm_configs(cfg: DemoConfig, backbone: Path, policy: Path | None = None) -> l
     out = Path(cfg.out) / "rm"
     bases = {"prm": backbone,
              "orm": backbone if b.orm_from_backbone or policy is None else policy}
-    return [RMTrainConfig(kind=kind, base=str(bases[kind]), data=[str(out / "samples.jsonl")],
+    return [RMTrainConfig(kind=kind, model=str(bases[kind]), data=[str(out / "samples.jsonl")],
                           eval_data=[str(out / "eval_samples.jsonl")], out=str(out / kind), tag=PRM_TAG,
-                          lr=b.rm_lr, batch_size=32, max_steps=b.rm_steps, progress=cfg.progress)
+                          lr=b.rm_lr, batch_size=32, steps=b.rm_steps, progress=cfg.progress)
             for kind in ("orm", "prm")]
 
 
@@ -357,7 +357,7 @@ def rl_config(cfg: DemoConfig, design: str, seed: int, sft_dir: Path, rm_dir: Pa
     b = cfg.budget
     ov = list(DESIGNS[design][1]) + [
         f"out={Path(cfg.out) / 'rl' / design / f's{seed}'}", f"seed={seed}",
-        f"policy.name_or_path={sft_dir / 'final'}", f"data.train_path={sft_dir / 'train.jsonl'}",
+        f"model.name_or_path={sft_dir / 'final'}", f"data.train_path={sft_dir / 'train.jsonl'}",
         f"data.test_path={sft_dir / 'test.jsonl'}", f"steps={b.rl_steps}", f"lr={b.rl_lr}",
         f"prompts_per_step={b.rl_prompts}", f"sampling.n={b.rl_n}", f"eval_every={b.eval_every}",
         f"eval_k={b.eval_k}", f"save_every={max(b.rl_steps // 4, 1)}", f"progress={cfg.progress}",
@@ -675,7 +675,7 @@ def plan_jobs(cfg: DemoConfig) -> tuple[list[Job], dict[str, list[Path]], list[s
     want(Job("rm data", "rm data", _job_rm_data, cfg, ("sft",)),
          _done(rm_dir / "samples.jsonl") and _done(rm_dir / "eval_samples.jsonl"))
     for rc in rm_configs(cfg, backbone / "final", sft_dir / "final"):
-        deps = ("rm data",) + (("rm backbone",) if rc.base == str(backbone / "final") else ())
+        deps = ("rm data",) + (("rm backbone",) if rc.model == str(backbone / "final") else ())
         want(Job(f"rm {rc.kind}", "rm training", _job_rm, rc, deps), _rm_cached(rc))
     runs: dict[str, list[Path]] = {}
     rl_jobs: list[Job] = []

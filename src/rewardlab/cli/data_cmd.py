@@ -41,12 +41,12 @@ def _show(name: str, split: str, n: int, path: Optional[str]) -> None:
     console.print(f"{len(problems)} problem(s) from {escape(str(name))} \\[{escape(split)}]")
 
 
-def _testbed(n: int, out: Path, seed: int, min_steps: Optional[int], max_steps: Optional[int],
+def _testbed(n: int, out: Path, seed: int, min_ops: Optional[int], max_ops: Optional[int],
              max_operand: Optional[int]) -> None:
     """Generate testbed problems and write them as ``Problem.to_dict()`` rows."""
 
     check_outputs(files=[("--out", out)])
-    knobs = {"min_steps": min_steps, "max_steps": max_steps, "max_operand": max_operand}
+    knobs = {"min_ops": min_ops, "max_ops": max_ops, "max_operand": max_operand}
     cfg = TestbedConfig(**{k: v for k, v in knobs.items() if v is not None})
     try:
         problems = generate_problems(cfg, n, seed)
@@ -94,14 +94,14 @@ def register(app: typer.Typer) -> None:
                                       help="Number of problems."),
                 out: Path = typer.Option(Path("problems.jsonl"), "--out", help="Output JSONL."),
                 seed: int = typer.Option(0, "--seed", help="Random seed."),
-                min_steps: Optional[int] = typer.Option(None, "--min-ops",
-                                                        help="Fewest arithmetic operations."),
-                max_steps: Optional[int] = typer.Option(None, "--max-ops",
-                                                        help="Most arithmetic operations."),
+                min_ops: Optional[int] = typer.Option(None, "--min-ops",
+                                                      help="Fewest arithmetic operations."),
+                max_ops: Optional[int] = typer.Option(None, "--max-ops",
+                                                      help="Most arithmetic operations."),
                 max_operand: Optional[int] = typer.Option(None, "--max-operand",
                                                           help="Largest operand of + and -.")) -> None:
         """Generate arithmetic testbed problems (rows are Problem.to_dict())."""
-        _testbed(n, out, seed, min_steps, max_steps, max_operand)
+        _testbed(n, out, seed, min_ops, max_ops, max_operand)
 
     app.add_typer(data_app, name="data")
 

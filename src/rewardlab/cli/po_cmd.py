@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
            pairs: Optional[str] = typer.Option(None, "--pairs", help="Training pairs (JSONL)."),
            model: Optional[str] = typer.Option(None, "--model", help="Policy: hub id, directory or 'testbed'."),
            out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
-           max_steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (config max_steps)."),
+           steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (config: steps)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
                                           "afresh (else a run there with another config is refused)."),
            report_to: Optional[str] = REPORT_TO_OPTION,
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
 
         ov = list(set_)
         for key, val in (("loss", loss), ("pairs", pairs), ("model.name_or_path", model), ("out", out),
-                         ("max_steps", max_steps)):
+                         ("steps", steps)):
             if val is not None:
                 ov.append(f"{key}={val}")
         if overwrite:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
            out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
            model: Optional[str] = typer.Option(None, "--model", help="The policy to train: a "
                                                "checkpoint directory or hub id (config: "
-                                               "policy.name_or_path)."),
+                                               "model.name_or_path)."),
            steps: Optional[int] = typer.Option(None, "--steps", min=1,
                                                help="RL steps (config: steps)."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start afresh "
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
 
-        ov = [f"{k}={v}" for k, v in (("out", out), ("policy.name_or_path", model),
+        ov = [f"{k}={v}" for k, v in (("out", out), ("model.name_or_path", model),
                                       ("steps", steps)) if v is not None]
         ov = ov + output_overrides(report_to, push_to_hub) + list(set_) + (["overwrite=true"] if overwrite else [])
         cfg = load_config(RLConfig, config, ov)

@@ -39,13 +39,13 @@ Strs = Optional[list[str]]
 def train_rm(
     kind: Annotated[Str, typer.Option(help="orm | prm | bt")] = None,
     data: Annotated[Strs, typer.Option(help="Training JSONL (repeat for several files).")] = None,
-    base: Annotated[Str, typer.Option("--model", help="Backbone to train: policy dir, hub id or "
-                                      "'testbed' (config: base).")] = None,
+    model: Annotated[Str, typer.Option("--model", help="Backbone to train: policy dir, hub id or "
+                                       "'testbed' (config: model).")] = None,
     out: Annotated[Str, typer.Option(help="Run directory.")] = None,
     form: Annotated[Str, typer.Option(help="PRM form: lm | head.")] = None,
     eval_data: Annotated[Strs, typer.Option(help="Held-out JSONL (repeatable).")] = None,
     steps: Annotated[Optional[int], typer.Option(
-        "--steps", min=1, help="Optimizer steps (config: max_steps; default: from epochs).")] = None,
+        "--steps", min=1, help="Optimizer steps (config: steps; default: from epochs).")] = None,
     data_format: Annotated[Str, typer.Option(
         "--format", help="Row format of --data: auto (detected per row) | rewardlab | trl | "
         "trl-stepwise | trl-preference | trl-unpaired (config: data_format).")] = None,
@@ -65,8 +65,8 @@ def train_rm(
     above < --set."""
 
     overrides = []
-    for key, value in (("kind", kind), ("base", base), ("out", out), ("form", form),
-                       ("max_steps", steps), ("data_format", data_format)):
+    for key, value in (("kind", kind), ("model", model), ("out", out), ("form", form),
+                       ("steps", steps), ("data_format", data_format)):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
     for key, value in (("data", data), ("eval_data", eval_data)):

@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
             out: Optional[str] = typer.Option(None, "--out", help="Run directory."),
             model: Optional[str] = typer.Option(None, "--model", help="Hub id, local dir or 'testbed'."),
             dataset: Optional[str] = typer.Option(None, "--dataset", help="testbed | gsm8k | file.jsonl"),
-            max_steps: Optional[int] = typer.Option(None, "--steps", min=1,
-                                                    help="Optimizer steps (config: max_steps)."),
+            steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                                help="Optimizer steps (config: steps)."),
             overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out and start "
                                            "afresh (else a run there with another config is refused)."),
             report_to: Optional[str] = REPORT_TO_OPTION,
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         ov = list(set_)
         for key, val in (("out", out), ("model.name_or_path", model), ("data.dataset", dataset),
-                         ("max_steps", max_steps)):
+                         ("steps", steps)):
             if val is not None:
                 ov.append(f"{key}={val}")
         if overwrite:

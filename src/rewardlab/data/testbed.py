@@ -52,13 +52,13 @@ class TestbedConfig:
 
     __test__ = False  # not a pytest test class
     RANGES: ClassVar[dict[str, str]] = {
-        "min_steps": "[1, 12]", "max_steps": "[1, 12]", "min_operand": "[0, inf)",
+        "min_ops": "[1, 12]", "max_ops": "[1, 12]", "min_operand": "[0, inf)",
         "max_operand": "[0, inf)", "max_multiplier": "[1, inf)", "max_value": "[1, inf)",
         "unnecessary_rate": "[0, 1]"}
 
-    min_steps: int = 2
+    min_ops: int = 2
     """Fewest operations (= reasoning steps before the answer line) in a problem."""
-    max_steps: int = 4
+    max_ops: int = 4
     """Most operations in a problem."""
     min_operand: int = 1
     """Smallest operand of + and - (and the start value)."""
@@ -74,10 +74,10 @@ class TestbedConfig:
     """Fraction of reference solutions that carry one correct-but-unnecessary step."""
 
     def validate(self) -> None:
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ValueError("testbed: need 1 <= min_steps <= max_steps")
-        if self.max_steps > 12:
-            raise ValueError("testbed: max_steps > 12 will not fit the ~64-token budget")
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError("testbed: need 1 <= min_ops <= max_ops")
+        if self.max_ops > 12:
+            raise ValueError("testbed: max_ops > 12 will not fit the ~64-token budget")
         if not 0 <= self.min_operand <= self.max_operand:
             raise ValueError("testbed: need 0 <= min_operand <= max_operand")
         if not set(self.ops) <= set(OP_TEXT) or not self.ops:
@@ -121,7 +121,7 @@ def _draw_op(rng: random.Random, cfg: TestbedConfig, value: int) -> tuple[str, i
 
 def generate_problem(rng: random.Random, cfg: TestbedConfig, pid: str) -> Problem:
     """Draw one problem and its reference solution."""
-    n_ops = rng.randint(cfg.min_steps, cfg.max_steps)
+    n_ops = rng.randint(cfg.min_ops, cfg.max_ops)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     v = rng.randint(max(cfg.min_operand, 1), cfg.max_operand)
     start = v

@@ -1,7 +1,7 @@
 """LoRA policies through peft: loading, the reference model, merged export.
 
-With ``policy.lora.r > 0`` (:class:`rewardlab.models.loading.LoRAConfig`) the RL policy is the
-base model ``policy.name_or_path`` wrapped by ``peft.get_peft_model``: only the adapter's A and B
+With ``model.lora.r > 0`` (:class:`rewardlab.models.loading.LoRAConfig`) the RL policy is the
+base model ``model.name_or_path`` wrapped by ``peft.get_peft_model``: only the adapter's A and B
 matrices train (B starts at zero, so the wrapped model computes exactly what the base computes).
 The reference model of the KL term is the same network with the adapter switched off
 (``with policy.disable_adapter():``), not a second copy, so before the first update the reference
@@ -37,7 +37,7 @@ def require_peft():
     try:
         import peft
     except ImportError:
-        raise ImportError("policy.lora.r > 0 needs peft: pip install 'rewardlab[lora]'") from None
+        raise ImportError("model.lora.r > 0 needs peft: pip install 'rewardlab[lora]'") from None
     return peft
 
 

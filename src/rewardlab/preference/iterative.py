@@ -4,7 +4,7 @@ Round r (``<out>/round_<r>/``) samples ``sampling.n`` responses to ``problems_pe
 training problems from the current policy (the start policy in round 0, round r-1's ``final/``
 after), labels them (``labeler``: the verifier's outcome always, step labels from the oracle or
 Monte-Carlo completions), builds pairs (``kind``; written to ``pairs.jsonl``) and trains on them
-with :func:`~rewardlab.preference.trainer.train_po` for ``po.max_steps`` steps. The reference model
+with :func:`~rewardlab.preference.trainer.train_po` for ``po.steps`` steps. The reference model
 of round r is the policy it starts from (``ref: previous``, iterative RPO, Pang et al. 2024,
 arXiv 2404.19733) or the start policy throughout (``ref: start``).
 
@@ -74,8 +74,8 @@ class IterativePOConfig:
     max_pairs_per_problem: int = 4
     """At most this many pairs per problem and round (0: all)."""
     epochs: float = 2.0
-    """Passes over each round's pairs: po.max_steps = ⌈epochs · pairs / po.batch_size⌉ per round
-    (0: po.max_steps as set)."""
+    """Passes over each round's pairs: po.steps = ⌈epochs · pairs / po.batch_size⌉ per round
+    (0: po.steps as set)."""
     ref: str = "previous"
     """Reference model of each round: previous (the policy the round starts from) | start."""
     eval_k: int = 0
@@ -218,11 +218,11 @@ def _run_rounds(cfg: IterativePOConfig, out: Path, train, test, tracker,
             rc.data = dataclasses.replace(rc.data, n_test=0, train_path=None, test_path=None)
             rc.seed = cfg.po.seed * 1000 + r
             if cfg.epochs > 0:
-                rc.max_steps = max(1, math.ceil(cfg.epochs * info["round/n_pairs"] / rc.batch_size))
+                rc.steps = max(1, math.ceil(cfg.epochs * info["round/n_pairs"] / rc.batch_size))
             done = rdir / "po_summary.json"
             res = json.loads(done.read_text()) if done.exists() else train_po(rc)
             policy = str(rdir / "final")
-            steps += rc.max_steps
+            steps += rc.steps
             info = {**info, **{k: v for k, v in res.items() if k.startswith("po/")}}
             wall += res.get("po/wall_s", 0.0)
         if test and cfg.eval_rounds:

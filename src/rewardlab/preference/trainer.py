@@ -41,7 +41,7 @@ class POConfig:
     """Preference-optimisation settings."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "max_steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
+        "steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
         "warmup_steps": "[0, inf)", "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)",
         "grad_clip": "[0, inf]", "max_len": "[2, inf)", "eval_every": "[0, inf)",
         "save_every": "[0, inf)", "log_every": "[0, inf)", "stop_at": "[0, inf)",
@@ -66,7 +66,7 @@ class POConfig:
     hparams: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
     """The losses' β, λ, γ."""
     seed: int = 0
-    max_steps: int = 100
+    steps: int = 100
     """Optimizer steps."""
     batch_size: int = 16
     """Pairs per micro-batch (2 × batch_size sequences per forward pass)."""
@@ -350,12 +350,12 @@ def train_po(cfg: POConfig) -> dict:
     _, test = load_problems(cfg.data, cfg.seed, None) if cfg.data.n_test else ([], [])
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
     eng.restore(opt, sched)
     model.train()
     last: dict = {}
-    with eng.progress_bar(cfg.max_steps) as bar:
-        for step in range(eng.start, cfg.max_steps):
+    with eng.progress_bar(cfg.steps) as bar:
+        for step in range(eng.start, cfg.steps):
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
                 idx = dist.shard(epoch_batch(len(pairs), cfg.batch_size,
@@ -377,10 +377,10 @@ def train_po(cfg: POConfig) -> dict:
             done = step + 1
             last = {**{f"po/{k}": v for k, v in sums.items()}, "po/grad_norm": gnorm,
                     "po/lr": sched.get_last_lr()[0], "train/skipped_steps": eng.skipped_steps}
-            if eng.due(done, cfg.log_every, cfg.max_steps):
+            if eng.due(done, cfg.log_every, cfg.steps):
                 eng.log(done, last)
             # sharded weights: every rank joins every forward, so all evaluate (rank 0 logs)
-            if (dist.is_main or dist.sharded) and eng.due(done, cfg.eval_every, cfg.max_steps) \
+            if (dist.is_main or dist.sharded) and eng.due(done, cfg.eval_every, cfg.steps) \
                     and (eval_set or test):
                 ev = evaluate_pairs(model, eval_set, ref_eval, cfg, tok.pad_token_id, device, prec) \
                     if eval_set else {}
@@ -390,10 +390,10 @@ def train_po(cfg: POConfig) -> dict:
                     model.train()
                 eng.log(done, ev)
                 last.update(ev)
-            if eng.due(done, cfg.save_every, cfg.max_steps):
+            if eng.due(done, cfg.save_every, cfg.steps):
                 eng.save(done, model, tok, opt, sched)
             bar(done, f"loss {sums['loss']:.3f} acc {sums.get('rewards/accuracies', float('nan')):.2f}")
-            if cfg.stop_at and done >= cfg.stop_at and done < cfg.max_steps:
+            if cfg.stop_at and done >= cfg.stop_at and done < cfg.steps:
                 eng.save(done, model, tok, opt, sched)
                 eng.close()
                 return {**last, "po/stopped_at": done}

@@ -9,7 +9,7 @@ whose math lives in :mod:`rewardlab.reward_models.losses`. The loop is AdamW wit
 cosine decay, gradient accumulation and clipping, a rich progress bar, TensorBoard + JSONL
 metrics (``<out>/tb``, ``<out>/metrics.jsonl``) and HF-format checkpoints under
 ``<out>/checkpoints`` that resume exactly: the data order is a pure function of the seed and the
-step, and the LR schedule spans ``max_steps`` (or all ``epochs``) whatever ``stop_after`` says,
+step, and the LR schedule spans ``steps`` (or all ``epochs``) whatever ``stop_after`` says,
 so a run stopped early (or killed) continues where it left off when called again. At the end
 the held-out split is scored: step AUROC/F1/ECE (PRM), outcome AUROC/ECE (ORM), pairwise
 accuracy (BT and PRM step preferences). The trained model lands in ``<out>/final``.
@@ -50,7 +50,7 @@ class RMTrainConfig:
     """Reward-model training settings."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "eval_split": "[0, 1)", "epochs": "(0, inf)", "max_steps": "[0, inf)", "stop_after": "[0, inf)",
+        "eval_split": "[0, 1)", "epochs": "(0, inf)", "steps": "[0, inf)", "stop_after": "[0, inf)",
         "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)", "warmup_ratio": "[0, 1)",
         "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)", "grad_clip": "[0, inf]",
         "margin": "[0, inf)", "centering": "[0, inf)", "max_len": "[1, inf)", "save_every": "[0, inf)",
@@ -63,11 +63,11 @@ class RMTrainConfig:
     preference: bool = False
     """PRM only: train from step preferences (rows with prefix/chosen_step/rejected_step) with
     the Bradley–Terry loss on the steps' logit(P('+'))."""
-    base: str = "testbed"
+    model: str = "testbed"
     """Backbone: a policy checkpoint directory, a hub id, or ``testbed`` (a fresh random testbed
     policy is created under ``<out>/init``)."""
     size: str = "tiny"
-    """Testbed backbone size (tiny | small | base) when ``base`` is ``testbed``."""
+    """Testbed backbone size (tiny | small | base) when ``model`` is ``testbed``."""
     data: list[str] = field(default_factory=list)
     """Training JSONL file(s) (row formats in rewardlab.reward_models.data)."""
     eval_data: list[str] = field(default_factory=list)
@@ -80,8 +80,8 @@ class RMTrainConfig:
     out: str = "runs/rm"
     """Run directory (checkpoints/, final/, metrics.jsonl, tb/, rm_summary.json)."""
     epochs: float = 1.0
-    """Passes over the training rows; sets the run's length when ``max_steps`` is 0."""
-    max_steps: int = 0
+    """Passes over the training rows; sets the run's length when ``steps`` is 0."""
+    steps: int = 0
     """Optimizer steps of the whole run (and of the LR schedule); 0: from ``epochs``. The data
     is cycled through fresh permutations as needed."""
     stop_after: int = 0
@@ -302,10 +302,10 @@ def encode_rows(rm: RewardModel, rows: list, cfg: RMTrainConfig) -> tuple[list[t
 
 
 def total_steps(n: int, cfg: RMTrainConfig) -> int:
-    """Optimizer steps of the whole run: ``max_steps`` when set, else
+    """Optimizer steps of the whole run: ``steps`` when set, else
     ceil(epochs · ceil(n / batch_size) / grad_accum)."""
-    if cfg.max_steps:
-        return cfg.max_steps
+    if cfg.steps:
+        return cfg.steps
     return max(1, math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size) / cfg.grad_accum))
 
 
@@ -399,7 +399,7 @@ def _build_or_resume(cfg: RMTrainConfig, out: Path, dtype: str, ckpt: Path | Non
             raise ConfigError(f"rm: the checkpoint {ckpt} was trained with {got}, the config says "
                              f"{want}; use another out directory or pass --overwrite")
         return rm, ckpt
-    base = cfg.base
+    base = cfg.model
     if base == "testbed":
         base = str(out / "init")
         if dist.is_main:   # one process writes the random base, the others load it
@@ -500,8 +500,8 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
 
 def _card(rm: RewardModel, cfg: RMTrainConfig, summary: dict):
     """The final model's card: its base, data, held-out metrics and the command."""
-    base = f"testbed ({cfg.size}, random init, seed {cfg.seed})" if cfg.base == "testbed" \
-        else cfg.base
+    base = f"testbed ({cfg.size}, random init, seed {cfg.seed})" if cfg.model == "testbed" \
+        else cfg.model
     data = list(cfg.data) + [f"{d} (held out)" for d in cfg.eval_data]
     if not cfg.eval_data and cfg.eval_split > 0:
         data.append(f"{cfg.eval_split:g} of the rows held out for evaluation (seed {cfg.seed})")

@@ -126,7 +126,7 @@ class ValueConfig:
 @dataclass
 class PrimeConfig:
     """PRIME (``advantage=prime``; Cui et al., arXiv 2502.01456): an implicit PRM π_φ, initialised
-    from the SFT policy (``policy.name_or_path``) and trained online on outcome labels, gives
+    from the SFT policy (``model.name_or_path``) and trained online on outcome labels, gives
     token rewards β·log π_φ(y_t)/π_ref(y_t) (Yuan et al., arXiv 2412.01981)."""
 
     beta: float = 0.05
@@ -165,7 +165,8 @@ class RLConfig:
     advantage: str | None = None
     """gae | grpo_outcome | grpo_process | dr_grpo | rloo | prime | vine; None: gae for ppo,
     grpo_outcome for grpo. prime and vine use no critic, whatever ``algo`` says."""
-    policy: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="runs/sft/final"))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="runs/sft/final"))
+    """The policy to train (``--model``: ``model.name_or_path``) and how to load it."""
     data: DataConfig = field(default_factory=lambda: DataConfig(
         train_path="runs/sft/train.jsonl", test_path="runs/sft/test.jsonl"))
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=4, temperature=1.0,
@@ -303,17 +304,17 @@ class RLConfig:
         if self.value.kind not in ("separate", "shared"):
             raise ValueError("rl: value.kind must be separate or shared")
         try:
-            self.policy.lora.validate()
+            self.model.lora.validate()
         except ValueError as e:
-            raise ValueError(f"rl: policy.{e}") from None
-        if self.policy.lora.enabled:
+            raise ValueError(f"rl: model.{e}") from None
+        if self.model.lora.enabled:
             if self.uses_critic and self.value.kind != "shared":
-                raise ValueError("rl: policy.lora.r > 0 with a critic (advantage gae) needs "
+                raise ValueError("rl: model.lora.r > 0 with a critic (advantage gae) needs "
                                  "value.kind=shared (a value head on the LoRA policy's hidden "
                                  f"states), got value.kind={self.value.kind}")
             for name, eng in (("engine", self.engine), ("sampling.engine", self.sampling.engine)):
                 if eng == "fast":
-                    raise ValueError(f"rl: {name}=fast cannot run a LoRA policy (policy.lora.r > 0); "
+                    raise ValueError(f"rl: {name}=fast cannot run a LoRA policy (model.lora.r > 0); "
                                      "use auto or hf")
         if self.clip_eps_high is not None and self.clip_eps_high < 0:
             raise ValueError(f"rl: clip_eps_high must be >= 0 (or null: clip_eps), got {self.clip_eps_high}")

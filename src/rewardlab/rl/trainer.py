@@ -110,13 +110,13 @@ class RLTrainer:
         # PRM's inputs and for the token positions where its rewards go
         self.step_sep = "\n\n" if self.style == "math" else "\n"
         self.testbed = all(p.source == "testbed" for p in self.train_set[:50])
-        pc = cfg.policy
+        pc = cfg.model
         self.ckpt = self.engine.checkpoint
         src = self.ckpt or pc.name_or_path
         # bfloat16 runs keep float32 weights and autocast their passes (ModelConfig.mixed_precision);
         # the reference model is stored like the policy, so the two agree exactly at step 0
         self.prec = training_precision(pc.dtype, pc.device, pc.mixed_precision)
-        # LoRA (policy.lora.r > 0): the base from name_or_path + a fresh or the checkpoint's adapter
+        # LoRA (model.lora.r > 0): the base from name_or_path + a fresh or the checkpoint's adapter
         self.policy, self.tok = load_policy(pc, self.ckpt, self.prec.storage)
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
@@ -179,14 +179,14 @@ class RLTrainer:
                 head.load(Path(self.ckpt) / "value")
             return head
         init = Path(self.ckpt) / "value" if self.ckpt is not None else (
-            self.cfg.value.init or self.cfg.policy.name_or_path)
-        return ValueModel.from_pretrained(init, trust_remote_code=self.cfg.policy.trust_remote_code
+            self.cfg.value.init or self.cfg.model.name_or_path)
+        return ValueModel.from_pretrained(init, trust_remote_code=self.cfg.model.trust_remote_code
                                           ).to(self.device)
 
     def _build_prime(self) -> None:
         """PRIME: the implicit PRM π_φ (the run's checkpoint, else the SFT policy), its optimizer
         and π_ref (the policy's reference model, loaded here when the KL term has none)."""
-        cfg, pc = self.cfg, self.cfg.policy
+        cfg, pc = self.cfg, self.cfg.model
         init = Path(self.ckpt) / "prime_rm" if self.ckpt is not None else pc.name_or_path
         self.prime_rm, _ = load_model_and_tokenizer(init, self.prec.storage, pc.device,
                                                     pc.trust_remote_code)
@@ -242,7 +242,7 @@ class RLTrainer:
         if not path:
             return None
         return load_reward_model(path, device=str(self.device), spec=spec,
-                                 trust_remote_code=self.cfg.policy.trust_remote_code)
+                                 trust_remote_code=self.cfg.model.trust_remote_code)
 
     # ------------------------------------------------------------------ one step
     def values_of(self, input_ids, attention_mask, n_resp: int, hidden=None) -> torch.Tensor:
@@ -597,8 +597,8 @@ class RLTrainer:
                     + (f" acc {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else ""))
         eng.close()
         final = eng.save_final(self.policy, self.tok)   # LoRA: the adapter
-        if cfg.policy.lora.save_merged and self.dist.is_main:   # LoRA: + the merged full model
-            save_merged(final, cfg.policy, self.out / "final_merged", self.prec.storage)
+        if cfg.model.lora.save_merged and self.dist.is_main:   # LoRA: + the merged full model
+            save_merged(final, cfg.model, self.out / "final_merged", self.prec.storage)
         self.dist.barrier()
         if getattr(self, "_last_eval_rows", None) is not None:
             write_jsonl(self.out / "eval_predictions.jsonl", self._last_eval_rows)

@@ -33,7 +33,7 @@ class SFTConfig:
     """Supervised fine-tuning settings."""
 
     RANGES: ClassVar[dict[str, str]] = {
-        "max_steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
+        "steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)", "lr": "(0, inf)",
         "warmup_steps": "[0, inf)", "min_lr_ratio": "[0, 1]", "weight_decay": "[0, inf)",
         "grad_clip": "[0, inf]", "max_len": "[2, inf)", "eval_every": "[0, inf)",
         "save_every": "[0, inf)", "log_every": "[0, inf)", "stop_at": "[0, inf)",
@@ -44,7 +44,7 @@ class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
-    max_steps: int = 300
+    steps: int = 300
     """Optimizer steps (testbed default: ~0.5 greedy accuracy in 2-3 min on 2 cores, room for RL)."""
     batch_size: int = 64
     """Sequences per micro-batch."""
@@ -89,7 +89,7 @@ class SFTConfig:
     def validate(self) -> None:
         check_numbers(self)
         if self.model.lora.enabled:
-            raise ValueError("sft: model.lora is for rl only (policy.lora); set model.lora.r=0")
+            raise ValueError("sft: model.lora is for rl only; set model.lora.r=0")
         self.data.validate()
 
 
@@ -192,12 +192,12 @@ def train_sft(cfg: SFTConfig) -> dict:
                               cfg.max_len)
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
     eng.restore(opt, sched)
     model.train()
     last: dict = {}
-    with eng.progress_bar(cfg.max_steps) as bar:
-        for step in range(eng.start, cfg.max_steps):
+    with eng.progress_bar(cfg.steps) as bar:
+        for step in range(eng.start, cfg.steps):
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
                 idx = epoch_batch(len(examples), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
@@ -214,20 +214,20 @@ def train_sft(cfg: SFTConfig) -> dict:
             done = step + 1
             last = {"sft/loss": loss_sum, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0],
                     "train/skipped_steps": eng.skipped_steps}
-            if eng.due(done, cfg.log_every, cfg.max_steps):
+            if eng.due(done, cfg.log_every, cfg.steps):
                 eng.log(done, last)
             # sharded weights: every rank joins every forward, so all evaluate (rank 0 logs)
-            if test and (dist.is_main or dist.sharded) and eng.due(done, cfg.eval_every, cfg.max_steps):
+            if test and (dist.is_main or dist.sharded) and eng.due(done, cfg.eval_every, cfg.steps):
                 with prec.autocast():
                     ev = evaluate_greedy(model, tok, test, cfg.data.answer_style(), prompt_fn)
                 eng.log(done, ev)
                 last.update(ev)
                 model.train()
-            if eng.due(done, cfg.save_every, cfg.max_steps):
+            if eng.due(done, cfg.save_every, cfg.steps):
                 eng.save(done, model, tok, opt, sched)
             bar(done, f"loss {loss_sum:.3f}"
                 + (f" acc {last['eval/accuracy']:.3f}" if "eval/accuracy" in last else ""))
-            if cfg.stop_at and done >= cfg.stop_at and done < cfg.max_steps:
+            if cfg.stop_at and done >= cfg.stop_at and done < cfg.steps:
                 eng.save(done, model, tok, opt, sched)
                 eng.close()
                 return {**last, "sft/stopped_at": done}

@@ -344,21 +344,17 @@ def _describe_data(data) -> list[str]:
 
 def run_card(name: str, config=None, final: Path | None = None) -> ModelCard:
     """A card for a trainer's final model from what its config says: the base model
-    (``model``/``policy`` ``.name_or_path``, or ``base``), the data and the command."""
-    base = None
-    for attr in ("model", "policy"):
-        sub = getattr(config, attr, None)
-        if getattr(sub, "name_or_path", None):
-            base = str(sub.name_or_path)
-            break
-    base = base or (str(config.base) if getattr(config, "base", None) else None)
+    (``model.name_or_path``, or ``model`` itself when a string), the data and the command."""
+    sub = getattr(config, "model", None)
+    base = sub if isinstance(sub, str) and sub else (
+        str(sub.name_or_path) if getattr(sub, "name_or_path", None) else None)
     if base == "testbed":
         size = getattr(getattr(config, "model", None), "size", None)
         base = f"testbed ({size + ', ' if size else ''}random init)"
     adapter = final is not None and (Path(final) / "adapter_config.json").exists()
     if name == "sft":
         title, what = "SFT model", "policy fine-tuned with supervised learning on worked solutions"
-    elif getattr(config, "policy", None) is not None:   # the RL trainer names runs by algorithm
+    elif getattr(config, "algo", None) is not None:   # the RL trainer names runs by algorithm
         title, what = "RL model", (f"policy trained with reinforcement learning ({name}) on "
                                    "rewardlab's reward designs")
     else:

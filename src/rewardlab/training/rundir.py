@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from rewardlab.config import ConfigError
+from rewardlab.config import ConfigError, rename_keys
 from rewardlab.io import check_output_dir, DataError, probe_write, write_text
 
 # fields that may differ between the calls of one run: where it is, how it is shown (and to
@@ -192,7 +192,9 @@ def prepare_run_dir(out: str | os.PathLike, cfg: Any, name: str = "run", *,
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError(f"{name}: {saved} is unreadable ({str(e).splitlines()[0]}); pass "
                               "--overwrite (overwrite=true) to start afresh there") from None
-        diffs = config_diff(old if isinstance(old, dict) else {}, new)
+        # a run recorded before a config key was renamed compares under the new names
+        old = rename_keys(type(cfg), old, strict=False, warn=False) if isinstance(old, dict) else {}
+        diffs = config_diff(old, new)
         if diffs:
             shown = "; ".join(f"{k}: {_show(a)} → {_show(b)}" for k, a, b in diffs[:12])
             more = f" (and {len(diffs) - 12} more)" if len(diffs) > 12 else ""
