@@ -437,7 +437,7 @@ def corpus(f: dict) -> list[Case]:
              demo / "results.json"),
             ("demo --rl-set policy in its stages",
              ["demo", "--quick", "--out", demo, "--rl-set",
-              f"policy.name_or_path={demo / 'sft' / 'final'}"], demo / "sft" / "final"),
+              f"model.name_or_path={demo / 'sft' / 'final'}"], demo / "sft" / "final"),
             ("rl policy = its own final --overwrite",
              [*base["rl"], "--model", r0, "--out", r0.parent, "--overwrite"], r0),
             ("rl critic init = its own final",

@@ -176,14 +176,14 @@ def test_run_inputs_are_every_path_a_config_names(tmp_path, capsys):
     from rewardlab.training.rundir import run_inputs
 
     rl = dict(run_inputs(load_config(RLConfig, None, [
-        "policy.name_or_path=p", "value.init=v", "reward.prm.path=prm", "reward.orm.path=orm",
+        "model.name_or_path=p", "value.init=v", "reward.prm.path=prm", "reward.orm.path=orm",
         "data.train_path=t.jsonl", "data.test_path=e.jsonl"])))
-    assert {k: rl[k] for k in ("policy.name_or_path", "value.init", "reward.prm.path",
+    assert {k: rl[k] for k in ("model.name_or_path", "value.init", "reward.prm.path",
                                "reward.orm.path", "data.train_path", "data.test_path")} == {
-        "policy.name_or_path": "p", "value.init": "v", "reward.prm.path": "prm",
+        "model.name_or_path": "p", "value.init": "v", "reward.prm.path": "prm",
         "reward.orm.path": "orm", "data.train_path": "t.jsonl", "data.test_path": "e.jsonl"}
-    rm = run_inputs(RMTrainConfig(base="b", data=["a.jsonl", "b.jsonl"], eval_data=["c.jsonl"]))
-    assert ("data", "b.jsonl") in rm and ("eval_data", "c.jsonl") in rm and ("base", "b") in rm
+    rm = run_inputs(RMTrainConfig(model="b", data=["a.jsonl", "b.jsonl"], eval_data=["c.jsonl"]))
+    assert ("data", "b.jsonl") in rm and ("eval_data", "c.jsonl") in rm and ("model", "b") in rm
     it = dict(run_inputs(load_config(IterativePOConfig, None, ["po.model.name_or_path=m",
                                                                "po.ref_model=r"])))
     assert it["po.model.name_or_path"] == "m" and it["po.ref_model"] == "r"
@@ -196,4 +196,4 @@ def test_run_inputs_are_every_path_a_config_names(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
     # a rule-free call: a hub id or testbed is not on disk, so never refused
     from rewardlab.training.rundir import check_run_inputs
-    check_run_inputs(out, [("policy.name_or_path", "Qwen/Qwen2.5-0.5B"), ("x", "testbed")], True)
+    check_run_inputs(out, [("model.name_or_path", "Qwen/Qwen2.5-0.5B"), ("x", "testbed")], True)

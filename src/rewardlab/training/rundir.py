@@ -31,7 +31,7 @@ RUN_FILES = ("checkpoints", "final", "tb", "metrics.jsonl", "config.yaml", "eval
 RUN_GLOBS = ("*_summary.json", "round_*")
 # config fields (at any depth) that name an input: a model, a data or pairs file, a reward model
 INPUT_FIELDS = frozenset({"name_or_path", "dataset", "train_path", "test_path", "path", "init",
-                          "base", "data", "eval_data", "pairs", "eval_pairs", "ref_model"})
+                          "model", "data", "eval_data", "pairs", "eval_pairs", "ref_model"})
 
 
 def check_run_out(out: str | os.PathLike) -> Path:
