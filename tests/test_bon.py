@@ -3,7 +3,7 @@ import pytest
 
 from rewardlab.data.testbed import generate_problems
 from rewardlab.eval.bon import (best_of_n, bon_table, default_ns, run_bon, score_samples,
-                                weighted_vote)
+                                weighted_vote, within_problem_auroc)
 from rewardlab.eval.evaluate import pass_at_k
 from rewardlab.eval.plots import plot_bon, plot_curves
 from rewardlab.reward_models.models import ScoreResult
@@ -141,3 +141,29 @@ def test_run_bon_real_models(tiny_policy, tiny_rms, tmp_path):
     assert res["ns"] == [1, 2, 4] and all(0 <= v <= 1 for t in table.values() for v in t.values())
     assert (tmp_path / "bon.json").exists() and (tmp_path / "samples.jsonl").exists()
     assert (tmp_path / "bon.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(res["auroc"]) == {"orm", "prm-product", "prm-min", "prm-last"}
+    assert all(set(a) == {"within_problem_auroc", "pooled_auroc"} for a in res["auroc"].values())
+
+
+def test_within_problem_auroc_sees_through_problem_difficulty():
+    """A scorer that knows only how hard each problem is (its score = the problem's share of right
+    answers) ranks well pooled over problems but not within one; a scorer that ranks each
+    problem's right answers first gets 1.0 whatever its scale per problem."""
+    from rewardlab.stats import auroc
+    _, _, correct = _setup(n_problems=12, m=16, seed=3)
+    rng = np.random.default_rng(0)
+    difficulty = np.repeat(correct.mean(axis=1, keepdims=True), correct.shape[1], axis=1)
+    w, n = within_problem_auroc(correct, difficulty)
+    mixed = [i for i in range(len(correct)) if 0 < correct[i].sum() < correct.shape[1]]
+    assert n == len(mixed) and w == pytest.approx(0.5)
+    assert auroc(difficulty.ravel(), correct.ravel()) > 0.6
+    offset = rng.normal(size=(len(correct), 1)) * 10        # each problem on its own scale
+    ranker = correct + 0.1 * rng.random(correct.shape) + offset
+    assert within_problem_auroc(correct, ranker)[0] == pytest.approx(1.0)
+    assert within_problem_auroc(correct, -ranker)[0] == pytest.approx(0.0)
+    # an unscored response (-inf, nan) ranks below every scored one
+    c = np.array([[1.0, 0.0, 0.0]])
+    assert within_problem_auroc(c, [[0.1, -np.inf, np.nan]])[0] == 1.0
+    assert within_problem_auroc(np.ones((2, 3)), np.zeros((2, 3))) == (pytest.approx(np.nan, nan_ok=True), 0)
+    with pytest.raises(ValueError, match="same"):
+        within_problem_auroc(c, [[0.1, 0.2]])

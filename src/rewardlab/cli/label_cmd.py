@@ -245,4 +245,7 @@ def register(app: typer.Typer) -> None:
                       n_trials=n_trials, out=out, device=device, step_split=step_split_for(style),
                       rm_specs=rm_specs)
         console.print(bon_table(res["table"]))
+        for k, a in res["auroc"].items():
+            console.print(f"{k}: AUROC within a problem {a['within_problem_auroc']:.3f} "
+                          f"(pooled over problems {a['pooled_auroc']:.3f})")
         console.print(f"wrote {escape(str(out / 'bon.json'))} and bon.png")

@@ -30,6 +30,7 @@ from rewardlab.io import write_json, write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.models.sampling import check_sample_count, generate_rollouts, SamplingConfig
 from rewardlab.reward_models.models import load_reward_model
+from rewardlab.stats import auroc
 
 
 def default_ns(max_n: int) -> list[int]:
@@ -65,6 +66,26 @@ def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> st
         return None
     best = max(mass.values())
     return next(a for a in mass if mass[a] == best)
+
+
+def within_problem_auroc(correct, scores) -> tuple[float, int]:
+    """How well a scorer ranks the responses *to one problem*, averaged over problems:
+
+        AUROC_within = (1/|Q|) Σ_{i ∈ Q} AUROC(scores[i, :], correct[i, :]),
+
+    Q the problems with at least one right and one wrong response (``correct``, ``scores``:
+    (P, M)). Best-of-N only ever compares responses to the same problem, so this, not the AUROC
+    pooled over problems, is what its accuracy follows: a scorer that has learned only how hard a
+    problem is has a pooled AUROC well above 0.5 and a within-problem AUROC of 0.5. Returns
+    (mean, |Q|); (nan, 0) when no problem has both."""
+    c = np.asarray(correct, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    if c.shape != s.shape or c.ndim != 2:
+        raise ValueError(f"within_problem_auroc: correct {c.shape} and scores {s.shape} must be "
+                         "the same (problems, samples) shape")
+    s = np.nan_to_num(s, nan=-1e30, neginf=-1e30, posinf=1e30)   # unscored: ranked last
+    vals = [auroc(s[i], c[i]) for i in range(len(c)) if 0 < c[i].sum() < c.shape[1]]
+    return (float(np.mean(vals)) if vals else float("nan")), len(vals)
 
 
 def best_of_n(problems: Sequence[Problem], samples: Sequence[Sequence[str]],
@@ -219,7 +240,13 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
 
     grader = Grader(style)
     table = best_of_n(problems, samples, scores, ns, style, n_trials, seed, grader, votes)
-    result = {"table": table, "ns": sorted(next(iter(table.values()))), "max_n": max_n,
+    correct = [[grader(s, p.answer)[1] for s in samples[i]] for i, p in enumerate(problems)]
+    flat_ok = [int(x) for row in correct for x in row]
+    separation = {k: {"within_problem_auroc": within_problem_auroc(correct, v)[0],
+                      "pooled_auroc": auroc(np.nan_to_num(np.asarray(v, float).ravel(), nan=-1e30,
+                                                          neginf=-1e30), flat_ok)}
+                  for k, v in scores.items()}
+    result = {"table": table, "auroc": separation, "ns": sorted(next(iter(table.values()))), "max_n": max_n,
               "n_problems": len(problems), "n_trials": n_trials, "seed": seed, "style": style,
               "temperature": temperature, "policy": str(policy_path),
               "reward_models": {k: str(v) for k, v in rm_paths.items()}}
@@ -228,7 +255,7 @@ def run_bon(policy_path: str | os.PathLike, problems: Sequence[Problem],
         out_dir = Path(out)
         write_jsonl(out_dir / "samples.jsonl", (
             {"id": p.id, "gold": p.answer, "responses": samples[i],
-             "correct": [grader(s, p.answer)[1] for s in samples[i]],
+             "correct": correct[i],
              "scores": {k: [x if np.isfinite(x) else None for x in v[i]] for k, v in scores.items()}}
             for i, p in enumerate(problems)))
         write_json(out_dir / "bon.json", result)

@@ -413,6 +413,14 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
                     md.append(f"| {meth} | " + " | ".join(
                         num(vals.get(str(n), vals.get(n))) for n in ns) + " |")
             md.append("")
+        if bon.get("auroc"):
+            md += ["How well each scorer separates right from wrong responses *to the same problem* "
+                   "(the AUROC within a problem, averaged over problems with both), which is what "
+                   "best-of-N follows, against the AUROC pooled over problems (which also rewards "
+                   "knowing which problems are hard):", ""]
+            md += [f"- {k}: within a problem {num(a.get('within_problem_auroc'))}, pooled "
+                   f"{num(a.get('pooled_auroc'))}" for k, a in bon["auroc"].items()]
+            md.append("")
     if curves:
         md += ["## Training curves", ""] + [f"![{p.stem}]({p.name})" for p in curves] + [""]
     write_text(out / "report.md", "\n".join(md))
