@@ -35,7 +35,8 @@ ZeRO-2 ≈ ``fsdp_reshard_after_forward: false``).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as tdist
@@ -96,6 +97,37 @@ class Dist:
                 m.set_gradient_divide_factor(1.0)
                 m.set_force_sum_reduction_for_comms(True)   # a plain SUM (gloo has no PREMUL_SUM)
         return model
+
+    @contextmanager
+    def gathered(self, model) -> Iterator:
+        """A context in which an FSDP-sharded ``model`` holds its full weights on every rank:
+        every FSDP module (the blocks and the root) is unsharded (an all-gather: every rank must
+        enter it, in the same order) and kept so through any forward inside (no reshard after a
+        block's forward), so what runs inside reads plain tensors and issues no collective. Each
+        rank may then run as many forwards as it likes (generation that stops at different
+        lengths on different ranks) and the fast paths of :mod:`rewardlab.models.fast` work on
+        the gathered weights. On exit the weights are sharded again and each module's
+        reshard-after-forward setting restored. Use it without gradients (rollouts, scoring,
+        evaluation): a backward here would bypass FSDP's reduce-scatter. For a model that is not
+        sharded (or None) it does nothing. Memory: the whole model per rank while inside."""
+        from torch.distributed.fsdp import FSDPModule
+        mods = [m for m in model.modules() if isinstance(m, FSDPModule)] if model is not None else []
+        if not mods:
+            yield model
+            return
+        groups = [g for m in mods for g in m._get_fsdp_state()._fsdp_param_groups]
+        saved = [g.post_forward_mesh_info for g in groups]
+        for g in groups:   # what set_reshard_after_forward(False) sets; restored exactly below
+            g.post_forward_mesh_info = None
+        try:
+            for m in mods:
+                m.unshard()
+            yield model
+        finally:
+            for g, info in zip(groups, saved):
+                g.post_forward_mesh_info = info
+            for m in mods:
+                m.reshard()
 
     def full_state_dict(self, model: torch.nn.Module) -> dict | None:
         """The full (unsharded) state dict of an FSDP model on rank 0's CPU ({} on the other
@@ -162,6 +194,15 @@ class Dist:
         t = torch.tensor(float(x), dtype=torch.float64)
         tdist.all_reduce(t)
         return type(x)(t.item()) if isinstance(x, int) else t.item()
+
+    def max(self, n: int) -> int:
+        """The largest of an int over ranks (e.g. the count of forward passes every rank must
+        join under FSDP)."""
+        if not self.active:
+            return n
+        t = torch.tensor(int(n), dtype=torch.int64)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return int(t.item())
 
     def sum_dict(self, d: dict[str, float]) -> dict[str, float]:
         """Σ over ranks of every value of a dict; a key missing on a rank counts 0 there (a rank
