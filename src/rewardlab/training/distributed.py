@@ -34,6 +34,7 @@ ZeRO-2 ≈ ``fsdp_reshard_after_forward: false``).
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -338,6 +339,26 @@ def is_sharded(model) -> bool:
     """Whether ``model`` holds FSDP-sharded (DTensor) parameters."""
     return model is not None and hasattr(model, "parameters") and any(
         _is_dtensor(p) for p in model.parameters())
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over ``params``, also when FSDP-sharded (DTensor) and
+    plain parameters share an optimizer (an FSDP policy with a replicated value head), which
+    torch's foreach kernels refuse to mix: the global norm ‖g‖ = √(‖g_sharded‖² + ‖g_plain‖²),
+    then every gradient × min(1, max_norm / (‖g‖ + 1e-6)). Returns ‖g‖ before clipping."""
+    params = [p for p in params if p.grad is not None]
+    sharded = [p for p in params if _is_dtensor(p)]
+    if not sharded or len(sharded) == len(params):
+        return to_float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    plain = [p for p in params if not _is_dtensor(p)]
+    norms = [to_float(torch.nn.utils.get_total_norm([p.grad for p in group]))
+             for group in (sharded, plain)]
+    total = math.sqrt(sum(n * n for n in norms))
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
 
 
 def to_float(x) -> float:

@@ -34,7 +34,7 @@ from rewardlab.training.checkpoint import (check_finite_state, check_finite_weig
                                            clean_stale_temps, load_trainer_state, resume_point,
                                            save_checkpoint, save_pretrained_full,
                                            TrainingDivergedError)
-from rewardlab.training.distributed import Dist, is_sharded, to_float
+from rewardlab.training.distributed import clip_grad_norm, Dist, is_sharded
 from rewardlab.training.metrics import MetricsLogger
 from rewardlab.training.hub import check_push, push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
@@ -69,7 +69,7 @@ def finite_step(params, optimizer, grad_clip: float, scheduler=None,
     params = list(params)
     if dist is not None:
         dist.sum_grads(params)
-    gnorm = to_float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    gnorm = clip_grad_norm(params, grad_clip if grad_clip > 0 else float("inf"))
     ok = math.isfinite(gnorm) and (loss is None or math.isfinite(loss))
     if ok:
         optimizer.step()
