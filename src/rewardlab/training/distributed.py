@@ -24,7 +24,9 @@ factor of 1 (a sum, not DDP's mean, since the losses are already over global cou
 :meth:`sum_grads` leaves those gradients alone. Checkpoints and the final model are gathered to a
 full state dict (:meth:`full_state_dict`, a collective every rank joins) and written by rank 0 in
 the usual Hugging Face layout; they load without FSDP and resume under it. Trainers that have not
-been ported to FSDP (those that never call :meth:`wrap`) are refused by the engine.
+been ported to FSDP (those that never call :meth:`wrap`) are refused by the engine. What cannot
+run in lockstep (sampling, which stops at different lengths on different ranks) runs inside
+:meth:`gathered`: the full weights on every rank, no collective, the fast paths available.
 
 **DeepSpeed** is recognised (``ACCELERATE_USE_DEEPSPEED``) and refused with a message: its engine
 owns backward and the optimizer step, which rewardlab's trainers do themselves; the shipped ZeRO
