@@ -193,13 +193,14 @@ def test_fsdp_po_dpo_stops_and_resumes(tmp_path, tiny_policy):
 # ---------------------------------------------------------------------------- rl
 def _rl_sets(tiny_policy, probs: Path, algo: str, extra: list[str]) -> list[str]:
     """3 RL steps of 4 prompts × 2 samples, scored by an LM-head PRM (the tiny policy itself, with
-    the step tag <s>, which a decoded response never contains); micro-batches of 3 rows in
-    minibatches of 4, so the ranks hold 1 to 3 rows of a minibatch and, under FSDP, the rank with
-    fewer passes runs weight-0 placeholder passes."""
+    the step tag <s>, which a decoded response never contains); micro-batches of 2 rows in
+    minibatches of 4 (random rows of the whole batch): at step 2 one rank holds 1 row of a
+    minibatch and the other 3, so under FSDP the first runs a weight-0 placeholder pass to match
+    the other's 2 passes (without it the collectives mismatch and the run aborts)."""
     return [f"algo={algo}", f"policy.name_or_path={tiny_policy}",
             f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
             "steps=3", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
-            "minibatch_size=4", "micro_batch_size=3", f"reward.prm.path={tiny_policy}",
+            "minibatch_size=4", "micro_batch_size=2", f"reward.prm.path={tiny_policy}",
             "reward.prm.tag=<s>", "reward.prm.alpha=1.0", "eval_every=0", "eval_k=0",
             "progress=false", "policy.device=cpu", "lr=1e-3", *extra]
 
