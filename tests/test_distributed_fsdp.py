@@ -166,6 +166,108 @@ def test_fsdp_po_kto_two_processes_match_one(tmp_path, tiny_policy):
         assert two[k] == pytest.approx(one[k], abs=1e-5), k
 
 
+@pytest.mark.timeout(900)
+def test_fsdp_po_dpo_stops_and_resumes(tmp_path, tiny_policy):
+    """DPO under FSDP stopped after step 2 (the gathered policy and the sharded optimizer's state
+    by name) and resumed with 2 processes: the weights of an uninterrupted one-process run."""
+    from rewardlab.preference.trainer import POConfig, train_po
+    from tests.test_rm_train import _problems
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"question": p.question, "chosen": "\n".join(p.steps),
+                         "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
+    sets = ["loss=dpo", f"pairs={pairs}", f"model.name_or_path={tiny_policy}", "model.device=cpu",
+            "batch_size=4", "max_steps=3", "warmup_steps=0", "lr=1e-3", "max_len=48",
+            "eval_every=0", "save_every=1", "progress=false"]
+    train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
+    out = str(tmp_path / "two")
+    r = _launch_fsdp(["po", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (tmp_path / "two" / "final").exists()
+    ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
+    assert __import__("torch").load(ckpt / "trainer_state.pt", weights_only=False)["extra"]["world_size"] == 2
+    r = _launch_fsdp(["po", "--out", out, *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
+
+
+# ---------------------------------------------------------------------------- rl
+def _rl_sets(tiny_policy, probs: Path, algo: str, extra: list[str]) -> list[str]:
+    """3 RL steps of 4 prompts × 2 samples, scored by an LM-head PRM (the tiny policy itself, with
+    the step tag <s>, which a decoded response never contains); micro-batches of 2 rows in
+    minibatches of 4 (random rows of the whole batch): at step 2 one rank holds 1 row of a
+    minibatch and the other 3, so under FSDP the first runs a weight-0 placeholder pass to match
+    the other's 2 passes (without it the collectives mismatch and the run aborts)."""
+    return [f"algo={algo}", f"policy.name_or_path={tiny_policy}",
+            f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
+            "steps=3", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
+            "minibatch_size=4", "micro_batch_size=2", f"reward.prm.path={tiny_policy}",
+            "reward.prm.tag=<s>", "reward.prm.alpha=1.0", "eval_every=0", "eval_k=0",
+            "progress=false", "policy.device=cpu", "lr=1e-3", *extra]
+
+
+@pytest.fixture(scope="module")
+def rl_probs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fsdp_rl")
+    train, test = make_splits(TestbedConfig(max_steps=2), 48, 4, seed=0)
+    write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
+    write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
+    return d
+
+
+def _train_rl_one(sets: list[str], out: Path) -> dict:
+    from rewardlab.rl.config import RLConfig
+    from rewardlab.rl.trainer import train_rl
+    return train_rl(load_config(RLConfig, None, sets + [f"out={out}"]))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_fsdp_rl_two_processes_match_one(tmp_path, tiny_policy, rl_probs, algo):
+    """PPO (a separate critic, sharded like the policy and the reference model) and GRPO under
+    FSDP: rollouts on gathered weights, the replicated PRM's scores, the update through FSDP.
+    The final policy (and the PPO critic) match a one-process run; the held-out evaluation runs
+    on rank 0 with gathered weights."""
+    sets = _rl_sets(tiny_policy, rl_probs, algo, ["save_every=10"])
+    one = _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
+    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    assert one["reward/prm_step_mean"] > 0
+    for k in ("reward/prm_step_mean", "reward/total", "kl/ref", "eval/accuracy"):
+        assert two[k] == pytest.approx(one[k], abs=1e-5), k
+    if algo == "ppo":   # the critic: gathered into the checkpoint in its own layout
+        value = tmp_path / "two" / "checkpoints" / "step_0000003" / "value"
+        one_value = tmp_path / "one" / "checkpoints" / "step_0000003" / "value"
+        assert _max_diff(_weights(one_value), _weights(value)) <= 1e-5
+        head = load_file(str(value / "value_head.safetensors"))
+        ref_head = load_file(str(one_value / "value_head.safetensors"))
+        assert _max_diff(ref_head, head) <= 1e-5 and head["weight"].abs().max() > 0
+
+
+@pytest.mark.timeout(900)
+def test_fsdp_rl_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
+    """PPO with a value head on the policy (replicated, beside the sharded policy: one optimizer
+    over both, its state saved by name) stopped after step 2 and resumed under FSDP: the weights
+    of an uninterrupted one-process run."""
+    sets = _rl_sets(tiny_policy, rl_probs, "ppo", ["value.kind=shared", "save_every=1"])
+    _train_rl_one(sets, tmp_path / "one")
+    out = str(tmp_path / "two")
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = __import__("torch").load(tmp_path / "two" / "checkpoints" / "step_0000002" / "trainer_state.pt",
+                                     weights_only=False)
+    keys = set(state["optimizer"]["state"])
+    assert "value.head.weight" in keys and any(k.startswith("policy.model.layers.") for k in keys)
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for sub in ("final", "checkpoints/step_0000003/value"):
+        a, b = tmp_path / "one" / sub, tmp_path / "two" / sub
+        files = ["model.safetensors"] if sub == "final" else ["value_head.safetensors"]
+        for f in files:
+            assert _max_diff(load_file(str(a / f)), load_file(str(b / f))) <= 1e-5, sub
+
+
 # ---------------------------------------------------------------------------- in one process
 @pytest.fixture
 def clean_env(monkeypatch):
@@ -195,8 +297,9 @@ def test_a_trainer_not_ported_to_fsdp_is_refused(tmp_path, clean_env):
     from rewardlab.training.engine import Engine
     clean_env.setenv("ACCELERATE_USE_FSDP", "true")
     clean_env.setenv("FSDP_VERSION", "2")
-    eng = Engine(tmp_path, "ppo", progress=False, tensorboard=False)
-    with pytest.raises(ValueError, match="ppo: this trainer does not run under FSDP yet"):
+    # every shipped trainer shards its model now; a new one that forgets Engine.prepare is refused
+    eng = Engine(tmp_path, "mytrainer", progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="mytrainer: this trainer does not run under FSDP yet"):
         eng.restore()
     eng = Engine(tmp_path, "sft", progress=False, tensorboard=False)
     eng.prepare(__import__("torch").nn.Linear(2, 2))
@@ -231,3 +334,37 @@ def test_shipped_accelerate_configs_parse(name, kind):
         assert cfg.fsdp_config["fsdp_activation_checkpointing"] is False
     if kind == "DEEPSPEED":
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["policy.lora.r=4", "algo=grpo"], r"policy.lora.r > 0 does not run under FSDP yet.*ddp.yaml"),
+    (["algo=ppo", "advantage=prime", "kl.in_reward=false"], "advantage prime does not run under FSDP"),
+    (["algo=ppo", "advantage=vine", "kl.in_reward=false"], "advantage vine does not run under FSDP"),
+])
+def test_rl_under_fsdp_refuses_what_it_cannot_shard_before_any_work(tmp_path, clean_env, tiny_policy,
+                                                                      extra, match):
+    from rewardlab.rl.config import RLConfig
+    from rewardlab.rl.trainer import RLTrainer
+    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
+    clean_env.setenv("FSDP_VERSION", "2")
+    cfg = load_config(RLConfig, None, [f"policy.name_or_path={tiny_policy}", "data.dataset=testbed",
+                                       f"out={tmp_path / 'run'}", "progress=false", *extra])
+    with pytest.raises(ValueError, match=match):
+        RLTrainer(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_gathered_and_clip_grad_norm_without_fsdp_are_the_plain_ones():
+    import torch
+    from rewardlab.training.distributed import Dist, clip_grad_norm
+    m = torch.nn.Linear(3, 2)
+    with Dist().gathered(m) as got:   # nothing sharded: the model as it is
+        assert got is m
+    with Dist().gathered(None) as got:
+        assert got is None
+    m.weight.grad = torch.full_like(m.weight, 2.0)
+    m.bias.grad = torch.full_like(m.bias, 2.0)
+    norm = clip_grad_norm(m.parameters(), 1.0)
+    assert norm == pytest.approx(2.0 * 8 ** 0.5)
+    total = torch.cat([m.weight.grad.flatten(), m.bias.grad]).norm().item()
+    assert total == pytest.approx(1.0, abs=1e-5)

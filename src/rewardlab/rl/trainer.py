@@ -79,6 +79,38 @@ class _WithTokenizer:
         self.tokenizer.save_pretrained(path)
 
 
+class _FullValueModel:
+    """A sharded critic's checkpoint: :class:`ValueModel`'s layout (the backbone as a Hugging Face
+    folder, the head beside it) written from its gathered full state dict (rank 0)."""
+
+    def __init__(self, model: ValueModel, state: dict):
+        self.model, self.state = model, state
+
+    def named_parameters(self):   # the finiteness check before a checkpoint is written
+        return iter(self.state.items())
+
+    def save_pretrained(self, path: str) -> None:
+        from safetensors.torch import save_file
+        from rewardlab.models.value import HEAD_FILE
+        from rewardlab.training.checkpoint import save_pretrained_full
+        sub = lambda pre: {k[len(pre):]: v for k, v in self.state.items() if k.startswith(pre)}
+        save_pretrained_full(self.model.backbone, path, sub("backbone."))
+        save_file({k: v.contiguous() for k, v in sub("head.").items()}, str(Path(path) / HEAD_FILE))
+
+
+def check_fsdp_support(cfg: RLConfig) -> None:
+    """Refuse, before any work, what ``rl`` does not run under FSDP: a LoRA policy and the
+    estimators that train or sample with models of their own (``prime``, ``vine``)."""
+    if cfg.policy.lora.enabled:
+        raise ValueError("rl: policy.lora.r > 0 does not run under FSDP yet (the adapter would be "
+                         "sharded with its frozen base); launch LoRA runs with "
+                         "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
+    name = cfg.advantage_name()
+    if name in ("prime", "vine"):
+        raise ValueError(f"rl: advantage {name} does not run under FSDP yet; launch it with "
+                         "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
+
+
 def _in_precision(method):
     """Run a trainer phase in the policy's precision context (bfloat16 autocast in mixed
     precision, else nothing): sampling, scoring, the update and evaluation alike."""
@@ -101,6 +133,8 @@ class RLTrainer:
         self.out = self.engine.out
         self.dist = self.engine.dist   # prompts are sharded over processes, each group on one rank
         self.dist.check_divides("rl: prompts_per_step", cfg.prompts_per_step)
+        if self.dist.sharded:
+            check_fsdp_support(cfg)
         seed_everything(cfg.seed)
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
         if not self.train_set:
@@ -118,14 +152,19 @@ class RLTrainer:
         self.prec = training_precision(pc.dtype, pc.device, pc.mixed_precision)
         # LoRA (model.lora.r > 0): the base from name_or_path + a fresh or the checkpoint's adapter
         self.policy, self.tok = load_policy(pc, self.ckpt, self.prec.storage)
+        # FSDP launch: the policy sharded (before the optimizer); its rollouts, scoring passes and
+        # evaluation run on gathered weights (Dist.gathered), its update through FSDP
+        self.policy = self.engine.prepare(self.policy)
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
         if cfg.kl.coef != 0 or cfg.kl.adaptive:   # a LoRA policy is its own reference (adapter_off)
-            self.ref = reference_model(self.policy, pc, self.prec.storage)
+            self.ref = self.dist.wrap(reference_model(self.policy, pc, self.prec.storage))
         self.fast_ref = self.ref is not None and use_fast_engine(self.ref, cfg.engine, sampling=False)
         self.fast_policy = use_fast_engine(self.policy, cfg.engine, sampling=False)
         self.device = next(self.policy.parameters()).device
         self.value = self._build_value(src)
+        if isinstance(self.value, ValueModel):   # FSDP: a separate critic is sharded like the policy
+            self.value = self.dist.wrap(self.value)
         # a separate critic's teacher-forced passes go through the fast path like the policy's
         self.fast_value = (isinstance(self.value, ValueModel)
                            and use_fast_engine(self.value.backbone, cfg.engine, sampling=False))
@@ -142,6 +181,8 @@ class RLTrainer:
         # foreach: the same update as the per-tensor loop (bit for bit), in fewer ops (3.9 → 3.0 ms
         # per step for the testbed policy on the CPU, where the loop is torch's default)
         self.opt = torch.optim.AdamW(params, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+        if self.value is not None:   # FSDP: the optimizer state is saved by parameter name
+            self.engine.optimizer_modules(policy=self.policy, value=self.value)
         self.kl_coef = cfg.kl.coef
         # rows per no-grad log-prob pass (old and reference log-probs): as many as the update's
         # passes with gradient, which need more memory (micro_batch_size, else the minibatch)
@@ -245,11 +286,15 @@ class RLTrainer:
                                  trust_remote_code=self.cfg.model.trust_remote_code)
 
     # ------------------------------------------------------------------ one step
-    def values_of(self, input_ids, attention_mask, n_resp: int, hidden=None) -> torch.Tensor:
-        """V_t for each response token t: read at the position that predicts token t, (B, T)."""
+    def values_of(self, input_ids, attention_mask, n_resp: int, hidden=None,
+                  fast: bool | None = None) -> torch.Tensor:
+        """V_t for each response token t: read at the position that predicts token t, (B, T).
+        ``fast``: the separate critic's pass through the fast path (default: as decided at
+        set-up)."""
         if self.cfg.value.kind == "shared":
             return self.value(hidden)[:, -n_resp - 1:-1]
-        return self.value.response_values(input_ids, attention_mask, n_resp, fast=self.fast_value)
+        return self.value.response_values(input_ids, attention_mask, n_resp,
+                                          fast=self.fast_value if fast is None else fast)
 
     @_in_precision
     def rollout(self, step: int) -> tuple[list[Problem], RolloutBatch]:
@@ -260,11 +305,14 @@ class RLTrainer:
         lo, hi = self.dist.bounds(len(idx))
         problems = [self.train_set[i] for i in idx[lo:hi]]
         self._rollout_seed = cfg.seed * 1_000_003 + step
-        batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
-                                  cfg.sampling, seed=self._rollout_seed,
-                                  compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
-                                  skip_rows=lo * cfg.sampling.n,
-                                  sampler_logprobs=cfg.old_logprobs == "sampler")
+        # FSDP: each rank samples on the gathered weights, with no collective, so ranks may stop
+        # at different lengths (and the fast sampler draws the one-process run's tokens)
+        with self.dist.gathered(self.policy):
+            batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
+                                      cfg.sampling, seed=self._rollout_seed,
+                                      compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
+                                      skip_rows=lo * cfg.sampling.n,
+                                      sampler_logprobs=cfg.old_logprobs == "sampler")
         return problems, batch
 
     @_in_precision
@@ -307,10 +355,12 @@ class RLTrainer:
         old_logp = batch.logprobs  # None when the update computes them (on_policy_single_update)
         ref_logp = kl = None
         if self.ref is not None:
-            with adapter_off(self.ref):
-                ref_logp = forward_logprobs(self.ref, batch.input_ids, batch.attention_mask, T,
+            with adapter_off(self.ref), self.dist.gathered(self.ref) as ref:
+                fast = self.fast_ref if not self.dist.sharded else use_fast_engine(
+                    ref, cfg.engine, sampling=False)   # FSDP: decided on the gathered weights
+                ref_logp = forward_logprobs(ref, batch.input_ids, batch.attention_mask, T,
                                             temperature=cfg.sampling.temperature or 1.0,
-                                            micro_batch=self.pass_rows, fast=self.fast_ref) * mask
+                                            micro_batch=self.pass_rows, fast=fast) * mask
             if old_logp is not None:
                 kl = self._kl(old_logp, ref_logp) * mask
         if cfg.kl.in_reward and kl is not None:
@@ -325,14 +375,20 @@ class RLTrainer:
             parts = []
             ids_all, att_all = batch.input_ids, batch.attention_mask
             rows = cfg.micro_batch_size or B
-            for s in range(0, B, rows):
-                ids, att = ids_all[s:s + rows], att_all[s:s + rows]
-                hidden = None
-                if cfg.value.kind == "shared":
-                    out = self.policy(input_ids=ids, attention_mask=att,
-                                      position_ids=position_ids_from_mask(att), output_hidden_states=True)
-                    hidden = out.hidden_states[-1]
-                parts.append(self.values_of(ids, att, T, hidden))
+            shared = cfg.value.kind == "shared"
+            # FSDP: on the gathered weights of the network the values come from
+            with self.dist.gathered(self.policy if shared else self.value):
+                fast = self.fast_value if (shared or not self.dist.sharded) else use_fast_engine(
+                    self.value.backbone, cfg.engine, sampling=False)
+                for s in range(0, B, rows):
+                    ids, att = ids_all[s:s + rows], att_all[s:s + rows]
+                    hidden = None
+                    if shared:
+                        out = self.policy(input_ids=ids, attention_mask=att,
+                                          position_ids=position_ids_from_mask(att),
+                                          output_hidden_states=True)
+                        hidden = out.hidden_states[-1]
+                    parts.append(self.values_of(ids, att, T, hidden, fast=fast))
             values = torch.cat(parts) * mask
         seq_reward = (rewards * mask).sum(1)
         returns = None
@@ -445,22 +501,26 @@ class RLTrainer:
                 parts = [mb[i:i + micro] for i in range(0, len(mb), micro)]
                 n_tok = dist.sum(mask[mb].sum()).clamp(min=1)
                 n_pol = dist.sum(agg_units(mask[mb], loss_agg)).clamp(min=1)
-                idle = not parts   # no rows here: one pass at weight 0 keeps the ranks in step
-                if idle:
-                    parts = [torch.zeros(1, dtype=torch.long)]
+                n_real = len(parts)
+                # no rows here: one pass at weight 0 keeps the ranks in step; under FSDP (every
+                # forward a collective) every rank runs as many passes as the busiest one
+                n_pass = max(n_real, 1) if not dist.sharded else dist.max(max(n_real, 1))
+                parts += [torch.zeros(1, dtype=torch.long)] * (n_pass - n_real)
                 self.opt.zero_grad(set_to_none=True)
                 metrics: dict[str, float] = {}
                 mb_loss = 0.0  # only its finiteness is used: a nan/inf update is skipped
-                for rows in parts:
+                for j, rows in enumerate(parts):
+                    pad = j >= n_real   # a placeholder pass (row 0 at weight 0)
                     pol, val, pm, row_m = self._micro_loss(sb, rows)
                     w_tok = w_pol = 1.0
-                    if idle:
+                    if pad:
                         w_tok = w_pol = 0.0
                     elif len(parts) > 1 or dist.active:
                         w_tok = float(mask[rows].sum() / n_tok)                     # token share
                         w_pol = float(agg_units(mask[rows], loss_agg) / n_pol)    # unit share
                     loss = pol if val is None else pol + val
-                    mb_loss += float(loss.detach())
+                    if not pad:
+                        mb_loss += float(loss.detach())
                     if w_pol == w_tok:
                         (loss if w_tok == 1.0 else loss * w_tok).backward()
                     else:
@@ -469,7 +529,7 @@ class RLTrainer:
                         w = w_pol if k in self._POLICY_AGG_METRICS else w_tok
                         metrics[k] = metrics.get(k, 0.0) + w * v
                     for k, v in row_m.items():                # per-response means: row share
-                        metrics[k] = metrics.get(k, 0.0) + v * (0.0 if idle else len(rows) / n_mb)
+                        metrics[k] = metrics.get(k, 0.0) + v * (0.0 if pad else len(rows) / n_mb)
                 metrics = dist.sum_dict(metrics)
                 if dist.active:   # every rank decides on the whole minibatch's loss
                     mb_loss = dist.sum(mb_loss)
@@ -540,18 +600,25 @@ class RLTrainer:
     @_in_precision
     def evaluate(self, k: int = 0) -> dict:
         """Held-out accuracy (greedy, plus maj@k / pass@k with ``k``), on the main process only."""
-        if not self.test_set or not self.dist.is_main:
+        if not self.test_set or not (self.dist.is_main or self.dist.sharded):
             return {}
-        summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
-                                        greedy=True, k=k, temperature=self.cfg.sampling.temperature or 1.0,
-                                        max_new_tokens=self.cfg.sampling.max_new_tokens,
-                                        seed=self.cfg.seed, prompt_fn=self.prompt_fn)
+        with self.dist.gathered(self.policy):   # FSDP: every rank gathers, rank 0 evaluates
+            if not self.dist.is_main:
+                return {}
+            summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
+                                            greedy=True, k=k,
+                                            temperature=self.cfg.sampling.temperature or 1.0,
+                                            max_new_tokens=self.cfg.sampling.max_new_tokens,
+                                            seed=self.cfg.seed, prompt_fn=self.prompt_fn)
         self.policy.train()
         self._last_eval_rows = rows
         return {f"eval/{key}": v for key, v in summary.items() if isinstance(v, (int, float))}
 
     def save(self, step: int) -> None:
         models = {"value": self.value} if self.value is not None else None
+        state = self.dist.full_state_dict(self.value)   # FSDP critic: gathered (every rank joins)
+        if state is not None:
+            models = {"value": _FullValueModel(self.value, state)}
         extra = {"kl_coef": self.kl_coef}
         if self.prime_rm is not None:   # PRIME: π_φ (loadable as a model) and its optimizer
             models = {**(models or {}), "prime_rm": _WithTokenizer(self.prime_rm, self.tok)}

@@ -24,7 +24,9 @@ factor of 1 (a sum, not DDP's mean, since the losses are already over global cou
 :meth:`sum_grads` leaves those gradients alone. Checkpoints and the final model are gathered to a
 full state dict (:meth:`full_state_dict`, a collective every rank joins) and written by rank 0 in
 the usual Hugging Face layout; they load without FSDP and resume under it. Trainers that have not
-been ported to FSDP (those that never call :meth:`wrap`) are refused by the engine.
+been ported to FSDP (those that never call :meth:`wrap`) are refused by the engine. What cannot
+run in lockstep (sampling, which stops at different lengths on different ranks) runs inside
+:meth:`gathered`: the full weights on every rank, no collective, the fast paths available.
 
 **DeepSpeed** is recognised (``ACCELERATE_USE_DEEPSPEED``) and refused with a message: its engine
 owns backward and the optimizer step, which rewardlab's trainers do themselves; the shipped ZeRO
@@ -34,8 +36,10 @@ ZeRO-2 ≈ ``fsdp_reshard_after_forward: false``).
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as tdist
@@ -96,6 +100,37 @@ class Dist:
                 m.set_gradient_divide_factor(1.0)
                 m.set_force_sum_reduction_for_comms(True)   # a plain SUM (gloo has no PREMUL_SUM)
         return model
+
+    @contextmanager
+    def gathered(self, model) -> Iterator:
+        """A context in which an FSDP-sharded ``model`` holds its full weights on every rank:
+        every FSDP module (the blocks and the root) is unsharded (an all-gather: every rank must
+        enter it, in the same order) and kept so through any forward inside (no reshard after a
+        block's forward), so what runs inside reads plain tensors and issues no collective. Each
+        rank may then run as many forwards as it likes (generation that stops at different
+        lengths on different ranks) and the fast paths of :mod:`rewardlab.models.fast` work on
+        the gathered weights. On exit the weights are sharded again and each module's
+        reshard-after-forward setting restored. Use it without gradients (rollouts, scoring,
+        evaluation): a backward here would bypass FSDP's reduce-scatter. For a model that is not
+        sharded (or None) it does nothing. Memory: the whole model per rank while inside."""
+        from torch.distributed.fsdp import FSDPModule
+        mods = [m for m in model.modules() if isinstance(m, FSDPModule)] if model is not None else []
+        if not mods:
+            yield model
+            return
+        groups = [g for m in mods for g in m._get_fsdp_state()._fsdp_param_groups]
+        saved = [g.post_forward_mesh_info for g in groups]
+        for g in groups:   # what set_reshard_after_forward(False) sets; restored exactly below
+            g.post_forward_mesh_info = None
+        try:
+            for m in mods:
+                m.unshard()
+            yield model
+        finally:
+            for g, info in zip(groups, saved):
+                g.post_forward_mesh_info = info
+            for m in mods:
+                m.reshard()
 
     def full_state_dict(self, model: torch.nn.Module) -> dict | None:
         """The full (unsharded) state dict of an FSDP model on rank 0's CPU ({} on the other
@@ -162,6 +197,15 @@ class Dist:
         t = torch.tensor(float(x), dtype=torch.float64)
         tdist.all_reduce(t)
         return type(x)(t.item()) if isinstance(x, int) else t.item()
+
+    def max(self, n: int) -> int:
+        """The largest of an int over ranks (e.g. the count of forward passes every rank must
+        join under FSDP)."""
+        if not self.active:
+            return n
+        t = torch.tensor(int(n), dtype=torch.int64)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return int(t.item())
 
     def sum_dict(self, d: dict[str, float]) -> dict[str, float]:
         """Σ over ranks of every value of a dict; a key missing on a rank counts 0 there (a rank
@@ -297,6 +341,26 @@ def is_sharded(model) -> bool:
     """Whether ``model`` holds FSDP-sharded (DTensor) parameters."""
     return model is not None and hasattr(model, "parameters") and any(
         _is_dtensor(p) for p in model.parameters())
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over ``params``, also when FSDP-sharded (DTensor) and
+    plain parameters share an optimizer (an FSDP policy with a replicated value head), which
+    torch's foreach kernels refuse to mix: the global norm ‖g‖ = √(‖g_sharded‖² + ‖g_plain‖²),
+    then every gradient × min(1, max_norm / (‖g‖ + 1e-6)). Returns ‖g‖ before clipping."""
+    params = [p for p in params if p.grad is not None]
+    sharded = [p for p in params if _is_dtensor(p)]
+    if not sharded or len(sharded) == len(params):
+        return to_float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    plain = [p for p in params if not _is_dtensor(p)]
+    norms = [to_float(torch.nn.utils.get_total_norm([p.grad for p in group]))
+             for group in (sharded, plain)]
+    total = math.sqrt(sum(n * n for n in norms))
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
 
 
 def to_float(x) -> float:

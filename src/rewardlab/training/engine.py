@@ -34,7 +34,7 @@ from rewardlab.training.checkpoint import (check_finite_state, check_finite_weig
                                            clean_stale_temps, load_trainer_state, resume_point,
                                            save_checkpoint, save_pretrained_full,
                                            TrainingDivergedError)
-from rewardlab.training.distributed import Dist, is_sharded, to_float
+from rewardlab.training.distributed import clip_grad_norm, Dist, is_sharded
 from rewardlab.training.metrics import MetricsLogger
 from rewardlab.training.hub import check_push, push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
@@ -69,7 +69,7 @@ def finite_step(params, optimizer, grad_clip: float, scheduler=None,
     params = list(params)
     if dist is not None:
         dist.sum_grads(params)
-    gnorm = to_float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+    gnorm = clip_grad_norm(params, grad_clip if grad_clip > 0 else float("inf"))
     ok = math.isfinite(gnorm) and (loss is None or math.isfinite(loss))
     if ok:
         optimizer.step()
@@ -137,6 +137,7 @@ class Engine:
         self.logger: MetricsLogger | None = None
         self.t0 = time.time()
         self.model = None   # the model :meth:`prepare` sharded (FSDP), for its optimizer state
+        self._opt_owner = None   # :meth:`optimizer_modules`: several modules share the optimizer
 
     def prepare(self, model):
         """The model as this launch trains it: sharded with FSDP2 under an FSDP launch (see
@@ -145,6 +146,18 @@ class Engine:
         model = self.dist.wrap(model)
         self.model = model
         return model
+
+    def optimizer_modules(self, **modules) -> None:
+        """Name the modules whose parameters the optimizer holds when they are more than the
+        prepared model (RL: the policy and a value model or head). Under FSDP the optimizer state
+        is gathered and loaded by parameter name (:meth:`Dist.full_optimizer_state`), and those
+        names must cover every parameter of the optimizer: here ``<name>.<parameter>``. None
+        entries are left out; without FSDP nothing changes."""
+        modules = {k: m for k, m in modules.items() if m is not None}
+        self._opt_owner = torch.nn.ModuleDict(modules) if modules else None
+
+    def _optimizer_owner(self, model):
+        return self._opt_owner if self._opt_owner is not None else model
 
     def restore(self, optimizer=None, scheduler=None) -> dict:
         """Open the metrics log. On resume, load the optimizer, scheduler and every RNG state
@@ -165,11 +178,12 @@ class Engine:
             if self.logger is not None:   # rows of an earlier attempt that left no checkpoint
                 self.logger.truncate_after(-1)
             return {}
-        sharded_opt = optimizer if optimizer is not None and is_sharded(self.model) else None
+        owner = self._optimizer_owner(self.model)
+        sharded_opt = optimizer if optimizer is not None and is_sharded(owner) else None
         state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler,
                                    state=self._state)
         if sharded_opt is not None and state.get("optimizer") is not None:   # keyed by name
-            self.dist.load_optimizer_state(self.model, sharded_opt, state["optimizer"])
+            self.dist.load_optimizer_state(owner, sharded_opt, state["optimizer"])
         extra = state.get("extra") or {}
         saved_world = int(extra.get("world_size", 1))
         if saved_world != self.dist.world:
@@ -229,7 +243,7 @@ class Engine:
         path = self.out / "checkpoints"
         # FSDP: gathered to full states (a collective of every rank), written by rank 0
         state_dict = self.dist.full_state_dict(model)
-        optimizer_state = self.dist.full_optimizer_state(model, optimizer)
+        optimizer_state = self.dist.full_optimizer_state(self._optimizer_owner(model), optimizer)
         if self.dist.is_main:
             extra = {**(extra or {}), "train/skipped_steps": self.skipped_steps,
                      "train/bad_in_a_row": self.bad_in_a_row,
