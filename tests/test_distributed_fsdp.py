@@ -176,7 +176,7 @@ def test_fsdp_po_dpo_stops_and_resumes(tmp_path, tiny_policy):
     write_jsonl(pairs, [{"question": p.question, "chosen": "\n".join(p.steps),
                          "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
     sets = ["loss=dpo", f"pairs={pairs}", f"model.name_or_path={tiny_policy}", "model.device=cpu",
-            "batch_size=4", "max_steps=3", "warmup_steps=0", "lr=1e-3", "max_len=48",
+            "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-3", "max_len=48",
             "eval_every=0", "save_every=1", "progress=false"]
     train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     out = str(tmp_path / "two")
@@ -197,7 +197,7 @@ def _rl_sets(tiny_policy, probs: Path, algo: str, extra: list[str]) -> list[str]
     minibatches of 4 (random rows of the whole batch): at step 2 one rank holds 1 row of a
     minibatch and the other 3, so under FSDP the first runs a weight-0 placeholder pass to match
     the other's 2 passes (without it the collectives mismatch and the run aborts)."""
-    return [f"algo={algo}", f"policy.name_or_path={tiny_policy}",
+    return [f"algo={algo}", f"model.name_or_path={tiny_policy}",
             f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
             "steps=3", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
             "minibatch_size=4", "micro_batch_size=2", f"reward.prm.path={tiny_policy}",
@@ -208,7 +208,7 @@ def _rl_sets(tiny_policy, probs: Path, algo: str, extra: list[str]) -> list[str]
 @pytest.fixture(scope="module")
 def rl_probs(tmp_path_factory):
     d = tmp_path_factory.mktemp("fsdp_rl")
-    train, test = make_splits(TestbedConfig(max_steps=2), 48, 4, seed=0)
+    train, test = make_splits(TestbedConfig(max_ops=2), 48, 4, seed=0)
     write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
     write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
     return d
@@ -337,7 +337,7 @@ def test_shipped_accelerate_configs_parse(name, kind):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["policy.lora.r=4", "algo=grpo"], r"policy.lora.r > 0 does not run under FSDP yet.*ddp.yaml"),
+    (["model.lora.r=4", "algo=grpo"], r"model.lora.r > 0 does not run under FSDP yet.*ddp.yaml"),
     (["algo=ppo", "advantage=prime", "kl.in_reward=false"], "advantage prime does not run under FSDP"),
     (["algo=ppo", "advantage=vine", "kl.in_reward=false"], "advantage vine does not run under FSDP"),
 ])
@@ -347,7 +347,7 @@ def test_rl_under_fsdp_refuses_what_it_cannot_shard_before_any_work(tmp_path, cl
     from rewardlab.rl.trainer import RLTrainer
     clean_env.setenv("ACCELERATE_USE_FSDP", "true")
     clean_env.setenv("FSDP_VERSION", "2")
-    cfg = load_config(RLConfig, None, [f"policy.name_or_path={tiny_policy}", "data.dataset=testbed",
+    cfg = load_config(RLConfig, None, [f"model.name_or_path={tiny_policy}", "data.dataset=testbed",
                                        f"out={tmp_path / 'run'}", "progress=false", *extra])
     with pytest.raises(ValueError, match=match):
         RLTrainer(cfg)

@@ -101,8 +101,8 @@ class _FullValueModel:
 def check_fsdp_support(cfg: RLConfig) -> None:
     """Refuse, before any work, what ``rl`` does not run under FSDP: a LoRA policy and the
     estimators that train or sample with models of their own (``prime``, ``vine``)."""
-    if cfg.policy.lora.enabled:
-        raise ValueError("rl: policy.lora.r > 0 does not run under FSDP yet (the adapter would be "
+    if cfg.model.lora.enabled:
+        raise ValueError("rl: model.lora.r > 0 does not run under FSDP yet (the adapter would be "
                          "sharded with its frozen base); launch LoRA runs with "
                          "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
     name = cfg.advantage_name()
