@@ -246,3 +246,39 @@ def test_gsm8k_annotations_all_check():
 
 def test_strip_calc_annotations():
     assert strip_calc_annotations("16-3=<<16-3=13>>13 eggs") == "16-3=13 eggs"
+
+
+def test_a_check_waits_for_a_free_worker_within_its_limit():
+    """Six threads share one worker with slow (killed) checks: no call, the wait for the worker
+    included, lasts beyond its limit plus the round-trip slack; the calls that found no worker
+    free in time say False and are counted; the pool still answers afterwards."""
+    pool = symbolic.SymbolicPool(max_workers=1)
+    try:
+        pool.warm_up()
+        limit, times, verdicts = 0.5, [], []
+
+        def work():
+            t = time.monotonic()
+            verdicts.append(pool.check("(x+1)^{100000}", "x+1", limit))
+            times.append(time.monotonic() - t)
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+        assert len(times) == 6 and max(times) < limit + SLACK
+        assert verdicts == [False] * 6 and pool.gave_up >= 1
+        pool.warm_up()
+        assert pool.check(r"\frac{1}{2}", "0.5", 5.0) is True
+    finally:
+        pool.shutdown()
+
+
+def test_a_cold_pool_waits_for_its_first_worker_and_gives_it_the_whole_limit():
+    pool = symbolic.SymbolicPool(max_workers=1)
+    try:
+        assert pool.check(r"\frac{\sqrt{3}}{3}", r"\frac{1}{\sqrt{3}}", 2.0) is True
+        assert pool.gave_up == 0
+    finally:
+        pool.shutdown()

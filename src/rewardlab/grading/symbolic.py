@@ -4,8 +4,10 @@ math-verify's own timeouts use ``signal.alarm``, which only works in the main th
 check is sent to a persistent worker process (``python -m rewardlab.grading._symbolic_worker``,
 started with ``subprocess`` so no ``__main__`` module is re-imported) and the reply is awaited with
 a selector; a worker that overruns the limit is killed, and its replacement is started in the
-background at once so that later checks need not wait for it. Workers are started lazily, reused,
-capped at :data:`MAX_WORKERS` at once, and shut down at exit.
+background at once. Workers are started lazily in background threads, reused, capped at
+:data:`MAX_WORKERS` at once, and shut down at exit. A check's limit covers its wait for a free
+worker too, so from any number of threads each call returns within its limit
+(:class:`SymbolicPool`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-STARTUP_TIMEOUT_S = 120.0  # importing sympy/math-verify in a fresh process; not part of a check's limit
+STARTUP_TIMEOUT_S = 120.0  # importing sympy/math-verify in a fresh process (the pool's cold start)
 MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -89,66 +91,108 @@ class _Worker:
 
 
 class SymbolicPool:
-    """Up to ``max_workers`` reusable workers shared by all threads."""
+    """Up to ``max_workers`` reusable workers shared by all threads.
+
+    A check's wall time is bounded by its ``timeout``: the wait for a free worker and the
+    worker's compute together (a call that finds no worker free within ``timeout`` returns
+    False, "not shown equal", and counts in ``gave_up``). Workers are started in background
+    threads, never by the caller, so a caller never waits for a start-up once the pool has had a
+    worker ready. The one exception is the pool's cold start: until its first worker is ready
+    (importing sympy and math-verify, a second or two), callers wait for it, bounded by
+    :data:`STARTUP_TIMEOUT_S`, and that first check then gets its whole ``timeout`` to compute,
+    so that an answer is never marked wrong only because the pool was still starting."""
 
     def __init__(self, max_workers: int = MAX_WORKERS) -> None:
         self.max_workers = max_workers
         self._idle: list[_Worker] = []
-        self._n_busy = 0
+        self._n_slots = 0        # workers busy, idle or starting
+        self._ready_once = False
+        self._start_error: str | None = None
         self._cond = threading.Condition()
         self._owner_pid = os.getpid()
+        self.gave_up = 0
 
-    def _acquire(self) -> _Worker | None:
-        """An idle worker, or None if the caller may start a new one (waits when all are busy)."""
-        with self._cond:
-            while not self._idle and self._n_busy >= self.max_workers:
-                self._cond.wait()
-            self._n_busy += 1
-            return self._idle.pop() if self._idle else None
+    def _spawn_locked(self) -> None:
+        """Take a slot and start a worker in a background thread (the lock is held)."""
+        self._n_slots += 1
+        threading.Thread(target=self._spawn, daemon=True).start()
 
-    def _release(self, worker: _Worker | None) -> None:
-        with self._cond:
-            self._n_busy -= 1
-            if worker is not None and worker.alive:
-                self._idle.append(worker)
-            self._cond.notify()
-
-    def check(self, pred: str, gold: str, timeout: float) -> bool:
-        """math-verify's verdict within ``timeout`` seconds of compute; False on timeout.
-
-        Waiting for a free worker and starting one are not counted against ``timeout``.
-        """
-        worker = self._acquire()
-        try:
-            worker = worker or _Worker()
-            verdict = worker.ask(pred, gold, max(timeout, 0.01))
-        except BaseException:
-            if worker is not None:
-                worker.kill()
-            self._release(None)
-            raise
-        if verdict is None:  # timed out and killed: keep the slot, start a replacement now
-            threading.Thread(target=self._replace, daemon=True).start()
-        else:
-            self._release(worker)
-        return bool(verdict)
-
-    def _replace(self) -> None:
-        """Start a worker in the background to fill a slot whose worker was killed."""
+    def _spawn(self) -> None:
         try:
             worker: _Worker | None = _Worker()
-        except (RuntimeError, OSError):
-            worker = None
-        self._release(worker)
+            error = None
+        except (RuntimeError, OSError) as e:
+            worker, error = None, str(e)
+        with self._cond:
+            if worker is None:
+                self._n_slots -= 1
+                if not self._ready_once:
+                    self._start_error = error
+            else:
+                self._idle.append(worker)
+                self._ready_once = True
+            self._cond.notify_all()
+
+    def _acquire(self, timeout: float) -> tuple[_Worker | None, float]:
+        """An idle worker within ``timeout`` seconds (None: none came free) and the seconds left
+        for its compute (the whole ``timeout`` after a cold start)."""
+        t0 = time.monotonic()
+        with self._cond:
+            cold = not self._ready_once
+            while not self._idle:
+                if not self._ready_once and self._start_error is not None:
+                    error, self._start_error = self._start_error, None
+                    raise RuntimeError(f"symbolic grading worker failed to start: {error}")
+                if self._n_slots < self.max_workers:
+                    self._spawn_locked()
+                limit = STARTUP_TIMEOUT_S if not self._ready_once else timeout
+                left = t0 + limit - time.monotonic()
+                if left <= 0:
+                    self.gave_up += 1
+                    return None, 0.0
+                self._cond.wait(left)
+            worker = self._idle.pop()
+        left = timeout if cold else timeout - (time.monotonic() - t0)
+        return worker, left
+
+    def check(self, pred: str, gold: str, timeout: float) -> bool:
+        """math-verify's verdict within ``timeout`` seconds of wall time (waiting for a free
+        worker included; see the class docstring for the cold start); False on timeout."""
+        worker, left = self._acquire(timeout)
+        if worker is None:
+            return False
+        try:
+            verdict = worker.ask(pred, gold, max(left, 0.01))
+        except BaseException:
+            worker.kill()
+            with self._cond:
+                self._n_slots -= 1
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if verdict is None:   # overran and killed: its slot starts a replacement at once
+                self._n_slots -= 1
+                self._spawn_locked()
+            else:
+                self._idle.append(worker)
+            self._cond.notify_all()
+        return bool(verdict)
 
     def warm_up(self, n: int = 1) -> None:
-        """Start ``n`` workers now so that later checks do not pay the start-up time."""
-        started = []
-        for _ in range(min(n, self.max_workers)):
-            w = self._acquire()
-            started.append(w or _Worker())
-        for w in started:
-            self._release(w)
+        """Start workers until ``n`` (at most ``max_workers``) are ready, and wait for them, so
+        that later checks do not wait for a start-up."""
+        n = min(n, self.max_workers)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        with self._cond:
+            while self._n_slots < n:
+                self._spawn_locked()
+            while len(self._idle) < n and time.monotonic() < deadline:
+                if self._start_error is not None and not self._ready_once:
+                    error, self._start_error = self._start_error, None
+                    raise RuntimeError(f"symbolic grading worker failed to start: {error}")
+                if self._n_slots < n:
+                    self._spawn_locked()
+                self._cond.wait(max(deadline - time.monotonic(), 0.0))
 
     def shutdown(self) -> None:
         """Kill all idle workers (busy ones are killed by their callers on timeout or reused).
