@@ -250,8 +250,9 @@ def is_equiv(pred: str | None, gold: str | None, timeout: float = 5.0) -> bool:
 
     None on either side is never equivalent. The symbolic stage (math-verify, with ``gold`` as
     the reference) runs in a worker process and counts as not equivalent after ``timeout``
-    seconds of computing, in any thread; starting a worker (once per process, ~1 s, and in the
-    background after a timeout) is not counted. Text is never evaluated as code.
+    seconds of wall time, waiting for a free worker included, from any number of threads; only
+    the pool's first start-up in a process (~1 s) is not counted (replacements start in the
+    background). Text is never evaluated as code.
     """
     if pred is None or gold is None:
         return False
