@@ -202,7 +202,7 @@ def _rl_sets(tiny_policy, probs: Path, algo: str, extra: list[str]) -> list[str]
             "steps=3", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
             "minibatch_size=4", "micro_batch_size=2", f"reward.prm.path={tiny_policy}",
             "reward.prm.tag=<s>", "reward.prm.alpha=1.0", "eval_every=0", "eval_k=0",
-            "progress=false", "policy.device=cpu", "lr=1e-3", *extra]
+            "progress=false", "model.device=cpu", "lr=1e-3", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from rewardlab.models.loading import load_model_and_tokenizer, training_precisio
 from rewardlab.models.lora import adapter_off, load_policy, reference_model, save_merged
 from rewardlab.models.sampling import (forward_logprobs, generate_rollouts, logprobs_with_grad,
                                        response_logprobs, RolloutBatch, use_fast_engine)
-from rewardlab.models.value import SharedValueHead, ValueModel
+from rewardlab.models.value import HEAD_FILE, SharedValueHead, ValueModel
 from rewardlab.reward_models.models import load_reward_model
 from rewardlab.rewards.compose import add_kl_to_rewards, build_token_rewards, kl_penalty
 from rewardlab.rewards.steps import batch_step_end_positions
@@ -42,7 +42,7 @@ from rewardlab.rl.config import RLConfig
 from rewardlab.rl.losses import (agg_units, aggregate_loss, implicit_process_rewards, implicit_prm_loss,
                                   kl_loss, masked_mean, ppo_policy_loss, value_loss)
 from rewardlab.rl.vine import distinct_prefixes, mc_step_values
-from rewardlab.training.checkpoint import seed_everything
+from rewardlab.training.checkpoint import save_pretrained_full, seed_everything
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 
 
@@ -91,8 +91,6 @@ class _FullValueModel:
 
     def save_pretrained(self, path: str) -> None:
         from safetensors.torch import save_file
-        from rewardlab.models.value import HEAD_FILE
-        from rewardlab.training.checkpoint import save_pretrained_full
         sub = lambda pre: {k[len(pre):]: v for k, v in self.state.items() if k.startswith(pre)}
         save_pretrained_full(self.model.backbone, path, sub("backbone."))
         save_file({k: v.contiguous() for k, v in sub("head.").items()}, str(Path(path) / HEAD_FILE))
