@@ -126,6 +126,25 @@ def test_pairs_cli_writes_outcome_and_step_pairs(samples, tmp_path, capsys):
     assert "step rows" in capsys.readouterr().out
 
 
+def test_pairs_files_train_a_bradley_terry_rm_as_they_are(samples, tmp_path):
+    """`rewardlab pairs` writes responses as texts after a prefix of steps; the BT reader takes
+    them as step lists (prefix + the response's lines), so pairs → train-rm --kind bt works."""
+    from rewardlab.reward_models.data import read_rm_rows
+    for kind in ("outcome", "step"):
+        out = tmp_path / f"{kind}.jsonl"
+        assert main(["pairs", "--input", str(samples), "--out", str(out), "--kind", kind]) == 0
+        raw = read_pairs(out)
+        rows = read_rm_rows(out, "bt")
+        assert len(rows) == len(raw)
+        for r, p in zip(rows, raw):
+            assert r.chosen == list(p["prefix"]) + p["chosen"].split("\n")
+            assert r.rejected == list(p["prefix"]) + p["rejected"].split("\n")
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [{"question": "q", "chosen": "  ", "rejected": "1 + 1 = 2"}])
+    with pytest.raises(DataError, match="bad.jsonl.*chosen"):
+        read_rm_rows(bad, "bt")
+
+
 # ------------------------------------------------------------------------------ the trainer
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "kto", "orpo", "simpo", "step_dpo"])

@@ -50,6 +50,7 @@ from typing import Iterable, Sequence
 import torch
 
 from rewardlab.data.formats import iter_records
+from rewardlab.data.steps import split_steps
 from rewardlab.io import check_row, DataError
 from rewardlab.models.batching import IGNORE_INDEX, pad_ids
 
@@ -267,7 +268,8 @@ class StepRow:
 @dataclass
 class PairRow:
     """A preference row: BT ``{"question","chosen","rejected"}`` (chosen/rejected are step
-    lists), or a PRM step preference ``{"question","prefix","chosen_step","rejected_step"}``
+    lists, or response texts split into lines after an optional ``prefix`` of steps, as
+    ``rewardlab pairs`` writes them), or a PRM step preference ``{"question","prefix","chosen_step","rejected_step"}``
     stored as ``chosen = prefix + [chosen_step]``, ``rejected = prefix + [rejected_step]``."""
 
     question: str
@@ -358,14 +360,27 @@ def _read_steps(path, kind: str, fmt: str = "auto") -> list[StepRow]:
     return rows
 
 
+def _response_steps(v, path, line, fld) -> list[str]:
+    """A step list as it is, or a response text (``rewardlab pairs`` rows) split into its lines."""
+    if isinstance(v, str):
+        steps = split_steps(v, "lines")
+        if not steps:
+            raise DataError(path, "expected a non-empty response", line, fld)
+        return steps
+    return _step_list(v, path, line, fld)
+
+
 def _read_bt(path, fmt: str = "auto") -> list[PairRow]:
     rows = []
     for line, r, _ in iter_records(path, "bt", fmt):
         check_row(path, line, r, ["question", "chosen", "rejected"],
-                  {"question": str, "chosen": list, "rejected": list})
+                  {"question": str, "chosen": (list, str), "rejected": (list, str),
+                   "prefix": list})
+        prefix = _step_list(r.get("prefix") or [], path, line, "prefix", allow_empty=True)
         rows.append(PairRow(_nonempty_str(r["question"], path, line, "question"),
-                            _step_list(r["chosen"], path, line, "chosen"),
-                            _step_list(r["rejected"], path, line, "rejected"), (str(path), line)))
+                            prefix + _response_steps(r["chosen"], path, line, "chosen"),
+                            prefix + _response_steps(r["rejected"], path, line, "rejected"),
+                            (str(path), line)))
     return rows
 
 
