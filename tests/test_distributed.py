@@ -63,6 +63,7 @@ def test_sft_two_processes_match_one(tmp_path, tiny_policy, probs):
     r = _launch(["sft", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])],
                 launcher="accelerate")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("sft/final_loss") == 1    # the summary is printed by rank 0 only
     d = _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final")
     assert d <= 1e-5
     assert (tmp_path / "one" / "final" / "model.safetensors").exists()
@@ -78,6 +79,7 @@ def test_train_rm_two_processes_match_one(tmp_path, tiny_policy):
     train_reward_model(load_config(RMTrainConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["train-rm", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("rm/final_loss") == 1
     assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
 
 
@@ -101,6 +103,7 @@ def test_po_two_processes_match_one(tmp_path, tiny_policy, po_pairs, loss):
     one = train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["po", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("po/loss") == 1
     assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
     two = json.loads((tmp_path / "two" / "po_summary.json").read_text())
     assert two["po/loss"] == pytest.approx(one["po/loss"], abs=1e-5)
@@ -117,6 +120,7 @@ def test_rl_two_processes_match_one(tmp_path, tiny_policy, probs, algo):
     train_rl(load_config(RLConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch(["rl", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("metric") == 1
     assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
     if algo == "ppo":
         # a checkpoint of 2 processes resumes only with 2: never silently with another count

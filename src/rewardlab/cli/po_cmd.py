@@ -12,6 +12,7 @@ from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, 
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
 from rewardlab.io import check_outputs
+from rewardlab.training.distributed import is_main_process
 from rewardlab.training.rundir import check_run
 from rewardlab.preference.iterative import IterativePOConfig, PO_DESIGNS, train_po_iterative
 from rewardlab.preference.pairs import make_pair_file, PAIR_KINDS
@@ -48,7 +49,8 @@ def register(app: typer.Typer) -> None:
             return print_config(cfg)
         check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
         res = train_po(cfg)
-        Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
+        if is_main_process():
+            Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
 
     @app.command("po-iterative")
     def po_iterative(config: Optional[str] = typer.Option(None, "--config", "-c",

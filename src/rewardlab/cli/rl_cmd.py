@@ -9,6 +9,7 @@ import typer
 from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, PUSH_TO_HUB_OPTION,
                            REPORT_TO_OPTION)
 from rewardlab.config import load_config
+from rewardlab.training.distributed import is_main_process
 from rewardlab.training.rundir import check_run
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
@@ -46,4 +47,5 @@ def register(app: typer.Typer) -> None:
         for k in sorted(res):
             if k.startswith(("eval/", "reward/", "hack/", "response/", "kl/", "rl/")):
                 t.add_row(k, f"{res[k]:.4f}")
-        Console().print(t)
+        if is_main_process():
+            Console().print(t)

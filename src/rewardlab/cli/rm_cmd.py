@@ -26,6 +26,7 @@ from rewardlab.reward_models.models import load_reward_model
 from rewardlab.reward_models.scoring import read_solution_rows, score_file
 from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
 from rewardlab.training.engine import quiet_transformers
+from rewardlab.training.distributed import is_main_process
 from rewardlab.training.rundir import check_run
 
 
@@ -80,6 +81,8 @@ def train_rm(
         return print_config(cfg)
     check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
     metrics = train_reward_model(cfg)
+    if not is_main_process():
+        return
     keys = [k for k in metrics if k.startswith("eval/")] + ["rm/final_loss", "rm/steps"]
     console.print(f"[bold]train-rm[/] {cfg.objective} → {cfg.out}")
     for k in keys:

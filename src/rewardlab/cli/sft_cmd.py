@@ -10,6 +10,7 @@ from rewardlab.cli import (output_overrides, print_config, PRINT_CONFIG_OPTION, 
                            REPORT_TO_OPTION)
 from rewardlab.cli.naming import aliased
 from rewardlab.config import load_config
+from rewardlab.training.distributed import is_main_process
 from rewardlab.training.rundir import check_run
 from rewardlab.sft.trainer import SFTConfig, train_sft
 
@@ -45,4 +46,5 @@ def register(app: typer.Typer) -> None:
             return print_config(cfg)
         check_run(cfg)   # out a file, unwritable or holding an input: one line, before any work
         res = train_sft(cfg)
-        Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
+        if is_main_process():
+            Console().print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})

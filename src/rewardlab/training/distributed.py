@@ -256,6 +256,15 @@ class Dist:
             tdist.barrier()
 
 
+def is_main_process() -> bool:
+    """Whether this is rank 0 of a launch (``RANK`` as torchrun and ``accelerate launch`` set it),
+    or a process that was not launched at all: the one process that prints a command's summary."""
+    try:
+        return int(os.environ.get("RANK") or 0) == 0
+    except ValueError:
+        return True
+
+
 def split_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
     """Rank ``rank``'s contiguous slice [lo, hi) of ``n`` items over ``world`` ranks: the first
     ``n mod world`` ranks get ⌈n / world⌉ items, the others ⌊n / world⌋, so the slices cover every
