@@ -27,3 +27,20 @@ def problems_dir(tmp_path_factory):
     write_jsonl(d / "train.jsonl", [p.to_dict() for p in train])
     write_jsonl(d / "test.jsonl", [p.to_dict() for p in test])
     return d
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory this process cannot write to: one without write bits, or (as root, who
+    ignores them) sysfs; the test is skipped when there is none."""
+    import stat
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    for cand in (str(d), "/sys/kernel"):
+        try:
+            open(os.path.join(cand, ".rewardlab-probe"), "w").close()
+        except OSError:
+            return cand
+        os.unlink(os.path.join(cand, ".rewardlab-probe"))
+    pytest.skip("no read-only directory available")

@@ -3,7 +3,6 @@ a file, an output that is also an input, two outputs on one path → one line, e
 written (issue 21)."""
 
 import os
-import stat
 
 import pytest
 import yaml
@@ -15,27 +14,13 @@ from rewardlab.sft.trainer import SFTConfig
 from rewardlab.training.rundir import check_run_out, prepare_run_dir
 
 
-def _read_only_dir(tmp_path):
-    """A directory this process cannot write to (root ignores mode bits: then sysfs)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    d.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    for cand in (str(d), "/sys/kernel"):
-        try:
-            open(os.path.join(cand, ".rewardlab-probe"), "w").close()
-        except OSError:
-            return cand
-        os.unlink(os.path.join(cand, ".rewardlab-probe"))
-    pytest.skip("no read-only directory available")
-
-
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return " ".join(err.split())
 
 
-def test_helpers_refuse_and_create_nothing(tmp_path):
+def test_helpers_refuse_and_create_nothing(tmp_path, read_only_dir):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="is a file, not a directory"):
         check_output_dir(tmp_path / "afile")
@@ -43,7 +28,7 @@ def test_helpers_refuse_and_create_nothing(tmp_path):
         check_output_dir(tmp_path / "afile" / "sub")
     assert check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
     assert check_output_path(tmp_path / "new2" / "x.jsonl") == tmp_path / "new2" / "x.jsonl"
-    ro = _read_only_dir(tmp_path)
+    ro = read_only_dir
     with pytest.raises(PermissionError) as e:
         check_output_path(os.path.join(ro, "x.jsonl"))
     assert e.value.filename == os.path.join(ro, "x.jsonl")        # the path the user gave
@@ -92,14 +77,14 @@ FILE_OUT = {
 
 
 @pytest.mark.parametrize("cmd", list(DIR_OUT))
-def test_folder_out_that_is_a_file_or_read_only(tmp_path, capsys, cmd):
+def test_folder_out_that_is_a_file_or_read_only(tmp_path, capsys, cmd, read_only_dir):
     f = tmp_path / "afile"
     f.write_text("keep me")
     assert main(DIR_OUT[cmd] + ["--out", str(f)]) == 2
     err = _one_line(capsys)
     assert "is a file, not a directory" in err and str(f) in err
     assert f.read_text() == "keep me"
-    ro = _read_only_dir(tmp_path)
+    ro = read_only_dir
     assert main(DIR_OUT[cmd] + ["--out", os.path.join(ro, "run")]) == 2
     err = _one_line(capsys)
     assert os.path.join(ro, "run") in err and ("cannot write" in err or "no permission" in err)
@@ -107,11 +92,11 @@ def test_folder_out_that_is_a_file_or_read_only(tmp_path, capsys, cmd):
 
 
 @pytest.mark.parametrize("cmd", list(FILE_OUT))
-def test_file_out_that_is_a_folder_or_read_only(tmp_path, capsys, cmd):
+def test_file_out_that_is_a_folder_or_read_only(tmp_path, capsys, cmd, read_only_dir):
     (tmp_path / "adir").mkdir()
     assert main(FILE_OUT[cmd] + ["--out", str(tmp_path / "adir")]) == 2
     assert "it is a directory" in _one_line(capsys)
-    ro = _read_only_dir(tmp_path)
+    ro = read_only_dir
     assert main(FILE_OUT[cmd] + ["--out", os.path.join(ro, "x.jsonl")]) == 2
     assert f"cannot use {os.path.join(ro, 'x.jsonl')}: no permission" in _one_line(capsys)
 

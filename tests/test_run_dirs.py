@@ -3,7 +3,6 @@ resumes, config.yaml is written only after the checks, and an unwritable --out i
 error before any work."""
 
 import os
-import stat
 
 import pytest
 import yaml
@@ -106,24 +105,9 @@ def test_out_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, cmd):
     assert "cannot create the directory" in _one_line_error(capsys)
 
 
-def _read_only_dir(tmp_path):
-    """A directory this process cannot write to: one without write bits, or (as root, who
-    ignores them) sysfs."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    d.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    for cand in (d, "/sys/kernel"):
-        try:
-            open(os.path.join(cand, ".rewardlab-probe"), "w").close()
-        except OSError:
-            return cand
-        os.unlink(os.path.join(cand, ".rewardlab-probe"))
-    pytest.skip("no read-only directory available")
-
-
 @pytest.mark.parametrize("cmd", [["sft"], ["rl"], ["train-rm", "--data", "x.jsonl"]])
-def test_read_only_out_is_one_line_before_any_work(tmp_path, capsys, cmd):
-    d = _read_only_dir(tmp_path)
+def test_read_only_out_is_one_line_before_any_work(tmp_path, capsys, cmd, read_only_dir):
+    d = read_only_dir
     assert main(cmd + ["--out", str(d)]) == 2
     err = _one_line_error(capsys)
     assert "cannot write there" in err and str(d) in err
