@@ -257,12 +257,10 @@ class Dist:
 
 
 def is_main_process() -> bool:
-    """Whether this is rank 0 of a launch (``RANK`` as torchrun and ``accelerate launch`` set it),
-    or a process that was not launched at all: the one process that prints a command's summary."""
-    try:
-        return int(os.environ.get("RANK") or 0) == 0
-    except ValueError:
-        return True
+    """Whether this is the main process of a launch, as :class:`Dist` sees it (accelerate's
+    ``PartialState``), or a process that was not launched at all: the one process that prints a
+    command's summary."""
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
 
 
 def split_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
