@@ -42,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", required=True, help="a finished `rewardlab demo --out` folder")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--kind", choices=["prm", "orm"], default="prm",
+                    help="orm: an ORM trained the same way (its outcome AUROC and best-of-N)")
     ap.add_argument("--form", choices=["lm", "head"], default="lm")
     ap.add_argument("--seed", type=int, default=0, help="the PRM training seed")
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--rm-samples", type=int, default=0, help="fresh samples per problem (0: the demo's rows)")
     ap.add_argument("--corrupt", type=float, default=0.0, help="corrupted copies per row (augment_rows)")
+    ap.add_argument("--backbone", default="", help="PRM backbone (default: the demo's rm/backbone/final)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -70,28 +73,30 @@ def main() -> None:
     rows = augment_rows(rows, oracle, a.corrupt, 0.0, 1)
     write_jsonl(out / "rows.jsonl", rows)
     eval_rows = demo / "rm" / "eval_samples.jsonl"
-    cfg = RMTrainConfig(kind="prm", form=a.form, model=str(demo / "rm" / "backbone" / "final"),
-                        data=[str(out / "rows.jsonl")], eval_data=[str(eval_rows)], out=str(out / "prm"),
+    cfg = RMTrainConfig(kind=a.kind, form=a.form, model=a.backbone or str(demo / "rm" / "backbone" / "final"),
+                        data=[str(out / "rows.jsonl")], eval_data=[str(eval_rows)], out=str(out / a.kind),
                         tag="<|prm_label|>", lr=a.lr, batch_size=a.batch_size, steps=a.steps,
                         seed=a.seed, progress=False, overwrite=True)
     t0 = time.perf_counter()
     res = train_reward_model(cfg)
     train_s = time.perf_counter() - t0
-    prm = load_reward_model(out / "prm" / "final", device="cpu")
-    res.update(prm_label_metrics(prm, read_jsonl(eval_rows)))
+    prm = load_reward_model(out / a.kind / "final", device="cpu")
+    if a.kind == "prm":
+        res.update(prm_label_metrics(prm, read_jsonl(eval_rows)))
 
     bon = read_jsonl(demo / "bon" / "samples.jsonl")
     by_id = {p.id: p for p in load_dataset_by_name(str(demo / "sft" / "test.jsonl"), "test")}
     problems = [by_id[r["id"]] for r in bon]
     m = len(bon[0]["responses"])
     flat = score_samples(prm, [p.question for p in problems for _ in range(m)],
-                         [split_steps(t, "lines") for r in bon for t in r["responses"]], "prm")
+                         [split_steps(t, "lines") for r in bon for t in r["responses"]], a.kind)
     scores = {k: [v[i * m:(i + 1) * m] for i in range(len(bon))] for k, v in flat.items()}
     table = best_of_n(problems, [r["responses"] for r in bon], scores, None, "gsm8k", 16, 0)
     correct = [r["correct"] for r in bon]
     within = {k: within_problem_auroc(correct, v)[0] for k, v in scores.items()}
     summary = {"rows": len(rows), "train_s": round(train_s, 1),
-               **{k: res[k] for k in ("eval/step_auroc", "eval/outcome_auroc", "eval/earliest_error_f1")},
+               **{k: res[k] for k in ("eval/step_auroc", "eval/outcome_auroc", "eval/earliest_error_f1")
+                  if k in res},
                "within_problem_auroc": within, "table": table}
     write_json(out / "result.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=1))

@@ -33,6 +33,8 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert set(by["rm prm"].deps) == {"rm data", "rm backbone"}
     # the ORM starts from the SFT policy and trains while the backbone does (unless asked)
     assert by["rm orm"].arg.model == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
+    # each reward model trains its own number of steps
+    assert by["rm prm"].arg.steps == cfg.budget.prm_steps != cfg.budget.rm_steps == by["rm orm"].arg.steps
     cfg.budget.orm_from_backbone = True
     orm = {j.name: j for j in plan_jobs(cfg)[0]}["rm orm"]
     assert orm.arg.model == by["rm prm"].arg.model and set(orm.deps) == {"rm data", "rm backbone"}

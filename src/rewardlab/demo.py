@@ -88,8 +88,8 @@ class DemoBudget:
     # data's temperature and copies per sample (issue 15) as below
     RANGES: ClassVar[dict[str, str]] = {
         **{k: "[1, 10000000]" for k in ("n_train", "n_test", "sft_steps", "rm_problems", "rm_samples",
-                                        "rm_eval_problems", "rm_steps", "bon_problems", "bon_max_n",
-                                        "rl_steps", "rl_prompts", "rl_n", "eval_k")},
+                                        "rm_eval_problems", "rm_steps", "prm_steps", "bon_problems",
+                                        "bon_max_n", "rl_steps", "rl_prompts", "rl_n", "eval_k")},
         "eval_every": "[0, 10000000]", "rm_backbone_steps": "[0, 10000000]", "rm_lr": "(0, 1]",
         "rl_lr": "(0, 1]",
         "rm_temperature": "(0, 5]", "rm_corrupt": "[0, 10]", "rm_truncate": "[0, 10]",
@@ -120,17 +120,22 @@ class DemoBudget:
     relabelled: positives where the policy is mostly wrong); at most 1."""
     rm_eval_problems: int = 100
     """Held-out (test) problems sampled for the reward models' evaluation rows."""
-    rm_backbone_steps: int = 800
+    rm_backbone_steps: int = 1200
     """SFT steps of the reward models' backbone: the policy's SFT recipe run longer, so that it
     checks the arithmetic better (docs/reward_models_testbed.md); <= ``sft_steps``: the reward
-    models start from the SFT policy (``--budget rm_backbone_steps=0``: ~2.5 min faster, but a
-    weaker PRM (step AUROC 0.887 against 0.916) blurs the demo's result: docs/demo_sweep.md)."""
+    models start from the SFT policy (``--budget rm_backbone_steps=0``: faster, but a weaker PRM
+    blurs the demo's result: docs/demo_sweep.md)."""
     orm_from_backbone: bool = False
     """Whether the ORM, too, starts from the RM backbone. Off: the ORM starts from the SFT policy
     and trains while the backbone does (its outcome AUROC is a little lower; the ORM design's
     result does not change: the README), which keeps ``make demo`` within 15 minutes; the PRM
     always gets the backbone, since checking a step needs it."""
     rm_steps: int = 500
+    """The ORM's optimizer steps (batch 32)."""
+    prm_steps: int = 2000
+    """The PRM's optimizer steps (batch 32): with the 1,200-step backbone, what keeps its
+    best-of-N at or above random pick up to N = 64 (docs/reward_models_testbed.md; 500 steps
+    fall below it from N = 16)."""
     rm_lr: float = 5e-4
     bon_problems: int = 100
     bon_max_n: int = 64
@@ -147,8 +152,8 @@ class DemoBudget:
 
 
 QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10,
-                   rm_samples=2, rm_backbone_steps=60, rm_steps=20, bon_problems=10, bon_max_n=4,
-                   rl_steps=2, rl_prompts=8, rl_n=2, eval_every=0, eval_k=2)
+                   rm_samples=2, rm_backbone_steps=60, rm_steps=20, prm_steps=20, bon_problems=10,
+                   bon_max_n=4, rl_steps=2, rl_prompts=8, rl_n=2, eval_every=0, eval_k=2)
 
 
 def budget_with(quick: bool, overrides: list[str]) -> DemoBudget:
@@ -294,7 +299,8 @@ def rm_configs(cfg: DemoConfig, backbone: Path, policy: Path | None = None) -> l
              "orm": backbone if b.orm_from_backbone or policy is None else policy}
     return [RMTrainConfig(kind=kind, model=str(bases[kind]), data=[str(out / "samples.jsonl")],
                           eval_data=[str(out / "eval_samples.jsonl")], out=str(out / kind), tag=PRM_TAG,
-                          lr=b.rm_lr, batch_size=32, steps=b.rm_steps, progress=cfg.progress)
+                          lr=b.rm_lr, batch_size=32,
+                          steps=b.prm_steps if kind == "prm" else b.rm_steps, progress=cfg.progress)
             for kind in ("orm", "prm")]
 
 
@@ -583,7 +589,7 @@ SETTINGS_FILE = "demo_settings.json"
 _STAGE_KEYS = {
     "sft": ("n_train", "n_test", "unnecessary_rate", "sft_steps", "rm_backbone_steps"),
     "rm": ("rm_problems", "rm_samples", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair",
-           "rm_eval_problems", "rm_steps", "rm_lr", "orm_from_backbone"),
+           "rm_eval_problems", "rm_steps", "prm_steps", "rm_lr", "orm_from_backbone"),
     "bon": ("bon_problems", "bon_max_n"),
     "rl": ("rl_steps", "rl_lr", "rl_prompts", "rl_n", "eval_every", "eval_k"),
 }
