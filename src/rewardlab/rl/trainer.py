@@ -43,6 +43,7 @@ from rewardlab.rl.losses import (agg_units, aggregate_loss, implicit_process_rew
                                   kl_loss, masked_mean, ppo_policy_loss, value_loss)
 from rewardlab.rl.vine import distinct_prefixes, mc_step_values
 from rewardlab.training.checkpoint import save_pretrained_full, seed_everything
+from rewardlab.training.distributed import clip_grad_norm, is_sharded
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 
 
@@ -69,13 +70,20 @@ class ScoredBatch:
 
 class _WithTokenizer:
     """Saves a model with the tokenizer beside it (a checkpoint's extra models are saved with
-    ``save_pretrained`` only), so ``load_model_and_tokenizer`` reloads it."""
+    ``save_pretrained`` only), so ``load_model_and_tokenizer`` reloads it. ``state``: the
+    gathered full state dict of an FSDP-sharded model (rank 0), written in its place."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, state: dict | None = None):
+        self.model, self.tokenizer, self.state = model, tokenizer, state
+
+    def named_parameters(self):   # the finiteness check before a checkpoint is written
+        return iter(self.state.items()) if self.state is not None else self.model.named_parameters()
 
     def save_pretrained(self, path: str) -> None:
-        self.model.save_pretrained(path)
+        if self.state is not None:
+            save_pretrained_full(self.model, path, self.state)
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
 
@@ -97,15 +105,12 @@ class _FullValueModel:
 
 
 def check_fsdp_support(cfg: RLConfig) -> None:
-    """Refuse, before any work, what ``rl`` does not run under FSDP: a LoRA policy and the
-    estimators that train or sample with models of their own (``prime``, ``vine``)."""
+    """Refuse, before any work, what ``rl`` does not run under FSDP: a LoRA policy. (``prime``
+    shards its implicit PRM like the critic; ``vine`` samples its Monte-Carlo rollouts on the
+    gathered policy.)"""
     if cfg.model.lora.enabled:
         raise ValueError("rl: model.lora.r > 0 does not run under FSDP yet (the adapter would be "
                          "sharded with its frozen base); launch LoRA runs with "
-                         "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
-    name = cfg.advantage_name()
-    if name in ("prime", "vine"):
-        raise ValueError(f"rl: advantage {name} does not run under FSDP yet; launch it with "
                          "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
 
 
@@ -189,7 +194,10 @@ class RLTrainer:
         self.start_step = self.engine.start
         self.kl_coef = extra.get("kl_coef", self.kl_coef)
         if self.prime_opt is not None and extra.get("prime_opt") is not None:
-            self.prime_opt.load_state_dict(extra["prime_opt"])
+            if is_sharded(self.prime_rm):   # saved by parameter name: sharded again
+                self.dist.load_optimizer_state(self.prime_rm, self.prime_opt, extra["prime_opt"])
+            else:
+                self.prime_opt.load_state_dict(extra["prime_opt"])
 
     def on_policy_single_update(self, n_prompts: int) -> bool:
         """One epoch, one minibatch and no KL in the reward: π_old = π at the update, so the
@@ -230,11 +238,14 @@ class RLTrainer:
         self.prime_rm, _ = load_model_and_tokenizer(init, self.prec.storage, pc.device,
                                                     pc.trust_remote_code)
         self.prime_rm.train()
+        # FSDP: π_φ sharded like the critic (its passes with gradient through FSDP), its
+        # optimizer state saved by name; π_ref sharded too, its passes on gathered weights
+        self.prime_rm = self.dist.wrap(self.prime_rm)
         self.prime_ref = self.ref
         if self.prime_ref is None:
             self.prime_ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage,
                                                          pc.device, pc.trust_remote_code)
-            self.prime_ref.eval().requires_grad_(False)
+            self.prime_ref = self.dist.wrap(self.prime_ref.eval().requires_grad_(False))
         self.fast_prime = use_fast_engine(self.prime_rm, cfg.engine, sampling=False)
         self.fast_prime_ref = use_fast_engine(self.prime_ref, cfg.engine, sampling=False)
         self.prime_opt = torch.optim.AdamW([p for p in self.prime_rm.parameters() if p.requires_grad],
@@ -247,14 +258,28 @@ class RLTrainer:
         token rewards r_t = β·log π_φ/π_ref of the batch under the current π_φ (B, T), then one
         optimizer step of π_φ on :func:`implicit_prm_loss` against the outcome ``labels`` (B,).
         ``ref_logp``: log π_ref at temperature 1 when already computed, else None. One pass with
-        gradient per ``pass_rows`` rows gives both the rewards and the loss."""
+        gradient per ``pass_rows`` rows gives both the rewards and the loss.
+
+        Several processes: each rank's loss is weighted by its rows' share of the WHOLE batch and
+        the gradients summed over ranks (FSDP's reduce-scatter, or :meth:`Dist.sum_grads`), so
+        π_φ takes the one-process step on every rank; every rank holds as many rows, so as many
+        passes (under FSDP each is a collective). The metrics are this rank's (the caller takes
+        their mean over ranks)."""
         cfg = self.cfg
+        dist = self.dist
         mask = batch.response_mask.float()
         B, T = batch.response_ids.shape
+        B_all = B * dist.world
         ids_all, att_all = batch.input_ids, batch.attention_mask
-        if ref_logp is None:
-            ref_logp = forward_logprobs(self.prime_ref, ids_all, att_all, T, temperature=1.0,
-                                        micro_batch=self.pass_rows, fast=self.fast_prime_ref) * mask
+        if ref_logp is None or dist.sharded:
+            # FSDP: π_φ's passes go through transformers on the shards, so π_ref's go through
+            # transformers too (on gathered weights, the same rows per pass): r = β·log π_φ/π_ref
+            # is then exactly 0 where π_φ = π_ref, as in one process (where both take the fast
+            # path), and no rounding noise is whitened into advantages
+            with dist.gathered(self.prime_ref) as ref:
+                ref_logp = forward_logprobs(ref, ids_all, att_all, T, temperature=1.0,
+                                            micro_batch=self.pass_rows,
+                                            fast=self.fast_prime_ref and not dist.sharded) * mask
         self.prime_opt.zero_grad(set_to_none=True)
         rewards, metrics = [], {}
         with torch.enable_grad():
@@ -264,14 +289,16 @@ class RLTrainer:
                                           fast=self.fast_prime)[0]
                 loss, m = implicit_prm_loss(logp, ref_logp[rows], mask[rows], labels[rows],
                                             cfg.prime.beta)
-                share = (min(s + self.pass_rows, B) - s) / B
-                (loss * share).backward()
+                n_rows = min(s + self.pass_rows, B) - s
+                share = n_rows / B
+                (loss * (n_rows / B_all)).backward()   # its share of the whole batch
                 rewards.append(implicit_process_rewards(logp.detach(), ref_logp[rows], mask[rows],
                                                         cfg.prime.beta))
                 for k, v in m.items():
                     metrics[k] = metrics.get(k, 0.0) + share * v
         params = [p for grp in self.prime_opt.param_groups for p in grp["params"]]
-        metrics["prime/rm_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        dist.sum_grads(params)   # DDP: Σ over ranks (FSDP reduced its DTensor gradients already)
+        metrics["prime/rm_grad_norm"] = clip_grad_norm(params, cfg.grad_clip)
         self.prime_opt.step()
         r = torch.cat(rewards)
         metrics["prime/implicit_return"] = float(r.sum(1).mean())
@@ -408,11 +435,17 @@ class RLTrainer:
             golds = [p.answer for p in probs]
             # its own random stream, a function of the rollout's seed (so resume is exact)
             mc_seed = None if self._rollout_seed is None else 2 ** 40 + self._rollout_seed
-            step_values = mc_step_values(
-                self.policy, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
-                cfg.sampling, seed=mc_seed, style=self.style, separator=self.step_sep,
-                correct_reward=cfg.reward.correct_reward, incorrect_reward=cfg.reward.incorrect_reward)
+            # several processes: the prefixes of the whole batch, each rank sampling a slice of
+            # them (FSDP: on the gathered weights, no collective inside), the values gathered
+            with self.dist.gathered(self.policy):
+                step_values = mc_step_values(
+                    self.policy, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
+                    cfg.sampling, seed=mc_seed, style=self.style, separator=self.step_sep,
+                    correct_reward=cfg.reward.correct_reward,
+                    incorrect_reward=cfg.reward.incorrect_reward, dist=self.dist)
             extra_m["vine/value_start"] = sum(v[0] for v in step_values) / B
+            # k × distinct prefixes of this rank's rows; over ranks the mean below makes it the
+            # per-rank mean
             extra_m["vine/rollouts"] = float(cfg.vine.k * len(
                 distinct_prefixes(prompts, vsteps, golds, self.step_sep)[0]))
         if name == "gae":
@@ -431,7 +464,8 @@ class RLTrainer:
                 step_rewards=proc, step_ends=step_ends if vine_ends is None else vine_ends,
                 group_ids=group_ids,
                 gamma=cfg.gamma, lam=cfg.lam, norm_eps=cfg.norm_eps,
-                implicit_rewards=implicit, step_values=step_values, whiten=cfg.prime.whiten))
+                implicit_rewards=implicit, step_values=step_values, whiten=cfg.prime.whiten,
+                dist=self.dist))
         # diagnostics
         m = {"reward/success": correct.mean().item(),
              "reward/total": seq_reward.mean().item(),
@@ -619,8 +653,12 @@ class RLTrainer:
             models = {"value": _FullValueModel(self.value, state)}
         extra = {"kl_coef": self.kl_coef}
         if self.prime_rm is not None:   # PRIME: π_φ (loadable as a model) and its optimizer
-            models = {**(models or {}), "prime_rm": _WithTokenizer(self.prime_rm, self.tok)}
-            extra["prime_opt"] = self.prime_opt.state_dict()
+            # FSDP: both gathered (collectives every rank joins), the optimizer state by name
+            prime_state = self.dist.full_state_dict(self.prime_rm)
+            models = {**(models or {}), "prime_rm": _WithTokenizer(self.prime_rm, self.tok,
+                                                                   prime_state)}
+            opt_state = self.dist.full_optimizer_state(self.prime_rm, self.prime_opt)
+            extra["prime_opt"] = opt_state if opt_state is not None else self.prime_opt.state_dict()
         self.engine.save(step, self.policy, self.tok, self.opt, extra=extra, models=models)
 
     def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
