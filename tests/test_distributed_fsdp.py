@@ -326,6 +326,61 @@ def test_fsdp_rl_prime_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
         assert _max_diff(_weights(tmp_path / "one" / sub), _weights(tmp_path / "two" / sub)) <= 1e-5, sub
 
 
+def _adapter(d: Path) -> dict:
+    return load_file(str(d / "adapter_model.safetensors"))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_fsdp_rl_lora_matches_one_process(tmp_path, tiny_policy, rl_probs, algo):
+    """A LoRA policy under FSDP: the frozen base and the trainable adapter sharded together (FSDP2
+    reduce-scatters only the adapter's gradients), the reference = the same network with the
+    adapter off (gathered), rollouts on the merged view of the gathered weights (the fast
+    sampler: the one-process tokens). The adapter after 3 steps matches a one-process run
+    (PPO: with the replicated value head); ``final/`` is the adapter alone, gathered on rank 0,
+    and ``final_merged/`` a plain model."""
+    pytest.importorskip("peft")
+    extra = ["model.lora.r=4", "save_every=10", "model.lora.save_merged=true"]
+    if algo == "ppo":
+        extra.append("value.kind=shared")
+    sets = _rl_sets(tiny_policy, rl_probs, algo, extra)
+    _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")
+    assert one and all("lora_" in k for k in two)
+    assert _max_diff(one, two) <= 1e-5
+    assert max(v.abs().max().item() for k, v in two.items() if "lora_B" in k) > 0   # it trained
+    assert not (tmp_path / "two" / "final" / "model.safetensors").exists()
+    assert _max_diff(_weights(tmp_path / "one" / "final_merged"),
+                     _weights(tmp_path / "two" / "final_merged")) <= 1e-5
+    a = json.loads((tmp_path / "one" / "rl_summary.json").read_text())
+    b = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    for k in ("reward/total", "kl/ref", "eval/accuracy"):
+        assert b[k] == pytest.approx(a[k], abs=1e-5), k
+
+
+@pytest.mark.timeout(900)
+def test_fsdp_rl_lora_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
+    """GRPO with a LoRA policy under FSDP stopped after step 2 (the adapter gathered into the
+    checkpoint, the sharded optimizer's state by name: adapter weights only) and resumed: the
+    adapter of an uninterrupted one-process run."""
+    pytest.importorskip("peft")
+    sets = _rl_sets(tiny_policy, rl_probs, "grpo", ["model.lora.r=4", "save_every=1"])
+    _train_rl_one(sets, tmp_path / "one")
+    out = str(tmp_path / "two")
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
+    assert (ckpt / "adapter_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
+    state = __import__("torch").load(ckpt / "trainer_state.pt", weights_only=False)
+    keys = set(state["optimizer"]["state"])
+    assert keys and all("lora_" in k for k in keys)
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")) <= 1e-5
+
+
 # ---------------------------------------------------------------------------- in one process
 @pytest.fixture
 def clean_env(monkeypatch):
@@ -392,22 +447,6 @@ def test_shipped_accelerate_configs_parse(name, kind):
         assert cfg.fsdp_config["fsdp_activation_checkpointing"] is False
     if kind == "DEEPSPEED":
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
-
-
-@pytest.mark.parametrize("extra, match", [
-    (["model.lora.r=4", "algo=grpo"], r"model.lora.r > 0 does not run under FSDP yet.*ddp.yaml"),
-])
-def test_rl_under_fsdp_refuses_what_it_cannot_shard_before_any_work(tmp_path, clean_env, tiny_policy,
-                                                                      extra, match):
-    from rewardlab.rl.config import RLConfig
-    from rewardlab.rl.trainer import RLTrainer
-    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
-    clean_env.setenv("FSDP_VERSION", "2")
-    cfg = load_config(RLConfig, None, [f"model.name_or_path={tiny_policy}", "data.dataset=testbed",
-                                       f"out={tmp_path / 'run'}", "progress=false", *extra])
-    with pytest.raises(ValueError, match=match):
-        RLTrainer(cfg)
-    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_gathered_and_clip_grad_norm_without_fsdp_are_the_plain_ones():

@@ -1,6 +1,7 @@
 """LoRA policies through peft (model.lora): the reference is the policy with its adapter off,
 only the adapter (and a value head) trains, checkpoints hold the adapter and resume exactly,
-final/ and final_merged/ load, and the fast engine is not used."""
+final/ and final_merged/ load; the fast engine samples a merged view (never the PeftModel) and
+runs none of its teacher-forced passes."""
 
 import json
 
@@ -50,9 +51,16 @@ def _cfg(tmp_path, policy, probs, name, extra=()):
 
 
 def _no_fast_path(monkeypatch):
+    """The teacher-forced passes never take the fast path; the sampler does, but only on the
+    merged view (a plain model, no LoRA layer), never on the PeftModel."""
     def refuse(*a, **k):
         raise AssertionError("the fast engine ran a LoRA policy")
-    monkeypatch.setattr(sampling, "fast_generate", refuse)
+    real = sampling.fast_generate
+
+    def plain_only(model, *a, **k):
+        assert not is_peft(model) and fast_path_unsupported(model) is None
+        return real(model, *a, **k)
+    monkeypatch.setattr(sampling, "fast_generate", plain_only)
     monkeypatch.setattr(sampling, "response_logits", refuse)
 
 

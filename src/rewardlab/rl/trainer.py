@@ -30,7 +30,8 @@ from rewardlab.grading import grade
 from rewardlab.io import write_jsonl
 from rewardlab.models.batching import position_ids_from_mask
 from rewardlab.models.loading import load_model_and_tokenizer, training_precision
-from rewardlab.models.lora import adapter_off, load_policy, reference_model, save_merged
+from rewardlab.models.lora import (adapter_off, is_peft, load_policy, merged_sampler,
+                                   reference_model, save_merged)
 from rewardlab.models.sampling import (forward_logprobs, generate_rollouts, logprobs_with_grad,
                                        response_logprobs, RolloutBatch, use_fast_engine)
 from rewardlab.models.value import HEAD_FILE, SharedValueHead, ValueModel
@@ -104,16 +105,6 @@ class _FullValueModel:
         save_file({k: v.contiguous() for k, v in sub("head.").items()}, str(Path(path) / HEAD_FILE))
 
 
-def check_fsdp_support(cfg: RLConfig) -> None:
-    """Refuse, before any work, what ``rl`` does not run under FSDP: a LoRA policy. (``prime``
-    shards its implicit PRM like the critic; ``vine`` samples its Monte-Carlo rollouts on the
-    gathered policy.)"""
-    if cfg.model.lora.enabled:
-        raise ValueError("rl: model.lora.r > 0 does not run under FSDP yet (the adapter would be "
-                         "sharded with its frozen base); launch LoRA runs with "
-                         "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
-
-
 def _in_precision(method):
     """Run a trainer phase in the policy's precision context (bfloat16 autocast in mixed
     precision, else nothing): sampling, scoring, the update and evaluation alike."""
@@ -136,8 +127,6 @@ class RLTrainer:
         self.out = self.engine.out
         self.dist = self.engine.dist   # prompts are sharded over processes, each group on one rank
         self.dist.check_divides("rl: prompts_per_step", cfg.prompts_per_step)
-        if self.dist.sharded:
-            check_fsdp_support(cfg)
         seed_everything(cfg.seed)
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
         if not self.train_set:
@@ -158,6 +147,8 @@ class RLTrainer:
         # FSDP launch: the policy sharded (before the optimizer); its rollouts, scoring passes and
         # evaluation run on gathered weights (Dist.gathered), its update through FSDP
         self.policy = self.engine.prepare(self.policy)
+        if self.dist.sharded and is_peft(self.policy):
+            self._check_lora_sampling()
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
         if cfg.kl.coef != 0 or cfg.kl.adaptive:   # a LoRA policy is its own reference (adapter_off)
@@ -198,6 +189,24 @@ class RLTrainer:
                 self.dist.load_optimizer_state(self.prime_rm, self.prime_opt, extra["prime_opt"])
             else:
                 self.prime_opt.load_state_dict(extra["prime_opt"])
+
+    def _check_lora_sampling(self) -> None:
+        """FSDP with a LoRA policy: sampling and evaluation must run on the merged view
+        (:func:`rewardlab.models.lora.merged_sampler`, the fast path on gathered weights), since
+        ``generate`` on the sharded PeftModel enters FSDP's blocks without its root (FSDP raises
+        "requires running forward through the root module first", or a rank evaluating alone
+        waits forever). Refused before any work otherwise (every rank gathers once here)."""
+        if self.cfg.sampling.engine == "hf":
+            raise ValueError("rl: a LoRA policy under FSDP samples on its merged weights with the "
+                             "fast engine; sampling.engine=hf is not supported there (use auto), "
+                             "or launch with configs/accelerate/ddp.yaml. See docs/distributed.md")
+        with self.dist.gathered(self.policy), merged_sampler(self.policy) as view:
+            merged = view is not self.policy
+        if not merged:
+            raise ValueError("rl: this LoRA policy cannot be sampled on merged weights by the fast "
+                             "engine (a LoRA layer that is not a Linear, or an architecture the fast "
+                             "path does not run), which FSDP needs; launch it with "
+                             "configs/accelerate/ddp.yaml. See docs/distributed.md")
 
     def on_policy_single_update(self, n_prompts: int) -> bool:
         """One epoch, one minibatch and no KL in the reward: π_old = π at the update, so the
@@ -332,12 +341,22 @@ class RLTrainer:
         self._rollout_seed = cfg.seed * 1_000_003 + step
         # FSDP: each rank samples on the gathered weights, with no collective, so ranks may stop
         # at different lengths (and the fast sampler draws the one-process run's tokens)
+        # LoRA: sampled on the merged view (the fast sampler where it can run the base), the old
+        # log-probs then from the PeftModel itself, as its update computes them
+        sampler_lp = cfg.old_logprobs == "sampler"
         with self.dist.gathered(self.policy):
-            batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
-                                      cfg.sampling, seed=self._rollout_seed,
-                                      compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
-                                      skip_rows=lo * cfg.sampling.n,
-                                      sampler_logprobs=cfg.old_logprobs == "sampler")
+            with merged_sampler(self.policy, cfg.sampling.engine) as sampler:
+                view = sampler is not self.policy
+                batch = generate_rollouts(sampler, self.tok, [self.prompt_fn(p) for p in problems],
+                                          cfg.sampling, seed=self._rollout_seed,
+                                          compute_logprobs=not on_policy and (sampler_lp or not view),
+                                          logprob_rows=self.pass_rows, skip_rows=lo * cfg.sampling.n,
+                                          sampler_logprobs=sampler_lp)
+            if view and not on_policy and batch.logprobs is None:
+                batch.logprobs = forward_logprobs(
+                    self.policy, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1],
+                    temperature=cfg.sampling.temperature or 1.0, micro_batch=self.pass_rows,
+                    fast=False) * batch.response_mask
         return problems, batch
 
     @_in_precision
@@ -437,9 +456,10 @@ class RLTrainer:
             mc_seed = None if self._rollout_seed is None else 2 ** 40 + self._rollout_seed
             # several processes: the prefixes of the whole batch, each rank sampling a slice of
             # them (FSDP: on the gathered weights, no collective inside), the values gathered
-            with self.dist.gathered(self.policy):
+            with self.dist.gathered(self.policy), merged_sampler(self.policy,
+                                                                  cfg.sampling.engine) as sampler:
                 step_values = mc_step_values(
-                    self.policy, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
+                    sampler, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
                     cfg.sampling, seed=mc_seed, style=self.style, separator=self.step_sep,
                     correct_reward=cfg.reward.correct_reward,
                     incorrect_reward=cfg.reward.incorrect_reward, dist=self.dist)
@@ -634,10 +654,12 @@ class RLTrainer:
         """Held-out accuracy (greedy, plus maj@k / pass@k with ``k``), on the main process only."""
         if not self.test_set or not (self.dist.is_main or self.dist.sharded):
             return {}
-        with self.dist.gathered(self.policy):   # FSDP: every rank gathers, rank 0 evaluates
+        # FSDP: every rank gathers, rank 0 evaluates (LoRA: on the merged view, as it samples)
+        with self.dist.gathered(self.policy), merged_sampler(self.policy,
+                                                              self.cfg.sampling.engine) as model:
             if not self.dist.is_main:
                 return {}
-            summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
+            summary, rows = evaluate_policy(model, self.tok, self.test_set, style=self.style,
                                             greedy=True, k=k,
                                             temperature=self.cfg.sampling.temperature or 1.0,
                                             max_new_tokens=self.cfg.sampling.max_new_tokens,
