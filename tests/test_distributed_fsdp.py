@@ -449,6 +449,27 @@ def test_shipped_accelerate_configs_parse(name, kind):
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
 
 
+def test_rl_lora_under_fsdp_refuses_generate_sampling_before_any_work(tmp_path, clean_env, tiny_policy,
+                                                                     rl_probs):
+    """A LoRA policy under FSDP samples and evaluates on its merged view (the fast engine):
+    ``generate`` on the sharded PeftModel enters FSDP's blocks without the root. So
+    sampling.engine=hf is refused before any work (LoRA, prime and vine themselves run: the
+    2-process tests above)."""
+    pytest.importorskip("peft")
+    from rewardlab.rl.config import RLConfig
+    from rewardlab.rl.trainer import RLTrainer
+    clean_env.setenv("ACCELERATE_USE_FSDP", "true")
+    clean_env.setenv("FSDP_VERSION", "2")
+    cfg = load_config(RLConfig, None, [f"model.name_or_path={tiny_policy}", "model.device=cpu",
+                                       f"data.train_path={rl_probs / 'train.jsonl'}",
+                                       f"data.test_path={rl_probs / 'test.jsonl'}",
+                                       f"out={tmp_path / 'run'}", "progress=false", "algo=grpo",
+                                       "model.lora.r=4", "sampling.engine=hf"])
+    with pytest.raises(ValueError, match="LoRA policy under FSDP.*sampling.engine=hf"):
+        RLTrainer(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_gathered_and_clip_grad_norm_without_fsdp_are_the_plain_ones():
     import torch
     from rewardlab.training.distributed import Dist, clip_grad_norm
