@@ -250,7 +250,11 @@ class RLTrainer:
         # FSDP: π_φ sharded like the critic (its passes with gradient through FSDP), its
         # optimizer state saved by name; π_ref sharded too, its passes on gathered weights
         self.prime_rm = self.dist.wrap(self.prime_rm)
-        self.prime_ref = self.ref
+        # π_ref: the policy's reference model when it is a plain copy; a LoRA policy's reference
+        # (the PeftModel, adapter off) would take another code path than π_φ (a plain model), so
+        # r = β·log π_φ/π_ref would be rounding noise instead of 0 at the start, whitened into
+        # advantages: PRIME then loads a plain copy of the base
+        self.prime_ref = self.ref if not is_peft(self.ref) else None
         if self.prime_ref is None:
             self.prime_ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage,
                                                          pc.device, pc.trust_remote_code)
@@ -441,7 +445,8 @@ class RLTrainer:
         if name == "prime":   # implicit PRM rewards, then π_φ's update on the outcome labels
             t1 = (cfg.sampling.temperature or 1.0) == 1.0
             implicit, extra_m = self.prime_step(batch, correct,
-                                                ref_logp if t1 and self.ref is not None else None)
+                                                ref_logp if t1 and self.ref is not None
+                                                and self.prime_ref is self.ref else None)
         vine_ends = None
         if name == "vine":   # Monte-Carlo values of every step boundary (no steps: one step)
             ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok,
