@@ -361,6 +361,19 @@ def test_fsdp_rl_lora_matches_one_process(tmp_path, tiny_policy, rl_probs, algo)
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("design", ["prime", "vine"])
+def test_fsdp_rl_lora_with_prime_or_vine_matches_one_process(tmp_path, tiny_policy, rl_probs, design):
+    """A LoRA policy with PRIME (π_ref a plain copy of the base beside the sharded π_φ) or
+    VinePPO (Monte-Carlo rollouts on the merged view): the one-process adapter."""
+    pytest.importorskip("peft")
+    sets = _design_sets(tiny_policy, rl_probs, design, ["save_every=10", "model.lora.r=4"])
+    _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")) <= 1e-5
+
+
+@pytest.mark.timeout(900)
 def test_fsdp_rl_lora_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
     """GRPO with a LoRA policy under FSDP stopped after step 2 (the adapter gathered into the
     checkpoint, the sharded optimizer's state by name: adapter weights only) and resumed: the
