@@ -129,6 +129,31 @@ def test_rl_two_processes_match_one(tmp_path, tiny_policy, probs, algo):
             train_rl(cfg)
 
 
+@pytest.mark.parametrize("design", ["prime", "vine"])
+def test_rl_prime_and_vine_two_processes_match_one(tmp_path, tiny_policy, probs, design):
+    """DDP: PRIME's π_φ takes the one-process step (its loss weighted by each rank's share of the
+    whole batch, its gradients summed, its advantages whitened over the whole batch), and
+    VinePPO's Monte-Carlo prefixes are de-duplicated over the whole batch and split over the
+    ranks with the one-process uniforms. (An entropy bonus gives the update a gradient while the
+    random policy is never right; without one AdamW's first step follows rounding noise.)"""
+    sets = [f"algo=ppo", f"advantage={design}", f"model.name_or_path={tiny_policy}",
+            f"data.train_path={probs / 'train.jsonl'}", f"data.test_path={probs / 'test.jsonl'}",
+            "steps=3", "prompts_per_step=4", "sampling.n=2", "sampling.max_new_tokens=12",
+            "minibatch_size=4", "eval_every=0", "eval_k=0", "save_every=10", "progress=false",
+            "model.device=cpu", "lr=1e-3", "kl.in_reward=false", "kl.estimator=k3",
+            "entropy_coef=0.1", "prime.lr=1e-3", "vine.k=4"]
+    one = train_rl(load_config(RLConfig, None, sets + [f"out={tmp_path / 'one'}"]))
+    r = _launch(["rl", "--out", str(tmp_path / "two"), *sum((["--set", s] for s in sets), [])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(tmp_path / "one" / "final", tmp_path / "two" / "final") <= 1e-5
+    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    key = "prime/rm_loss" if design == "prime" else "vine/value_start"
+    assert two[key] == pytest.approx(one[key], abs=1e-5)
+    if design == "prime":   # π_φ: the same on both ranks and as in one process
+        sub = Path("checkpoints") / "step_0000003" / "prime_rm"
+        assert _max_diff(tmp_path / "one" / sub, tmp_path / "two" / sub) <= 1e-5
+
+
 def test_a_world_size_that_does_not_divide_the_batch_stops_before_any_work(tmp_path, tiny_policy, probs):
     r = _launch(["sft", "--out", str(tmp_path / "odd"), "--set", f"model.name_or_path={tiny_policy}",
                  "--set", f"data.train_path={probs / 'train.jsonl'}", "--set", "batch_size=7",
@@ -183,3 +208,4 @@ def test_one_process_collectives_are_the_identity():
     x = torch.tensor([1.5, 2.0])
     assert d.sum(x) is x and d.sum(3) == 3 and d.sum_dict({"a": 1.0}) == {"a": 1.0}
     assert d.shard([1, 2, 3]) == [1, 2, 3] and d.bounds(4) == (0, 4)
+    assert d.gather_objects({"a": 1}) == [{"a": 1}]

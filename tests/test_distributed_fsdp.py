@@ -268,6 +268,132 @@ def test_fsdp_rl_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
             assert _max_diff(load_file(str(a / f)), load_file(str(b / f))) <= 1e-5, sub
 
 
+def _design_sets(tiny_policy, probs: Path, design: str, extra: list[str]) -> list[str]:
+    """``_rl_sets`` without the PRM, for the estimators that bring their own values: PRIME (an
+    implicit PRM π_φ trained at every step) and VinePPO (Monte-Carlo values, 4 rollouts per
+    distinct step prefix). The random tiny policy is rarely right (success 0 at steps 1-2), so
+    an entropy bonus gives the update a gradient: without one its first steps follow the sign of
+    rounding noise (AdamW's first step is lr·sign(g)), and one process and two, whose passes
+    round differently, end ~7e-3 apart."""
+    sets = [s for s in _rl_sets(tiny_policy, probs, "ppo", extra) if not s.startswith("reward.prm")]
+    return sets + [f"advantage={design}", "kl.in_reward=false", "kl.estimator=k3",
+                   "entropy_coef=0.1", *(["prime.lr=1e-3"] if design == "prime" else ["vine.k=4"])]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("design", ["prime", "vine"])
+def test_fsdp_rl_prime_and_vine_match_one_process(tmp_path, tiny_policy, rl_probs, design):
+    """PRIME under FSDP: π_φ sharded like a critic (its passes with gradient through FSDP, each
+    rank's loss weighted by its share of the whole batch), π_ref's passes on gathered weights;
+    π_φ's checkpoint gathered into its Hugging Face folder. VinePPO: the Monte-Carlo rollouts of
+    the whole batch's distinct prefixes split over the ranks, sampled on the gathered policy with
+    the one-process uniforms. Both: the policy (and π_φ) of a one-process run after 3 steps."""
+    sets = _design_sets(tiny_policy, rl_probs, design, ["save_every=10"])
+    one = _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
+    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    keys = ["reward/total", "kl/ref", "eval/accuracy", "actor/pg_loss"]
+    keys += ["prime/rm_loss", "prime/implicit_return"] if design == "prime" else ["vine/value_start"]
+    for k in keys:
+        assert two[k] == pytest.approx(one[k], abs=1e-5), k
+    if design == "prime":   # π_φ gathered into the checkpoint, a plain model again
+        sub = "checkpoints/step_0000003/prime_rm"
+        assert _max_diff(_weights(tmp_path / "one" / sub), _weights(tmp_path / "two" / sub)) <= 1e-5
+        assert json.loads((tmp_path / "two" / sub / "config.json").read_text())["architectures"] == [
+            "LlamaForCausalLM"]
+    else:   # some Monte-Carlo rollouts succeeded: the values are not all 0
+        rows = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+        assert any(r.get("vine/value_start", 0) > 0 for r in rows)
+
+
+@pytest.mark.timeout(900)
+def test_fsdp_rl_prime_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
+    """PRIME under FSDP stopped after step 2 (π_φ gathered, its sharded optimizer's state saved
+    by parameter name) and resumed: the policy and π_φ of an uninterrupted one-process run."""
+    sets = _design_sets(tiny_policy, rl_probs, "prime", ["save_every=1"])
+    _train_rl_one(sets, tmp_path / "one")
+    out = str(tmp_path / "two")
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = __import__("torch").load(tmp_path / "two" / "checkpoints" / "step_0000002" / "trainer_state.pt",
+                                     weights_only=False)
+    assert any(k.startswith("model.layers.") for k in state["extra"]["prime_opt"]["state"])
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for sub in ("final", "checkpoints/step_0000003/prime_rm"):
+        assert _max_diff(_weights(tmp_path / "one" / sub), _weights(tmp_path / "two" / sub)) <= 1e-5, sub
+
+
+def _adapter(d: Path) -> dict:
+    return load_file(str(d / "adapter_model.safetensors"))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_fsdp_rl_lora_matches_one_process(tmp_path, tiny_policy, rl_probs, algo):
+    """A LoRA policy under FSDP: the frozen base and the trainable adapter sharded together (FSDP2
+    reduce-scatters only the adapter's gradients), the reference = the same network with the
+    adapter off (gathered), rollouts on the merged view of the gathered weights (the fast
+    sampler: the one-process tokens). The adapter after 3 steps matches a one-process run
+    (PPO: with the replicated value head); ``final/`` is the adapter alone, gathered on rank 0,
+    and ``final_merged/`` a plain model."""
+    pytest.importorskip("peft")
+    extra = ["model.lora.r=4", "save_every=10", "model.lora.save_merged=true"]
+    if algo == "ppo":
+        extra.append("value.kind=shared")
+    sets = _rl_sets(tiny_policy, rl_probs, algo, extra)
+    _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")
+    assert one and all("lora_" in k for k in two)
+    assert _max_diff(one, two) <= 1e-5
+    assert max(v.abs().max().item() for k, v in two.items() if "lora_B" in k) > 0   # it trained
+    assert not (tmp_path / "two" / "final" / "model.safetensors").exists()
+    assert _max_diff(_weights(tmp_path / "one" / "final_merged"),
+                     _weights(tmp_path / "two" / "final_merged")) <= 1e-5
+    a = json.loads((tmp_path / "one" / "rl_summary.json").read_text())
+    b = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    for k in ("reward/total", "kl/ref", "eval/accuracy"):
+        assert b[k] == pytest.approx(a[k], abs=1e-5), k
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("design", ["prime", "vine"])
+def test_fsdp_rl_lora_with_prime_or_vine_matches_one_process(tmp_path, tiny_policy, rl_probs, design):
+    """A LoRA policy with PRIME (π_ref a plain copy of the base beside the sharded π_φ) or
+    VinePPO (Monte-Carlo rollouts on the merged view): the one-process adapter."""
+    pytest.importorskip("peft")
+    sets = _design_sets(tiny_policy, rl_probs, design, ["save_every=10", "model.lora.r=4"])
+    _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")) <= 1e-5
+
+
+@pytest.mark.timeout(900)
+def test_fsdp_rl_lora_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
+    """GRPO with a LoRA policy under FSDP stopped after step 2 (the adapter gathered into the
+    checkpoint, the sharded optimizer's state by name: adapter weights only) and resumed: the
+    adapter of an uninterrupted one-process run."""
+    pytest.importorskip("peft")
+    sets = _rl_sets(tiny_policy, rl_probs, "grpo", ["model.lora.r=4", "save_every=1"])
+    _train_rl_one(sets, tmp_path / "one")
+    out = str(tmp_path / "two")
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
+    assert (ckpt / "adapter_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
+    state = __import__("torch").load(ckpt / "trainer_state.pt", weights_only=False)
+    keys = set(state["optimizer"]["state"])
+    assert keys and all("lora_" in k for k in keys)
+    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(_adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")) <= 1e-5
+
+
 # ---------------------------------------------------------------------------- in one process
 @pytest.fixture
 def clean_env(monkeypatch):
@@ -336,20 +462,23 @@ def test_shipped_accelerate_configs_parse(name, kind):
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["model.lora.r=4", "algo=grpo"], r"model.lora.r > 0 does not run under FSDP yet.*ddp.yaml"),
-    (["algo=ppo", "advantage=prime", "kl.in_reward=false"], "advantage prime does not run under FSDP"),
-    (["algo=ppo", "advantage=vine", "kl.in_reward=false"], "advantage vine does not run under FSDP"),
-])
-def test_rl_under_fsdp_refuses_what_it_cannot_shard_before_any_work(tmp_path, clean_env, tiny_policy,
-                                                                      extra, match):
+def test_rl_lora_under_fsdp_refuses_generate_sampling_before_any_work(tmp_path, clean_env, tiny_policy,
+                                                                     rl_probs):
+    """A LoRA policy under FSDP samples and evaluates on its merged view (the fast engine):
+    ``generate`` on the sharded PeftModel enters FSDP's blocks without the root. So
+    sampling.engine=hf is refused before any work (LoRA, prime and vine themselves run: the
+    2-process tests above)."""
+    pytest.importorskip("peft")
     from rewardlab.rl.config import RLConfig
     from rewardlab.rl.trainer import RLTrainer
     clean_env.setenv("ACCELERATE_USE_FSDP", "true")
     clean_env.setenv("FSDP_VERSION", "2")
-    cfg = load_config(RLConfig, None, [f"model.name_or_path={tiny_policy}", "data.dataset=testbed",
-                                       f"out={tmp_path / 'run'}", "progress=false", *extra])
-    with pytest.raises(ValueError, match=match):
+    cfg = load_config(RLConfig, None, [f"model.name_or_path={tiny_policy}", "model.device=cpu",
+                                       f"data.train_path={rl_probs / 'train.jsonl'}",
+                                       f"data.test_path={rl_probs / 'test.jsonl'}",
+                                       f"out={tmp_path / 'run'}", "progress=false", "algo=grpo",
+                                       "model.lora.r=4", "sampling.engine=hf"])
+    with pytest.raises(ValueError, match="LoRA policy under FSDP.*sampling.engine=hf"):
         RLTrainer(cfg)
     assert not (tmp_path / "run" / "config.yaml").exists()
 

@@ -1,6 +1,7 @@
 """LoRA policies through peft (model.lora): the reference is the policy with its adapter off,
 only the adapter (and a value head) trains, checkpoints hold the adapter and resume exactly,
-final/ and final_merged/ load, and the fast engine is not used."""
+final/ and final_merged/ load; the fast engine samples a merged view (never the PeftModel) and
+runs none of its teacher-forced passes."""
 
 import json
 
@@ -50,9 +51,16 @@ def _cfg(tmp_path, policy, probs, name, extra=()):
 
 
 def _no_fast_path(monkeypatch):
+    """The teacher-forced passes never take the fast path; the sampler does, but only on the
+    merged view (a plain model, no LoRA layer), never on the PeftModel."""
     def refuse(*a, **k):
         raise AssertionError("the fast engine ran a LoRA policy")
-    monkeypatch.setattr(sampling, "fast_generate", refuse)
+    real = sampling.fast_generate
+
+    def plain_only(model, *a, **k):
+        assert not is_peft(model) and fast_path_unsupported(model) is None
+        return real(model, *a, **k)
+    monkeypatch.setattr(sampling, "fast_generate", plain_only)
     monkeypatch.setattr(sampling, "response_logits", refuse)
 
 
@@ -161,3 +169,62 @@ def test_resume_is_exact_and_final_dirs_load(tmp_path, tiny_policy, problems_dir
     with torch.no_grad():
         assert torch.allclose(via_loader(input_ids=ids).logits, la, atol=1e-6)
     assert (tmp_path / "full" / "final_merged" / "tokenizer_config.json").exists()
+
+
+def test_merged_sampler_is_the_adapter_model_without_touching_it(tiny_policy):
+    """The merged view computes what the PeftModel computes (up to float rounding), is a plain
+    model the fast path runs, and leaves the training model exactly as it was; engine=hf and a
+    model without an adapter get the model itself."""
+    from rewardlab.models.loading import ModelConfig
+    from rewardlab.models.lora import load_policy, merged_sampler
+    mc = ModelConfig(name_or_path=str(tiny_policy), device="cpu", lora=LoRAConfig(r=4))
+    policy, _ = load_policy(mc)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:   # B starts at 0: give the adapter an effect
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    layers = [m for m in policy.modules()]
+    ids = torch.randint(3, policy.config.vocab_size, (2, 10), generator=g)
+    with torch.no_grad():
+        want = policy(input_ids=ids).logits
+        with merged_sampler(policy) as view:
+            assert view is not policy and not is_peft(view) and fast_path_unsupported(view) is None
+            assert not any("lora" in n for n, _ in view.named_parameters())
+            got = view(input_ids=ids).logits
+        with policy.disable_adapter():
+            base = policy(input_ids=ids).logits
+    assert (got - want).abs().max() < 1e-5 and (want - base).abs().max() > 1e-3
+    assert [m for m in policy.modules()] == layers and fast_path_unsupported(policy)   # put back
+    after = policy.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with merged_sampler(policy, "hf") as view:
+        assert view is policy
+    plain, _ = load_model_and_tokenizer(tiny_policy, "float32", "cpu")
+    with merged_sampler(plain) as view:
+        assert view is plain
+
+
+def test_lora_rollouts_sample_the_merged_view(tmp_path, tiny_policy, problems_dir, monkeypatch):
+    """sampling.engine=auto: the fast sampler runs a LoRA policy's rollouts on the merged view
+    (and the old log-probs still come from the PeftModel's own pass); hf: generate, as before."""
+    calls = []
+    real = sampling.fast_generate
+
+    def count(model, *a, **k):
+        calls.append(model)
+        return real(model, *a, **k)
+    monkeypatch.setattr(sampling, "fast_generate", count)
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "auto", GRPO))
+    problems, batch = tr.rollout(0)
+    assert calls and not any(is_peft(m) for m in calls)
+    with torch.no_grad():
+        logp = sampling.forward_logprobs(tr.policy, batch.input_ids, batch.attention_mask,
+                                         batch.response_ids.shape[1]) * batch.response_mask
+    if batch.logprobs is not None:
+        assert torch.equal(batch.logprobs, logp)
+    calls.clear()
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "hf", [*GRPO, "sampling.engine=hf"]))
+    tr.rollout(0)
+    assert not calls

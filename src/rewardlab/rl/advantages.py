@@ -210,7 +210,7 @@ def grpo_process(step_rewards: Sequence[Sequence[float]], step_ends: Sequence[Se
 
 @torch.no_grad()
 def prime_advantages(implicit_rewards: torch.Tensor, outcome: torch.Tensor, group_ids,
-                     mask: torch.Tensor, whiten_result: bool = True) -> torch.Tensor:
+                     mask: torch.Tensor, whiten_result: bool = True, dist=None) -> torch.Tensor:
     """PRIME's advantage (Cui et al. 2025, "Process Reinforcement through Implicit Rewards",
     arXiv 2502.01456, eq. 5–6; γ = 1): RLOO on the outcome reward plus the return-to-go of the
     RLOO-baselined implicit process rewards, for G responses i to one prompt:
@@ -243,7 +243,7 @@ def prime_advantages(implicit_rewards: torch.Tensor, outcome: torch.Tensor, grou
     a_proc = r_tilde.flip(1).cumsum(1).flip(1)                          # Σ_{s≥t}
     a_out = torch.where(n > 1, R - others_mean(R), torch.zeros_like(R))
     A = torch.where(m, a_proc + a_out[:, None], torch.zeros_like(a_proc)).float()
-    return whiten(A, mask) if whiten_result else A
+    return whiten(A, mask, dist=dist) if whiten_result else A
 
 
 @torch.no_grad()
@@ -316,6 +316,9 @@ class AdvantageInputs:
     """B lists of K_b + 1 Monte-Carlo values [V̂(s_0), …, V̂(s_{K−1}), R], for vine."""
     whiten: bool = True
     """prime: whiten the summed advantages over the batch."""
+    dist: object = None
+    """prime: the :class:`rewardlab.training.distributed.Dist` of a batch sharded over ranks (its
+    whitening statistics are then the whole batch's); None: one process."""
 
     def need(self, estimator: str, *fields: str) -> None:
         missing = [f for f in fields if getattr(self, f) is None]
@@ -370,7 +373,7 @@ def _adv_rloo(x: AdvantageInputs) -> torch.Tensor:
 def _adv_prime(x: AdvantageInputs) -> torch.Tensor:
     x.need("prime", "implicit_rewards", "group_ids")
     return prime_advantages(x.implicit_rewards, x.sequence_scores("prime"), x.group_ids, x.mask,
-                            x.whiten)
+                            x.whiten, dist=x.dist)
 
 
 @ADVANTAGES.register("vine")

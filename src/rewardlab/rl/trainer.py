@@ -30,7 +30,8 @@ from rewardlab.grading import grade
 from rewardlab.io import write_jsonl
 from rewardlab.models.batching import position_ids_from_mask
 from rewardlab.models.loading import load_model_and_tokenizer, training_precision
-from rewardlab.models.lora import adapter_off, load_policy, reference_model, save_merged
+from rewardlab.models.lora import (adapter_off, is_peft, load_policy, merged_sampler,
+                                   reference_model, save_merged)
 from rewardlab.models.sampling import (forward_logprobs, generate_rollouts, logprobs_with_grad,
                                        response_logprobs, RolloutBatch, use_fast_engine)
 from rewardlab.models.value import HEAD_FILE, SharedValueHead, ValueModel
@@ -43,6 +44,7 @@ from rewardlab.rl.losses import (agg_units, aggregate_loss, implicit_process_rew
                                   kl_loss, masked_mean, ppo_policy_loss, value_loss)
 from rewardlab.rl.vine import distinct_prefixes, mc_step_values
 from rewardlab.training.checkpoint import save_pretrained_full, seed_everything
+from rewardlab.training.distributed import clip_grad_norm, is_sharded
 from rewardlab.training.engine import Engine, epoch_batch, quiet_transformers
 
 
@@ -69,13 +71,20 @@ class ScoredBatch:
 
 class _WithTokenizer:
     """Saves a model with the tokenizer beside it (a checkpoint's extra models are saved with
-    ``save_pretrained`` only), so ``load_model_and_tokenizer`` reloads it."""
+    ``save_pretrained`` only), so ``load_model_and_tokenizer`` reloads it. ``state``: the
+    gathered full state dict of an FSDP-sharded model (rank 0), written in its place."""
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, state: dict | None = None):
+        self.model, self.tokenizer, self.state = model, tokenizer, state
+
+    def named_parameters(self):   # the finiteness check before a checkpoint is written
+        return iter(self.state.items()) if self.state is not None else self.model.named_parameters()
 
     def save_pretrained(self, path: str) -> None:
-        self.model.save_pretrained(path)
+        if self.state is not None:
+            save_pretrained_full(self.model, path, self.state)
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
 
@@ -94,19 +103,6 @@ class _FullValueModel:
         sub = lambda pre: {k[len(pre):]: v for k, v in self.state.items() if k.startswith(pre)}
         save_pretrained_full(self.model.backbone, path, sub("backbone."))
         save_file({k: v.contiguous() for k, v in sub("head.").items()}, str(Path(path) / HEAD_FILE))
-
-
-def check_fsdp_support(cfg: RLConfig) -> None:
-    """Refuse, before any work, what ``rl`` does not run under FSDP: a LoRA policy and the
-    estimators that train or sample with models of their own (``prime``, ``vine``)."""
-    if cfg.model.lora.enabled:
-        raise ValueError("rl: model.lora.r > 0 does not run under FSDP yet (the adapter would be "
-                         "sharded with its frozen base); launch LoRA runs with "
-                         "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
-    name = cfg.advantage_name()
-    if name in ("prime", "vine"):
-        raise ValueError(f"rl: advantage {name} does not run under FSDP yet; launch it with "
-                         "configs/accelerate/ddp.yaml or torchrun. See docs/distributed.md")
 
 
 def _in_precision(method):
@@ -131,8 +127,6 @@ class RLTrainer:
         self.out = self.engine.out
         self.dist = self.engine.dist   # prompts are sharded over processes, each group on one rank
         self.dist.check_divides("rl: prompts_per_step", cfg.prompts_per_step)
-        if self.dist.sharded:
-            check_fsdp_support(cfg)
         seed_everything(cfg.seed)
         self.train_set, self.test_set = load_problems(cfg.data, cfg.seed, None)
         if not self.train_set:
@@ -153,6 +147,8 @@ class RLTrainer:
         # FSDP launch: the policy sharded (before the optimizer); its rollouts, scoring passes and
         # evaluation run on gathered weights (Dist.gathered), its update through FSDP
         self.policy = self.engine.prepare(self.policy)
+        if self.dist.sharded and is_peft(self.policy):
+            self._check_lora_sampling()
         self.prompt_fn = make_prompt_fn(cfg.data, self.tok)  # rollouts and evaluation alike
         self.ref = None  # kl.coef = 0 (and not adaptive): no KL term, so no reference model or pass
         if cfg.kl.coef != 0 or cfg.kl.adaptive:   # a LoRA policy is its own reference (adapter_off)
@@ -189,7 +185,28 @@ class RLTrainer:
         self.start_step = self.engine.start
         self.kl_coef = extra.get("kl_coef", self.kl_coef)
         if self.prime_opt is not None and extra.get("prime_opt") is not None:
-            self.prime_opt.load_state_dict(extra["prime_opt"])
+            if is_sharded(self.prime_rm):   # saved by parameter name: sharded again
+                self.dist.load_optimizer_state(self.prime_rm, self.prime_opt, extra["prime_opt"])
+            else:
+                self.prime_opt.load_state_dict(extra["prime_opt"])
+
+    def _check_lora_sampling(self) -> None:
+        """FSDP with a LoRA policy: sampling and evaluation must run on the merged view
+        (:func:`rewardlab.models.lora.merged_sampler`, the fast path on gathered weights), since
+        ``generate`` on the sharded PeftModel enters FSDP's blocks without its root (FSDP raises
+        "requires running forward through the root module first", or a rank evaluating alone
+        waits forever). Refused before any work otherwise (every rank gathers once here)."""
+        if self.cfg.sampling.engine == "hf":
+            raise ValueError("rl: a LoRA policy under FSDP samples on its merged weights with the "
+                             "fast engine; sampling.engine=hf is not supported there (use auto), "
+                             "or launch with configs/accelerate/ddp.yaml. See docs/distributed.md")
+        with self.dist.gathered(self.policy), merged_sampler(self.policy) as view:
+            merged = view is not self.policy
+        if not merged:
+            raise ValueError("rl: this LoRA policy cannot be sampled on merged weights by the fast "
+                             "engine (a LoRA layer that is not a Linear, or an architecture the fast "
+                             "path does not run), which FSDP needs; launch it with "
+                             "configs/accelerate/ddp.yaml. See docs/distributed.md")
 
     def on_policy_single_update(self, n_prompts: int) -> bool:
         """One epoch, one minibatch and no KL in the reward: π_old = π at the update, so the
@@ -230,11 +247,18 @@ class RLTrainer:
         self.prime_rm, _ = load_model_and_tokenizer(init, self.prec.storage, pc.device,
                                                     pc.trust_remote_code)
         self.prime_rm.train()
-        self.prime_ref = self.ref
+        # FSDP: π_φ sharded like the critic (its passes with gradient through FSDP), its
+        # optimizer state saved by name; π_ref sharded too, its passes on gathered weights
+        self.prime_rm = self.dist.wrap(self.prime_rm)
+        # π_ref: the policy's reference model when it is a plain copy; a LoRA policy's reference
+        # (the PeftModel, adapter off) would take another code path than π_φ (a plain model), so
+        # r = β·log π_φ/π_ref would be rounding noise instead of 0 at the start, whitened into
+        # advantages: PRIME then loads a plain copy of the base
+        self.prime_ref = self.ref if not is_peft(self.ref) else None
         if self.prime_ref is None:
             self.prime_ref, _ = load_model_and_tokenizer(pc.name_or_path, self.prec.storage,
                                                          pc.device, pc.trust_remote_code)
-            self.prime_ref.eval().requires_grad_(False)
+            self.prime_ref = self.dist.wrap(self.prime_ref.eval().requires_grad_(False))
         self.fast_prime = use_fast_engine(self.prime_rm, cfg.engine, sampling=False)
         self.fast_prime_ref = use_fast_engine(self.prime_ref, cfg.engine, sampling=False)
         self.prime_opt = torch.optim.AdamW([p for p in self.prime_rm.parameters() if p.requires_grad],
@@ -247,14 +271,28 @@ class RLTrainer:
         token rewards r_t = β·log π_φ/π_ref of the batch under the current π_φ (B, T), then one
         optimizer step of π_φ on :func:`implicit_prm_loss` against the outcome ``labels`` (B,).
         ``ref_logp``: log π_ref at temperature 1 when already computed, else None. One pass with
-        gradient per ``pass_rows`` rows gives both the rewards and the loss."""
+        gradient per ``pass_rows`` rows gives both the rewards and the loss.
+
+        Several processes: each rank's loss is weighted by its rows' share of the WHOLE batch and
+        the gradients summed over ranks (FSDP's reduce-scatter, or :meth:`Dist.sum_grads`), so
+        π_φ takes the one-process step on every rank; every rank holds as many rows, so as many
+        passes (under FSDP each is a collective). The metrics are this rank's (the caller takes
+        their mean over ranks)."""
         cfg = self.cfg
+        dist = self.dist
         mask = batch.response_mask.float()
         B, T = batch.response_ids.shape
+        B_all = B * dist.world
         ids_all, att_all = batch.input_ids, batch.attention_mask
-        if ref_logp is None:
-            ref_logp = forward_logprobs(self.prime_ref, ids_all, att_all, T, temperature=1.0,
-                                        micro_batch=self.pass_rows, fast=self.fast_prime_ref) * mask
+        if ref_logp is None or dist.sharded:
+            # FSDP: π_φ's passes go through transformers on the shards, so π_ref's go through
+            # transformers too (on gathered weights, the same rows per pass): r = β·log π_φ/π_ref
+            # is then exactly 0 where π_φ = π_ref, as in one process (where both take the fast
+            # path), and no rounding noise is whitened into advantages
+            with dist.gathered(self.prime_ref) as ref:
+                ref_logp = forward_logprobs(ref, ids_all, att_all, T, temperature=1.0,
+                                            micro_batch=self.pass_rows,
+                                            fast=self.fast_prime_ref and not dist.sharded) * mask
         self.prime_opt.zero_grad(set_to_none=True)
         rewards, metrics = [], {}
         with torch.enable_grad():
@@ -264,14 +302,16 @@ class RLTrainer:
                                           fast=self.fast_prime)[0]
                 loss, m = implicit_prm_loss(logp, ref_logp[rows], mask[rows], labels[rows],
                                             cfg.prime.beta)
-                share = (min(s + self.pass_rows, B) - s) / B
-                (loss * share).backward()
+                n_rows = min(s + self.pass_rows, B) - s
+                share = n_rows / B
+                (loss * (n_rows / B_all)).backward()   # its share of the whole batch
                 rewards.append(implicit_process_rewards(logp.detach(), ref_logp[rows], mask[rows],
                                                         cfg.prime.beta))
                 for k, v in m.items():
                     metrics[k] = metrics.get(k, 0.0) + share * v
         params = [p for grp in self.prime_opt.param_groups for p in grp["params"]]
-        metrics["prime/rm_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        dist.sum_grads(params)   # DDP: Σ over ranks (FSDP reduced its DTensor gradients already)
+        metrics["prime/rm_grad_norm"] = clip_grad_norm(params, cfg.grad_clip)
         self.prime_opt.step()
         r = torch.cat(rewards)
         metrics["prime/implicit_return"] = float(r.sum(1).mean())
@@ -305,12 +345,22 @@ class RLTrainer:
         self._rollout_seed = cfg.seed * 1_000_003 + step
         # FSDP: each rank samples on the gathered weights, with no collective, so ranks may stop
         # at different lengths (and the fast sampler draws the one-process run's tokens)
+        # LoRA: sampled on the merged view (the fast sampler where it can run the base), the old
+        # log-probs then from the PeftModel itself, as its update computes them
+        sampler_lp = cfg.old_logprobs == "sampler"
         with self.dist.gathered(self.policy):
-            batch = generate_rollouts(self.policy, self.tok, [self.prompt_fn(p) for p in problems],
-                                      cfg.sampling, seed=self._rollout_seed,
-                                      compute_logprobs=not on_policy, logprob_rows=self.pass_rows,
-                                      skip_rows=lo * cfg.sampling.n,
-                                      sampler_logprobs=cfg.old_logprobs == "sampler")
+            with merged_sampler(self.policy, cfg.sampling.engine) as sampler:
+                view = sampler is not self.policy
+                batch = generate_rollouts(sampler, self.tok, [self.prompt_fn(p) for p in problems],
+                                          cfg.sampling, seed=self._rollout_seed,
+                                          compute_logprobs=not on_policy and (sampler_lp or not view),
+                                          logprob_rows=self.pass_rows, skip_rows=lo * cfg.sampling.n,
+                                          sampler_logprobs=sampler_lp)
+            if view and not on_policy and batch.logprobs is None:
+                batch.logprobs = forward_logprobs(
+                    self.policy, batch.input_ids, batch.attention_mask, batch.response_ids.shape[1],
+                    temperature=cfg.sampling.temperature or 1.0, micro_batch=self.pass_rows,
+                    fast=False) * batch.response_mask
         return problems, batch
 
     @_in_precision
@@ -395,7 +445,8 @@ class RLTrainer:
         if name == "prime":   # implicit PRM rewards, then π_φ's update on the outcome labels
             t1 = (cfg.sampling.temperature or 1.0) == 1.0
             implicit, extra_m = self.prime_step(batch, correct,
-                                                ref_logp if t1 and self.ref is not None else None)
+                                                ref_logp if t1 and self.ref is not None
+                                                and self.prime_ref is self.ref else None)
         vine_ends = None
         if name == "vine":   # Monte-Carlo values of every step boundary (no steps: one step)
             ends = batch_step_end_positions(batch.response_ids, batch.response_mask, self.tok,
@@ -408,11 +459,18 @@ class RLTrainer:
             golds = [p.answer for p in probs]
             # its own random stream, a function of the rollout's seed (so resume is exact)
             mc_seed = None if self._rollout_seed is None else 2 ** 40 + self._rollout_seed
-            step_values = mc_step_values(
-                self.policy, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
-                cfg.sampling, seed=mc_seed, style=self.style, separator=self.step_sep,
-                correct_reward=cfg.reward.correct_reward, incorrect_reward=cfg.reward.incorrect_reward)
+            # several processes: the prefixes of the whole batch, each rank sampling a slice of
+            # them (FSDP: on the gathered weights, no collective inside), the values gathered
+            with self.dist.gathered(self.policy), merged_sampler(self.policy,
+                                                                  cfg.sampling.engine) as sampler:
+                step_values = mc_step_values(
+                    sampler, self.tok, prompts, vsteps, golds, success.tolist(), cfg.vine.k,
+                    cfg.sampling, seed=mc_seed, style=self.style, separator=self.step_sep,
+                    correct_reward=cfg.reward.correct_reward,
+                    incorrect_reward=cfg.reward.incorrect_reward, dist=self.dist)
             extra_m["vine/value_start"] = sum(v[0] for v in step_values) / B
+            # k × distinct prefixes of this rank's rows; over ranks the mean below makes it the
+            # per-rank mean
             extra_m["vine/rollouts"] = float(cfg.vine.k * len(
                 distinct_prefixes(prompts, vsteps, golds, self.step_sep)[0]))
         if name == "gae":
@@ -431,7 +489,8 @@ class RLTrainer:
                 step_rewards=proc, step_ends=step_ends if vine_ends is None else vine_ends,
                 group_ids=group_ids,
                 gamma=cfg.gamma, lam=cfg.lam, norm_eps=cfg.norm_eps,
-                implicit_rewards=implicit, step_values=step_values, whiten=cfg.prime.whiten))
+                implicit_rewards=implicit, step_values=step_values, whiten=cfg.prime.whiten,
+                dist=self.dist))
         # diagnostics
         m = {"reward/success": correct.mean().item(),
              "reward/total": seq_reward.mean().item(),
@@ -600,10 +659,12 @@ class RLTrainer:
         """Held-out accuracy (greedy, plus maj@k / pass@k with ``k``), on the main process only."""
         if not self.test_set or not (self.dist.is_main or self.dist.sharded):
             return {}
-        with self.dist.gathered(self.policy):   # FSDP: every rank gathers, rank 0 evaluates
+        # FSDP: every rank gathers, rank 0 evaluates (LoRA: on the merged view, as it samples)
+        with self.dist.gathered(self.policy), merged_sampler(self.policy,
+                                                              self.cfg.sampling.engine) as model:
             if not self.dist.is_main:
                 return {}
-            summary, rows = evaluate_policy(self.policy, self.tok, self.test_set, style=self.style,
+            summary, rows = evaluate_policy(model, self.tok, self.test_set, style=self.style,
                                             greedy=True, k=k,
                                             temperature=self.cfg.sampling.temperature or 1.0,
                                             max_new_tokens=self.cfg.sampling.max_new_tokens,
@@ -619,8 +680,12 @@ class RLTrainer:
             models = {"value": _FullValueModel(self.value, state)}
         extra = {"kl_coef": self.kl_coef}
         if self.prime_rm is not None:   # PRIME: π_φ (loadable as a model) and its optimizer
-            models = {**(models or {}), "prime_rm": _WithTokenizer(self.prime_rm, self.tok)}
-            extra["prime_opt"] = self.prime_opt.state_dict()
+            # FSDP: both gathered (collectives every rank joins), the optimizer state by name
+            prime_state = self.dist.full_state_dict(self.prime_rm)
+            models = {**(models or {}), "prime_rm": _WithTokenizer(self.prime_rm, self.tok,
+                                                                   prime_state)}
+            opt_state = self.dist.full_optimizer_state(self.prime_rm, self.prime_opt)
+            extra["prime_opt"] = opt_state if opt_state is not None else self.prime_opt.state_dict()
         self.engine.save(step, self.policy, self.tok, self.opt, extra=extra, models=models)
 
     def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:

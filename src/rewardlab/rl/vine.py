@@ -11,6 +11,14 @@ rollout is needed after the last step. The advantages are then
 All prefixes of a batch go into ONE :func:`rewardlab.models.sampling.generate_rollouts` call
 (n = k), as in the MC labeller; equal prefixes (the prompt, shared by a group's responses, and
 equal first steps) are sampled once and share their estimate.
+
+Over several processes (``dist``, DDP or FSDP) the prefixes are de-duplicated over the WHOLE
+batch, as one process does: every rank gathers all ranks' responses (one ``all_gather_object``),
+builds the same job list, samples its contiguous slice of the jobs (:func:`split_bounds`-style, so
+the work is balanced whatever each rank's rows need) with the uniforms those rows get in the
+one-process call (``skip_rows``), and the values are gathered again (a second
+``all_gather_object``). Two collectives per call, outside any loop whose length varies by rank,
+so the ranks stay in lockstep; with the fast sampler the values are the one-process values.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ def mc_step_values(model, tokenizer, prompts: Sequence[str], steps: Sequence[Seq
                    golds: Sequence[str], outcomes: Sequence[float], k: int,
                    sampling: SamplingConfig, seed: int | None = None, style: str = "gsm8k",
                    separator: str = "\n", correct_reward: float = 1.0,
-                   incorrect_reward: float = 0.0) -> list[list[float]]:
+                   incorrect_reward: float = 0.0, dist=None) -> list[list[float]]:
     """V̂ at every step boundary of B responses: B lists [V̂(s_0), …, V̂(s_{K−1}), R] (K + 1
     values; a response without steps gets [V̂(s_0), R], one step).
 
@@ -59,21 +67,54 @@ def mc_step_values(model, tokenizer, prompts: Sequence[str], steps: Sequence[Seq
     (``rewardlab.data.steps.step_texts``); golds: reference answers; outcomes: each response's
     own outcome reward R. A rollout from s_k is graded on the full solution (steps 1..k +
     completion) and scores ``correct_reward`` or ``incorrect_reward``; V̂ is their mean over
-    ``k`` rollouts sampled with ``sampling`` (its ``n`` is replaced by ``k``)."""
+    ``k`` rollouts sampled with ``sampling`` (its ``n`` is replaced by ``k``).
+
+    ``dist`` (:class:`rewardlab.training.distributed.Dist`, optional): these B responses are this
+    rank's rows of a batch spread over ranks in rank order; every rank must call this (two
+    collectives, see the module docstring), and under FSDP from inside ``Dist.gathered(model)``."""
     if k < 1:
         raise ValueError(f"mc_step_values: k must be >= 1, got {k}")
     if not (len(steps) == len(golds) == len(outcomes) == len(prompts)):
         raise ValueError("mc_step_values: prompts, steps, golds and outcomes must have one entry "
                          "per response")
+    active = dist is not None and dist.active
+    first = 0   # this rank's first response in the whole batch
+    if active:   # the whole batch's responses, in rank order (= the one-process order)
+        parts = dist.gather_objects((list(prompts), [list(s) for s in steps], list(golds)))
+        first = sum(len(p[0]) for p in parts[:dist.rank])
+        prompts = [x for p in parts for x in p[0]]
+        steps = [x for p in parts for x in p[1]]
+        golds = [x for p in parts for x in p[2]]
     jobs, where = distinct_prefixes(prompts, steps, golds, separator)
+    lo, hi = dist.bounds(len(jobs)) if active else (0, len(jobs))
+    value = job_values(model, tokenizer, jobs[lo:hi], k, sampling, seed, style, correct_reward,
+                       incorrect_reward, skip_rows=lo * k)
+    if active:
+        value = [v for part in dist.gather_objects(value) for v in part]
+    where = where[first:first + len(outcomes)]
+    return [[value[s] for s in row] + [float(R)] for row, R in zip(where, outcomes)]
+
+
+def job_values(model, tokenizer, jobs: Sequence[tuple[str, str, str]], k: int,
+               sampling: SamplingConfig, seed: int | None = None, style: str = "gsm8k",
+               correct_reward: float = 1.0, incorrect_reward: float = 0.0,
+               skip_rows: int = 0) -> list[float]:
+    """V̂ of each job (prefix prompt, solution head, gold) of :func:`distinct_prefixes`: the mean
+    reward of ``k`` rollouts from the prefix, all jobs in ONE
+    :func:`rewardlab.models.sampling.generate_rollouts` call (n = k). ``skip_rows``: the jobs are
+    rows ``skip_rows / k …`` of a longer job list sampled with the same ``seed`` (a rank's slice);
+    the fast sampler then draws those rows' uniforms. No jobs: [] (no call)."""
+    if not jobs:
+        return []
     cfg = SamplingConfig(n=k, temperature=sampling.temperature, top_p=sampling.top_p,
                          max_new_tokens=sampling.max_new_tokens, batch_size=sampling.batch_size,
                          engine=sampling.engine)
+    kw = {"skip_rows": skip_rows} if skip_rows else {}
     batch = generate_rollouts(model, tokenizer, [j[0] for j in jobs], cfg, seed=seed,
-                              compute_logprobs=False)
+                              compute_logprobs=False, **kw)
     grader = Grader(style)
     value = []
     for r, (_, head, gold) in enumerate(jobs):
         ok = [grader(head + c, gold)[1] for c in batch.texts[r * k:(r + 1) * k]]   # prompt-major
         value.append(sum(correct_reward if o else incorrect_reward for o in ok) / k)
-    return [[value[s] for s in row] + [float(R)] for row, R in zip(where, outcomes)]
+    return value

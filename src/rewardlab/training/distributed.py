@@ -222,6 +222,16 @@ class Dist:
         tdist.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
+    def gather_objects(self, x) -> list:
+        """Every rank's ``x`` (any picklable object), in rank order, on every rank (``[x]`` with
+        one process): e.g. the prefixes of VinePPO's Monte-Carlo rollouts, de-duplicated over the
+        whole batch as one process does."""
+        if not self.active:
+            return [x]
+        out: list = [None] * self.world
+        tdist.all_gather_object(out, x)
+        return out
+
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         if not self.active:
             return x
