@@ -75,3 +75,67 @@ def test_deepspeed_sft_two_processes_match_one(tmp_path, sft_setup, stage):
     assert d <= 1e-5
     assert json.loads((final / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert r.stdout.count("sft/final_loss") == 1    # the summary is printed by rank 0 only
+    assert f"DeepSpeed ZeRO-{stage} over 2 process(es)" in r.stderr
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_sft_checkpoint_resumes_exactly(tmp_path, sft_setup, stage):
+    """Stop after step 2 (the weights, gathered under ZeRO-3, and every rank's ZeRO optimizer
+    partition), resume under the same launch: the weights of the uninterrupted one-process run."""
+    import torch
+    sets, one = sft_setup
+    out = str(tmp_path / "two")
+    r = _launch_ds(stage, ["sft", "--out", out, *_cli_sets(sets + ["save_every=1", "stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["extra"]["world_size"] == 2
+    assert state["optimizer"]["zero_stage"] == stage and len(state["optimizer"]["ranks"]) == 2
+    # the checkpoint's weights load without DeepSpeed: a plain Hugging Face folder
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(str(ckpt))
+    r = _launch_ds(stage, ["sft", "--out", out, *_cli_sets(sets + ["save_every=1"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = _max_diff(one, _weights(tmp_path / "two" / "final"))
+    print(f"deepspeed zero-{stage} sft stop/resume max|Δ| = {d:.2e}")
+    assert d <= 1e-5
+
+
+# ---------------------------------------------------------------------------- train-rm
+@pytest.fixture(scope="module")
+def rm_data(tmp_path_factory):
+    """9 step-labelled rows (batches of 4: the third holds one row, so under ZeRO-3 rank 1 runs a
+    weight-0 placeholder row) and 11 preference pairs (the third batch splits 2 / 1)."""
+    from tests.test_rm_train import write_pair_rows, write_step_rows
+    d = tmp_path_factory.mktemp("ds_rm")
+    write_step_rows(d / "rows.jsonl", n=5)
+    (d / "rows.jsonl").write_text("".join((d / "rows.jsonl").read_text().splitlines(True)[:9]))
+    write_pair_rows(d / "pairs.jsonl", n=11)
+    return d
+
+
+def _train_rm_one(sets: list[str], out: Path) -> dict:
+    from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
+    train_reward_model(load_config(RMTrainConfig, None, sets + [f"out={out}"]))
+    return _weights(out / "final")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("stage, kind, data", [(2, "prm", "rows.jsonl"), (3, "prm", "rows.jsonl"),
+                                               (3, "bt", "pairs.jsonl")])
+def test_deepspeed_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_data, stage, kind, data):
+    """The LM-head PRM reads the tied unembedding (under ZeRO-3 through the module's own forward,
+    where DeepSpeed gathers it), the BT model its scalar head."""
+    sets = [f"data=[{rm_data / data}]", f"model={tiny_policy}", f"kind={kind}", "batch_size=4",
+            "steps=3", "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
+    one = _train_rm_one(sets, tmp_path / "one")
+    r = _launch_ds(stage, ["train-rm", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"DeepSpeed ZeRO-{stage} over 2 process(es)" in r.stderr
+    final = tmp_path / "two" / "final"
+    d = _max_diff(one, _weights(final))
+    print(f"deepspeed zero-{stage} train-rm {kind} max|Δ| = {d:.2e}")
+    assert d <= 1e-5
+    from rewardlab.reward_models.models import load_reward_model
+    assert load_reward_model(final, "cpu").kind == kind     # loads without DeepSpeed

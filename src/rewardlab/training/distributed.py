@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -102,6 +103,9 @@ class Dist:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg,
                                                dist_init_required=False)
         self.ds_engine = engine
+        if self.is_main:
+            print(f"DeepSpeed ZeRO-{self.deepspeed['stage']} over {self.world} process(es) "
+                  f"(gradient_clipping {cfg['gradient_clipping']})", file=sys.stderr)
 
     def deepspeed_backward(self, loss: torch.Tensor) -> None:
         """Backward through the DeepSpeed engine of a loss normalised by GLOBAL counts: DeepSpeed
@@ -169,7 +173,7 @@ class Dist:
         it unchanged (also without a process group, as in a plain one-process run; a launch of one
         process has one and shards over a mesh of one). Call it before building the optimizer (the
         parameters become DTensors)."""
-        if not (self.sharded and tdist.is_available() and tdist.is_initialized()):
+        if not (self.backend == "fsdp" and tdist.is_available() and tdist.is_initialized()):
             return model
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
