@@ -92,6 +92,13 @@ class Dist:
         return self.backend == "fsdp" or (self.backend == "deepspeed"
                                           and self.deepspeed.get("stage") == 3)
 
+    @property
+    def lockstep(self) -> bool:
+        """Every rank must run every forward and backward of a batch, also one without rows of
+        its own (FSDP: forwards are collectives; DeepSpeed ZeRO-2/3: its backward reduces the
+        gradients)."""
+        return self.sharded or self.backend == "deepspeed"
+
     # ------------------------------------------------------------------ DeepSpeed
     def deepspeed_initialize(self, model: torch.nn.Module, optimizer, grad_clip: float) -> None:
         """``deepspeed.initialize`` over ``model`` and its torch ``optimizer`` (the client
@@ -276,12 +283,13 @@ class Dist:
 
     def shard_rows(self, items: Sequence) -> tuple[list, bool]:
         """(rows, placeholder): this rank's items of a global batch. Under FSDP every rank must
-        join every forward (each is a collective), so a rank left without items gets the batch's
+        join every forward (each is a collective), under DeepSpeed every backward (ZeRO reduces
+        the gradients in it, both stages: :attr:`lockstep`), so a rank left without items gets the batch's
         first item with ``placeholder`` True: its loss must be weighted 0 (its units counted as 0)
         so that the gradients stay those of the real rows. Otherwise (``placeholder`` False) the
         rows may be empty, and the rank skips the forward."""
         rows = self.shard(items)
-        if not rows and self.sharded and len(items):
+        if not rows and self.lockstep and len(items):
             return [items[0]], True
         return rows, False
 
