@@ -122,13 +122,17 @@ def _train_rm_one(sets: list[str], out: Path) -> dict:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("stage, kind, data", [(2, "prm", "rows.jsonl"), (3, "prm", "rows.jsonl"),
-                                               (3, "bt", "pairs.jsonl")])
-def test_deepspeed_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_data, stage, kind, data):
+@pytest.mark.parametrize("stage, kind, data, lr", [(2, "prm", "rows.jsonl", "1e-3"),
+                                                   (3, "prm", "rows.jsonl", "1e-3"),
+                                                   (3, "bt", "pairs.jsonl", "1e-4")])
+def test_deepspeed_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_data, stage, kind, data,
+                                                    lr):
     """The LM-head PRM reads the tied unembedding (under ZeRO-3 through the module's own forward,
-    where DeepSpeed gathers it), the BT model its scalar head."""
+    where DeepSpeed gathers it), the BT model its scalar head. BT at lr 1e-4: at 1e-3 two
+    embedding rows of rare tokens end 1.4e-5 away under ZeRO-3 (AdamW scales the rounding of a
+    near-zero gradient up to ~lr; 1.4e-6 at 1e-4: it scales with lr; ZeRO-2 = DDP bit for bit)."""
     sets = [f"data=[{rm_data / data}]", f"model={tiny_policy}", f"kind={kind}", "batch_size=4",
-            "steps=3", "progress=false", "device=cpu", "eval_split=0", "tag=ки", "lr=1e-3"]
+            "steps=3", "progress=false", "device=cpu", "eval_split=0", "tag=ки", f"lr={lr}"]
     one = _train_rm_one(sets, tmp_path / "one")
     r = _launch_ds(stage, ["train-rm", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -139,3 +143,51 @@ def test_deepspeed_train_rm_two_processes_match_one(tmp_path, tiny_policy, rm_da
     assert d <= 1e-5
     from rewardlab.reward_models.models import load_reward_model
     assert load_reward_model(final, "cpu").kind == kind     # loads without DeepSpeed
+
+
+# ---------------------------------------------------------------------------- in one process
+@pytest.fixture
+def ds_env(monkeypatch):
+    for k in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    return monkeypatch
+
+
+@pytest.mark.parametrize("name", ["po", "ppo", "grpo"])
+def test_commands_not_ported_to_deepspeed_are_refused_before_any_work(tmp_path, ds_env, name):
+    from rewardlab.training.engine import Engine
+    with pytest.raises(ValueError, match=rf"{name}: this command does not run under DeepSpeed.*fsdp.yaml"):
+        Engine(tmp_path / "run", name, progress=False, tensorboard=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rl_and_po_under_deepspeed_are_refused_before_writing_anything(tmp_path, ds_env, tiny_policy):
+    from rewardlab.preference.trainer import POConfig, train_po
+    from rewardlab.rl.config import RLConfig
+    from rewardlab.rl.trainer import RLTrainer
+    cfg = load_config(RLConfig, None, [f"model.name_or_path={tiny_policy}", "data.dataset=testbed",
+                                       f"out={tmp_path / 'rl'}", "progress=false"])
+    with pytest.raises(ValueError, match="does not run under DeepSpeed"):
+        RLTrainer(cfg)
+    write_jsonl(tmp_path / "p.jsonl", [{"question": "1 + 1 ?", "chosen": "2", "rejected": "3"}])
+    cfg = load_config(POConfig, None, [f"model.name_or_path={tiny_policy}", f"pairs={tmp_path / 'p.jsonl'}",
+                                       f"out={tmp_path / 'po'}", "progress=false"])
+    with pytest.raises(ValueError, match="po: this command does not run under DeepSpeed"):
+        train_po(cfg)
+    assert not (tmp_path / "rl").exists() and not (tmp_path / "po").exists()
+
+
+def test_a_trainer_that_does_not_route_through_deepspeed_is_refused(tmp_path, ds_env):
+    """A ported name that forgets Engine.prepare or the grad_clip of restore (so DeepSpeed would
+    never see its backward) is refused at restore."""
+    import torch
+    from rewardlab.training.engine import Engine
+    eng = Engine(tmp_path, "sft", progress=False, tensorboard=False)
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(ValueError, match="sft: this trainer does not run under DeepSpeed yet"):
+        eng.restore(opt)
+    eng.prepare(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="does not run under DeepSpeed yet"):
+        eng.restore(opt)        # no grad_clip
