@@ -49,7 +49,8 @@ parameters: every forward is a collective (:attr:`Dist.sharded` is true, as unde
 paths are off ("parameters partitioned by DeepSpeed ZeRO-3"), and checkpoints gather the full
 state dict to rank 0 (``deepspeed.zero.GatheredParameters``). The ZeRO optimizer state of every
 rank is gathered into the checkpoint and each rank loads its own on resume (same world size).
-Ported: ``sft`` and ``train-rm``; ``rl`` and ``po`` are refused before any work.
+Ported: ``sft``, ``train-rm`` and ``po`` (the reference model stays a plain replicated model);
+``rl`` is refused before any work.
 """
 
 from __future__ import annotations
@@ -417,7 +418,7 @@ def fsdp_options() -> dict:
             "layer_cls": [n.strip() for n in names.split(",") if n.strip()]}
 
 
-DEEPSPEED_TRAINERS = ("sft", "rm")
+DEEPSPEED_TRAINERS = ("sft", "rm", "po")
 """The trainers (:class:`~rewardlab.training.engine.Engine` names) ported to DeepSpeed."""
 
 

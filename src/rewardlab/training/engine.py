@@ -113,7 +113,7 @@ class Engine:
         self.dist = Dist()
         if self.dist.backend == "deepspeed" and name not in DEEPSPEED_TRAINERS:
             raise ValueError(f"{name}: this command does not run under DeepSpeed yet (ported: sft, "
-                             "train-rm); launch it with configs/accelerate/fsdp.yaml (sharded: "
+                             "train-rm, po); launch it with configs/accelerate/fsdp.yaml (sharded: "
                              "ZeRO-3 = full shard) or configs/accelerate/ddp.yaml. See "
                              "docs/distributed.md")
         self.config = config
