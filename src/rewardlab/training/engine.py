@@ -4,11 +4,13 @@ step, output directory, exact resume, metrics log and progress bar.
 A trainer is a thin loop over :class:`Engine`::
 
     eng = Engine(out, "sft", total_steps, resume=cfg.resume, progress=cfg.progress)
-    ...build the model from eng.checkpoint or from scratch, then the optimizer...
-    start = eng.restore(opt, sched)                # 0, or the checkpoint's step (RNG restored)
-    with eng.progress_bar(start) as bar:
-        for step in range(start, total):
-            ...forward / backward...
+    ...build the model from eng.checkpoint or from scratch...
+    model = eng.prepare(model)                     # FSDP: sharded; else unchanged
+    ...the optimizer over model.parameters()...
+    eng.restore(opt, sched, grad_clip=clip)        # resume (RNG restored); DeepSpeed starts here
+    with eng.progress_bar(total) as bar:
+        for step in range(eng.start, total):
+            ...forward...; eng.backward(loss)      # DeepSpeed: through its engine
             gnorm = eng.optimizer_step(params, opt, grad_clip, sched, loss=loss_value)
             eng.log(step + 1, metrics); eng.save(step + 1, model, tok, opt, sched)
             bar(step + 1, info)
