@@ -1,6 +1,7 @@
 """Sharded training: FSDP2 (torch ``fully_shard``) under ``accelerate launch`` with
 configs/accelerate/fsdp.yaml, run here on the CPU with gloo (torch 2.13 supports it), and the
-DeepSpeed configs, which are parsed and refused with a message (DeepSpeed needs GPUs)."""
+DeepSpeed configs: parsed, and the launches rewardlab cannot run refused (the DeepSpeed runs
+themselves: tests/test_distributed_deepspeed.py, skipped without deepspeed)."""
 
 from __future__ import annotations
 
@@ -433,9 +434,17 @@ def test_a_trainer_not_ported_to_fsdp_is_refused(tmp_path, clean_env):
     eng.close()
 
 
+_DS = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}
+
+
 @pytest.mark.parametrize("env, match", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
-     r"does not run under DeepSpeed \(ZeRO stage 3\).*fsdp.yaml"),
+    ({**_DS, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1"}, "zero_stage 1 is not supported"),
+    ({**_DS, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, "offload_optimizer_device 'cpu'"),
+    ({**_DS, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"},
+     "offload_param_device 'cpu'"),
+    ({**_DS, "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}, "zero3_init_flag"),
+    ({**_DS, "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}, "gradient_accumulation_steps 4"),
+    ({**_DS, "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "deepspeed_config_file"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP2 only"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"},
      "activation_checkpointing"),
@@ -481,6 +490,19 @@ def test_rl_lora_under_fsdp_refuses_generate_sampling_before_any_work(tmp_path, 
     with pytest.raises(ValueError, match="LoRA policy under FSDP.*sampling.engine=hf"):
         RLTrainer(cfg)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_deepspeed_config_sizes_the_batch_for_the_world_and_clips_at_grad_clip():
+    from rewardlab.training.distributed import deepspeed_config
+    cfg = deepspeed_config(3, 4, 0.5)
+    # DeepSpeed's check: train_batch_size = micro-batch · gradient_accumulation_steps · world
+    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * \
+        cfg["gradient_accumulation_steps"] * 4 == 4
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["gradient_clipping"] == 0.5
+    assert cfg["managed_gradient_accumulation"] is False   # step() is the boundary
+    assert "fp16" not in cfg and "bf16" not in cfg
+    assert deepspeed_config(2, 2, float("inf"))["gradient_clipping"] == 0.0   # measure only
+    assert deepspeed_config(2, 2, 0.0)["gradient_clipping"] == 0.0
 
 
 def test_gathered_and_clip_grad_norm_without_fsdp_are_the_plain_ones():

@@ -48,6 +48,8 @@ def fast_path_unsupported(model) -> str | None:
         return "a PEFT (LoRA) adapter model"
     if any(type(p).__name__ == "DTensor" for p in model.parameters()):
         return "parameters sharded by FSDP"
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        return "parameters partitioned by DeepSpeed ZeRO-3"
     cfg = getattr(model, "config", None)
     mt = getattr(cfg, "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:

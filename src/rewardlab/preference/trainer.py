@@ -351,7 +351,7 @@ def train_po(cfg: POConfig) -> dict:
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    eng.restore(opt, sched)
+    eng.restore(opt, sched, grad_clip=cfg.grad_clip)   # DeepSpeed: its engine starts here
     model.train()
     last: dict = {}
     with eng.progress_bar(cfg.steps) as bar:
@@ -369,7 +369,7 @@ def train_po(cfg: POConfig) -> dict:
                 # each rank's mean over its shard, weighted by its share of the batch; gradients
                 # are summed over ranks: the mean over the whole batch
                 share = len(idx) / (cfg.batch_size * cfg.grad_accum)
-                (loss * share).backward()
+                eng.backward(loss * share)   # DeepSpeed: through its engine
                 for k, v in {"loss": loss.item(), **m}.items():
                     sums[k] = sums.get(k, 0.0) + v * share
             sums = dist.sum_dict(sums)

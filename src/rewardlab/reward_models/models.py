@@ -218,7 +218,7 @@ class RewardModel(nn.Module):
         No gradient (inference mode: the results are Python floats; ``no_grad`` for a model
         sharded by FSDP, whose gathered weights live in buffers it reuses outside the call); the
         model is put in eval mode for the call."""
-        with torch.no_grad() if _fsdp_sharded(self) else torch.inference_mode():
+        with torch.no_grad() if _fsdp_sharded(self) or _zero3_partitioned(self) else torch.inference_mode():
             return self._score(questions, steps, batch_size)
 
     def _score(self, questions: list[str], steps: list[list[str]], batch_size: int
@@ -288,6 +288,12 @@ def _fsdp_sharded(model: nn.Module) -> bool:
     except ImportError:   # pragma: no cover - torch built without distributed
         return False
     return isinstance(model, FSDPModule)
+
+
+def _zero3_partitioned(model: nn.Module) -> bool:
+    """Whether ``model`` holds parameters partitioned by DeepSpeed ZeRO-3 (they carry ``ds_id``
+    and are empty outside the forward of the module that owns them)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
@@ -385,6 +391,11 @@ class ProcessRM(RewardModel):
             return _owned(self._head(h).float())
         unembed = self.backbone.get_output_embeddings()
         idx = torch.tensor([self.bad_id, self.good_id], device=h.device)
+        if _zero3_partitioned(unembed):   # read only inside its own forward (DeepSpeed's hooks)
+            with full_precision(h):
+                z = unembed(h.to(unembed.weight.dtype)).float()[..., idx]   # (B, L, 2)
+            cap = getattr(self.backbone.config, "final_logit_softcapping", None)
+            return _owned(torch.tanh(z / cap) * cap if cap else z)
         w = unembed.weight[idx]                                            # (2, H)
         with full_precision(h):                                            # float32, as _head
             z = h.float() @ w.float().T                                    # (B, L, 2)

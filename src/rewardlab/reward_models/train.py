@@ -446,7 +446,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
     opt = make_optimizer(rm.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total, warmup, cfg.min_lr_ratio))
-    eng.restore(opt, sched)
+    eng.restore(opt, sched, grad_clip=cfg.grad_clip)   # DeepSpeed: its engine starts here
     rm.train()
     last: dict[str, float] = {}
     with eng.progress_bar(stop, f"train-rm {cfg.objective}") as bar:
@@ -466,7 +466,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict:
                     continue
                 with prec.autocast():
                     loss, m = objective.loss(rm, batch, cfg)
-                (loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum).backward()
+                eng.backward(loss / cfg.grad_accum if share == 1.0 else loss * share / cfg.grad_accum)
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + (v if share == 1.0 else v * share) / cfg.grad_accum
             sums = dist.sum_dict(sums)

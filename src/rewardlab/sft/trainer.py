@@ -193,7 +193,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    eng.restore(opt, sched)
+    eng.restore(opt, sched, grad_clip=cfg.grad_clip)   # DeepSpeed: its engine starts here
     model.train()
     last: dict = {}
     with eng.progress_bar(cfg.steps) as bar:
@@ -207,7 +207,7 @@ def train_sft(cfg: SFTConfig) -> dict:
                 n_tok = dist.sum(target_tokens(batch)) if dist.active else None
                 with prec.autocast():
                     loss = sft_loss(model, batch, n_tok) / cfg.grad_accum
-                loss.backward()
+                eng.backward(loss)   # DeepSpeed: through its engine
                 loss_sum += loss.item()
             loss_sum = dist.sum(loss_sum)
             gnorm = eng.optimizer_step(model.parameters(), opt, cfg.grad_clip, sched, loss=loss_sum)

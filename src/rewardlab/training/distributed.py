@@ -28,16 +28,36 @@ been ported to FSDP (those that never call :meth:`wrap`) are refused by the engi
 run in lockstep (sampling, which stops at different lengths on different ranks) runs inside
 :meth:`gathered`: the full weights on every rank, no collective, the fast paths available.
 
-**DeepSpeed** is recognised (``ACCELERATE_USE_DEEPSPEED``) and refused with a message: its engine
-owns backward and the optimizer step, which rewardlab's trainers do themselves; the shipped ZeRO
-configs are for when that port exists, and FSDP2 gives the same sharding (ZeRO-3 = FSDP full shard,
-ZeRO-2 ≈ ``fsdp_reshard_after_forward: false``).
+**DeepSpeed (ZeRO-2 / ZeRO-3)**, launched with ``configs/accelerate/deepspeed_zero{2,3}.yaml``
+(accelerate sets ``ACCELERATE_USE_DEEPSPEED`` and ``ACCELERATE_DEEPSPEED_ZERO_STAGE``): the engine
+calls ``deepspeed.initialize`` itself (:meth:`Dist.deepspeed_initialize`, from
+:meth:`~rewardlab.training.engine.Engine.restore`) with the trainer's model and torch optimizer and
+a config of its own making (:func:`deepspeed_config`: micro-batch 1, ``gradient_accumulation_steps``
+1 and ``train_batch_size`` = world size, which satisfies DeepSpeed's batch check since rewardlab
+feeds it no data loader; ``managed_gradient_accumulation: false``, so every ``backward`` only
+accumulates and ``step`` is the boundary whatever a trainer's number of micro-batches; the
+command's ``grad_clip`` as ``gradient_clipping``). The trainers keep calling the module itself and
+route backward and the step through the engine (:meth:`Dist.deepspeed_backward`,
+:meth:`Dist.deepspeed_step`). DeepSpeed AVERAGES gradients over ranks where rewardlab sums them, so
+the loss goes to its backward multiplied by the world size::
+
+    g_DS = (1/W) Σ_r ∇(W · L_r) = Σ_r ∇L_r      (exact for W a power of 2)
+
+DeepSpeed clips the global norm over its partitions (the one-process norm) and skips the step when
+that norm is not finite; rewardlab's LR scheduler steps as in one process. ZeRO-3 partitions the
+parameters: every forward is a collective (:attr:`Dist.sharded` is true, as under FSDP), the fast
+paths are off ("parameters partitioned by DeepSpeed ZeRO-3"), and checkpoints gather the full
+state dict to rank 0 (``deepspeed.zero.GatheredParameters``). The ZeRO optimizer state of every
+rank is gathered into the checkpoint and each rank loads its own on resume (same world size).
+Ported: ``sft``, ``train-rm`` and ``po`` (the reference model stays a plain replicated model);
+``rl`` is refused before any work.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -53,6 +73,8 @@ class Dist:
     def __init__(self):
         self.backend = sharding_backend()
         self.fsdp = fsdp_options() if self.backend == "fsdp" else {}
+        self.deepspeed = deepspeed_options() if self.backend == "deepspeed" else {}
+        self.ds_engine = None   # the DeepSpeed engine, once :meth:`deepspeed_initialize` ran
         state = PartialState(cpu=not torch.cuda.is_available())
         self.rank = state.process_index
         self.world = state.num_processes
@@ -66,8 +88,92 @@ class Dist:
 
     @property
     def sharded(self) -> bool:
-        """Parameters are sharded over the ranks (FSDP): every rank must join every forward."""
-        return self.backend == "fsdp"
+        """Parameters are sharded over the ranks (FSDP, DeepSpeed ZeRO-3): every rank must join
+        every forward."""
+        return self.backend == "fsdp" or (self.backend == "deepspeed"
+                                          and self.deepspeed.get("stage") == 3)
+
+    @property
+    def lockstep(self) -> bool:
+        """Every rank must run every forward and backward of a batch, also one without rows of
+        its own (FSDP: forwards are collectives; DeepSpeed ZeRO-2/3: its backward reduces the
+        gradients)."""
+        return self.sharded or self.backend == "deepspeed"
+
+    # ------------------------------------------------------------------ DeepSpeed
+    def deepspeed_initialize(self, model: torch.nn.Module, optimizer, grad_clip: float) -> None:
+        """``deepspeed.initialize`` over ``model`` and its torch ``optimizer`` (the client
+        optimizer, whose param groups the LR scheduler keeps driving) with
+        :func:`deepspeed_config`; ZeRO-3 partitions the parameters of ``model`` in place (its
+        forward then gathers them through DeepSpeed's hooks). Every rank must call it."""
+        import deepspeed
+        cfg = deepspeed_config(self.deepspeed["stage"], self.world, grad_clip)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg,
+                                               dist_init_required=False)
+        self.ds_engine = engine
+        if self.is_main:
+            print(f"DeepSpeed ZeRO-{self.deepspeed['stage']} over {self.world} process(es) "
+                  f"(gradient_clipping {cfg['gradient_clipping']})", file=sys.stderr)
+
+    def deepspeed_backward(self, loss: torch.Tensor) -> None:
+        """Backward through the DeepSpeed engine of a loss normalised by GLOBAL counts: DeepSpeed
+        averages gradients over the ranks, so the loss is multiplied by the world size first (the
+        sum of the module docstring). The trainers call their module directly, not the engine's
+        forward, so the ZeRO-3 micro-step bookkeeping the engine's forward does
+        (``clear_backward_seen_flag``: accumulate, do not overwrite, the partitioned gradients of
+        a second micro-batch) is done here, before each backward."""
+        eng = self.ds_engine
+        clear = getattr(eng.optimizer, "clear_backward_seen_flag", None)
+        if clear is not None:
+            clear()
+        eng.backward(loss * self.world, scale_wrt_gas=False)
+
+    def deepspeed_step(self) -> tuple[float, bool]:
+        """The DeepSpeed engine's step (reduce / finalise the accumulated gradients, clip their
+        global norm, AdamW on the partitions, zero the gradients): (gradient norm before
+        clipping, whether the optimizer stepped; DeepSpeed skips it when the norm is not
+        finite)."""
+        eng = self.ds_engine
+        eng.step()
+        norm = eng.get_global_grad_norm()
+        norm = float("nan") if norm is None else to_float(norm)
+        return norm, bool(getattr(eng, "_step_applied", math.isfinite(norm)))
+
+    def deepspeed_optimizer_state(self) -> dict | None:
+        """Every rank's ZeRO optimizer state (partitions of the fp32 weights, AdamW moments),
+        gathered to rank 0 as ``{"zero_stage", "world_size", "ranks": [state of rank 0, …]}``
+        (None on the other ranks; every rank must call it)."""
+        own = self.ds_engine.optimizer.state_dict()
+        got: list = [None] * self.world if self.is_main else None
+        if self.active:
+            tdist.gather_object(own, got, dst=0)
+        else:
+            got = [own]
+        if not self.is_main:
+            return None
+        return {"zero_stage": self.deepspeed["stage"], "world_size": self.world, "ranks": got}
+
+    def load_deepspeed_optimizer_state(self, state: dict) -> None:
+        """Load a state of :meth:`deepspeed_optimizer_state` (present on every rank): each rank
+        its own partition."""
+        if state.get("zero_stage") != self.deepspeed["stage"] or state.get("world_size") != self.world:
+            raise ValueError(f"the checkpoint's optimizer state is of ZeRO stage "
+                             f"{state.get('zero_stage')} over {state.get('world_size')} process(es); "
+                             f"this launch is ZeRO stage {self.deepspeed['stage']} over {self.world}")
+        self.ds_engine.optimizer.load_state_dict(state["ranks"], load_optimizer_states=True,
+                                                 load_from_fp32_weights=True)
+
+    def deepspeed_full_state_dict(self, model: torch.nn.Module) -> dict | None:
+        """The full state dict of a ZeRO-3-partitioned ``model`` on rank 0's CPU ({} on the other
+        ranks; every rank must call it: ``GatheredParameters`` all-gathers); None for a model
+        whose parameters are not partitioned (ZeRO-2 keeps whole weights on every rank)."""
+        if not is_zero3_partitioned(model):
+            return None
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if not self.is_main:
+                return {}
+            return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     # ------------------------------------------------------------------ FSDP2
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -75,7 +181,7 @@ class Dist:
         it unchanged (also without a process group, as in a plain one-process run; a launch of one
         process has one and shards over a mesh of one). Call it before building the optimizer (the
         parameters become DTensors)."""
-        if not (self.sharded and tdist.is_available() and tdist.is_initialized()):
+        if not (self.backend == "fsdp" and tdist.is_available() and tdist.is_initialized()):
             return model
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
@@ -133,8 +239,10 @@ class Dist:
                 m.reshard()
 
     def full_state_dict(self, model: torch.nn.Module) -> dict | None:
-        """The full (unsharded) state dict of an FSDP model on rank 0's CPU ({} on the other
-        ranks; every rank must call it); None for a model that is not sharded."""
+        """The full (unsharded) state dict of an FSDP (or DeepSpeed ZeRO-3) model on rank 0's CPU
+        ({} on the other ranks; every rank must call it); None for a model that is not sharded."""
+        if self.backend == "deepspeed":
+            return self.deepspeed_full_state_dict(model)
         if not is_sharded(model):
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -176,12 +284,13 @@ class Dist:
 
     def shard_rows(self, items: Sequence) -> tuple[list, bool]:
         """(rows, placeholder): this rank's items of a global batch. Under FSDP every rank must
-        join every forward (each is a collective), so a rank left without items gets the batch's
+        join every forward (each is a collective), under DeepSpeed every backward (ZeRO reduces
+        the gradients in it, both stages: :attr:`lockstep`), so a rank left without items gets the batch's
         first item with ``placeholder`` True: its loss must be weighted 0 (its units counted as 0)
         so that the gradients stay those of the real rows. Otherwise (``placeholder`` False) the
         rows may be empty, and the rank skips the forward."""
         rows = self.shard(items)
-        if not rows and self.sharded and len(items):
+        if not rows and self.lockstep and len(items):
             return [items[0]], True
         return rows, False
 
@@ -292,17 +401,11 @@ def _env_true(name: str, default: str = "false") -> bool:
 
 
 def sharding_backend() -> str:
-    """``"fsdp"`` or ``"ddp"`` from the environment ``accelerate launch`` sets for the config
-    it was given; a config rewardlab cannot run (FSDP1, DeepSpeed) raises ValueError, before any
-    work, with what to launch instead."""
+    """``"deepspeed"``, ``"fsdp"`` or ``"ddp"`` from the environment ``accelerate launch`` sets
+    for the config it was given; a config rewardlab cannot run (FSDP1) raises ValueError, before
+    any work, with what to launch instead (DeepSpeed settings: :func:`deepspeed_options`)."""
     if _env_true("ACCELERATE_USE_DEEPSPEED"):
-        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
-        raise ValueError(
-            f"rewardlab does not run under DeepSpeed (ZeRO stage {stage}) yet: the DeepSpeed engine "
-            "owns backward and the optimizer step, which rewardlab's trainers do themselves. Shard "
-            "with FSDP2 instead (configs/accelerate/fsdp.yaml; ZeRO-3 = full shard, ZeRO-2 ~ "
-            "fsdp_reshard_after_forward: false), or train data-parallel with "
-            "configs/accelerate/ddp.yaml. See docs/distributed.md")
+        return "deepspeed"
     if _env_true("ACCELERATE_USE_FSDP"):
         version = os.environ.get("FSDP_VERSION", "1").strip()
         if version != "2":
@@ -323,6 +426,69 @@ def fsdp_options() -> dict:
     return {"reshard_after_forward": _env_true("FSDP_RESHARD_AFTER_FORWARD", "true"),
             "offload_params": _env_true("FSDP_OFFLOAD_PARAMS"),
             "layer_cls": [n.strip() for n in names.split(",") if n.strip()]}
+
+
+DEEPSPEED_TRAINERS = ("sft", "rm", "po")
+"""The trainers (:class:`~rewardlab.training.engine.Engine` names) ported to DeepSpeed."""
+
+
+def deepspeed_options() -> dict:
+    """The DeepSpeed settings of the accelerate config, read from the environment of the launch
+    (``ACCELERATE_DEEPSPEED_*``), checked before any work: ``stage`` 2 or 3; no offload; no
+    ``zero3_init_flag`` (the model is loaded whole, then partitioned by ``deepspeed.initialize``);
+    ``gradient_accumulation_steps`` 1 (rewardlab accumulates itself: each command's
+    ``grad_accum``); no DeepSpeed JSON config file (rewardlab writes its own,
+    :func:`deepspeed_config`). ``gradient_clipping`` of the accelerate config is not used: the
+    command's ``grad_clip`` is. Also checks that ``deepspeed`` is importable."""
+    def refuse(what: str) -> None:
+        raise ValueError(f"DeepSpeed launch: {what}. rewardlab runs the shipped "
+                         "configs/accelerate/deepspeed_zero2.yaml and deepspeed_zero3.yaml; see "
+                         "docs/distributed.md")
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip()
+    if stage not in ("2", "3"):
+        refuse(f"zero_stage {stage or '(unset)'} is not supported (use 2 or 3)")
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip() not in ("", "none"):
+        refuse("deepspeed_config_file is not supported (rewardlab builds the DeepSpeed config "
+               "from the accelerate config's fields)")
+    for key, name in (("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "offload_optimizer_device"),
+                      ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "offload_param_device")):
+        if os.environ.get(key, "none").strip().lower() not in ("", "none"):
+            refuse(f"{name} {os.environ[key]!r} is not supported (set it to none)")
+    if _env_true("ACCELERATE_DEEPSPEED_ZERO3_INIT"):
+        refuse("zero3_init_flag: true is not supported (set it to false)")
+    gas = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1").strip()
+    if gas not in ("", "1"):
+        refuse(f"gradient_accumulation_steps {gas} is not supported (set it to 1; accumulate "
+               "with the command's grad_accum)")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ValueError("DeepSpeed launch: the deepspeed package is not installed (pip install "
+                         "deepspeed; see docs/distributed.md)") from None
+    return {"stage": int(stage)}
+
+
+def deepspeed_config(stage: int, world: int, grad_clip: float) -> dict:
+    """The DeepSpeed config rewardlab initialises its engine with. DeepSpeed never sees a data
+    loader, so the batch fields only have to agree with each other: train_batch_size =
+    micro-batch (1) · gradient_accumulation_steps (1) · world (the check accelerate's own sizing
+    failed). ``managed_gradient_accumulation: false``: backward only accumulates, ``step`` is the
+    boundary. ``gradient_clipping`` = ``grad_clip`` (0 or inf: no clipping); float32 (no fp16/bf16
+    section: rewardlab applies its own autocast)."""
+    clip = float(grad_clip) if grad_clip and math.isfinite(grad_clip) else 0.0
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "train_batch_size": world, "gradient_clipping": clip,
+            "managed_gradient_accumulation": False, "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2 ** 62, "wall_clock_breakdown": False,
+            "zero_optimization": {"stage": int(stage), "overlap_comm": False,
+                                  "contiguous_gradients": True}}
+
+
+def is_zero3_partitioned(model) -> bool:
+    """Whether ``model`` holds parameters partitioned by DeepSpeed ZeRO-3 (they carry
+    ``ds_id``)."""
+    return model is not None and hasattr(model, "parameters") and any(
+        hasattr(p, "ds_id") for p in model.parameters())
 
 
 def block_class_names(model) -> list[str]:

@@ -4,11 +4,13 @@ step, output directory, exact resume, metrics log and progress bar.
 A trainer is a thin loop over :class:`Engine`::
 
     eng = Engine(out, "sft", total_steps, resume=cfg.resume, progress=cfg.progress)
-    ...build the model from eng.checkpoint or from scratch, then the optimizer...
-    start = eng.restore(opt, sched)                # 0, or the checkpoint's step (RNG restored)
-    with eng.progress_bar(start) as bar:
-        for step in range(start, total):
-            ...forward / backward...
+    ...build the model from eng.checkpoint or from scratch...
+    model = eng.prepare(model)                     # FSDP: sharded; else unchanged
+    ...the optimizer over model.parameters()...
+    eng.restore(opt, sched, grad_clip=clip)        # resume (RNG restored); DeepSpeed starts here
+    with eng.progress_bar(total) as bar:
+        for step in range(eng.start, total):
+            ...forward...; eng.backward(loss)      # DeepSpeed: through its engine
             gnorm = eng.optimizer_step(params, opt, grad_clip, sched, loss=loss_value)
             eng.log(step + 1, metrics); eng.save(step + 1, model, tok, opt, sched)
             bar(step + 1, info)
@@ -34,7 +36,7 @@ from rewardlab.training.checkpoint import (check_finite_state, check_finite_weig
                                            clean_stale_temps, load_trainer_state, resume_point,
                                            save_checkpoint, save_pretrained_full,
                                            TrainingDivergedError)
-from rewardlab.training.distributed import clip_grad_norm, Dist, is_sharded
+from rewardlab.training.distributed import clip_grad_norm, DEEPSPEED_TRAINERS, Dist, is_sharded
 from rewardlab.training.metrics import MetricsLogger
 from rewardlab.training.hub import check_push, push_to_hub
 from rewardlab.training.modelcard import ModelCard, numeric_metrics
@@ -111,6 +113,11 @@ class Engine:
         self.report_to = report_to_of(config, tensorboard)   # checked before any work
         check_push(getattr(config, "push_to_hub", None))
         self.dist = Dist()
+        if self.dist.backend == "deepspeed" and name not in DEEPSPEED_TRAINERS:
+            raise ValueError(f"{name}: this command does not run under DeepSpeed yet (ported: sft, "
+                             "train-rm, po); launch it with configs/accelerate/fsdp.yaml (sharded: "
+                             "ZeRO-3 = full shard) or configs/accelerate/ddp.yaml. See "
+                             "docs/distributed.md")
         self.config = config
         self.max_bad_steps = int(getattr(config, "max_bad_steps", 3))
         self.skipped_steps = 0      # optimizer steps skipped for a non-finite loss / norm, in all
@@ -138,6 +145,7 @@ class Engine:
         self.t0 = time.time()
         self.model = None   # the model :meth:`prepare` sharded (FSDP), for its optimizer state
         self._opt_owner = None   # :meth:`optimizer_modules`: several modules share the optimizer
+        self._ds_clip: float | None = None   # DeepSpeed's gradient_clipping (:meth:`restore`)
 
     def prepare(self, model):
         """The model as this launch trains it: sharded with FSDP2 under an FSDP launch (see
@@ -159,10 +167,22 @@ class Engine:
     def _optimizer_owner(self, model):
         return self._opt_owner if self._opt_owner is not None else model
 
-    def restore(self, optimizer=None, scheduler=None) -> dict:
+    def restore(self, optimizer=None, scheduler=None, grad_clip: float | None = None) -> dict:
         """Open the metrics log. On resume, load the optimizer, scheduler and every RNG state
         from :attr:`checkpoint`, set :attr:`start` to its step and drop log rows logged after it.
-        Returns the checkpoint's ``extra`` dict ({} for a fresh run)."""
+        Returns the checkpoint's ``extra`` dict ({} for a fresh run).
+
+        Under DeepSpeed the engine is initialised here over the prepared model and ``optimizer``
+        (:meth:`Dist.deepspeed_initialize`), clipping at ``grad_clip`` (the value the trainer
+        passes to :meth:`optimizer_step`); a trainer that passes none is not ported and refused.
+        From then on backward goes through :meth:`backward`."""
+        if self.dist.backend == "deepspeed":
+            if self.model is None or optimizer is None or grad_clip is None:
+                raise ValueError(f"{self.name}: this trainer does not run under DeepSpeed yet; "
+                                 "launch it with configs/accelerate/fsdp.yaml or ddp.yaml. See "
+                                 "docs/distributed.md")
+            self.dist.deepspeed_initialize(self.model, optimizer, grad_clip)
+            self._ds_clip = grad_clip
         if self.dist.sharded and self.model is None:
             raise ValueError(f"{self.name}: this trainer does not run under FSDP yet (it never "
                              "shards its model); launch it with configs/accelerate/ddp.yaml or "
@@ -180,10 +200,17 @@ class Engine:
             return {}
         owner = self._optimizer_owner(self.model)
         sharded_opt = optimizer if optimizer is not None and is_sharded(owner) else None
-        state = load_trainer_state(self.checkpoint, None if sharded_opt else optimizer, scheduler,
-                                   state=self._state)
+        deepspeed = self.dist.ds_engine is not None
+        state = load_trainer_state(self.checkpoint, None if (sharded_opt or deepspeed) else optimizer,
+                                   scheduler, state=self._state)
         if sharded_opt is not None and state.get("optimizer") is not None:   # keyed by name
             self.dist.load_optimizer_state(owner, sharded_opt, state["optimizer"])
+        if deepspeed:   # every rank's ZeRO partition, saved together by rank 0
+            saved = state.get("optimizer")
+            if not (isinstance(saved, dict) and "ranks" in saved):
+                raise ValueError(f"{self.checkpoint} was not written under DeepSpeed (no ZeRO "
+                                 "optimizer state); resume it with the launch that wrote it")
+            self.dist.load_deepspeed_optimizer_state(saved)
         extra = state.get("extra") or {}
         saved_world = int(extra.get("world_size", 1))
         if saved_world != self.dist.world:
@@ -203,7 +230,10 @@ class Engine:
         """:func:`finite_step`, counting skipped steps (:attr:`skipped_steps`, logged by the
         trainers as ``train/skipped_steps``); ``max_bad_steps`` skips in a row raise
         :class:`TrainingDivergedError`. Returns the gradient norm before clipping."""
-        gnorm, ok = finite_step(params, optimizer, grad_clip, scheduler, loss, self.dist)
+        if self.dist.ds_engine is not None:
+            gnorm, ok = self._deepspeed_step(grad_clip, scheduler)
+        else:
+            gnorm, ok = finite_step(params, optimizer, grad_clip, scheduler, loss, self.dist)
         if ok:
             self.bad_in_a_row = 0
             return gnorm
@@ -216,6 +246,28 @@ class Engine:
                 f"{self.max_bad_steps}). The last checkpoint is kept; lower the learning rate, check "
                 "the data or rewards, or raise max_bad_steps")
         return gnorm
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, or under DeepSpeed the engine's backward
+        (:meth:`Dist.deepspeed_backward`: gradients accumulate until :meth:`optimizer_step`)."""
+        if self.dist.ds_engine is not None:
+            self.dist.deepspeed_backward(loss)
+        else:
+            loss.backward()
+
+    def _deepspeed_step(self, grad_clip: float, scheduler=None) -> tuple[float, bool]:
+        """:func:`finite_step` under DeepSpeed: its engine reduces, clips (at the ``grad_clip``
+        given to :meth:`restore`), skips a step whose gradient norm is not finite and zeroes the
+        gradients; the scheduler steps either way, as in :func:`finite_step`."""
+        if grad_clip != self._ds_clip:
+            raise ValueError(f"{self.name}: grad_clip {grad_clip} differs from the {self._ds_clip} "
+                             "DeepSpeed was initialised with")
+        gnorm, ok = self.dist.deepspeed_step()
+        if scheduler is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
+        return gnorm, ok
 
     @staticmethod
     def due(done: int, every: int, last: int) -> bool:
@@ -243,7 +295,10 @@ class Engine:
         path = self.out / "checkpoints"
         # FSDP: gathered to full states (a collective of every rank), written by rank 0
         state_dict = self.dist.full_state_dict(model)
-        optimizer_state = self.dist.full_optimizer_state(self._optimizer_owner(model), optimizer)
+        if self.dist.ds_engine is not None:   # every rank's ZeRO partition, to rank 0
+            optimizer_state = self.dist.deepspeed_optimizer_state()
+        else:
+            optimizer_state = self.dist.full_optimizer_state(self._optimizer_owner(model), optimizer)
         if self.dist.is_main:
             extra = {**(extra or {}), "train/skipped_steps": self.skipped_steps,
                      "train/bad_in_a_row": self.bad_in_a_row,
