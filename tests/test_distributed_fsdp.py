@@ -156,7 +156,7 @@ def test_fsdp_po_kto_two_processes_match_one(tmp_path, tiny_policy):
     write_jsonl(pairs, [{"question": p.question, "chosen": "\n".join(p.steps),
                          "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
     sets = ["loss=kto", f"pairs={pairs}", f"eval_pairs={pairs}", f"model.name_or_path={tiny_policy}",
-            "model.device=cpu", "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-3",
+            "model.device=cpu", "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-4",
             "max_len=48", "eval_every=0", "save_every=0", "progress=false"]
     one = train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     r = _launch_fsdp(["po", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
@@ -177,7 +177,7 @@ def test_fsdp_po_dpo_stops_and_resumes(tmp_path, tiny_policy):
     write_jsonl(pairs, [{"question": p.question, "chosen": "\n".join(p.steps),
                          "rejected": "\n".join(bad)} for p, bad, _ in _problems(12)])
     sets = ["loss=dpo", f"pairs={pairs}", f"model.name_or_path={tiny_policy}", "model.device=cpu",
-            "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-3", "max_len=48",
+            "batch_size=4", "steps=3", "warmup_steps=0", "lr=1e-4", "max_len=48",
             "eval_every=0", "save_every=1", "progress=false"]
     train_po(load_config(POConfig, None, sets + [f"out={tmp_path / 'one'}"]))
     out = str(tmp_path / "two")

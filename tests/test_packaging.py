@@ -23,7 +23,8 @@ DIST = {"torch": "torch", "transformers": "transformers", "tokenizers": "tokeniz
         "safetensors": "safetensors", "datasets": "datasets", "accelerate": "accelerate",
         "peft": "peft", "math_verify": "math-verify", "typer": "typer", "rich": "rich",
         "yaml": "pyyaml", "numpy": "numpy", "matplotlib": "matplotlib", "scipy": "scipy",
-        "huggingface_hub": "huggingface-hub", "trl": "trl"}
+        "huggingface_hub": "huggingface-hub", "trl": "trl",
+        "deepspeed": "deepspeed"}
 
 
 def _name(req: str) -> str:
@@ -75,6 +76,7 @@ def test_optional_packages_are_extras_and_imported_guarded():
     assert re.search(r"try:.*\n\s+(from peft import|import peft\n)", lora), "peft must be imported under try"
     stats = (ROOT / "src" / "rewardlab" / "stats.py").read_text()
     assert re.search(r"try:.*\n\s+from scipy", stats)
+    assert "deepspeed" not in CORE and "deepspeed" in EXTRAS["deepspeed"]
 
 
 def test_torch_is_a_plain_requirement_and_the_makefile_pins_the_cpu_build():

@@ -13,6 +13,7 @@ import warnings
 from rewardlab.config import ConfigError
 from rewardlab.io import DataError
 from rewardlab.training.checkpoint import TrainingDivergedError
+from rewardlab.training.distributed import close_process_group
 
 
 # Idle OpenMP threads spin by default; on a busy 2-core machine that slows tiny models 5-10x.
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code
         raise
+    finally:
+        close_process_group()   # a launched command's ranks end with their process group closed
     return 0
 
 

@@ -552,3 +552,12 @@ def to_float(x) -> float:
     if hasattr(x, "full_tensor"):
         x = x.full_tensor()
     return float(x)
+
+
+def close_process_group() -> None:
+    """Destroy the default process group, if this process has one (the end of a launched
+    command: every rank's collectives are done). Leaving it to interpreter exit lets gloo's
+    threads be torn down mid-flight, which once aborted a rank with "terminate called without an
+    active exception" after a finished run. One plain process: nothing to do."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
