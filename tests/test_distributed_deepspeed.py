@@ -9,10 +9,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed")
 
@@ -20,13 +18,9 @@ from rewardlab.config import load_config  # noqa: E402
 from rewardlab.data.testbed import make_splits, TestbedConfig  # noqa: E402
 from rewardlab.io import write_jsonl  # noqa: E402
 from rewardlab.sft.trainer import SFTConfig, train_sft  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "accelerate"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-for _k in [k for k in ENV if k.startswith(("ACCELERATE_", "FSDP_"))]:
-    del ENV[_k]
+# the launch environment, weight comparison and train-rm data of the FSDP tests
+from tests.test_distributed_fsdp import (_cli_sets, _max_diff, _train_rm_one, _weights,  # noqa: E402
+                                         CONFIGS, ENV, rm_data)  # noqa: F401 (a fixture)
 
 
 def _launch_ds(stage: int, args: list[str]) -> subprocess.CompletedProcess:
@@ -34,19 +28,6 @@ def _launch_ds(stage: int, args: list[str]) -> subprocess.CompletedProcess:
            str(CONFIGS / f"deepspeed_zero{stage}.yaml"), "--num_processes", "2"]
     return subprocess.run(pre + ["-m", "rewardlab", *args], capture_output=True, text=True, env=ENV,
                           timeout=600)
-
-
-def _weights(d: Path) -> dict:
-    return load_file(str(d / "model.safetensors"))
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert sorted(a) == sorted(b)
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
-def _cli_sets(sets: list[str]) -> list[str]:
-    return sum((["--set", s] for s in sets), [])
 
 
 @pytest.fixture(scope="module")
@@ -103,24 +84,6 @@ def test_deepspeed_sft_checkpoint_resumes_exactly(tmp_path, sft_setup, stage):
 
 
 # ---------------------------------------------------------------------------- train-rm
-@pytest.fixture(scope="module")
-def rm_data(tmp_path_factory):
-    """9 step-labelled rows (batches of 4: the third holds one row, so under ZeRO-3 rank 1 runs a
-    weight-0 placeholder row) and 11 preference pairs (the third batch splits 2 / 1)."""
-    from tests.test_rm_train import write_pair_rows, write_step_rows
-    d = tmp_path_factory.mktemp("ds_rm")
-    write_step_rows(d / "rows.jsonl", n=5)
-    (d / "rows.jsonl").write_text("".join((d / "rows.jsonl").read_text().splitlines(True)[:9]))
-    write_pair_rows(d / "pairs.jsonl", n=11)
-    return d
-
-
-def _train_rm_one(sets: list[str], out: Path) -> dict:
-    from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
-    train_reward_model(load_config(RMTrainConfig, None, sets + [f"out={out}"]))
-    return _weights(out / "final")
-
-
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("stage, kind, data, lr", [(2, "prm", "rows.jsonl", "1e-3"),
                                                    (3, "prm", "rows.jsonl", "1e-3"),

@@ -221,6 +221,19 @@ def _train_rl_one(sets: list[str], out: Path) -> dict:
     return train_rl(load_config(RLConfig, None, sets + [f"out={out}"]))
 
 
+def _rl_one_and_two(tmp_path: Path, sets: list[str], same: list[str] = ()) -> tuple[dict, dict]:
+    """``rl`` with ``sets`` in one process (``one/``) and in a 2-process FSDP launch (``two/``):
+    their summaries, after checking that the launch succeeded and that the summary metrics
+    ``same`` agree within 1e-5."""
+    one = _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    for k in same:
+        assert two[k] == pytest.approx(one[k], abs=1e-5), k
+    return one, two
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_fsdp_rl_two_processes_match_one(tmp_path, tiny_policy, rl_probs, algo):
@@ -229,14 +242,10 @@ def test_fsdp_rl_two_processes_match_one(tmp_path, tiny_policy, rl_probs, algo):
     The final policy (and the PPO critic) match a one-process run; the held-out evaluation runs
     on rank 0 with gathered weights."""
     sets = _rl_sets(tiny_policy, rl_probs, algo, ["save_every=10"])
-    one = _train_rl_one(sets, tmp_path / "one")
-    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    one, _ = _rl_one_and_two(tmp_path, sets, ["reward/prm_step_mean", "reward/total", "kl/ref",
+                                              "eval/accuracy"])
     assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
-    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
     assert one["reward/prm_step_mean"] > 0
-    for k in ("reward/prm_step_mean", "reward/total", "kl/ref", "eval/accuracy"):
-        assert two[k] == pytest.approx(one[k], abs=1e-5), k
     if algo == "ppo":   # the critic: gathered into the checkpoint in its own layout
         value = tmp_path / "two" / "checkpoints" / "step_0000003" / "value"
         one_value = tmp_path / "one" / "checkpoints" / "step_0000003" / "value"
@@ -290,15 +299,10 @@ def test_fsdp_rl_prime_and_vine_match_one_process(tmp_path, tiny_policy, rl_prob
     the whole batch's distinct prefixes split over the ranks, sampled on the gathered policy with
     the one-process uniforms. Both: the policy (and π_φ) of a one-process run after 3 steps."""
     sets = _design_sets(tiny_policy, rl_probs, design, ["save_every=10"])
-    one = _train_rl_one(sets, tmp_path / "one")
-    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
-    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
     keys = ["reward/total", "kl/ref", "eval/accuracy", "actor/pg_loss"]
     keys += ["prime/rm_loss", "prime/implicit_return"] if design == "prime" else ["vine/value_start"]
-    for k in keys:
-        assert two[k] == pytest.approx(one[k], abs=1e-5), k
+    _rl_one_and_two(tmp_path, sets, keys)
+    assert _max_diff(_weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")) <= 1e-5
     if design == "prime":   # π_φ gathered into the checkpoint, a plain model again
         sub = "checkpoints/step_0000003/prime_rm"
         assert _max_diff(_weights(tmp_path / "one" / sub), _weights(tmp_path / "two" / sub)) <= 1e-5
@@ -345,9 +349,7 @@ def test_fsdp_rl_lora_matches_one_process(tmp_path, tiny_policy, rl_probs, algo)
     if algo == "ppo":
         extra.append("value.kind=shared")
     sets = _rl_sets(tiny_policy, rl_probs, algo, extra)
-    _train_rl_one(sets, tmp_path / "one")
-    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    _rl_one_and_two(tmp_path, sets, ["reward/total", "kl/ref", "eval/accuracy"])
     one, two = _adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")
     assert one and all("lora_" in k for k in two)
     assert _max_diff(one, two) <= 1e-5
@@ -355,10 +357,6 @@ def test_fsdp_rl_lora_matches_one_process(tmp_path, tiny_policy, rl_probs, algo)
     assert not (tmp_path / "two" / "final" / "model.safetensors").exists()
     assert _max_diff(_weights(tmp_path / "one" / "final_merged"),
                      _weights(tmp_path / "two" / "final_merged")) <= 1e-5
-    a = json.loads((tmp_path / "one" / "rl_summary.json").read_text())
-    b = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
-    for k in ("reward/total", "kl/ref", "eval/accuracy"):
-        assert b[k] == pytest.approx(a[k], abs=1e-5), k
 
 
 @pytest.mark.timeout(900)
@@ -368,9 +366,7 @@ def test_fsdp_rl_lora_with_prime_or_vine_matches_one_process(tmp_path, tiny_poli
     VinePPO (Monte-Carlo rollouts on the merged view): the one-process adapter."""
     pytest.importorskip("peft")
     sets = _design_sets(tiny_policy, rl_probs, design, ["save_every=10", "model.lora.r=4"])
-    _train_rl_one(sets, tmp_path / "one")
-    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    _rl_one_and_two(tmp_path, sets)
     assert _max_diff(_adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")) <= 1e-5
 
 
