@@ -34,7 +34,7 @@ from rewardlab.models.loading import load_model_and_tokenizer  # noqa: E402
 from rewardlab.models.sampling import SamplingConfig  # noqa: E402
 from rewardlab.reward_models.labeling import get_labeler  # noqa: E402
 from rewardlab.reward_models.models import load_reward_model  # noqa: E402
-from rewardlab.reward_models.pipeline import augment_rows, sample_and_label  # noqa: E402
+from rewardlab.reward_models.pipeline import augment_rows, make_pairs, sample_and_label  # noqa: E402
 from rewardlab.reward_models.train import RMTrainConfig, train_reward_model  # noqa: E402
 
 
@@ -42,8 +42,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", required=True, help="a finished `rewardlab demo --out` folder")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--kind", choices=["prm", "orm"], default="prm",
-                    help="orm: an ORM trained the same way (its outcome AUROC and best-of-N)")
+    ap.add_argument("--kind", choices=["prm", "orm", "bt"], default="prm",
+                    help="orm: an ORM trained the same way (its outcome AUROC and best-of-N); bt: a "
+                         "Bradley–Terry RM on every (right, wrong) pair of one problem's rows")
     ap.add_argument("--form", choices=["lm", "head"], default="lm")
     ap.add_argument("--seed", type=int, default=0, help="the PRM training seed")
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -51,6 +52,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--rm-samples", type=int, default=0, help="fresh samples per problem (0: the demo's rows)")
     ap.add_argument("--corrupt", type=float, default=0.0, help="corrupted copies per row (augment_rows)")
+    ap.add_argument("--repair", type=float, default=0.0,
+                    help="repaired copies per row (augment_rows: first wrong equation given its right result)")
+    ap.add_argument("--shorten", type=float, default=0.0,
+                    help="shortened copies per row and repair (augment_rows: one operation early)")
     ap.add_argument("--backbone", default="", help="PRM backbone (default: the demo's rm/backbone/final)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -70,11 +75,15 @@ def main() -> None:
         del model
     else:
         rows = read_jsonl(demo / "rm" / "samples.jsonl")
-    rows = augment_rows(rows, oracle, a.corrupt, 0.0, 1)
-    write_jsonl(out / "rows.jsonl", rows)
+    rows = augment_rows(rows, oracle, a.corrupt, 0.0, 1, repair=a.repair, shorten=a.shorten)
+    write_jsonl(out / "rows.jsonl", make_pairs(rows) if a.kind == "bt" else rows)
     eval_rows = demo / "rm" / "eval_samples.jsonl"
+    eval_data = eval_rows
+    if a.kind == "bt":
+        eval_data = out / "eval_pairs.jsonl"
+        write_jsonl(eval_data, make_pairs(read_jsonl(eval_rows)))
     cfg = RMTrainConfig(kind=a.kind, form=a.form, model=a.backbone or str(demo / "rm" / "backbone" / "final"),
-                        data=[str(out / "rows.jsonl")], eval_data=[str(eval_rows)], out=str(out / a.kind),
+                        data=[str(out / "rows.jsonl")], eval_data=[str(eval_data)], out=str(out / a.kind),
                         tag="<|prm_label|>", lr=a.lr, batch_size=a.batch_size, steps=a.steps,
                         seed=a.seed, progress=False, overwrite=True)
     t0 = time.perf_counter()

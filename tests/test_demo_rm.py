@@ -1,11 +1,13 @@
 """The demo's reward-model and best-of-N stages on a tiny policy: augmented training rows,
-earliest-error and bias metrics in prm_metrics.json, weighted votes in the best-of-N table."""
+earliest-error, minimal-pair and bias metrics in prm_metrics.json and the report's lines
+for them, weighted votes in the best-of-N table."""
 
 import json
 import shutil
 
-from rewardlab.data.testbed import make_splits
+from rewardlab.data.testbed import make_splits, minimal_pairs
 from rewardlab.demo import budget_with, DemoConfig, stage_bon, stage_rm
+from rewardlab.eval.report import num, prm_checks
 from rewardlab.io import write_jsonl
 
 
@@ -34,6 +36,12 @@ def test_stage_rm_and_bon_on_a_tiny_policy(tmp_path, tiny_policy):
               "bias/score_by_steps", "bias/score_correct", "bias/score_wrong"):
         assert k in m, k
     assert 0 < m["eval/earliest_error_threshold"] < 1
+    questions = {json.loads(x)["question"] for x in (rm_dir / "eval_samples.jsonl").read_text().splitlines()}
+    assert m["probe/n_pairs"] == len(minimal_pairs(sorted(questions))) > 0
+    assert 0 <= m["probe/separated"] <= m["probe/pair_acc"] <= 1
+    lines = "\n".join(prm_checks(m))
+    assert "Earliest error" in lines and "Minimal pairs" in lines and "Score bias" in lines
+    assert f"F1 {num(m['eval/earliest_error_f1'])}" in lines
     bon = stage_bon(cfg, sft, rm_dir, print)
     table = json.loads((bon / "bon.json").read_text())["table"]
     assert {"orm-vote", "prm-product-vote", "prm-min-vote", "prm-last-vote"} <= set(table)

@@ -7,15 +7,16 @@ import random
 import pytest
 
 from rewardlab.cli.main import main
-from rewardlab.data.testbed import generate_problems, oracle_label
+from rewardlab.data.testbed import generate_problems, minimal_pairs, oracle_label
 from rewardlab.eval.prm_eval import (choose_threshold, earliest_error_eval,
-                                     earliest_error_metrics, first_error, predict_first_error,
-                                     read_processbench, score_bias, split_by_problem)
+                                     earliest_error_metrics, first_error, minimal_pair_metrics,
+                                     predict_first_error, read_processbench, score_bias,
+                                     split_by_problem)
 from rewardlab.io import DataError
 from rewardlab.reward_models.labeling import get_labeler
 from rewardlab.reward_models.models import load_reward_model, RMSpec, build_reward_model
 from rewardlab.reward_models.pipeline import (augment_rows, corrupt_steps, dedupe_rows,
-                                              repair_steps, truncate_steps)
+                                              repair_steps, shorten_steps, truncate_steps)
 
 
 def test_first_error_and_prediction():
@@ -239,3 +240,52 @@ def test_repair_steps_fixes_the_first_wrong_equation():
     rows = augment_rows([row], get_labeler("oracle"), repair=1.0)
     assert [r.get("augment") for r in rows] == [None, "repair"]
     assert rows[1]["step_labels"] == [1.0] * 4 and rows[1]["outcome"] == 1
+
+
+def test_shorten_steps_stops_one_operation_early():
+    short = shorten_steps(STEPS)
+    assert short == ["5 + 8 = 13", "13 - 8 = 5", "#### 5"]
+    # every computation step stays right; only the answer line shows the missing operation
+    assert oracle_label(Q, "\n".join(short), "10").labels == [1, 1, 0]
+    assert shorten_steps(["5 + 8 = 13", "#### 13"]) is None            # one equation
+    assert shorten_steps(["5 + 8 = 13", "13 - 8 = 5"]) is None         # no answer line
+    assert shorten_steps(["5 + 8 = 13", "13 - 8 = 5", "#### 4"]) is None   # answer not the result
+    wrong = ["5 + 8 = 13", "13 - 8 = 6", "6 * 2 = 12", "#### 12"]
+    row = {"id": "p", "question": Q, "gold": "10", "steps": wrong, "outcome": 0,
+           "step_labels": [1.0, 0.0, 0.0, 0.0]}
+    rows = augment_rows([row], get_labeler("oracle"), repair=1.0, shorten=1.0)
+    # the row, its repair, and a shortened copy of each (the repair's: right steps, wrong answer)
+    assert [r.get("augment") for r in rows] == [None, "repair", "shorten", "shorten"]
+    assert rows[3]["steps"] == short and rows[3]["step_labels"] == [1.0, 1.0, 0.0]
+    assert rows[3]["outcome"] == 0
+
+
+def test_minimal_pairs_off_by_one_after_the_reference_prefix():
+    pairs = minimal_pairs([Q, "not a testbed question ?"], seed=0)
+    assert [p.right for p in pairs] == STEPS and [p.kind for p in pairs] == ["+", "-", "*", "answer"]
+    for k, p in enumerate(pairs):
+        assert p.prefix == STEPS[:k] and p.question == Q
+        right = oracle_label(Q, "\n".join(p.prefix + [p.right]), "10").labels
+        wrong = oracle_label(Q, "\n".join(p.prefix + [p.wrong]), "10").labels
+        assert right[-1] == 1 and wrong[-1] == 0 and right[:-1] == wrong[:-1] == [1] * k
+        old, new = int(p.right.split()[-1]), int(p.wrong.split()[-1])
+        assert abs(old - new) == 1 and p.wrong.rsplit(" ", 1)[0] == p.right.rsplit(" ", 1)[0]
+
+
+def test_minimal_pair_metrics_by_hand():
+    class Scores:   # a PRM stand-in: the last step's score is looked up by its text
+        kind = "prm"
+        table = {"5 + 8 = 13": 0.9, "5 + 8 = 14": 0.2, "13 - 8 = 5": 0.4, "13 - 8 = 4": 0.1,
+                 "13 - 8 = 6": 0.1, "5 * 2 = 10": 0.7, "5 * 2 = 11": 0.8, "5 * 2 = 9": 0.8,
+                 "#### 10": 0.6, "#### 11": 0.3, "#### 9": 0.3}
+
+        def score(self, questions, steps, batch_size=64):
+            return [type("R", (), {"step_scores": [0.5] * (len(s) - 1) + [self.table[s[-1]]]})()
+                    for s in steps]
+
+    m = minimal_pair_metrics(Scores(), minimal_pairs([Q], seed=0))
+    # +: 0.9 > 0.2 separated; -: 0.4 > 0.1 ordered, not separated; *: 0.7 < 0.8; answer: separated
+    assert m["probe/n_pairs"] == 4 and m["probe/pair_acc"] == 0.75 and m["probe/separated"] == 0.5
+    assert (m["probe/separated/+"], m["probe/separated/-"], m["probe/pair_acc/*"]) == (1.0, 0.0, 0.0)
+    assert m["probe/mean_right"] == pytest.approx((0.9 + 0.4 + 0.7 + 0.6) / 4)
+    assert minimal_pair_metrics(Scores(), []) == {}

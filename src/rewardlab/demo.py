@@ -29,8 +29,9 @@ from typing import Callable, ClassVar
 
 from rewardlab.config import apply_overrides, check_numbers, ConfigError, from_dict, load_config
 from rewardlab.data.datasets import load_dataset_by_name
+from rewardlab.data.testbed import minimal_pairs
 from rewardlab.eval.bon import run_bon
-from rewardlab.eval.prm_eval import prm_label_metrics
+from rewardlab.eval.prm_eval import minimal_pair_metrics, prm_label_metrics
 from rewardlab.eval.evaluate import evaluate_policy
 from rewardlab.eval.report import STAGES, write_report
 from rewardlab.io import read_jsonl, write_json, write_jsonl
@@ -312,11 +313,14 @@ def _rm_cached(rc: RMTrainConfig) -> bool:
 def train_rm_kind(rc: RMTrainConfig) -> dict:
     """Train one reward model and write its metrics to ``<rm>/<kind>_metrics.json``; the PRM's add
     earliest-error identification (threshold chosen on half of the held-out problems, reported
-    on the other half) and its score bias (by step count, by correctness)."""
+    on the other half), its score bias (by step count, by correctness) and its minimal pairs
+    (each reference step of the held-out problems against the same step off by one)."""
     res = train_reward_model(rc)
     if rc.kind == "prm":
         prm = load_reward_model(Path(rc.out) / "final", device="cpu")
-        res = {**res, **prm_label_metrics(prm, read_jsonl(rc.eval_data[0]))}
+        rows = read_jsonl(rc.eval_data[0])
+        pairs = minimal_pairs(list(dict.fromkeys(r["question"] for r in rows)))
+        res = {**res, **prm_label_metrics(prm, rows), **minimal_pair_metrics(prm, pairs)}
         del prm
     write_json(Path(rc.out).parent / f"{rc.kind}_metrics.json", res)
     return res

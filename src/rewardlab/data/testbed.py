@@ -295,6 +295,40 @@ def question_chain(question: str) -> list[tuple[int, str, int, int]] | None:
     return chain
 
 
+@dataclass
+class MinimalPair:
+    """One step of a testbed question's reference solution, right and with its result off by
+    one: the same prefix (the reference's earlier steps), two candidate next steps."""
+
+    question: str
+    prefix: list[str]
+    right: str
+    wrong: str
+    kind: str
+    """The step's operation (``+``, ``-``, ``*``) or ``answer`` (the ``####`` line)."""
+
+
+def minimal_pairs(questions: list[str], seed: int = 0) -> list[MinimalPair]:
+    """Every step of each testbed question's reference solution (:func:`question_chain`, then
+    the answer line) paired with a copy whose result is off by one (+1 or −1, drawn with
+    ``seed``; +1 where −1 would go below 0). Non-testbed questions are skipped."""
+    rng = random.Random(seed)
+    out: list[MinimalPair] = []
+    for q in questions:
+        chain = question_chain(q)
+        if not chain:
+            continue
+        steps = [_fmt_step(*st) for st in chain] + [f"#### {chain[-1][3]}"]
+        results = [c for *_, c in chain] + [chain[-1][3]]
+        kinds = [op for _, op, _, _ in chain] + ["answer"]
+        for k, (step, c, kind) in enumerate(zip(steps, results, kinds)):
+            d = rng.choice((-1, 1))
+            bad = c + d if c + d >= 0 else c + 1
+            wrong = f"#### {bad}" if kind == "answer" else _fmt_step(*chain[k][:3], bad)
+            out.append(MinimalPair(q, steps[:k], step, wrong, kind))
+    return out
+
+
 def _matches(step: tuple[int, str, int, int], want: tuple[int, str, int, int]) -> bool:
     a, op, b, c = step
     wa, wop, wb, wc = want

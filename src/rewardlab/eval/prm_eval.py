@@ -16,6 +16,15 @@ and over a set of solutions, with E the erroneous ones (label ≥ 0) and C the c
 The threshold τ is chosen on a validation split (:func:`choose_threshold`: the grid value of the
 highest F1 there) and the metric is reported on held-out solutions.
 
+**Minimal pairs** (:func:`minimal_pair_metrics`): a right step and the same step with its result
+off by one, after the same right prefix (:func:`rewardlab.data.testbed.minimal_pairs`). With p⁺
+and p⁻ the PRM's scores of the two,
+
+    pair_acc  = mean[p⁺ > p⁻]          separated = mean[p⁺ ≥ 0.5 > p⁻]
+
+over all pairs and by the step's operation: a single probe such as ``13 - 8 = 5`` against
+``13 - 8 = 6``, measured over every step of many problems.
+
 **Bias checks** (:func:`score_bias`): the mean solution score by number of steps, and on
 solutions whose final answer is right against wrong — a PRM whose product score mostly counts
 steps, or that cannot tell right answers from wrong ones, shows it here.
@@ -254,6 +263,28 @@ def evaluate_prm_on_rows(rm, rows: Sequence[dict], threshold: float | None = Non
               "final_answer_correct": rows[i]["final_answer_correct"], "step_scores": scores[i]}
              for i in test]
     return metrics, preds
+
+
+def minimal_pair_metrics(rm, pairs: Sequence[Any], batch_size: int = 64) -> dict[str, float]:
+    """``probe/pair_acc`` (p⁺ > p⁻), ``probe/separated`` (p⁺ ≥ 0.5 > p⁻), ``probe/mean_right``
+    and ``probe/mean_wrong`` of a PRM over minimal pairs (objects with ``question``, ``prefix``,
+    ``right``, ``wrong``, ``kind``; :func:`rewardlab.data.testbed.minimal_pairs`), overall and
+    per ``kind`` (``probe/pair_acc/<kind>``, ``probe/separated/<kind>``)."""
+    if not pairs:
+        return {}
+    qs = [p.question for p in pairs for _ in range(2)]
+    steps = [list(p.prefix) + [s] for p in pairs for s in (p.right, p.wrong)]
+    res = rm.score(qs, steps, batch_size)
+    right = np.array([res[2 * i].step_scores[-1] for i in range(len(pairs))])
+    wrong = np.array([res[2 * i + 1].step_scores[-1] for i in range(len(pairs))])
+    kinds = np.array([p.kind for p in pairs])
+    out = {"probe/n_pairs": float(len(pairs)), "probe/mean_right": float(right.mean()),
+           "probe/mean_wrong": float(wrong.mean())}
+    for name, sel in [("", np.ones(len(pairs), bool))] + [(f"/{k}", kinds == k)
+                                                          for k in sorted(set(kinds))]:
+        out[f"probe/pair_acc{name}"] = float((right[sel] > wrong[sel]).mean())
+        out[f"probe/separated{name}"] = float(((right[sel] >= 0.5) & (wrong[sel] < 0.5)).mean())
+    return out
 
 
 def prm_label_metrics(rm, rows: Sequence[dict], seed: int = 0, batch_size: int = 64

@@ -401,6 +401,7 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
             md.append(f"- **{k.upper()}**: " + ", ".join(
                 f"{a.split('/')[-1]}={num(m[a])}" for a in RM_KEYS if _finite(m.get(a))))
         md.append("")
+        md += prm_checks(rm_metrics.get("prm") or {})
     if bon:
         md += ["## Best-of-N", "", "![best-of-N](bon/bon.png)", ""]
         table_bon = bon.get("table", bon)
@@ -425,6 +426,39 @@ def write_report(out: Path, sft_dir: Path, rm_dir: Path, bon_dir: Path, runs: di
         md += ["## Training curves", ""] + [f"![{p.stem}]({p.name})" for p in curves] + [""]
     write_text(out / "report.md", "\n".join(md))
     return results
+
+
+def prm_checks(m: Mapping) -> list[str]:
+    """Report lines for a PRM's earliest-error identification, minimal pairs and score bias
+    (the ``eval/earliest_error_*``, ``probe/*`` and ``bias/*`` metrics; the lines of what is
+    there)."""
+    md = []
+    e = "eval/earliest_error_"
+    if e + "f1" in m:
+        md.append(f"- **Earliest error** (ProcessBench: the first step scored below τ = "
+                  f"{num(m.get(e + 'threshold'))}, chosen on half of the problems, against the "
+                  f"oracle's, on the other half): accuracy {num(m.get(e + 'acc_err'))} on "
+                  f"{int(m.get(e + 'n_err', 0))} solutions with an error, "
+                  f"{num(m.get(e + 'acc_correct'))} on {int(m.get(e + 'n_correct', 0))} correct "
+                  f"ones, **F1 {num(m[e + 'f1'])}**.")
+    if _finite(m.get("probe/pair_acc")):
+        kinds = sorted(k.rsplit("/", 1)[1] for k in m if k.startswith("probe/pair_acc/"))
+        md.append(f"- **Minimal pairs** ({int(m.get('probe/n_pairs', 0))}: each step of the held-out "
+                  "problems' reference solutions against the same step with its result off by one): "
+                  f"right scored above wrong {num(m['probe/pair_acc'])}, right ≥ 0.5 > wrong "
+                  f"{num(m.get('probe/separated'))} (mean score right {num(m.get('probe/mean_right'))}, "
+                  f"wrong {num(m.get('probe/mean_wrong'))}); by step, right above wrong / "
+                  "separated: " + ", ".join(
+                      f"{k} {num(m.get('probe/pair_acc/' + k))} / {num(m.get('probe/separated/' + k))}"
+                      for k in kinds) + ".")
+    by_steps = m.get("bias/score_by_steps")
+    if isinstance(by_steps, Mapping) and by_steps:
+        counts = m.get("bias/count_by_steps") or {}
+        md.append("- **Score bias** (mean solution score): by number of steps " + ", ".join(
+            f"{k}: {num(v)} ({counts.get(k, '?')})" for k, v in by_steps.items())
+            + (f"; right final answer {num(m.get('bias/score_correct'))}, wrong "
+               f"{num(m.get('bias/score_wrong'))}" if "bias/score_correct" in m else "") + ".")
+    return md + [""] if md else []
 
 
 # the terminal table: metric -> (heading, decimals)

@@ -254,6 +254,20 @@ def repair_steps(steps: Sequence[str], rng: random.Random | None = None) -> list
     return None
 
 
+def shorten_steps(steps: Sequence[str], rng: random.Random | None = None) -> list[str] | None:
+    """A copy of ``steps`` that stops one operation early: its last equation dropped and its
+    answer line set to the equation before's result — a chain of right steps whose answer is
+    wrong because an operation of the question is missing, the error that only the answer line
+    shows. None unless the steps end in an answer line equal to the last equation's result,
+    with at least two equations."""
+    eqs = [k for k, s in enumerate(steps) if _EQ_RE.match(s)]
+    ans = _ANS_RE.match(steps[-1]) if steps else None
+    if ans is None or len(eqs) < 2 or int(ans.group(2)) != int(_EQ_RE.match(steps[eqs[-1]]).group(8)):
+        return None
+    prev = _EQ_RE.match(steps[eqs[-2]]).group(8)
+    return [s for k, s in enumerate(steps[:-1]) if k != eqs[-1]] + [ans.group(1) + prev + ans.group(3)]
+
+
 def truncate_steps(steps: Sequence[str], rng: random.Random) -> list[str] | None:
     """The steps of ``"\n".join(steps)`` cut at a random character inside it (a response that
     stopped mid-text: its last step is usually malformed, its answer missing), or None when
@@ -308,6 +322,13 @@ def repair_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 1.0, seed:
     return _derived(rows, repair_steps, min(rate, 1.0), labeler, seed, style, "repair")
 
 
+def shorten_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 1.0, seed: int = 0,
+                 style: str = "gsm8k") -> list[dict]:
+    """New labelled rows: :func:`shorten_steps` of the rows (at most one copy each), relabelled
+    and graded (``augment: "shorten"``)."""
+    return _derived(rows, shorten_steps, min(rate, 1.0), labeler, seed, style, "shorten")
+
+
 def truncate_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 0.25, seed: int = 0,
                   style: str = "gsm8k") -> list[dict]:
     """New labelled rows: :func:`truncate_steps` of ``rate`` copies per row, relabelled and
@@ -317,11 +338,13 @@ def truncate_rows(rows: Sequence[dict], labeler: Labeler, rate: float = 0.25, se
 
 def augment_rows(rows: Sequence[dict], labeler: Labeler, corrupt: float = 0.0,
                  truncate: float = 0.0, seed: int = 0, style: str = "gsm8k",
-                 repair: float = 0.0) -> list[dict]:
-    """Deduplicated ``rows`` plus their repaired, corrupted and truncated copies (deduplicated
-    too, and never a copy of a row already there)."""
+                 repair: float = 0.0, shorten: float = 0.0) -> list[dict]:
+    """Deduplicated ``rows`` plus their repaired, corrupted and truncated copies, and shortened
+    copies of the rows and their repairs (deduplicated too, and never a copy of a row already
+    there)."""
     base = dedupe_rows(rows)
     extra = repair_rows(base, labeler, repair, seed + 2, style) if repair else []
+    extra += shorten_rows(base + extra, labeler, shorten, seed + 3, style) if shorten else []
     extra += corrupt_rows(base, labeler, corrupt, seed, style) if corrupt else []
     extra += truncate_rows(base, labeler, truncate, seed + 1, style) if truncate else []
     return dedupe_rows(base + extra)
