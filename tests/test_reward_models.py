@@ -264,3 +264,46 @@ def test_fast_scoring_equals_the_transformers_pass(tiny_policy, form, tag, monke
         assert len(a.step_scores) == len(b.step_scores)
         assert all(abs(x - y) < 1e-5 for x, y in zip(a.step_scores, b.step_scores))
         assert abs(a.score - b.score) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["orm", "prm"])
+def test_ensemble_reduces_its_members_scores(tiny_policy, tmp_path, kind):
+    from rewardlab.reward_models.models import EnsembleRM, save_ensemble
+    # a head form, so that the seed draws another head for each member
+    spec = {"kind": kind} if kind == "orm" else {"kind": "prm", "form": "head", "tag": " ки"}
+    paths = [build_reward_model(tiny_policy, RMSpec(**spec), device="cpu", seed=s)
+             .save_pretrained(tmp_path / f"m{s}") for s in (0, 1)]
+    members = [load_reward_model(p, device="cpu").score(QUESTIONS, STEPS) for p in paths]
+    for reduce, f in [("mean", lambda xs: sum(xs) / len(xs)), ("min", min)]:
+        save_ensemble(tmp_path / reduce, paths, reduce)
+        ens = load_reward_model(tmp_path / reduce, device="cpu")
+        assert isinstance(ens, EnsembleRM) and ens.kind == kind
+        got = ens.score(QUESTIONS, STEPS)
+        for i, r in enumerate(got):
+            if kind == "orm":
+                assert r.score == pytest.approx(f([m[i].score for m in members]))
+            else:
+                want = [f([m[i].step_scores[k] for m in members]) for k in range(len(STEPS[i]))]
+                assert r.step_scores == pytest.approx(want)
+                assert r.score == pytest.approx(aggregate(want, ens.spec.aggregation))
+    assert (tmp_path / "mean" / "rewardlab_ensemble.json").exists()
+    # the members' scores differ, so the reduction is not one member's
+    assert [r.score for r in members[0]] != [r.score for r in members[1]]
+
+
+def test_ensemble_refuses_mixed_kinds_and_bad_manifests(tiny_policy, tmp_path):
+    import json
+    from rewardlab.reward_models.models import save_ensemble
+    orm = build_reward_model(tiny_policy, RMSpec(kind="orm"), device="cpu").save_pretrained(tmp_path / "o")
+    prm = build_reward_model(tiny_policy, RMSpec(kind="prm", tag=" ки"), device="cpu").save_pretrained(tmp_path / "p")
+    with pytest.raises(ValueError, match="one kind"):
+        save_ensemble(tmp_path / "e", [orm, prm])
+    with pytest.raises(ValueError, match="reduce"):
+        save_ensemble(tmp_path / "e", [orm], "max")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "rewardlab_ensemble.json").write_text(json.dumps({"members": "o"}))
+    with pytest.raises(DataError, match="rewardlab_ensemble.json.*members"):
+        load_reward_model(tmp_path / "bad", device="cpu")
+    (tmp_path / "bad" / "rewardlab_ensemble.json").write_text(json.dumps({"members": [str(orm), str(prm)]}))
+    with pytest.raises(DataError, match="one kind"):
+        load_reward_model(tmp_path / "bad", device="cpu")

@@ -61,6 +61,9 @@ from rewardlab.training.modelcard import ModelCard
 
 
 SPEC_FILE = "rewardlab_rm.json"
+ENSEMBLE_FILE = "rewardlab_ensemble.json"
+"""An ensemble's manifest: ``{"members": [paths, relative to its folder or absolute],
+"reduce": "mean" | "min"}`` (:func:`save_ensemble`, :class:`EnsembleRM`)."""
 HEAD_FILE = "rm_head.safetensors"
 """The first layout's separate head file (read for conversion, no longer written)."""
 CONFIG_KEY = "rewardlab_rm"
@@ -653,9 +656,10 @@ def _score_tensors(d: Path) -> dict[str, torch.Tensor]:
 
 
 def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "auto",
-                      spec: RMSpec | None = None, trust_remote_code: bool = False) -> RewardModel:
+                      spec: RMSpec | None = None, trust_remote_code: bool = False
+                      ) -> RewardModel | EnsembleRM:
     """Load a reward model: one saved by :meth:`RewardModel.save_pretrained` (a ``train-rm`` run
-    directory loads its ``final/`` model), one saved in the first layout (converted on load), a
+    directory loads its ``final/`` model), an ensemble (:func:`save_ensemble`), one saved in the first layout (converted on load), a
     TRL-trained token-classification PRM or a Qwen2.5-Math-PRM (see :func:`detect_spec`).
     ``spec`` overrides what the files say; it lets a plain causal LM be used as an LM-head PRM
     (e.g. Math-Shepherd: ``RMSpec(tag=" ки")``)."""
@@ -663,6 +667,8 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
 
 
     p = _local_dir(path)
+    if spec is None and (p / ENSEMBLE_FILE).exists():
+        return _load_ensemble(p, device, dtype, trust_remote_code)
     if spec is None:
         p = saved_reward_model_dir(p)
         try:
@@ -694,6 +700,96 @@ def load_reward_model(path: str | Path, device: str = "auto", *, dtype: str = "a
             if state.keys() == want.keys() and all(state[k].shape == want[k].shape for k in want):
                 backbone.score.load_state_dict(state)
     return RM_CLASSES[spec.kind](backbone, tok, spec)
+
+
+class EnsembleRM:
+    """Reward models of one kind scored as one (Coste et al. 2023, arXiv 2310.02743: an
+    ensemble is harder to over-optimise than any of its members). For members m = 1..M,
+
+        mean: r = (1/M) Σ_m r_m        min: r = min_m r_m
+
+    of the ORM/BT scores, or of each PRM step score p_k (the solution score is then the first
+    member's aggregation of the reduced p_1..p_K). Scoring, ``kind``, ``spec``, ``tokenizer``,
+    ``encode`` and ``aggregate`` work as on a single :class:`RewardModel`."""
+
+    REDUCE = ("mean", "min")
+
+    def __init__(self, members: Sequence[RewardModel], reduce: str = "mean"):
+        if not members:
+            raise ValueError("an ensemble needs at least one reward model")
+        kinds = sorted({m.kind for m in members})
+        if len(kinds) != 1:
+            raise ValueError(f"an ensemble's members must be of one kind, got {kinds}")
+        if reduce not in self.REDUCE:
+            raise ValueError(f"ensemble reduce must be one of {list(self.REDUCE)}, got {reduce!r}")
+        self.members, self.reduce = list(members), reduce
+        self.kind, self.spec = members[0].kind, members[0].spec
+        self.tokenizer, self.encode = members[0].tokenizer, members[0].encode
+        self.aggregate = members[0].aggregate
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def _reduce(self, xs: list[float]) -> float:
+        return float(min(xs) if self.reduce == "min" else sum(xs) / len(xs))
+
+    def score(self, questions: list[str], steps: list[list[str]], batch_size: int = 64
+              ) -> list[ScoreResult]:
+        """Every member's :meth:`RewardModel.score`, reduced per solution (and per step)."""
+        per = [m.score(questions, steps, batch_size) for m in self.members]
+        out = []
+        for rs in zip(*per):
+            if self.kind == "prm":
+                p = [self._reduce(list(col)) for col in zip(*(r.step_scores for r in rs))]
+                out.append(ScoreResult(p, float(self.aggregate(p, self.spec.aggregation))))
+            else:
+                out.append(ScoreResult([], self._reduce([r.score for r in rs])))
+        return out
+
+
+def save_ensemble(out: str | Path, members: Sequence[str | Path], reduce: str = "mean") -> Path:
+    """Write the manifest of an ensemble of saved reward models into ``out`` (members inside
+    ``out`` are stored relative to it, so the folder can move); every member must load as a
+    reward model of one kind. :func:`load_reward_model` on ``out`` loads the ensemble."""
+    out = Path(out)
+    if reduce not in EnsembleRM.REDUCE:
+        raise ValueError(f"ensemble reduce must be one of {list(EnsembleRM.REDUCE)}, got {reduce!r}")
+    if not members:
+        raise ValueError("an ensemble needs at least one reward model")
+    kinds = {}
+    for m in members:
+        d = saved_reward_model_dir(m)
+        spec = detect_spec(d)
+        kinds[str(m)] = spec.kind if spec is not None else "?"
+    if len(set(kinds.values())) != 1:
+        raise ValueError(f"an ensemble's members must be of one kind, got {kinds}")
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for m in members:
+        m = Path(m).resolve()
+        try:
+            names.append(str(m.relative_to(out.resolve())))
+        except ValueError:
+            names.append(str(m))
+    write_json(out / ENSEMBLE_FILE, {"members": names, "reduce": reduce})
+    return out
+
+
+def _load_ensemble(p: Path, device: str, dtype: str, trust_remote_code: bool) -> EnsembleRM:
+    try:
+        manifest = json.loads((p / ENSEMBLE_FILE).read_text())
+        members, reduce = manifest["members"], manifest.get("reduce", "mean")
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise TypeError("'members' must be a list of paths")
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(p / ENSEMBLE_FILE, f"unreadable ensemble manifest: {e}") from None
+    try:
+        return EnsembleRM([load_reward_model(p / m, device, dtype=dtype,
+                                             trust_remote_code=trust_remote_code)
+                           for m in members], reduce)
+    except ValueError as e:
+        raise DataError(p / ENSEMBLE_FILE, str(e)) from None
 
 
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
