@@ -26,18 +26,22 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     from rewardlab.demo import DemoConfig, plan_jobs
     cfg = DemoConfig(out=str(tmp_path), designs=["success", "prm_raw", "orm", "grpo_process"], seeds=2)
     cfg.budget.rm_backbone_steps = 800   # a separate, longer-trained backbone
+    cfg.budget.prm_members = cfg.budget.orm_members = 1   # single models (ensembles: below)
     jobs, runs, _ = plan_jobs(cfg)
     by = {j.name: j for j in jobs}
     assert by["rm backbone"].arg.steps == cfg.budget.rm_backbone_steps
-    assert by["rm prm"].arg.model == str(tmp_path / "rm" / "backbone" / "final")
+    assert by["rm prm"].arg.members[0].model == str(tmp_path / "rm" / "backbone" / "final")
     assert set(by["rm prm"].deps) == {"rm data", "rm backbone"}
     # the ORM starts from the SFT policy and trains while the backbone does (unless asked)
-    assert by["rm orm"].arg.model == str(tmp_path / "sft" / "final") and by["rm orm"].deps == ("rm data",)
+    assert by["rm orm"].arg.members[0].model == str(tmp_path / "sft" / "final")
+    assert by["rm orm"].deps == ("rm data",)
     # each reward model trains its own number of steps
-    assert by["rm prm"].arg.steps == cfg.budget.prm_steps != cfg.budget.rm_steps == by["rm orm"].arg.steps
+    assert (by["rm prm"].arg.members[0].steps == cfg.budget.prm_steps != cfg.budget.rm_steps
+            == by["rm orm"].arg.members[0].steps)
     cfg.budget.orm_from_backbone = True
     orm = {j.name: j for j in plan_jobs(cfg)[0]}["rm orm"]
-    assert orm.arg.model == by["rm prm"].arg.model and set(orm.deps) == {"rm data", "rm backbone"}
+    assert orm.arg.members[0].model == by["rm prm"].arg.members[0].model
+    assert set(orm.deps) == {"rm data", "rm backbone"}
     cfg.budget.orm_from_backbone = False
     assert by["prm_raw/s1"].deps == ("sft", "rm prm") and by["orm/s0"].deps == ("sft", "rm orm")
     assert by["success/s0"].deps == ("sft",)
@@ -54,8 +58,30 @@ def test_rm_backbone_is_the_policy_unless_trained_longer(tmp_path):
     assert po.out == str(tmp_path / "rl" / "step_dpo" / "s1") and po.po.loss == "step_dpo"
     cfg.budget.rm_backbone_steps = cfg.budget.sft_steps
     by = {j.name: j for j in plan_jobs(cfg)[0]}
-    assert "rm backbone" not in by and by["rm orm"].arg.model == str(tmp_path / "sft" / "final")
+    assert "rm backbone" not in by and by["rm orm"].arg.members[0].model == str(tmp_path / "sft" / "final")
     assert by["rm orm"].deps == ("rm data",)   # no backbone job to wait for
+
+
+def test_reward_model_ensembles_train_their_members_as_jobs(tmp_path):
+    from rewardlab.demo import DemoConfig, plan_jobs
+    from rewardlab.config import ConfigError
+    cfg = DemoConfig(out=str(tmp_path), designs=["prm_raw", "orm"], seeds=1)
+    cfg.budget.prm_members, cfg.budget.prm_forms, cfg.budget.orm_members = 3, "lm,head", 2
+    cfg.budget.orm_from_backbone = True
+    by = {j.name: j for j in plan_jobs(cfg)[0]}
+    prm = [by[f"rm prm m{k}"].arg for k in range(3)]
+    assert [m.seed for m in prm] == [0, 1, 2] and [m.form for m in prm] == ["lm", "head", "lm"]
+    assert [m.out for m in prm] == [str(tmp_path / "rm" / "prm" / f"m{k}") for k in range(3)]
+    assert all(set(by[f"rm prm m{k}"].deps) == {"rm data", "rm backbone"} for k in range(3))
+    assert by["rm prm"].deps == ("rm prm m0", "rm prm m1", "rm prm m2")
+    assert by["rm prm"].arg.ensemble and by["rm prm"].arg.out == tmp_path / "rm" / "prm"
+    assert by["rm orm"].deps == ("rm orm m0", "rm orm m1") and "rm orm m2" not in by
+    assert [by[f"rm orm m{k}"].arg.seed for k in range(2)] == [0, 1]
+    # the RL runs and best-of-N wait for the ensembles, not for single members
+    assert by["prm_raw/s0"].deps == ("sft", "rm prm") and by["orm/s0"].deps == ("sft", "rm orm")
+    cfg.budget.prm_forms = "lm,tree"
+    with pytest.raises(ConfigError, match="prm_forms"):
+        cfg.validate()
 
 
 def _record_job(arg, on_step):

@@ -38,9 +38,10 @@ from rewardlab.io import read_jsonl, write_json, write_jsonl
 from rewardlab.models.loading import load_model_and_tokenizer
 from rewardlab.models.sampling import SamplingConfig
 from rewardlab.reward_models.labeling import get_labeler
-from rewardlab.reward_models.models import load_reward_model
+from rewardlab.reward_models.data import read_rm_rows
+from rewardlab.reward_models.models import ENSEMBLE_FILE, load_reward_model, save_ensemble
 from rewardlab.reward_models.pipeline import augment_rows, sample_and_label
-from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
+from rewardlab.reward_models.train import evaluate_reward_model, RMTrainConfig, train_reward_model
 from rewardlab.preference.iterative import IterativePOConfig, po_design_config, train_po_iterative
 from rewardlab.rl.config import RLConfig
 from rewardlab.rl.trainer import train_rl
@@ -94,7 +95,8 @@ class DemoBudget:
         "eval_every": "[0, 10000000]", "rm_backbone_steps": "[0, 10000000]", "rm_lr": "(0, 1]",
         "rl_lr": "(0, 1]",
         "rm_temperature": "(0, 5]", "rm_corrupt": "[0, 10]", "rm_truncate": "[0, 10]",
-        "rm_repair": "[0, 1]", "unnecessary_rate": "[0, 1]"}
+        "rm_repair": "[0, 1]", "unnecessary_rate": "[0, 1]",
+        "prm_members": "[1, 16]", "orm_members": "[1, 16]"}
 
     n_train: int = 3000
     unnecessary_rate: float = 0.3
@@ -132,11 +134,19 @@ class DemoBudget:
     result does not change: the README), which keeps ``make demo`` within 15 minutes; the PRM
     always gets the backbone, since checking a step needs it."""
     rm_steps: int = 500
-    """The ORM's optimizer steps (batch 32)."""
+    """The ORM's optimizer steps (batch 32), each member's."""
     prm_steps: int = 2000
     """The PRM's optimizer steps (batch 32): with the 1,200-step backbone, what keeps its
     best-of-N at or above random pick up to N = 64 (docs/reward_models_testbed.md; 500 steps
     fall below it from N = 16)."""
+    prm_members: int = 1
+    """PRMs trained (seeds 0, 1, ...) and scored as one ensemble, the mean of their step scores
+    (rewardlab.reward_models.models.EnsembleRM); 1: a single PRM."""
+    prm_forms: str = "lm"
+    """The PRM members' forms, comma-separated and cycled over the members (``lm,head``: member
+    0 LM-head, member 1 a 2-class head)."""
+    orm_members: int = 1
+    """ORMs trained (seeds 0, 1, ...) and scored as one ensemble, the mean of their scores."""
     rm_lr: float = 5e-4
     bon_problems: int = 100
     bon_max_n: int = 64
@@ -150,6 +160,13 @@ class DemoBudget:
 
     def validate(self) -> None:
         check_numbers(self, "budget.")
+        forms = self.prm_form_list()
+        if not forms or set(forms) - {"lm", "head"}:
+            raise ConfigError(f"budget.prm_forms: a comma-separated list of lm and head, got "
+                              f"{self.prm_forms!r}")
+
+    def prm_form_list(self) -> list[str]:
+        return [f.strip() for f in str(self.prm_forms).split(",") if f.strip()]
 
 
 QUICK = DemoBudget(n_train=400, n_test=40, sft_steps=40, rm_problems=60, rm_eval_problems=10,
@@ -209,6 +226,7 @@ class DemoConfig:
         """Every number finite and in range (``prm_alpha`` / ``orm_beta``: any finite weight), the
         designs known; raises ConfigError naming the field."""
         check_numbers(self)
+        self.budget.validate()
         unknown = set(self.designs) - set(DESIGNS)
         if unknown:
             raise ConfigError(f"demo: unknown design(s) {sorted(unknown)}; valid: {list(DESIGNS)}")
@@ -290,40 +308,91 @@ def stage_rm_data(cfg: DemoConfig, sft_dir: Path, log) -> tuple[Path, Path]:
     return data, eval_data
 
 
-def rm_configs(cfg: DemoConfig, backbone: Path, policy: Path | None = None) -> list[RMTrainConfig]:
-    """The ORM's and the PRM's training configs, on the RM data's rows: the PRM from
-    ``backbone``, the ORM from the SFT ``policy`` unless ``budget.orm_from_backbone`` (or no
-    ``policy`` is given)."""
+@dataclass
+class RMSet:
+    """One of the demo's reward models: ``kind``, its folder ``out`` (``rm/<kind>``) and its
+    members' training configs. One member trains into ``out`` itself; several train into
+    ``out/m<k>`` (member k with seed k) and ``out`` holds their ensemble's manifest."""
+
+    kind: str
+    out: Path
+    members: list[RMTrainConfig]
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.members) > 1
+
+
+def rm_sets(cfg: DemoConfig, backbone: Path, policy: Path | None = None) -> list[RMSet]:
+    """The ORM and the PRM, on the RM data's rows: the PRM's members from ``backbone``, the
+    ORM's from the SFT ``policy`` unless ``budget.orm_from_backbone`` (or no ``policy`` is
+    given); ``budget.prm_members`` / ``orm_members`` members each."""
     b = cfg.budget
     out = Path(cfg.out) / "rm"
     bases = {"prm": backbone,
              "orm": backbone if b.orm_from_backbone or policy is None else policy}
-    return [RMTrainConfig(kind=kind, model=str(bases[kind]), data=[str(out / "samples.jsonl")],
-                          eval_data=[str(out / "eval_samples.jsonl")], out=str(out / kind), tag=PRM_TAG,
-                          lr=b.rm_lr, batch_size=32,
-                          steps=b.prm_steps if kind == "prm" else b.rm_steps, progress=cfg.progress)
-            for kind in ("orm", "prm")]
+    sets = []
+    for kind, n in (("orm", b.orm_members), ("prm", b.prm_members)):
+        forms = b.prm_form_list() if kind == "prm" else ["lm"]
+        members = [RMTrainConfig(kind=kind, form=forms[k % len(forms)], model=str(bases[kind]),
+                                 data=[str(out / "samples.jsonl")],
+                                 eval_data=[str(out / "eval_samples.jsonl")],
+                                 out=str(out / kind / f"m{k}" if n > 1 else out / kind), tag=PRM_TAG,
+                                 lr=b.rm_lr, batch_size=32, seed=k,
+                                 steps=b.prm_steps if kind == "prm" else b.rm_steps,
+                                 progress=cfg.progress)
+                   for k in range(n)]
+        sets.append(RMSet(kind, out / kind, members))
+    return sets
 
 
-def _rm_cached(rc: RMTrainConfig) -> bool:
-    return _done(Path(rc.out) / "final" / "rewardlab_rm.json") and _done(Path(rc.out).parent /
-                                                                        f"{rc.kind}_metrics.json")
+def _member_cached(rc: RMTrainConfig) -> bool:
+    return _done(Path(rc.out) / "final" / "rewardlab_rm.json")
 
 
-def train_rm_kind(rc: RMTrainConfig) -> dict:
-    """Train one reward model and write its metrics to ``<rm>/<kind>_metrics.json``; the PRM's add
-    earliest-error identification (threshold chosen on half of the held-out problems, reported
-    on the other half), its score bias (by step count, by correctness) and its minimal pairs
-    (each reference step of the held-out problems against the same step off by one)."""
-    res = train_reward_model(rc)
-    if rc.kind == "prm":
-        prm = load_reward_model(Path(rc.out) / "final", device="cpu")
-        rows = read_jsonl(rc.eval_data[0])
+def _rm_cached(rs: RMSet) -> bool:
+    made = _done(rs.out / ENSEMBLE_FILE) if rs.ensemble else _member_cached(rs.members[0])
+    return made and _done(rs.out.parent / f"{rs.kind}_metrics.json")
+
+
+def train_rm_member(rc: RMTrainConfig) -> dict:
+    """Train one reward model (or one ensemble member); its final metrics."""
+    return train_reward_model(rc)
+
+
+def finish_rm(rs: RMSet, trained: dict | None = None) -> dict:
+    """Write ``rm/<kind>_metrics.json`` for a trained reward model: the training run's final
+    metrics (``trained``) or, for an ensemble, its manifest and the ensemble's own held-out
+    metrics; the PRM's add earliest-error identification (threshold chosen on half of the
+    held-out problems, reported on the other half), its score bias (by step count, by
+    correctness) and its minimal pairs (each reference step of the held-out problems against
+    the same step off by one)."""
+    eval_path = rs.members[0].eval_data[0]
+    res = dict(trained or {})
+    if rs.ensemble:
+        save_ensemble(rs.out, [m.out for m in rs.members], "mean")
+    rm = load_reward_model(rs.out, device="cpu")
+    if rs.ensemble:
+        res = evaluate_reward_model(rm, read_rm_rows([eval_path], rs.kind, False, "auto"))
+        runs = [json.loads((Path(m.out) / "rm_summary.json").read_text()) for m in rs.members]
+        res.update({"rm/members": float(len(rs.members)), "rm/n_train": runs[0].get("rm/n_train"),
+                    "rm/wall_s": float(sum(r.get("rm/wall_s", 0.0) for r in runs))})
+    if rs.kind == "prm":
+        rows = read_jsonl(eval_path)
         pairs = minimal_pairs(list(dict.fromkeys(r["question"] for r in rows)))
-        res = {**res, **prm_label_metrics(prm, rows), **minimal_pair_metrics(prm, pairs)}
-        del prm
-    write_json(Path(rc.out).parent / f"{rc.kind}_metrics.json", res)
+        res.update({**prm_label_metrics(rm, rows), **minimal_pair_metrics(rm, pairs)})
+    del rm
+    write_json(rs.out.parent / f"{rs.kind}_metrics.json", res)
     return res
+
+
+def train_rm_set(rs: RMSet) -> dict:
+    """Train the members that are not cached, then :func:`finish_rm`."""
+    trained = None
+    for rc in rs.members:
+        if not _member_cached(rc) or not rs.ensemble:
+            trained = train_rm_member(rc)
+    return finish_rm(rs, None if rs.ensemble else trained)
 
 
 def _log_rm(kind: str, res: dict, log) -> None:
@@ -333,14 +402,14 @@ def _log_rm(kind: str, res: dict, log) -> None:
 
 
 def stage_rm(cfg: DemoConfig, sft_dir: Path, log, backbone: Path | None = None) -> Path:
-    """The RM data (:func:`stage_rm_data`), then the ORM and PRM (:func:`train_rm_kind`), in this
+    """The RM data (:func:`stage_rm_data`), then the ORM and PRM (:func:`train_rm_set`), in this
     process (cached)."""
     stage_rm_data(cfg, sft_dir, log)
-    for rc in rm_configs(cfg, backbone or sft_dir / "final", sft_dir / "final"):
-        if _rm_cached(rc):
-            log(f"rm: {rc.kind} cached")
+    for rs in rm_sets(cfg, backbone or sft_dir / "final", sft_dir / "final"):
+        if _rm_cached(rs):
+            log(f"rm: {rs.kind} cached")
         else:
-            _log_rm(rc.kind, train_rm_kind(rc), log)
+            _log_rm(rs.kind, train_rm_set(rs), log)
     return Path(cfg.out) / "rm"
 
 
@@ -437,8 +506,14 @@ def _job_rm_data(cfg: DemoConfig, on_step) -> list[str]:
     return lines
 
 
-def _job_rm(rc: RMTrainConfig, on_step) -> dict:
-    return train_rm_kind(rc)
+def _job_rm(rs: RMSet, on_step) -> dict:
+    """A single reward model: trained and measured; an ensemble: measured (its members are
+    jobs of their own)."""
+    return finish_rm(rs) if rs.ensemble else train_rm_set(rs)
+
+
+def _job_rm_member(rc: RMTrainConfig, on_step) -> dict:
+    return train_rm_member(rc)
 
 
 def _job_bon(cfg: DemoConfig, on_step) -> None:
@@ -593,7 +668,8 @@ SETTINGS_FILE = "demo_settings.json"
 _STAGE_KEYS = {
     "sft": ("n_train", "n_test", "unnecessary_rate", "sft_steps", "rm_backbone_steps"),
     "rm": ("rm_problems", "rm_samples", "rm_temperature", "rm_corrupt", "rm_truncate", "rm_repair",
-           "rm_eval_problems", "rm_steps", "prm_steps", "rm_lr", "orm_from_backbone"),
+           "rm_eval_problems", "rm_steps", "prm_steps", "rm_lr", "orm_from_backbone", "prm_members",
+           "prm_forms", "orm_members"),
     "bon": ("bon_problems", "bon_max_n"),
     "rl": ("rl_steps", "rl_lr", "rl_prompts", "rl_n", "eval_every", "eval_k"),
 }
@@ -684,9 +760,15 @@ def plan_jobs(cfg: DemoConfig) -> tuple[list[Job], dict[str, list[Path]], list[s
     want(Job("sft eval", "sft eval", _job_sft_eval, cfg, ("sft",)), _done(sft_dir / "eval_summary.json"))
     want(Job("rm data", "rm data", _job_rm_data, cfg, ("sft",)),
          _done(rm_dir / "samples.jsonl") and _done(rm_dir / "eval_samples.jsonl"))
-    for rc in rm_configs(cfg, backbone / "final", sft_dir / "final"):
-        deps = ("rm data",) + (("rm backbone",) if rc.model == str(backbone / "final") else ())
-        want(Job(f"rm {rc.kind}", "rm training", _job_rm, rc, deps), _rm_cached(rc))
+    for rs in rm_sets(cfg, backbone / "final", sft_dir / "final"):
+        deps = ("rm data",) + (("rm backbone",) if rs.members[0].model == str(backbone / "final")
+                               else ())
+        if rs.ensemble:
+            for k, rc in enumerate(rs.members):
+                want(Job(f"rm {rs.kind} m{k}", "rm training", _job_rm_member, rc, deps, rc.steps),
+                     _member_cached(rc))
+            deps = tuple(f"rm {rs.kind} m{k}" for k in range(len(rs.members)))
+        want(Job(f"rm {rs.kind}", "rm training", _job_rm, rs, deps), _rm_cached(rs))
     runs: dict[str, list[Path]] = {}
     rl_jobs: list[Job] = []
     for seed in range(cfg.seeds):
@@ -753,6 +835,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                 log(line)
         elif job.fn is _job_rm:
             _log_rm(job.arg.kind, res, log)
+        elif job.fn is _job_rm_member:
+            log(f"rm: {job.name} trained")
         elif job.fn is _job_bon:
             log("bon: done")
         else:

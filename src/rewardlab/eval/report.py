@@ -63,7 +63,7 @@ LABELS = {
     "drift/hacking": ("Δ hacking (train)", "{:+.3f}"),
 }
 RM_KEYS = ["eval/step_auroc", "eval/step_f1", "eval/step_ece", "eval/outcome_auroc",
-           "eval/outcome_ece", "eval/n", "rm/n_train", "rm/wall_s"]
+           "eval/outcome_ece", "eval/n", "rm/members", "rm/n_train", "rm/wall_s"]
 # file stem -> (title, y label, metrics.jsonl key(s) summed, smoothed)
 CURVES = {
     "accuracy": ("Held-out greedy accuracy", "accuracy", ("eval/accuracy",), False),

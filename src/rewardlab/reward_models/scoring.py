@@ -16,7 +16,7 @@ from pathlib import Path
 from rewardlab.data.formats import ACCEPTED, detect_format, resolve_formats
 from rewardlab.data.steps import step_texts
 from rewardlab.io import check_row, DataError, iter_jsonl, write_jsonl
-from rewardlab.reward_models.models import load_reward_model, RewardModel
+from rewardlab.reward_models.models import load_reward_model
 
 
 def read_solution_rows(path: str | os.PathLike) -> tuple[list[dict], list[list[str]]]:
@@ -48,12 +48,12 @@ def read_solution_rows(path: str | os.PathLike) -> tuple[list[dict], list[list[s
 
 def score_file(rm, input_path: str | os.PathLike, out_path: str | os.PathLike,
                batch_size: int = 64) -> dict:
-    """Score every solution of ``input_path`` with reward model ``rm`` (a RewardModel, or a
-    directory to load it from) and write the rows with ``step_scores`` and ``score`` to
+    """Score every solution of ``input_path`` with reward model ``rm`` (a RewardModel or an
+    EnsembleRM, or a directory to load either from) and write the rows with ``step_scores`` and ``score`` to
     ``out_path`` (atomically). Returns a summary: n, kind, mean/min/max score, mean steps."""
 
     rows, steps = read_solution_rows(input_path)
-    if not isinstance(rm, RewardModel):
+    if isinstance(rm, (str, os.PathLike)):
         rm = load_reward_model(rm)
     try:
         results = rm.score([r["question"] for r in rows], steps, batch_size=batch_size)
