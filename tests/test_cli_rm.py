@@ -108,3 +108,26 @@ def test_cli_subprocess_bad_input_exits_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"{bad}:2" in proc.stderr and "question" in proc.stderr
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_ensemble_rm_then_score(tmp_path, tiny_policy, capsys):
+    a, b = (build_reward_model(tiny_policy, RMSpec(kind="orm"), device="cpu", seed=s)
+            .save_pretrained(tmp_path / f"orm{s}") for s in (0, 1))
+    rows = _write(tmp_path / "sol.jsonl", _prm_rows(3))
+    assert main(["ensemble-rm", "--member", str(a), "--member", str(b), "--out", str(tmp_path / "ens")]) == 0
+    scored = {}
+    for name, model in [("a", a), ("b", b), ("ens", tmp_path / "ens")]:
+        assert main(["score", "--model", str(model), "--input", str(rows), "--device", "cpu",
+                     "--out", str(tmp_path / f"{name}.jsonl")]) == 0
+        scored[name] = [json.loads(x)["score"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert scored["ens"] == pytest.approx([(x + y) / 2 for x, y in zip(scored["a"], scored["b"])])
+    assert scored["a"] != scored["b"]
+    # a PRM next to an ORM, an unknown reduction, a missing member: exit 2, no manifest
+    prm = build_reward_model(tiny_policy, RMSpec(kind="prm", tag=" ки"), device="cpu").save_pretrained(tmp_path / "prm")
+    capsys.readouterr()
+    assert main(["ensemble-rm", "--member", str(a), "--member", str(prm), "--out", str(tmp_path / "mix")]) == 2
+    assert "one kind" in capsys.readouterr().err
+    assert main(["ensemble-rm", "--member", str(a), "--reduce", "max", "--out", str(tmp_path / "mx")]) == 2
+    assert main(["ensemble-rm", "--member", str(tmp_path / "nope"), "--out", str(tmp_path / "no")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not any((tmp_path / d / "rewardlab_ensemble.json").exists() for d in ("mix", "mx", "no"))

@@ -118,9 +118,11 @@ class DemoBudget:
     rm_truncate: float = 0.0
     """Truncated copies per training sample (cut mid-text, relabelled: the malformed tail
     that large N surfaces)."""
-    rm_repair: float = 0.0
+    rm_repair: float = 1.0
     """Repaired copies per training sample (first wrong equation given its right result,
-    relabelled: positives where the policy is mostly wrong); at most 1."""
+    relabelled: positives where the policy is mostly wrong, such as subtractions with a borrow);
+    at most 1. With them the PRM scores ``13 - 8 = 5`` above 0.5 and ``13 - 8 = 6`` near 0
+    (docs/reward_models_testbed.md)."""
     rm_eval_problems: int = 100
     """Held-out (test) problems sampled for the reward models' evaluation rows."""
     rm_backbone_steps: int = 1200
@@ -139,12 +141,14 @@ class DemoBudget:
     """The PRM's optimizer steps (batch 32): with the 1,200-step backbone, what keeps its
     best-of-N at or above random pick up to N = 64 (docs/reward_models_testbed.md; 500 steps
     fall below it from N = 16)."""
-    prm_members: int = 1
-    """PRMs trained (seeds 0, 1, ...) and scored as one ensemble, the mean of their step scores
-    (rewardlab.reward_models.models.EnsembleRM); 1: a single PRM."""
-    prm_forms: str = "lm"
+    prm_members: int = 2
+    """PRMs trained (seeds 0, 1, ...; in parallel on the two workers) and scored as one
+    ensemble, the mean of their step scores (rewardlab.reward_models.models.EnsembleRM); 1: a
+    single PRM. Two lift step AUROC from ~0.945 to ~0.95 (docs/reward_models_testbed.md)."""
+    prm_forms: str = "lm,head"
     """The PRM members' forms, comma-separated and cycled over the members (``lm,head``: member
-    0 LM-head, member 1 a 2-class head)."""
+    0 LM-head, member 1 a 2-class head: two forms disagree more than two seeds, which is what
+    an ensemble gains from)."""
     orm_members: int = 1
     """ORMs trained (seeds 0, 1, ...) and scored as one ensemble, the mean of their scores."""
     rm_lr: float = 5e-4

@@ -1,4 +1,5 @@
-"""Reward-model commands: ``rewardlab train-rm``, ``rewardlab score`` and ``rewardlab eval-prm``.
+"""Reward-model commands: ``rewardlab train-rm``, ``rewardlab score``, ``rewardlab eval-prm`` and
+``rewardlab ensemble-rm``.
 
 Thin wrappers over :func:`rewardlab.reward_models.train.train_reward_model`,
 :func:`rewardlab.reward_models.scoring.score_file` and
@@ -22,7 +23,7 @@ from rewardlab.config import load_config
 from rewardlab.eval.prm_eval import evaluate_prm_on_rows, read_processbench
 from rewardlab.io import check_outputs, write_json, write_jsonl
 from rewardlab.reward_models.losses import AGGREGATIONS
-from rewardlab.reward_models.models import load_reward_model
+from rewardlab.reward_models.models import ENSEMBLE_FILE, EnsembleRM, load_reward_model, save_ensemble
 from rewardlab.reward_models.scoring import read_solution_rows, score_file
 from rewardlab.reward_models.train import RMTrainConfig, train_reward_model
 from rewardlab.training.engine import quiet_transformers
@@ -174,8 +175,28 @@ def eval_prm(
         console.print(f"  {k:<34} {v:.4f}")
 
 
+def ensemble_rm(
+    members: Annotated[list[str], typer.Option(
+        "--member", help="A reward model (a train-rm folder); repeat for each member.")],
+    out: Annotated[str, typer.Option(help=f"Folder for the ensemble ({ENSEMBLE_FILE}).")],
+    reduce: Annotated[str, typer.Option(
+        help=f"{' | '.join(EnsembleRM.REDUCE)} of the members' scores (PRMs: of each step's).")
+    ] = "mean",
+) -> None:
+    """Make an ensemble of reward models of one kind: `score`, `bon`, `rl` and `eval-prm` take
+    its folder as one reward model."""
+
+    check_outputs(files=[("--out", f"{out}/{ENSEMBLE_FILE}")], dirs=[("--out", out)],
+                  inputs=[("--member", m) for m in members])
+    if reduce not in EnsembleRM.REDUCE:
+        raise typer.BadParameter(f"use one of {list(EnsembleRM.REDUCE)}", param_hint="--reduce")
+    save_ensemble(out, members, reduce)
+    console.print(f"[bold]ensemble-rm[/] {len(members)} reward models ({reduce}) → {out}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train-rm``, ``score`` and ``eval-prm`` to the rewardlab app."""
+    """Add ``train-rm``, ``score``, ``eval-prm`` and ``ensemble-rm`` to the rewardlab app."""
     app.command("train-rm", cls=aliased("train-rm"))(train_rm)
+    app.command("ensemble-rm")(ensemble_rm)
     app.command("score", cls=aliased("score"))(score)
     app.command("eval-prm", cls=aliased("eval-prm"))(eval_prm)
