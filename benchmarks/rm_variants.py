@@ -4,11 +4,15 @@ demo's own best-of-N samples, and each aggregation's AUROC *within a problem*.
 
     python benchmarks/rm_variants.py --demo runs/demo --out runs/rm_variants/head --form head
     python benchmarks/rm_variants.py --demo runs/demo --out runs/rm_variants/s8 --rm-samples 8
+    python benchmarks/rm_variants.py --demo runs/demo --out runs/rm_variants/orm --kind orm --repair 1
 
 Everything but the named option is the demo's PRM recipe (its backbone ``rm/backbone/final``,
 its rows ``rm/samples.jsonl``, lr 5e-4, batch 32, 500 steps, LM-head form). ``--rm-samples N``
 draws N fresh samples per training problem from the demo's SFT policy (temperature 1, the demo's
-RM-data seed) instead of the demo's rows. The figures in docs/reward_models_testbed.md come from
+RM-data seed) instead of the demo's rows; ``--repair`` / ``--shorten`` / ``--corrupt`` add
+augmented copies of the rows (reward_models.pipeline.augment_rows); ``--kind orm`` / ``--kind bt``
+train an ORM / a Bradley–Terry model (on every (right, wrong) pair of one problem's rows)
+instead. The figures in docs/reward_models_testbed.md come from
 this script (one training seed per row unless it says otherwise).
 """
 

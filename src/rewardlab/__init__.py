@@ -41,6 +41,8 @@ _EXPORTS = {
     "get_labeler": "rewardlab.reward_models.labeling",
     # reward models
     "load_reward_model": "rewardlab.reward_models.models",
+    "save_ensemble": "rewardlab.reward_models.models",
+    "EnsembleRM": "rewardlab.reward_models.models",
     "build_reward_model": "rewardlab.reward_models.models", "RMSpec": "rewardlab.reward_models.models",
     "RewardModel": "rewardlab.reward_models.models", "ScoreResult": "rewardlab.reward_models.models",
     "score_file": "rewardlab.reward_models.scoring",
