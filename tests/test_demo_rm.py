@@ -20,7 +20,7 @@ def test_stage_rm_and_bon_on_a_tiny_policy(tmp_path, tiny_policy):
     budget = budget_with(True, ["rm_problems=12", "rm_samples=2", "rm_eval_problems=6",
                                 "rm_steps=2", "bon_problems=3", "bon_max_n=4",
                                 "rm_corrupt=1.0", "rm_truncate=0.5", "rm_temperature=1.3",
-                                "rm_repair=1.0"])
+                                "rm_repair=1.0", "orm_members=2", "prm_members=2"])
     cfg = DemoConfig(out=str(tmp_path / "demo"), budget=budget, progress=False, workers=1)
     logs = []
     rm_dir = stage_rm(cfg, sft, logs.append, backbone=sft / "final")
@@ -42,6 +42,12 @@ def test_stage_rm_and_bon_on_a_tiny_policy(tmp_path, tiny_policy):
     lines = "\n".join(prm_checks(m))
     assert "Earliest error" in lines and "Minimal pairs" in lines and "Score bias" in lines
     assert f"F1 {num(m['eval/earliest_error_f1'])}" in lines
+    # both reward models are ensembles of two members, measured as one
+    for kind in ("orm", "prm"):
+        assert (rm_dir / kind / "rewardlab_ensemble.json").exists()
+        assert all((rm_dir / kind / f"m{k}" / "final" / "rewardlab_rm.json").exists() for k in (0, 1))
+        assert json.loads((rm_dir / f"{kind}_metrics.json").read_text())["rm/members"] == 2
+    assert "eval/outcome_auroc" in json.loads((rm_dir / "orm_metrics.json").read_text())
     bon = stage_bon(cfg, sft, rm_dir, print)
     table = json.loads((bon / "bon.json").read_text())["table"]
     assert {"orm-vote", "prm-product-vote", "prm-min-vote", "prm-last-vote"} <= set(table)

@@ -345,3 +345,30 @@ def test_single_pass_critic_gives_the_two_pass_update(tmp_path, tiny_policy, pro
     assert torch.allclose(res["one"][0], res["two"][0], atol=1e-6)
     for a, b in zip(res["one"][1] + res["one"][2], res["two"][1] + res["two"][2]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ensembles_as_the_prm_and_the_orm(tmp_path, tiny_policy, problems_dir):
+    # rewardlab ensemble-rm folders load as one reward model: the RL rewards are the ensembles' scores
+    from rewardlab.data.steps import step_texts
+    from rewardlab.reward_models.models import (EnsembleRM, RMSpec, build_reward_model,
+                                                load_reward_model, save_ensemble)
+
+    def ensemble(name, spec):
+        members = [build_reward_model(tiny_policy, spec, device="cpu", seed=s)
+                   .save_pretrained(tmp_path / f"{name}{s}") for s in (0, 1)]
+        return save_ensemble(tmp_path / name, members)
+
+    prm = ensemble("prm", RMSpec(kind="prm", form="head", tag=" ки"))
+    orm = ensemble("orm", RMSpec(kind="orm"))
+    tr = RLTrainer(_cfg(tmp_path, tiny_policy, problems_dir, "ens",
+                        [f"reward.prm.path={prm}", "reward.prm.alpha=1.0", f"reward.orm.path={orm}",
+                         "reward.orm.beta=1.0", "steps=1"]))
+    assert isinstance(tr.prm, EnsembleRM) and isinstance(tr.orm, EnsembleRM)
+    problems, batch = tr.rollout(0)
+    sb = tr.score(problems, batch)
+    qs = [problems[i].question for i in batch.prompt_index]
+    steps = [step_texts(t, tr.step_sep) for t in batch.texts]
+    flat = [s for r in load_reward_model(prm, device="cpu").score(qs, steps) for s in r.step_scores]
+    assert flat and sb.metrics["reward/prm_step_mean"] == pytest.approx(sum(flat) / len(flat), abs=1e-6)
+    want = [r.score for r in load_reward_model(orm, device="cpu").score(qs, steps)]
+    assert sb.metrics["reward/orm"] == pytest.approx(sum(want) / len(want), abs=1e-6)
