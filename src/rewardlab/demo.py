@@ -118,11 +118,12 @@ class DemoBudget:
     rm_truncate: float = 0.0
     """Truncated copies per training sample (cut mid-text, relabelled: the malformed tail
     that large N surfaces)."""
-    rm_repair: float = 1.0
+    rm_repair: float = 0.0
     """Repaired copies per training sample (first wrong equation given its right result,
     relabelled: positives where the policy is mostly wrong, such as subtractions with a borrow);
-    at most 1. With them the PRM scores ``13 - 8 = 5`` above 0.5 and ``13 - 8 = 6`` near 0
-    (docs/reward_models_testbed.md)."""
+    at most 1. With 1 the PRM scores ``13 - 8 = 5`` above 0.5 and ``13 - 8 = 6`` near 0, but a
+    single PRM's best-of-N fell below random pick at N = 64 in ``make demo``, so it is off by
+    default (docs/reward_models_testbed.md)."""
     rm_eval_problems: int = 100
     """Held-out (test) problems sampled for the reward models' evaluation rows."""
     rm_backbone_steps: int = 1200
