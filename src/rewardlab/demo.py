@@ -145,8 +145,9 @@ class DemoBudget:
     prm_members: int = 1
     """PRMs trained (seeds 0, 1, ...; in parallel on the two workers) and scored as one
     ensemble, the mean of their step scores (rewardlab.reward_models.models.EnsembleRM); 1: a
-    single PRM. Two (``--budget prm_members=2``) lift step AUROC from ~0.946 to 0.953 but take
-    ``make demo`` from ~14 to ~16 minutes (docs/reward_models_testbed.md)."""
+    single PRM. Two with repaired rows (``--budget prm_members=2 --budget rm_repair=1``) lift
+    step AUROC from 0.946 to 0.953 but take ``make demo`` from ~13 to ~16 minutes
+    (docs/reward_models_testbed.md)."""
     prm_forms: str = "lm,head"
     """The PRM members' forms, comma-separated and cycled over the members (``lm,head``: member
     0 LM-head, member 1 a 2-class head: two forms disagree more than two seeds, which is what
