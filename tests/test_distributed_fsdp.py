@@ -255,22 +255,32 @@ def test_fsdp_rl_two_processes_match_one(tmp_path, tiny_policy, rl_probs, algo):
         assert _max_diff(ref_head, head) <= 1e-5 and head["weight"].abs().max() > 0
 
 
+def _rl_one_and_two_stopped(tmp_path, sets: list[str]) -> dict:
+    """Train ``sets`` in one process (``one``) and launch it under FSDP (``two``) stopped after
+    step 2; the trainer state of that step-2 checkpoint."""
+    _train_rl_one(sets, tmp_path / "one")
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets + ["stop_at=2"])])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return __import__("torch").load(tmp_path / "two" / "checkpoints" / "step_0000002" / "trainer_state.pt",
+                                    weights_only=False)
+
+
+def _rl_two_resumed(tmp_path, sets: list[str]) -> None:
+    """Launch the stopped FSDP run ``two`` again: it resumes and finishes."""
+    r = _launch_fsdp(["rl", "--out", str(tmp_path / "two"), *_cli_sets(sets)])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 @pytest.mark.timeout(900)
 def test_fsdp_rl_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
     """PPO with a value head on the policy (replicated, beside the sharded policy: one optimizer
     over both, its state saved by name) stopped after step 2 and resumed under FSDP: the weights
     of an uninterrupted one-process run."""
     sets = _rl_sets(tiny_policy, rl_probs, "ppo", ["value.kind=shared", "save_every=1"])
-    _train_rl_one(sets, tmp_path / "one")
-    out = str(tmp_path / "two")
-    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
-    assert r.returncode == 0, r.stderr[-3000:]
-    state = __import__("torch").load(tmp_path / "two" / "checkpoints" / "step_0000002" / "trainer_state.pt",
-                                     weights_only=False)
+    state = _rl_one_and_two_stopped(tmp_path, sets)
     keys = set(state["optimizer"]["state"])
     assert "value.head.weight" in keys and any(k.startswith("policy.model.layers.") for k in keys)
-    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    _rl_two_resumed(tmp_path, sets)
     for sub in ("final", "checkpoints/step_0000003/value"):
         a, b = tmp_path / "one" / sub, tmp_path / "two" / sub
         files = ["model.safetensors"] if sub == "final" else ["value_head.safetensors"]
@@ -318,15 +328,9 @@ def test_fsdp_rl_prime_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
     """PRIME under FSDP stopped after step 2 (π_φ gathered, its sharded optimizer's state saved
     by parameter name) and resumed: the policy and π_φ of an uninterrupted one-process run."""
     sets = _design_sets(tiny_policy, rl_probs, "prime", ["save_every=1"])
-    _train_rl_one(sets, tmp_path / "one")
-    out = str(tmp_path / "two")
-    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
-    assert r.returncode == 0, r.stderr[-3000:]
-    state = __import__("torch").load(tmp_path / "two" / "checkpoints" / "step_0000002" / "trainer_state.pt",
-                                     weights_only=False)
+    state = _rl_one_and_two_stopped(tmp_path, sets)
     assert any(k.startswith("model.layers.") for k in state["extra"]["prime_opt"]["state"])
-    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    _rl_two_resumed(tmp_path, sets)
     for sub in ("final", "checkpoints/step_0000003/prime_rm"):
         assert _max_diff(_weights(tmp_path / "one" / sub), _weights(tmp_path / "two" / sub)) <= 1e-5, sub
 
@@ -377,17 +381,12 @@ def test_fsdp_rl_lora_stops_and_resumes(tmp_path, tiny_policy, rl_probs):
     adapter of an uninterrupted one-process run."""
     pytest.importorskip("peft")
     sets = _rl_sets(tiny_policy, rl_probs, "grpo", ["model.lora.r=4", "save_every=1"])
-    _train_rl_one(sets, tmp_path / "one")
-    out = str(tmp_path / "two")
-    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets + ["stop_at=2"])])
-    assert r.returncode == 0, r.stderr[-3000:]
+    state = _rl_one_and_two_stopped(tmp_path, sets)
     ckpt = tmp_path / "two" / "checkpoints" / "step_0000002"
     assert (ckpt / "adapter_model.safetensors").exists() and not (ckpt / "model.safetensors").exists()
-    state = __import__("torch").load(ckpt / "trainer_state.pt", weights_only=False)
     keys = set(state["optimizer"]["state"])
     assert keys and all("lora_" in k for k in keys)
-    r = _launch_fsdp(["rl", "--out", out, *_cli_sets(sets)])
-    assert r.returncode == 0, r.stderr[-3000:]
+    _rl_two_resumed(tmp_path, sets)
     assert _max_diff(_adapter(tmp_path / "one" / "final"), _adapter(tmp_path / "two" / "final")) <= 1e-5
 
 
