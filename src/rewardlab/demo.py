@@ -362,11 +362,6 @@ def _rm_cached(rs: RMSet) -> bool:
     return made and _done(rs.out.parent / f"{rs.kind}_metrics.json")
 
 
-def train_rm_member(rc: RMTrainConfig) -> dict:
-    """Train one reward model (or one ensemble member); its final metrics."""
-    return train_reward_model(rc)
-
-
 def finish_rm(rs: RMSet, trained: dict | None = None) -> dict:
     """Write ``rm/<kind>_metrics.json`` for a trained reward model: the training run's final
     metrics (``trained``) or, for an ensemble, its manifest and the ensemble's own held-out
@@ -397,8 +392,8 @@ def train_rm_set(rs: RMSet) -> dict:
     """Train the members that are not cached, then :func:`finish_rm`."""
     trained = None
     for rc in rs.members:
-        if not _member_cached(rc) or not rs.ensemble:
-            trained = train_rm_member(rc)
+        if not (rs.ensemble and _member_cached(rc)):
+            trained = train_reward_model(rc)
     return finish_rm(rs, None if rs.ensemble else trained)
 
 
@@ -520,7 +515,7 @@ def _job_rm(rs: RMSet, on_step) -> dict:
 
 
 def _job_rm_member(rc: RMTrainConfig, on_step) -> dict:
-    return train_rm_member(rc)
+    return train_reward_model(rc)
 
 
 def _job_bon(cfg: DemoConfig, on_step) -> None:
